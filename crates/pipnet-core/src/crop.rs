@@ -1,0 +1,255 @@
+//! Crop geometry: face box -> square face crop, and back.
+//!
+//! Image coordinates are 0-based pixel centres (pixel `i` covers `[i - 0.5, i + 0.5]`), the
+//! convention of the 300-W tools once 1 is subtracted from `.pts` values. Crop-normalised
+//! coordinates run from 0 to 1 across the crop square, so crop pixel `u` of an `S`-pixel crop
+//! has its centre at `(u + 0.5) / S`. A [`FaceCrop`] is the similarity transform between the two.
+
+use nalgebra::{Isometry2, Point2, Similarity2, Vector2};
+
+use crate::{Error, Point, Result};
+
+/// An axis-aligned box in image pixels, `[x0, y0, x1, y1]` with `x0 <= x1`, `y0 <= y1`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "[f32; 4]", into = "[f32; 4]")]
+pub struct FaceBox {
+    pub x0: f32,
+    pub y0: f32,
+    pub x1: f32,
+    pub y1: f32,
+}
+
+impl From<[f32; 4]> for FaceBox {
+    fn from([x0, y0, x1, y1]: [f32; 4]) -> Self {
+        Self { x0, y0, x1, y1 }
+    }
+}
+
+impl From<FaceBox> for [f32; 4] {
+    fn from(b: FaceBox) -> Self {
+        [b.x0, b.y0, b.x1, b.y1]
+    }
+}
+
+impl FaceBox {
+    /// The tight box around a set of points (the 300-W "landmark box").
+    pub fn around(points: &[Point]) -> Result<Self> {
+        if points.is_empty() || points.iter().any(|p| !p[0].is_finite() || !p[1].is_finite()) {
+            return Err(Error::Invalid {
+                what: "landmark box",
+                detail: "needs at least one point and only finite coordinates".into(),
+            });
+        }
+        let mut b = Self::from([f32::MAX, f32::MAX, f32::MIN, f32::MIN]);
+        for p in points {
+            b.x0 = b.x0.min(p[0]);
+            b.y0 = b.y0.min(p[1]);
+            b.x1 = b.x1.max(p[0]);
+            b.y1 = b.y1.max(p[1]);
+        }
+        Ok(b)
+    }
+
+    pub fn width(&self) -> f32 {
+        self.x1 - self.x0
+    }
+
+    pub fn height(&self) -> f32 {
+        self.y1 - self.y0
+    }
+
+    pub fn center(&self) -> Point {
+        [(self.x0 + self.x1) / 2.0, (self.y0 + self.y1) / 2.0]
+    }
+}
+
+/// How a square crop is made from a face box: side = `scale * max(w, h)`, centre = box centre
+/// shifted by `shift * side`. The model's `pipnet.crop` metadata records the rule it was
+/// trained with (`landmark_box_scale=1.1`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CropRule {
+    pub scale: f32,
+    pub shift_x: f32,
+    pub shift_y: f32,
+}
+
+impl Default for CropRule {
+    /// The contract's default: the landmark box enlarged 1.1 times, centred.
+    fn default() -> Self {
+        Self {
+            scale: 1.1,
+            shift_x: 0.0,
+            shift_y: 0.0,
+        }
+    }
+}
+
+impl CropRule {
+    /// Parses `pipnet.crop`, e.g. `landmark_box_scale=1.1` (optionally `,shift_x=..,shift_y=..`).
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut rule = Self {
+            scale: f32::NAN,
+            shift_x: 0.0,
+            shift_y: 0.0,
+        };
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let invalid = |detail: String| Error::Invalid {
+                what: "crop rule",
+                detail,
+            };
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| invalid(format!("{part:?} is not key=value")))?;
+            let value: f32 = value
+                .trim()
+                .parse()
+                .map_err(|_| invalid(format!("{part:?}: value is not a number")))?;
+            match key.trim() {
+                "landmark_box_scale" => rule.scale = value,
+                "shift_x" => rule.shift_x = value,
+                "shift_y" => rule.shift_y = value,
+                other => return Err(invalid(format!("unknown key {other:?}"))),
+            }
+        }
+        if !(rule.scale.is_finite() && rule.scale > 0.0) {
+            return Err(Error::Invalid {
+                what: "crop rule",
+                detail: format!("{text:?} needs a positive landmark_box_scale"),
+            });
+        }
+        Ok(rule)
+    }
+
+    /// The `pipnet.crop` text for this rule (shifts only when non-zero).
+    pub fn to_metadata(&self) -> String {
+        let mut text = format!("landmark_box_scale={}", self.scale);
+        if self.shift_x != 0.0 || self.shift_y != 0.0 {
+            text.push_str(&format!(",shift_x={},shift_y={}", self.shift_x, self.shift_y));
+        }
+        text
+    }
+
+    /// The crop this rule makes from `face`.
+    pub fn crop(&self, face: &FaceBox) -> FaceCrop {
+        let side = self.scale * face.width().max(face.height());
+        let [cx, cy] = face.center();
+        FaceCrop::new([cx + self.shift_x * side, cy + self.shift_y * side], side, 0.0)
+    }
+}
+
+/// A square crop of an image: centre and side in image pixels, rotation in radians
+/// (counter-clockwise in a y-down image means the crop's x axis points along
+/// `(cos a, sin a)`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FaceCrop {
+    pub center: Point,
+    pub side: f32,
+    pub angle: f32,
+}
+
+impl FaceCrop {
+    pub fn new(center: Point, side: f32, angle: f32) -> Self {
+        Self {
+            center,
+            side,
+            angle,
+        }
+    }
+
+    /// The whole image as one crop: the centred square around its longest side.
+    pub fn whole_image(width: u32, height: u32) -> Self {
+        let (w, h) = (width as f32, height as f32);
+        Self::new([(w - 1.0) / 2.0, (h - 1.0) / 2.0], w.max(h), 0.0)
+    }
+
+    /// Crop-normalised -> image pixels: `p_img = centre + R(angle) * side * (p - 0.5)`.
+    pub fn to_image_transform(&self) -> Similarity2<f32> {
+        let centre = Vector2::new(self.center[0], self.center[1]);
+        let rotate = Isometry2::new(centre, self.angle);
+        let half = Vector2::new(-0.5, -0.5);
+        rotate * Similarity2::new(half * self.side, 0.0, self.side)
+    }
+
+    pub fn to_image(&self, p: Point) -> Point {
+        let q = self.to_image_transform() * Point2::new(p[0], p[1]);
+        [q.x, q.y]
+    }
+
+    pub fn to_crop(&self, p: Point) -> Point {
+        let q = self.to_image_transform().inverse() * Point2::new(p[0], p[1]);
+        [q.x, q.y]
+    }
+
+    /// The axis-aligned bounds of the crop square in the image.
+    pub fn bounds(&self) -> FaceBox {
+        let corners = [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]].map(|p| self.to_image(p));
+        // Four finite corners always give a box.
+        FaceBox::around(&corners).unwrap_or(FaceBox::from([0.0; 4]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn test_landmark_box_crop_is_square_and_centred() {
+        let face = FaceBox::around(&[[10.0, 20.0], [50.0, 40.0]]).unwrap();
+        let crop = CropRule::default().crop(&face);
+        assert!((crop.side - 44.0).abs() < 1e-5);
+        assert_eq!(crop.center, [30.0, 30.0]);
+        let tl = crop.to_image([0.0, 0.0]);
+        assert!((tl[0] - 8.0).abs() < 1e-4 && (tl[1] - 8.0).abs() < 1e-4, "{tl:?}");
+        let mid = crop.to_crop([30.0, 30.0]);
+        assert!((mid[0] - 0.5).abs() < 1e-6 && (mid[1] - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn test_rotation_turns_the_crop_x_axis() {
+        let crop = FaceCrop::new([100.0, 100.0], 40.0, std::f32::consts::FRAC_PI_2);
+        // Crop x axis points along +y of the image.
+        let p = crop.to_image([1.0, 0.5]);
+        assert!((p[0] - 100.0).abs() < 1e-4 && (p[1] - 120.0).abs() < 1e-4, "{p:?}");
+    }
+
+    #[test]
+    fn test_crop_rule_metadata_round_trip() {
+        let rule = CropRule::parse("landmark_box_scale=1.1").unwrap();
+        assert_eq!(rule, CropRule::default());
+        let shifted = CropRule {
+            scale: 1.25,
+            shift_x: 0.0,
+            shift_y: -0.05,
+        };
+        assert_eq!(CropRule::parse(&shifted.to_metadata()).unwrap(), shifted);
+        for bad in ["", "scale=1", "landmark_box_scale=abc", "landmark_box_scale=-1", "x"] {
+            assert!(CropRule::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn test_whole_image_crop_covers_the_longest_side() {
+        let crop = FaceCrop::whole_image(200, 100);
+        let b = crop.bounds();
+        assert!((b.x0 + 0.5).abs() < 1e-4 && (b.x1 - 199.5).abs() < 1e-4, "{b:?}");
+        assert!((b.height() - 200.0).abs() < 1e-4);
+    }
+
+    proptest! {
+        #[test]
+        fn prop_crop_round_trips(
+            cx in -500.0f32..500.0, cy in -500.0f32..500.0, side in 1.0f32..1000.0,
+            angle in -3.2f32..3.2, px in -1.0f32..2.0, py in -1.0f32..2.0,
+        ) {
+            let crop = FaceCrop::new([cx, cy], side, angle);
+            let back = crop.to_crop(crop.to_image([px, py]));
+            prop_assert!((back[0] - px).abs() < 1e-4 && (back[1] - py).abs() < 1e-4);
+            // Distances scale by the side length.
+            let a = crop.to_image([0.0, 0.0]);
+            let b = crop.to_image([1.0, 0.0]);
+            let d = ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sqrt();
+            prop_assert!((d - side).abs() < 1e-3 * side);
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! Annotation formats: iBUG `.pts` files, WFLW annotation lines, and the JSON that
+//! `pipnet annotate` writes. Text in, text out: reading and writing files is the caller's job.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crop::FaceBox;
+use crate::{Error, Point, Result};
+
+/// Parses an iBUG `.pts` file (`version: 1`, `n_points: N`, `{`, N lines `x y`, `}`).
+/// Values are returned as written (1-based in 300-W; subtract 1 for 0-based pixel centres).
+pub fn parse_pts(text: &str) -> Result<Vec<Point>> {
+    let err = |line: usize, detail: String| Error::Parse {
+        format: ".pts",
+        line,
+        detail,
+    };
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim()))
+        .filter(|(_, l)| !l.is_empty());
+    let mut count = None;
+    for (no, line) in lines.by_ref() {
+        if line == "{" {
+            break;
+        }
+        if let Some(n) = line.strip_prefix("n_points:") {
+            let n = n.trim().parse::<usize>();
+            count = Some(n.map_err(|e| err(no, format!("bad n_points: {e}")))?);
+        } else if !line.starts_with("version:") {
+            return Err(err(no, format!("unexpected header line {line:?}")));
+        }
+    }
+    let count = count.ok_or_else(|| err(1, "no n_points header".into()))?;
+    let mut points = Vec::with_capacity(count);
+    for (no, line) in lines {
+        if line == "}" {
+            if points.len() != count {
+                return Err(err(no, format!("{} points, header says {count}", points.len())));
+            }
+            return Ok(points);
+        }
+        let mut values = line.split_whitespace().map(str::parse::<f32>);
+        match (values.next(), values.next(), values.next()) {
+            (Some(Ok(x)), Some(Ok(y)), None) if x.is_finite() && y.is_finite() => {
+                points.push([x, y])
+            }
+            _ => return Err(err(no, format!("expected two finite numbers, got {line:?}"))),
+        }
+    }
+    Err(err(text.lines().count(), "missing closing '}'".into()))
+}
+
+/// Writes points as an iBUG `.pts` file (values as given: add 1 for the 300-W convention).
+pub fn format_pts(points: &[Point]) -> String {
+    let mut text = format!("version: 1\nn_points: {}\n{{\n", points.len());
+    for p in points {
+        text.push_str(&format!("{:.3} {:.3}\n", p[0], p[1]));
+    }
+    text.push_str("}\n");
+    text
+}
+
+/// One face of a WFLW annotation list: 98 points, the face box, six attribute flags
+/// (pose, expression, illumination, make-up, occlusion, blur) and the image path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WflwRecord {
+    pub points: Vec<Point>,
+    pub face_box: FaceBox,
+    pub attributes: [u8; 6],
+    pub image: String,
+}
+
+/// Parses one line of `list_98pt_rect_attr_*.txt`: 196 coordinates, 4 box values, 6 flags, path.
+pub fn parse_wflw_line(line: &str, line_no: usize) -> Result<WflwRecord> {
+    const POINTS: usize = 98;
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let expected = 2 * POINTS + 4 + 6 + 1;
+    let err = |detail: String| Error::Parse {
+        format: "WFLW list",
+        line: line_no,
+        detail,
+    };
+    if fields.len() != expected {
+        return Err(err(format!("{} fields, expected {expected}", fields.len())));
+    }
+    let numbers: Vec<f32> = fields[..2 * POINTS + 4]
+        .iter()
+        .map(|f| f.parse::<f32>().map_err(|_| err(format!("{f:?} is not a number"))))
+        .collect::<Result<_>>()?;
+    let mut attributes = [0u8; 6];
+    for (a, f) in attributes.iter_mut().zip(&fields[2 * POINTS + 4..2 * POINTS + 10]) {
+        *a = f
+            .parse()
+            .map_err(|_| err(format!("attribute {f:?} is not 0 or 1")))?;
+    }
+    let b = &numbers[2 * POINTS..];
+    Ok(WflwRecord {
+        points: numbers[..2 * POINTS].chunks_exact(2).map(|c| [c[0], c[1]]).collect(),
+        face_box: FaceBox::from([b[0], b[1], b[2], b[3]]),
+        attributes,
+        image: fields[expected - 1].to_string(),
+    })
+}
+
+/// One face in an annotation: its box and landmarks in image pixels (0-based pixel centres).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaceAnnotation {
+    #[serde(rename = "box")]
+    pub face_box: FaceBox,
+    /// Detector confidence; 1.0 where the box was given rather than detected.
+    pub score: f32,
+    pub landmarks: Vec<Point>,
+    /// The `cls` score of each landmark's winning cell (not normalised).
+    pub landmark_scores: Vec<f32>,
+}
+
+/// The JSON document `pipnet annotate` writes for one image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageAnnotation {
+    pub image: String,
+    pub width: u32,
+    pub height: u32,
+    pub faces: Vec<FaceAnnotation>,
+}
+
+impl ImageAnnotation {
+    pub fn to_json(&self) -> String {
+        // Serialising plain structs of numbers and strings cannot fail; NaN becomes null.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    pub fn from_json(text: &str) -> Result<Self> {
+        serde_json::from_str(text).map_err(|e| Error::Parse {
+            format: "annotation JSON",
+            line: e.line(),
+            detail: e.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_pts_round_trip() {
+        let points = vec![[1.5, 2.25], [300.125, 4.0], [0.0, 0.5]];
+        let text = format_pts(&points);
+        assert!(text.starts_with("version: 1\nn_points: 3\n{\n"));
+        assert_eq!(parse_pts(&text).unwrap(), points);
+    }
+
+    #[test]
+    fn test_pts_errors_name_the_line() {
+        let cases = [
+            ("version: 1\nn_points: 2\n{\n1 2\n}\n", 5, "1 points"),
+            ("version: 1\nn_points: 1\n{\n1 x\n}\n", 4, "two finite numbers"),
+            ("version: 1\nn_points: 1\n{\n1 2\n", 4, "closing"),
+            ("version: 1\n{\n1 2\n}\n", 1, "n_points"),
+            ("garbage\n", 1, "header"),
+        ];
+        for (text, line, needle) in cases {
+            match parse_pts(text) {
+                Err(Error::Parse { line: got, detail, .. }) => {
+                    assert_eq!(got, line, "{text:?}: {detail}");
+                    assert!(detail.contains(needle), "{detail}");
+                }
+                other => panic!("{text:?} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn test_wflw_line_parses_points_box_attributes_and_path() {
+        let mut fields: Vec<String> = (0..196).map(|i| format!("{}.5", i)).collect();
+        fields.extend(["10", "20", "110", "120"].map(String::from));
+        fields.extend(["0", "1", "0", "0", "1", "0"].map(String::from));
+        fields.push("51--Dresses/img.jpg".into());
+        let record = parse_wflw_line(&fields.join(" "), 7).unwrap();
+        assert_eq!(record.points.len(), 98);
+        assert_eq!(record.points[1], [2.5, 3.5]);
+        assert_eq!(record.face_box, FaceBox::from([10.0, 20.0, 110.0, 120.0]));
+        assert_eq!(record.attributes, [0, 1, 0, 0, 1, 0]);
+        assert_eq!(record.image, "51--Dresses/img.jpg");
+        fields.pop();
+        assert!(parse_wflw_line(&fields.join(" "), 7).is_err());
+    }
+
+    #[test]
+    fn test_annotation_json_matches_the_documented_schema() {
+        let annotation = ImageAnnotation {
+            image: "a.jpg".into(),
+            width: 640,
+            height: 480,
+            faces: vec![FaceAnnotation {
+                face_box: FaceBox::from([1.0, 2.0, 3.0, 4.0]),
+                score: 0.5,
+                landmarks: vec![[1.0, 2.0]],
+                landmark_scores: vec![0.25],
+            }],
+        };
+        let value: serde_json::Value = serde_json::from_str(&annotation.to_json()).unwrap();
+        assert_eq!(value["faces"][0]["box"], serde_json::json!([1.0, 2.0, 3.0, 4.0]));
+        assert_eq!(value["faces"][0]["landmarks"][0], serde_json::json!([1.0, 2.0]));
+        assert_eq!(value["width"], 640);
+        assert_eq!(ImageAnnotation::from_json(&annotation.to_json()).unwrap(), annotation);
+    }
+}

@@ -1,0 +1,48 @@
+//! Landmark logic with no I/O and no ONNX Runtime: everything that both training and inference
+//! must agree on lives here, so the two cannot drift.
+//!
+//! Modules follow the data flow of `../shared/design/architecture.md`:
+//! [`scheme`] (what the points are) -> [`meanface`] (mean face and neighbour index) ->
+//! [`crop`] (face box to square crop and back) -> [`decode`] (PIP decode + neighbour-vote merge)
+//! -> [`metrics`] (NME, FR, AUC, CED) and [`formats`] (.pts, WFLW lines, JSON).
+
+pub mod crop;
+pub mod decode;
+pub mod formats;
+pub mod meanface;
+pub mod metrics;
+pub mod scheme;
+
+pub use crop::{CropRule, FaceBox, FaceCrop};
+pub use decode::{Decoder, Landmark, PipMaps, decode_pip, decode_pip_scalar};
+pub use meanface::{NeighborIndex, mean_face};
+pub use scheme::Scheme;
+
+/// A 2-D point; the unit (crop-normalised or image pixels) is given by the context.
+pub type Point = [f32; 2];
+
+/// Errors raised by the pure landmark logic. Each message names what was expected and what was
+/// found, so a caller can tell a broken model or file from a bug.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Two pieces of data that must agree in size do not.
+    #[error("{what}: got {got}, expected {expected}")]
+    SizeMismatch {
+        what: &'static str,
+        got: usize,
+        expected: usize,
+    },
+    /// A value is outside its allowed range or not a valid choice.
+    #[error("invalid {what}: {detail}")]
+    Invalid { what: &'static str, detail: String },
+    /// A text format could not be parsed.
+    #[error("parse error in {format} at line {line}: {detail}")]
+    Parse {
+        format: &'static str,
+        line: usize,
+        detail: String,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
