@@ -6,6 +6,7 @@
 //! [`crop`] (face box to square crop and back) -> [`decode`] (PIP decode + neighbour-vote merge)
 //! -> [`metrics`] (NME, FR, AUC, CED) and [`formats`] (.pts, WFLW lines, JSON).
 
+pub mod contract;
 pub mod crop;
 pub mod decode;
 pub mod formats;
@@ -13,6 +14,7 @@ pub mod meanface;
 pub mod metrics;
 pub mod scheme;
 
+pub use contract::{ModelMetadata, OutputForm, TensorSpec, check_io};
 pub use crop::{CropRule, FaceBox, FaceCrop};
 pub use decode::{Decoder, Landmark, PipMaps, decode_pip, decode_pip_scalar};
 pub use meanface::{NeighborIndex, mean_face};
@@ -36,6 +38,9 @@ pub enum Error {
     /// A value is outside its allowed range or not a valid choice.
     #[error("invalid {what}: {detail}")]
     Invalid { what: &'static str, detail: String },
+    /// A graph breaks the model contract; `rule` is the metadata key or tensor role.
+    #[error("{rule}: {detail}")]
+    Contract { rule: &'static str, detail: String },
     /// A text format could not be parsed.
     #[error("parse error in {format} at line {line}: {detail}")]
     Parse {

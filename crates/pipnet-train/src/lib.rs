@@ -1,1 +1,35 @@
+//! Training PIPNet and writing it as ONNX graphs that follow the pipnet model contract
+//! (`../shared/design/model-contract.md`).
+//!
+//! This crate starts with the emitter: [`network`] describes the ResNet-style PIPNet and its
+//! weights (BatchNorm already folded into the convolutions), [`emit`] writes it as an ONNX
+//! `ModelProto` with full contract metadata.
 
+pub mod emit;
+pub mod network;
+
+/// Protobuf types generated from the vendored `proto/onnx.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod onnx {
+    include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
+}
+
+pub use emit::{emit_model, write_model};
+pub use network::{ConvLayer, NetworkSpec, PipNetWeights};
+
+/// Errors from building or writing a graph.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("network specification: {0}")]
+    Spec(String),
+    #[error(transparent)]
+    Core(#[from] pipnet_core::Error),
+    #[error("writing {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
