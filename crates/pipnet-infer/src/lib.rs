@@ -1,1 +1,16 @@
+//! Running PIPNet ONNX graphs through ONNX Runtime.
+//!
+//! Data flow: [`image_io`] (decode, EXIF, colour) -> crop ([`pipnet_core::FaceCrop`]) ->
+//! [`preprocess`] (resize + normalise into the input tensor) -> [`model`] (session run, PIP
+//! decode + merge) -> back-projection to image pixels. [`runtime`] provides the ONNX Runtime
+//! library itself.
 
+pub mod error;
+pub mod image_io;
+pub mod model;
+pub mod preprocess;
+pub mod runtime;
+
+pub use error::{Error, ErrorKind, Result};
+pub use model::{Device, FaceLandmarks, LandmarkModel, SessionOptions};
+pub use pipnet_core as core;

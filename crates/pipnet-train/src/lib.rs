@@ -7,6 +7,7 @@
 
 pub mod emit;
 pub mod network;
+pub mod seeded;
 
 /// Protobuf types generated from the vendored `proto/onnx.proto`.
 #[allow(clippy::all, missing_docs)]

@@ -1,0 +1,300 @@
+//! A PIPNet graph loaded into an ONNX Runtime session, checked against the contract, with the
+//! decoder that turns its outputs into landmarks.
+
+use std::path::{Path, PathBuf};
+
+use image::RgbImage;
+use ort::ep::ExecutionProviderDispatch;
+use ort::session::Session;
+use ort::value::{TensorRef, ValueType};
+use pipnet_core::contract::{ModelMetadata, OutputForm, TensorSpec, check_io};
+use pipnet_core::{Decoder, FaceCrop, Landmark, PipMaps, Point};
+
+use crate::error::{Error, Result};
+use crate::preprocess::{Normalization, write_crop};
+use crate::runtime::{Runtime, runtime};
+
+/// Where inference runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+    /// ONNX Runtime's CUDA execution provider; fails if it cannot be used.
+    Cuda,
+    /// CUDA when it works, otherwise the CPU (the fallback is reported, never silent).
+    Auto,
+}
+
+impl std::str::FromStr for Device {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda),
+            "auto" => Ok(Device::Auto),
+            other => Err(Error::InvalidInput(format!(
+                "unknown device {other:?} (expected cpu, cuda or auto)"
+            ))),
+        }
+    }
+}
+
+/// How to build a session.
+#[derive(Debug, Clone, Default)]
+pub struct SessionOptions {
+    pub device: Device,
+    /// Intra-op threads; `None` lets ONNX Runtime use every core.
+    pub threads: Option<usize>,
+    /// Crops per `Session::run`.
+    pub batch_size: Option<usize>,
+}
+
+/// Landmarks of one face crop.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaceLandmarks {
+    pub crop: FaceCrop,
+    /// Crop-normalised positions (0..1 across the crop) and scores.
+    pub in_crop: Vec<Landmark>,
+    /// The same points in image pixels (0-based pixel centres).
+    pub in_image: Vec<Point>,
+}
+
+impl FaceLandmarks {
+    pub fn scores(&self) -> Vec<f32> {
+        self.in_crop.iter().map(|l| l.score).collect()
+    }
+}
+
+/// Default crops per run: large enough to amortise per-run overhead on a CPU.
+pub const DEFAULT_BATCH: usize = 16;
+
+/// A loaded, contract-checked landmark model.
+pub struct LandmarkModel {
+    session: Session,
+    meta: ModelMetadata,
+    path: PathBuf,
+    provider: &'static str,
+    norm: Normalization,
+    decoder: Decoder,
+    batch_size: usize,
+    /// Reused input buffer, `[batch, 3, S, S]`.
+    input: Vec<f32>,
+}
+
+impl std::fmt::Debug for LandmarkModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LandmarkModel")
+            .field("path", &self.path)
+            .field("provider", &self.provider)
+            .field("scheme", &self.meta.scheme)
+            .finish_non_exhaustive()
+    }
+}
+
+fn tensor_specs(outlets: &[ort::value::Outlet]) -> Vec<TensorSpec> {
+    outlets
+        .iter()
+        .map(|o| match o.dtype() {
+            ValueType::Tensor { ty, shape, .. } => TensorSpec {
+                name: o.name().to_string(),
+                is_f32: *ty == ort::value::TensorElementType::Float32,
+                shape: shape.iter().map(|&d| (d >= 0).then_some(d)).collect(),
+            },
+            _ => TensorSpec {
+                name: o.name().to_string(),
+                is_f32: false,
+                shape: vec![],
+            },
+        })
+        .collect()
+}
+
+/// The CUDA provider set to fail loudly, so we know whether it really registered.
+fn cuda_provider() -> ExecutionProviderDispatch {
+    ort::ep::CUDA::default().build().error_on_failure()
+}
+
+impl LandmarkModel {
+    /// Loads `path`, builds a session for `options.device`, and checks the graph against the
+    /// contract (metadata first, then tensor names, types and shapes).
+    pub fn load(path: &Path, options: &SessionOptions) -> Result<Self> {
+        Self::load_with_runtime(path, options, runtime(|| {})?)
+    }
+
+    pub fn load_with_runtime(path: &Path, options: &SessionOptions, rt: &Runtime) -> Result<Self> {
+        let load_err = |message: String| Error::ModelLoad {
+            path: path.to_path_buf(),
+            message,
+        };
+        if !path.is_file() {
+            return Err(load_err("no such file".into()));
+        }
+        let build = |with_cuda: bool| -> Result<Session> {
+            let mut builder = Session::builder(&rt.environment)
+                .map_err(|e| load_err(format!("session options: {e}")))?;
+            if let Some(n) = options.threads {
+                builder = builder
+                    .with_intra_threads(n)
+                    .map_err(|e| load_err(format!("threads: {e}")))?;
+            }
+            if with_cuda {
+                builder = builder.with_execution_providers([cuda_provider()]).map_err(|e| {
+                    Error::Device(format!(
+                        "CUDA execution provider unavailable with {}: {e}. Use --device cpu, or \
+                         point ORT_DYLIB_PATH at the onnxruntime-gpu library with CUDA 12/13 \
+                         and cuDNN 9 on the loader path",
+                        rt.library.display()
+                    ))
+                })?;
+            }
+            builder
+                .commit_from_file(path)
+                .map_err(|e| load_err(format!("not a loadable ONNX graph: {e}")))
+        };
+        let (session, provider) = match options.device {
+            Device::Cpu => (build(false)?, "CPUExecutionProvider"),
+            Device::Cuda => (build(true)?, "CUDAExecutionProvider"),
+            Device::Auto => match build(true) {
+                Ok(s) => (s, "CUDAExecutionProvider"),
+                Err(e) if e.kind() == crate::ErrorKind::Device => (build(false)?, "CPUExecutionProvider"),
+                Err(e) => return Err(e),
+            },
+        };
+        let metadata = session
+            .metadata()
+            .map_err(|e| load_err(format!("reading metadata: {e}")))?;
+        let contract_err = |source| Error::Contract {
+            path: path.to_path_buf(),
+            source,
+        };
+        let meta = ModelMetadata::from_lookup(|key| metadata.custom(key)).map_err(contract_err)?;
+        drop(metadata);
+        check_io(&meta, &tensor_specs(session.inputs()), &tensor_specs(session.outputs()))
+            .map_err(contract_err)?;
+        let batch_size = options.batch_size.unwrap_or(DEFAULT_BATCH).max(1);
+        Ok(Self {
+            norm: Normalization::new(meta.mean, meta.std),
+            decoder: Decoder::new(meta.neighbors.clone()),
+            session,
+            path: path.to_path_buf(),
+            provider,
+            batch_size,
+            input: Vec::new(),
+            meta,
+        })
+    }
+
+    pub fn metadata(&self) -> &ModelMetadata {
+        &self.meta
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The execution provider the session was built with.
+    pub fn execution_provider(&self) -> &'static str {
+        self.provider
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// Runs a prepared `[batch, 3, S, S]` input and decodes it: `batch * L` landmarks in crop
+    /// coordinates. Fails on a wrong input length or non-finite outputs.
+    pub fn run_prepared(&mut self, input: &[f32], batch: usize) -> Result<Vec<Landmark>> {
+        let s = self.meta.input_size;
+        if batch == 0 || input.len() != batch * 3 * s * s {
+            return Err(Error::InvalidInput(format!(
+                "input has {} values, expected {batch} x 3 x {s} x {s}",
+                input.len()
+            )));
+        }
+        let tensor = TensorRef::from_array_view(([batch, 3, s, s], input))
+            .map_err(|e| Error::Inference(e.to_string()))?;
+        let model = self.path.display().to_string();
+        let run_err = |e: ort::Error| Error::Inference(format!("running {model}: {e}"));
+        let outputs = self.session.run(ort::inputs!["image" => tensor]).map_err(run_err)?;
+        let l = self.meta.num_landmarks();
+        let extract = |name: &str| -> Result<&[f32]> {
+            outputs[name]
+                .try_extract_tensor::<f32>()
+                .map(|(_, data)| data)
+                .map_err(|e| Error::Inference(format!("output {name}: {e}")))
+        };
+        let mut landmarks = vec![Landmark::default(); batch * l];
+        match self.meta.outputs {
+            OutputForm::Raw => {
+                let maps = PipMaps::new(
+                    extract("cls")?,
+                    extract("off_x")?,
+                    extract("off_y")?,
+                    extract("nb_x")?,
+                    extract("nb_y")?,
+                    l,
+                    self.meta.num_neighbors(),
+                    self.meta.grid(),
+                )
+                .map_err(|e| Error::Inference(format!("{model}: {e}")))?;
+                if maps.batch() != batch {
+                    return Err(Error::Inference(format!(
+                        "{model}: {} faces out for {batch} in",
+                        maps.batch()
+                    )));
+                }
+                self.decoder
+                    .decode_into(&maps, &mut landmarks)
+                    .map_err(|e| Error::Inference(format!("{model}: {e}")))?;
+            }
+            OutputForm::Decoded => {
+                let (points, scores) = (extract("landmarks")?, extract("scores")?);
+                if points.len() != 2 * batch * l || scores.len() != batch * l {
+                    return Err(Error::Inference(format!(
+                        "{model}: decoded outputs do not hold {batch} x {l} landmarks"
+                    )));
+                }
+                for (i, slot) in landmarks.iter_mut().enumerate() {
+                    *slot = Landmark {
+                        x: points[2 * i],
+                        y: points[2 * i + 1],
+                        score: scores[i],
+                    };
+                }
+            }
+        }
+        if let Some(bad) = landmarks.iter().position(|p| !(p.x.is_finite() && p.y.is_finite())) {
+            return Err(Error::Inference(format!(
+                "{model} produced a non-finite landmark (face {} of the batch, point {})",
+                bad / l,
+                bad % l
+            )));
+        }
+        Ok(landmarks)
+    }
+
+    /// Landmarks for each `(image, crop)`, run in batches of [`Self::batch_size`].
+    pub fn landmarks(&mut self, faces: &[(&RgbImage, FaceCrop)]) -> Result<Vec<FaceLandmarks>> {
+        let s = self.meta.input_size;
+        let per_crop = 3 * s * s;
+        let l = self.meta.num_landmarks();
+        let mut result = Vec::with_capacity(faces.len());
+        for chunk in faces.chunks(self.batch_size) {
+            let mut input = std::mem::take(&mut self.input);
+            input.resize(chunk.len() * per_crop, 0.0);
+            for ((image, crop), out) in chunk.iter().zip(input.chunks_exact_mut(per_crop)) {
+                write_crop(image, crop, s, &self.norm, out);
+            }
+            let decoded = self.run_prepared(&input, chunk.len());
+            self.input = input;
+            for ((_, crop), points) in chunk.iter().zip(decoded?.chunks_exact(l)) {
+                result.push(FaceLandmarks {
+                    crop: *crop,
+                    in_image: points.iter().map(|p| crop.to_image([p.x, p.y])).collect(),
+                    in_crop: points.to_vec(),
+                });
+            }
+        }
+        Ok(result)
+    }
+}

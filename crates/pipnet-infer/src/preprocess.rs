@@ -1,0 +1,153 @@
+//! Face crop -> model input: bilinear sampling through the crop's similarity transform, written
+//! straight into the `[3, S, S]` planes of the input tensor with the model's normalisation.
+
+use image::RgbImage;
+use pipnet_core::FaceCrop;
+
+/// Per-channel normalisation folded into one multiply-add: `v * scale[c] + shift[c]` equals
+/// `(v / 255 - mean[c]) / std[c]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Normalization {
+    scale: [f32; 3],
+    shift: [f32; 3],
+}
+
+impl Normalization {
+    pub fn new(mean: [f32; 3], std: [f32; 3]) -> Self {
+        Self {
+            scale: [0, 1, 2].map(|c| 1.0 / (255.0 * std[c])),
+            shift: [0, 1, 2].map(|c| -mean[c] / std[c]),
+        }
+    }
+}
+
+/// Samples `crop` of `image` into `out` (`3 * size * size` floats, CHW). Pixels outside the
+/// image read as black, which is what training sees at image borders too.
+pub fn write_crop(
+    image: &RgbImage,
+    crop: &FaceCrop,
+    size: usize,
+    norm: &Normalization,
+    out: &mut [f32],
+) {
+    debug_assert_eq!(out.len(), 3 * size * size);
+    let plane = size * size;
+    let (w, h) = (image.width() as i64, image.height() as i64);
+    let raw = image.as_raw();
+    let t = crop.to_image_transform();
+    // Crop pixel (u, v) has centre ((u + 0.5) / S, (v + 0.5) / S) in crop-normalised units; a
+    // similarity moves linearly along a row, so step by the image-space delta of one pixel.
+    let m = t.to_homogeneous();
+    let inv = 1.0 / size as f32;
+    let (dxu, dyu) = (m[(0, 0)] * inv, m[(1, 0)] * inv);
+    let black = [0, 1, 2].map(|c| norm.shift[c]);
+    for v in 0..size {
+        let cv = (v as f32 + 0.5) * inv;
+        let mut x = m[(0, 0)] * 0.5 * inv + m[(0, 1)] * cv + m[(0, 2)];
+        let mut y = m[(1, 0)] * 0.5 * inv + m[(1, 1)] * cv + m[(1, 2)];
+        for u in 0..size {
+            let at = v * size + u;
+            let (x0, y0) = (x.floor(), y.floor());
+            let (fx, fy) = (x - x0, y - y0);
+            let (xi, yi) = (x0 as i64, y0 as i64);
+            if xi >= 0 && yi >= 0 && xi + 1 < w && yi + 1 < h {
+                // Fast path: all four neighbours inside.
+                let i00 = ((yi * w + xi) * 3) as usize;
+                let i10 = i00 + 3;
+                let i01 = i00 + (w as usize) * 3;
+                let i11 = i01 + 3;
+                for c in 0..3 {
+                    let top = f32::from(raw[i00 + c]) * (1.0 - fx) + f32::from(raw[i10 + c]) * fx;
+                    let bottom =
+                        f32::from(raw[i01 + c]) * (1.0 - fx) + f32::from(raw[i11 + c]) * fx;
+                    let value = top * (1.0 - fy) + bottom * fy;
+                    out[c * plane + at] = value * norm.scale[c] + norm.shift[c];
+                }
+            } else if xi >= -1 && yi >= -1 && xi < w && yi < h {
+                // Border: missing neighbours count as black.
+                let pixel = |px: i64, py: i64, c: usize| {
+                    if px >= 0 && py >= 0 && px < w && py < h {
+                        f32::from(raw[((py * w + px) * 3) as usize + c])
+                    } else {
+                        0.0
+                    }
+                };
+                for c in 0..3 {
+                    let top = pixel(xi, yi, c) * (1.0 - fx) + pixel(xi + 1, yi, c) * fx;
+                    let bottom = pixel(xi, yi + 1, c) * (1.0 - fx) + pixel(xi + 1, yi + 1, c) * fx;
+                    let value = top * (1.0 - fy) + bottom * fy;
+                    out[c * plane + at] = value * norm.scale[c] + norm.shift[c];
+                }
+            } else {
+                for c in 0..3 {
+                    out[c * plane + at] = black[c];
+                }
+            }
+            x += dxu;
+            y += dyu;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::Rgb;
+
+    fn identity_norm() -> Normalization {
+        // scale 1/255, shift 0: output = v / 255.
+        Normalization::new([0.0; 3], [1.0; 3])
+    }
+
+    #[test]
+    fn test_normalization_matches_the_contract_formula() {
+        let n = Normalization::new([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
+        for c in 0..3 {
+            let v = 200.0f32;
+            let mean = [0.485, 0.456, 0.406][c];
+            let std = [0.229, 0.224, 0.225][c];
+            assert!((v * n.scale[c] + n.shift[c] - (v / 255.0 - mean) / std).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn test_whole_image_crop_at_native_size_copies_pixels() {
+        let image = RgbImage::from_fn(8, 8, |x, y| Rgb([(x * 30) as u8, (y * 30) as u8, 7]));
+        let crop = FaceCrop::whole_image(8, 8);
+        let mut out = vec![0.0; 3 * 64];
+        write_crop(&image, &crop, 8, &identity_norm(), &mut out);
+        for y in 0..8 {
+            for x in 0..8 {
+                let at = y * 8 + x;
+                assert!((out[at] * 255.0 - (x * 30) as f32).abs() < 1e-3, "R at {x},{y}");
+                assert!((out[64 + at] * 255.0 - (y * 30) as f32).abs() < 1e-3, "G at {x},{y}");
+                assert!((out[128 + at] * 255.0 - 7.0).abs() < 1e-3);
+            }
+        }
+    }
+
+    #[test]
+    fn test_outside_the_image_is_black_and_rectangles_are_padded() {
+        let image = RgbImage::from_pixel(8, 4, Rgb([255, 255, 255]));
+        let crop = FaceCrop::whole_image(8, 4);
+        let mut out = vec![0.0; 3 * 64];
+        write_crop(&image, &crop, 8, &identity_norm(), &mut out);
+        // Rows 0-1 and 6-7 of the square crop lie outside the 8x4 image.
+        assert_eq!(out[0], 0.0);
+        assert_eq!(out[7 * 8 + 3], 0.0);
+        assert!((out[3 * 8 + 3] - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn test_downscale_samples_between_pixels() {
+        // 2x2 crop of a 4x4 image whose columns alternate 0/100: each output pixel centre sits
+        // between two columns, so it reads their mean.
+        let image = RgbImage::from_fn(4, 4, |x, _| Rgb([if x % 2 == 0 { 0 } else { 100 }; 3]));
+        let crop = FaceCrop::whole_image(4, 4);
+        let mut out = vec![0.0; 3 * 4];
+        write_crop(&image, &crop, 2, &identity_norm(), &mut out);
+        for v in &out {
+            assert!((v * 255.0 - 50.0).abs() < 1e-3, "{v}");
+        }
+    }
+}
