@@ -1,1 +1,38 @@
-fn main(){}
+//! `pipnet`: the command line over pipnet-infer and pipnet-train. Parsing and printing only;
+//! the work happens in the libraries.
+
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "pipnet", version, about = "PIPNet facial landmark detection")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a model's contract metadata, tensors and the execution providers it can use.
+    Info(cmd::info::Args),
+    /// Annotate images or folders of images with landmarks (one JSON per image).
+    Annotate(cmd::annotate::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info(args) => cmd::info::run(args),
+        Command::Annotate(args) => cmd::annotate::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("pipnet: error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

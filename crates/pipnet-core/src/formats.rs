@@ -127,7 +127,7 @@ pub struct ImageAnnotation {
 impl ImageAnnotation {
     pub fn to_json(&self) -> String {
         // Serialising plain structs of numbers and strings cannot fail; NaN becomes null.
-        serde_json::to_string_pretty(self).unwrap_or_default()
+        serde_json::to_string(self).unwrap_or_default()
     }
 
     pub fn from_json(text: &str) -> Result<Self> {

@@ -6,6 +6,7 @@
 //! library itself.
 
 pub mod error;
+pub mod folder;
 pub mod image_io;
 pub mod model;
 pub mod preprocess;

@@ -25,6 +25,16 @@ pub enum Device {
     Auto,
 }
 
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+            Device::Auto => "auto",
+        })
+    }
+}
+
 impl std::str::FromStr for Device {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
@@ -74,6 +84,8 @@ pub struct LandmarkModel {
     meta: ModelMetadata,
     path: PathBuf,
     provider: &'static str,
+    /// Why `Device::Auto` ended on the CPU, if it did.
+    fallback: Option<String>,
     norm: Normalization,
     decoder: Decoder,
     batch_size: usize,
@@ -140,10 +152,11 @@ impl LandmarkModel {
             if with_cuda {
                 builder = builder.with_execution_providers([cuda_provider()]).map_err(|e| {
                     Error::Device(format!(
-                        "CUDA execution provider unavailable with {}: {e}. Use --device cpu, or \
+                        "CUDA execution provider unavailable with {}: {}. Use --device cpu, or \
                          point ORT_DYLIB_PATH at the onnxruntime-gpu library with CUDA 12/13 \
                          and cuDNN 9 on the loader path",
-                        rt.library.display()
+                        rt.library.display(),
+                        e.to_string().trim_end_matches('.')
                     ))
                 })?;
             }
@@ -151,12 +164,16 @@ impl LandmarkModel {
                 .commit_from_file(path)
                 .map_err(|e| load_err(format!("not a loadable ONNX graph: {e}")))
         };
+        let mut fallback = None;
         let (session, provider) = match options.device {
             Device::Cpu => (build(false)?, "CPUExecutionProvider"),
             Device::Cuda => (build(true)?, "CUDAExecutionProvider"),
             Device::Auto => match build(true) {
                 Ok(s) => (s, "CUDAExecutionProvider"),
-                Err(e) if e.kind() == crate::ErrorKind::Device => (build(false)?, "CPUExecutionProvider"),
+                Err(e) if e.kind() == crate::ErrorKind::Device => {
+                    fallback = Some(e.to_string());
+                    (build(false)?, "CPUExecutionProvider")
+                }
                 Err(e) => return Err(e),
             },
         };
@@ -178,6 +195,7 @@ impl LandmarkModel {
             session,
             path: path.to_path_buf(),
             provider,
+            fallback,
             batch_size,
             input: Vec::new(),
             meta,
@@ -195,6 +213,12 @@ impl LandmarkModel {
     /// The execution provider the session was built with.
     pub fn execution_provider(&self) -> &'static str {
         self.provider
+    }
+
+    /// Set when `Device::Auto` could not use CUDA and fell back to the CPU: the reason, for a
+    /// warning the user will see.
+    pub fn device_fallback(&self) -> Option<&str> {
+        self.fallback.as_deref()
     }
 
     pub fn batch_size(&self) -> usize {

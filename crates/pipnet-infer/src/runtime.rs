@@ -156,6 +156,20 @@ pub struct Runtime {
     pub environment: ort::environment::Environment,
 }
 
+impl Runtime {
+    /// Execution providers this library offers that pipnet can use.
+    pub fn available_providers(&self) -> Vec<&'static str> {
+        use ort::ep::{CPU, CUDA, ExecutionProvider};
+        [
+            (CPU::NAME, CPU::is_available()),
+            (CUDA::NAME, CUDA::is_available()),
+        ]
+        .into_iter()
+        .filter_map(|(name, available)| available.unwrap_or(false).then_some(name))
+        .collect()
+    }
+}
+
 static RUNTIME: OnceLock<std::result::Result<Runtime, String>> = OnceLock::new();
 
 /// Loads ONNX Runtime once per process (locating, or fetching when allowed) and returns it.

@@ -1,0 +1,254 @@
+//! End-to-end: the real `pipnet` binary on real and deliberately broken images.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use image::{ImageBuffer, ImageEncoder, Luma, Rgb, RgbImage, Rgba};
+use pipnet::core::formats::ImageAnnotation;
+use pipnet::train::seeded::tiny_spec;
+
+/// Real photos from the labeled data set beside the repo (`../shared/data/face68-train`).
+fn real_photos() -> Vec<PathBuf> {
+    let dir = common::repo_root().join("../shared/data/face68-train");
+    let mut photos: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e} (the tests need ../shared beside the repo)", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jpg"))
+        .collect();
+    photos.sort();
+    photos.truncate(3);
+    photos
+}
+
+/// EXIF block (big-endian TIFF) holding only Orientation = 6: "rotate 90 degrees clockwise".
+fn exif_rotate_90() -> Vec<u8> {
+    vec![
+        0x4D, 0x4D, 0x00, 0x2A, 0x00, 0x00, 0x00, 0x08, // header, IFD at 8
+        0x00, 0x01, // one entry
+        0x01, 0x12, 0x00, 0x03, 0x00, 0x00, 0x00, 0x01, 0x00, 0x06, 0x00, 0x00, // orientation
+        0x00, 0x00, 0x00, 0x00, // no next IFD
+    ]
+}
+
+/// A folder mixing good photos with every kind of bad and awkward input.
+fn mixed_folder(root: &Path) -> (Vec<&'static str>, Vec<&'static str>) {
+    let photos = real_photos();
+    std::fs::create_dir_all(root.join("nested/deeper")).unwrap();
+    std::fs::copy(&photos[0], root.join("photo_a.jpg")).unwrap();
+    std::fs::copy(&photos[1], root.join("nested/deeper/photo_b.jpg")).unwrap();
+
+    let photo = image::open(&photos[2]).unwrap();
+    photo.to_luma8().save(root.join("gray.png")).unwrap();
+    let wide: ImageBuffer<Rgb<u16>, Vec<u16>> = photo.to_rgb16();
+    wide.save(root.join("sixteen_bit.png")).unwrap();
+    ImageBuffer::<Rgba<u8>, _>::from_pixel(50, 40, Rgba([200, 100, 50, 128]))
+        .save(root.join("rgba.png"))
+        .unwrap();
+    ImageBuffer::<Luma<u16>, _>::from_pixel(30, 30, Luma([40000u16]))
+        .save(root.join("gray16.png"))
+        .unwrap();
+
+    // 60x30 landscape pixels, stored with "rotate 90": upright it is 30 wide, 60 high.
+    let mut jpeg = Vec::new();
+    let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90);
+    encoder.set_exif_metadata(exif_rotate_90()).unwrap();
+    let landscape = RgbImage::from_fn(60, 30, |x, _| Rgb([(x * 4) as u8, 90, 40]));
+    encoder
+        .write_image(landscape.as_raw(), 60, 30, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    std::fs::write(root.join("exif_rotated.jpg"), &jpeg).unwrap();
+
+    // Bad inputs.
+    let real = std::fs::read(&photos[0]).unwrap();
+    let mut corrupt = real.clone();
+    for b in corrupt.iter_mut().skip(200).take(400) {
+        *b = 0xFF;
+    }
+    corrupt.truncate(real.len() / 3);
+    std::fs::write(root.join("corrupt.jpg"), &corrupt).unwrap();
+    let mut png = Vec::new();
+    photo
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    std::fs::write(root.join("truncated.png"), &png[..png.len() / 2]).unwrap();
+    std::fs::write(root.join("notes.jpg"), "this is a text file, not a JPEG\n").unwrap();
+    std::fs::write(root.join("readme.txt"), "ignored: not an image extension\n").unwrap();
+
+    let good = vec![
+        "photo_a.jpg",
+        "nested/deeper/photo_b.jpg",
+        "gray.png",
+        "sixteen_bit.png",
+        "rgba.png",
+        "gray16.png",
+        "exif_rotated.jpg",
+    ];
+    let bad = vec!["corrupt.jpg", "truncated.png", "notes.jpg"];
+    (good, bad)
+}
+
+fn read_annotation(out: &Path, name: &str) -> ImageAnnotation {
+    let path = out.join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    ImageAnnotation::from_json(&text).unwrap()
+}
+
+#[test]
+fn test_annotate_crops_folder_annotates_good_lists_bad_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::seeded_model(tmp.path(), tiny_spec());
+    let input = tmp.path().join("photos");
+    let out = tmp.path().join("out");
+    let (good, bad) = mixed_folder(&input);
+    let args = |extra: &[&'static str]| {
+        let mut a = vec![
+            "annotate".to_string(),
+            input.display().to_string(),
+            "--model".into(),
+            model.display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
+            "--crops".into(),
+            "--batch".into(),
+            "3".into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run = |extra: &[&'static str]| {
+        let a = args(extra);
+        common::run_pipnet(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+
+    let (code, _, stderr) = run(&[]);
+    assert_eq!(code, 1, "some images failed, so exit 1: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for name in &good {
+        let a = read_annotation(&out, name);
+        assert_eq!(a.image, *name);
+        assert_eq!(a.faces.len(), 1);
+        assert_eq!(a.faces[0].landmarks.len(), 68);
+        assert!(a.faces[0].landmarks.iter().flatten().all(|v| v.is_finite()));
+    }
+    let rotated = read_annotation(&out, "exif_rotated.jpg");
+    assert_eq!((rotated.width, rotated.height), (30, 60), "EXIF orientation applied");
+    let failures = std::fs::read_to_string(out.join("failures.jsonl")).unwrap();
+    assert_eq!(failures.lines().count(), bad.len(), "{failures}");
+    for name in &bad {
+        assert!(failures.contains(&format!("\"image\":\"{name}\"")), "{name} in {failures}");
+        assert!(!out.join(format!("{name}.json")).exists());
+    }
+    assert!(!out.join("readme.txt.json").exists());
+    assert!(stderr.contains("10 images: 7 annotated (7 faces), 0 already done, 3 failed"), "{stderr}");
+
+    // A second run skips finished work but still reports the bad files.
+    let before = std::fs::metadata(out.join("photo_a.jpg.json")).unwrap().modified().unwrap();
+    let (code, _, stderr) = run(&[]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("0 annotated (0 faces), 7 already done, 3 failed"), "{stderr}");
+    let after = std::fs::metadata(out.join("photo_a.jpg.json")).unwrap().modified().unwrap();
+    assert_eq!(before, after);
+
+    // --force redoes everything, with the same results (deterministic).
+    let first = read_annotation(&out, "gray.png");
+    let (_, _, stderr) = run(&["--force"]);
+    assert!(stderr.contains("7 annotated"), "{stderr}");
+    assert_eq!(read_annotation(&out, "gray.png"), first);
+
+    // Only complete JSON files in the output: no temporaries left behind.
+    for entry in walk(&out) {
+        let name = entry.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.ends_with(".json") || name == "failures.jsonl", "stray file {name}");
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[test]
+fn test_max_pixels_guard_reports_the_file_and_the_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::seeded_model(tmp.path(), tiny_spec());
+    let image = tmp.path().join("big.png");
+    RgbImage::from_pixel(100, 100, Rgb([1, 2, 3])).save(&image).unwrap();
+    let out = tmp.path().join("out");
+    let (code, _, stderr) = common::run_pipnet(&[
+        "annotate",
+        image.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--crops",
+        "--max-pixels",
+        "5000",
+    ]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("100x100 = 10000 pixels is over the limit of 5000"), "{stderr}");
+}
+
+#[test]
+fn test_info_prints_contract_and_provider() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::seeded_model(tmp.path(), tiny_spec());
+    let (code, stdout, stderr) = common::run_pipnet(&["info", model.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("scheme           300w-68 (68 landmarks)"), "{stdout}");
+    assert!(stdout.contains("output           nb_x float32 [N, 680, 4, 4]"), "{stdout}");
+    assert!(stdout.contains("session uses     CPUExecutionProvider"), "{stdout}");
+}
+
+#[test]
+fn test_bad_models_and_devices_get_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = tmp.path().join("model.onnx");
+    std::fs::write(&text, "not a model").unwrap();
+    let (code, _, stderr) = common::run_pipnet(&["info", text.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("failed to load model") && stderr.contains("not a loadable ONNX graph"), "{stderr}");
+
+    let model = common::seeded_model(tmp.path(), tiny_spec());
+    let (code, _, stderr) = common::run_pipnet(&["info", model.to_str().unwrap(), "--device", "gpu"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("unknown device \"gpu\""), "{stderr}");
+
+    let (code, stdout, stderr) =
+        common::run_pipnet(&["info", model.to_str().unwrap(), "--device", "auto"]);
+    if stdout.contains("session uses     CPUExecutionProvider") {
+        // No usable CUDA here: auto must say it fell back, and cuda must refuse.
+        assert_eq!(code, 0);
+        assert!(stderr.contains("warning: --device auto: CUDA unavailable"), "{stderr}");
+        let (code, _, stderr) =
+            common::run_pipnet(&["info", model.to_str().unwrap(), "--device", "cuda"]);
+        assert_eq!(code, 2);
+        assert!(stderr.contains("CUDA execution provider unavailable"), "{stderr}");
+    } else {
+        assert!(stdout.contains("session uses     CUDAExecutionProvider"), "{stdout}");
+    }
+}
+
+#[test]
+fn test_missing_runtime_library_is_one_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::seeded_model(tmp.path(), tiny_spec());
+    let output = std::process::Command::new(common::pipnet_bin())
+        .args(["info", model.to_str().unwrap()])
+        .env("ORT_DYLIB_PATH", tmp.path().join("nowhere/libonnxruntime.so"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr.contains("ORT_DYLIB_PATH points to"), "{stderr}");
+    assert!(stderr.contains("pip"), "says how to provide it: {stderr}");
+}
