@@ -3,7 +3,9 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let out = args.next().ok_or("usage: write_seeded_model OUT.onnx [tiny|resnet18]")?;
+    let out = args
+        .next()
+        .ok_or("usage: write_seeded_model OUT.onnx [tiny|resnet18]")?;
     let spec = match args.next().as_deref() {
         None | Some("tiny") => pipnet::train::seeded::tiny_spec(),
         Some("resnet18") => pipnet::train::NetworkSpec::resnet18(68, 10),

@@ -12,7 +12,12 @@ use pipnet::train::seeded::tiny_spec;
 fn real_photos() -> Vec<PathBuf> {
     let dir = common::repo_root().join("../shared/data/face68-train");
     let mut photos: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e} (the tests need ../shared beside the repo)", dir.display()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (the tests need ../shared beside the repo)",
+                dir.display()
+            )
+        })
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "jpg"))
         .collect();
@@ -132,22 +137,41 @@ fn test_annotate_crops_folder_annotates_good_lists_bad_and_resumes() {
         assert!(a.faces[0].landmarks.iter().flatten().all(|v| v.is_finite()));
     }
     let rotated = read_annotation(&out, "exif_rotated.jpg");
-    assert_eq!((rotated.width, rotated.height), (30, 60), "EXIF orientation applied");
+    assert_eq!(
+        (rotated.width, rotated.height),
+        (30, 60),
+        "EXIF orientation applied"
+    );
     let failures = std::fs::read_to_string(out.join("failures.jsonl")).unwrap();
     assert_eq!(failures.lines().count(), bad.len(), "{failures}");
     for name in &bad {
-        assert!(failures.contains(&format!("\"image\":\"{name}\"")), "{name} in {failures}");
+        assert!(
+            failures.contains(&format!("\"image\":\"{name}\"")),
+            "{name} in {failures}"
+        );
         assert!(!out.join(format!("{name}.json")).exists());
     }
     assert!(!out.join("readme.txt.json").exists());
-    assert!(stderr.contains("10 images: 7 annotated (7 faces), 0 already done, 3 failed"), "{stderr}");
+    assert!(
+        stderr.contains("10 images: 7 annotated (7 faces), 0 already done, 3 failed"),
+        "{stderr}"
+    );
 
     // A second run skips finished work but still reports the bad files.
-    let before = std::fs::metadata(out.join("photo_a.jpg.json")).unwrap().modified().unwrap();
+    let before = std::fs::metadata(out.join("photo_a.jpg.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
     let (code, _, stderr) = run(&[]);
     assert_eq!(code, 1);
-    assert!(stderr.contains("0 annotated (0 faces), 7 already done, 3 failed"), "{stderr}");
-    let after = std::fs::metadata(out.join("photo_a.jpg.json")).unwrap().modified().unwrap();
+    assert!(
+        stderr.contains("0 annotated (0 faces), 7 already done, 3 failed"),
+        "{stderr}"
+    );
+    let after = std::fs::metadata(out.join("photo_a.jpg.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
     assert_eq!(before, after);
 
     // --force redoes everything, with the same results (deterministic).
@@ -159,7 +183,10 @@ fn test_annotate_crops_folder_annotates_good_lists_bad_and_resumes() {
     // Only complete JSON files in the output: no temporaries left behind.
     for entry in walk(&out) {
         let name = entry.file_name().unwrap().to_string_lossy().into_owned();
-        assert!(name.ends_with(".json") || name == "failures.jsonl", "stray file {name}");
+        assert!(
+            name.ends_with(".json") || name == "failures.jsonl",
+            "stray file {name}"
+        );
     }
 }
 
@@ -181,7 +208,9 @@ fn test_max_pixels_guard_reports_the_file_and_the_limit() {
     let tmp = tempfile::tempdir().unwrap();
     let model = common::seeded_model(tmp.path(), tiny_spec());
     let image = tmp.path().join("big.png");
-    RgbImage::from_pixel(100, 100, Rgb([1, 2, 3])).save(&image).unwrap();
+    RgbImage::from_pixel(100, 100, Rgb([1, 2, 3]))
+        .save(&image)
+        .unwrap();
     let out = tmp.path().join("out");
     let (code, _, stderr) = common::run_pipnet(&[
         "annotate",
@@ -195,7 +224,10 @@ fn test_max_pixels_guard_reports_the_file_and_the_limit() {
         "5000",
     ]);
     assert_eq!(code, 1);
-    assert!(stderr.contains("100x100 = 10000 pixels is over the limit of 5000"), "{stderr}");
+    assert!(
+        stderr.contains("100x100 = 10000 pixels is over the limit of 5000"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -204,9 +236,18 @@ fn test_info_prints_contract_and_provider() {
     let model = common::seeded_model(tmp.path(), tiny_spec());
     let (code, stdout, stderr) = common::run_pipnet(&["info", model.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("scheme           300w-68 (68 landmarks)"), "{stdout}");
-    assert!(stdout.contains("output           nb_x float32 [N, 680, 4, 4]"), "{stdout}");
-    assert!(stdout.contains("session uses     CPUExecutionProvider"), "{stdout}");
+    assert!(
+        stdout.contains("scheme           300w-68 (68 landmarks)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("output           nb_x float32 [N, 680, 4, 4]"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("session uses     CPUExecutionProvider"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -216,10 +257,14 @@ fn test_bad_models_and_devices_get_clear_errors() {
     std::fs::write(&text, "not a model").unwrap();
     let (code, _, stderr) = common::run_pipnet(&["info", text.to_str().unwrap()]);
     assert_eq!(code, 2);
-    assert!(stderr.contains("failed to load model") && stderr.contains("not a loadable ONNX graph"), "{stderr}");
+    assert!(
+        stderr.contains("failed to load model") && stderr.contains("not a loadable ONNX graph"),
+        "{stderr}"
+    );
 
     let model = common::seeded_model(tmp.path(), tiny_spec());
-    let (code, _, stderr) = common::run_pipnet(&["info", model.to_str().unwrap(), "--device", "gpu"]);
+    let (code, _, stderr) =
+        common::run_pipnet(&["info", model.to_str().unwrap(), "--device", "gpu"]);
     assert_eq!(code, 2);
     assert!(stderr.contains("unknown device \"gpu\""), "{stderr}");
 
@@ -228,13 +273,22 @@ fn test_bad_models_and_devices_get_clear_errors() {
     if stdout.contains("session uses     CPUExecutionProvider") {
         // No usable CUDA here: auto must say it fell back, and cuda must refuse.
         assert_eq!(code, 0);
-        assert!(stderr.contains("warning: --device auto: CUDA unavailable"), "{stderr}");
+        assert!(
+            stderr.contains("warning: --device auto: CUDA unavailable"),
+            "{stderr}"
+        );
         let (code, _, stderr) =
             common::run_pipnet(&["info", model.to_str().unwrap(), "--device", "cuda"]);
         assert_eq!(code, 2);
-        assert!(stderr.contains("CUDA execution provider unavailable"), "{stderr}");
+        assert!(
+            stderr.contains("CUDA execution provider unavailable"),
+            "{stderr}"
+        );
     } else {
-        assert!(stdout.contains("session uses     CUDAExecutionProvider"), "{stdout}");
+        assert!(
+            stdout.contains("session uses     CUDAExecutionProvider"),
+            "{stdout}"
+        );
     }
 }
 
@@ -244,7 +298,10 @@ fn test_missing_runtime_library_is_one_clear_error() {
     let model = common::seeded_model(tmp.path(), tiny_spec());
     let output = std::process::Command::new(common::pipnet_bin())
         .args(["info", model.to_str().unwrap()])
-        .env("ORT_DYLIB_PATH", tmp.path().join("nowhere/libonnxruntime.so"))
+        .env(
+            "ORT_DYLIB_PATH",
+            tmp.path().join("nowhere/libonnxruntime.so"),
+        )
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -26,7 +26,10 @@ fn check_with_onnx(spec: NetworkSpec) {
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.trim().ends_with(" 17"), "opset 17 expected: {stdout}");
+    assert!(
+        stdout.trim().ends_with(" 17"),
+        "opset 17 expected: {stdout}"
+    );
 }
 
 #[test]

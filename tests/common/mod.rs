@@ -60,7 +60,10 @@ pub fn python() -> PathBuf {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON
         .get_or_init(|| {
-            let venv = target_profile_dir().parent().expect("target dir").join("test-python");
+            let venv = target_profile_dir()
+                .parent()
+                .expect("target dir")
+                .join("test-python");
             let python = venv.join("bin").join("python");
             let requirements = repo_root().join("python-export/requirements-test.txt");
             let stamp = venv.join("installed-requirements.txt");
@@ -78,7 +81,9 @@ pub fn python() -> PathBuf {
                     );
                 };
                 let system = std::env::var("PIPNET_PYTHON").unwrap_or_else(|_| "python3".into());
-                run(Command::new(system).args(["-m", "venv", "--clear"]).arg(&venv));
+                run(Command::new(system)
+                    .args(["-m", "venv", "--clear"])
+                    .arg(&venv));
                 run(Command::new(&python)
                     .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
                     .args(["--require-hashes", "--only-binary=:all:", "-r"])

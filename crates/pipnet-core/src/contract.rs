@@ -125,7 +125,10 @@ impl ModelMetadata {
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let required = |key: &'static str| {
             get(key).ok_or_else(|| {
-                meta_err(key, "missing: not a PIPNet graph, or written without metadata")
+                meta_err(
+                    key,
+                    "missing: not a PIPNet graph, or written without metadata",
+                )
             })
         };
         let number = |key: &'static str| -> Result<usize> {
@@ -156,7 +159,7 @@ impl ModelMetadata {
         if stride == 0 {
             return Err(meta_err("pipnet.stride", "must be positive"));
         }
-        if input_size == 0 || input_size % stride != 0 {
+        if input_size == 0 || !input_size.is_multiple_of(stride) {
             return Err(meta_err(
                 "pipnet.input_size",
                 format!("{input_size} is not a positive multiple of stride {stride}"),
@@ -166,7 +169,10 @@ impl ModelMetadata {
             let values: Vec<f32> = parse_list(key, &required(key)?)?;
             match values[..] {
                 [a, b, c] if values.iter().all(|v| v.is_finite()) => Ok([a, b, c]),
-                _ => Err(meta_err(key, format!("{} values, expected 3 finite", values.len()))),
+                _ => Err(meta_err(
+                    key,
+                    format!("{} values, expected 3 finite", values.len()),
+                )),
             }
         };
         let mean = channel_triple("pipnet.mean")?;
@@ -186,7 +192,11 @@ impl ModelMetadata {
         if rows.len() != l * c {
             return Err(meta_err(
                 "pipnet.neighbors",
-                format!("{} values, expected {} ({l} landmarks x {c} neighbours)", rows.len(), l * c),
+                format!(
+                    "{} values, expected {} ({l} landmarks x {c} neighbours)",
+                    rows.len(),
+                    l * c
+                ),
             ));
         }
         let neighbors = NeighborIndex::from_rows(l, c, rows)
@@ -231,7 +241,9 @@ impl ModelMetadata {
         let spec = |name: &str, dims: &[i64]| TensorSpec {
             name: name.to_string(),
             is_f32: true,
-            shape: std::iter::once(None).chain(dims.iter().map(|&d| Some(d))).collect(),
+            shape: std::iter::once(None)
+                .chain(dims.iter().map(|&d| Some(d)))
+                .collect(),
         };
         let outputs = match self.outputs {
             OutputForm::Raw => vec![
@@ -263,7 +275,11 @@ impl std::fmt::Display for TensorSpec {
             .iter()
             .map(|d| d.map_or("N".to_string(), |d| d.to_string()))
             .collect();
-        let ty = if self.is_f32 { "float32" } else { "non-float32" };
+        let ty = if self.is_f32 {
+            "float32"
+        } else {
+            "non-float32"
+        };
         write!(f, "{} {ty} [{}]", self.name, dims.join(", "))
     }
 }
@@ -275,7 +291,10 @@ pub fn check_io(meta: &ModelMetadata, inputs: &[TensorSpec], outputs: &[TensorSp
     let check = |kind: &'static str, want: &TensorSpec, have: &[TensorSpec]| -> Result<()> {
         let got = have.iter().find(|t| t.name == want.name).ok_or_else(|| {
             let names: Vec<&str> = have.iter().map(|t| t.name.as_str()).collect();
-            meta_err(kind, format!("no tensor named {:?} (graph has {names:?})", want.name))
+            meta_err(
+                kind,
+                format!("no tensor named {:?} (graph has {names:?})", want.name),
+            )
         })?;
         let dims_agree = got.shape.len() == want.shape.len()
             && got
@@ -289,7 +308,10 @@ pub fn check_io(meta: &ModelMetadata, inputs: &[TensorSpec], outputs: &[TensorSp
         Ok(())
     };
     if inputs.len() != 1 {
-        return Err(meta_err("input", format!("{} graph inputs, expected 1", inputs.len())));
+        return Err(meta_err(
+            "input",
+            format!("{} graph inputs, expected 1", inputs.len()),
+        ));
     }
     check("input", &want_input, inputs)?;
     for want in &want_outputs {
@@ -306,7 +328,12 @@ mod tests {
     pub(crate) fn sample_metadata() -> ModelMetadata {
         let scheme = Scheme::W300_68;
         let meanface: Vec<Point> = (0..68)
-            .map(|i| [0.1 + 0.8 * (i as f32 / 67.0), 0.5 + 0.3 * (i as f32 * 0.3).sin()])
+            .map(|i| {
+                [
+                    0.1 + 0.8 * (i as f32 / 67.0),
+                    0.5 + 0.3 * (i as f32 * 0.3).sin(),
+                ]
+            })
             .collect();
         ModelMetadata {
             scheme,
@@ -325,7 +352,10 @@ mod tests {
     }
 
     fn lookup(pairs: &[(String, String)]) -> impl Fn(&str) -> Option<String> + '_ {
-        let map: HashMap<&str, &str> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let map: HashMap<&str, &str> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         move |k| map.get(k).map(|v| v.to_string())
     }
 
@@ -343,14 +373,34 @@ mod tests {
         let cases: Vec<(&str, Option<String>, &str)> = vec![
             ("pipnet.format", None, "missing"),
             ("pipnet.format", Some("2".into()), "format 2"),
-            ("pipnet.num_landmarks", Some("98".into()), "scheme 300w-68 has 68"),
+            (
+                "pipnet.num_landmarks",
+                Some("98".into()),
+                "scheme 300w-68 has 68",
+            ),
             ("pipnet.stride", Some("0".into()), "positive"),
-            ("pipnet.input_size", Some("250".into()), "multiple of stride"),
+            (
+                "pipnet.input_size",
+                Some("250".into()),
+                "multiple of stride",
+            ),
             ("pipnet.mean", Some("0.5,0.5".into()), "2 values"),
             ("pipnet.std", Some("0.2,0,0.2".into()), "positive"),
-            ("pipnet.meanface", Some("0.5,0.5".into()), "2 values, expected 136"),
-            ("pipnet.neighbors", Some(join(0..670)), "670 values, expected 680"),
-            ("pipnet.neighbors", Some(join((0..680).map(|i| i % 68))), "not itself"),
+            (
+                "pipnet.meanface",
+                Some("0.5,0.5".into()),
+                "2 values, expected 136",
+            ),
+            (
+                "pipnet.neighbors",
+                Some(join(0..670)),
+                "670 values, expected 680",
+            ),
+            (
+                "pipnet.neighbors",
+                Some(join((0..680).map(|i| i % 68))),
+                "not itself",
+            ),
             ("pipnet.scheme", Some("cofw-29".into()), "cofw-29"),
             ("pipnet.crop", Some("box=2".into()), "unknown key"),
             ("pipnet.outputs", Some("heatmaps".into()), "heatmaps"),
@@ -362,7 +412,9 @@ mod tests {
             if let Some(v) = value {
                 pairs.push((key.to_string(), v));
             }
-            let err = ModelMetadata::from_lookup(lookup(&pairs)).unwrap_err().to_string();
+            let err = ModelMetadata::from_lookup(lookup(&pairs))
+                .unwrap_err()
+                .to_string();
             assert!(err.starts_with(key), "{key}: {err}");
             assert!(err.contains(needle), "{key}: {err}");
         }
@@ -377,17 +429,26 @@ mod tests {
         let mut renamed = outputs.clone();
         renamed[3].name = "nbx".into();
         let err = check_io(&meta, std::slice::from_ref(&input), &renamed).unwrap_err();
-        assert!(err.to_string().contains("no tensor named \"nb_x\""), "{err}");
+        assert!(
+            err.to_string().contains("no tensor named \"nb_x\""),
+            "{err}"
+        );
 
         let mut reshaped = outputs.clone();
         reshaped[0].shape[2] = Some(16);
         let err = check_io(&meta, std::slice::from_ref(&input), &reshaped).unwrap_err();
-        assert!(err.to_string().contains("cls float32 [N, 68, 16, 8]"), "{err}");
+        assert!(
+            err.to_string().contains("cls float32 [N, 68, 16, 8]"),
+            "{err}"
+        );
 
         let mut int_input = input.clone();
         int_input.is_f32 = false;
         let err = check_io(&meta, &[int_input], &outputs).unwrap_err();
-        assert!(err.to_string().starts_with("input: image non-float32"), "{err}");
+        assert!(
+            err.to_string().starts_with("input: image non-float32"),
+            "{err}"
+        );
         assert!(check_io(&meta, &[], &outputs).is_err());
     }
 }

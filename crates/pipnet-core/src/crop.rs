@@ -34,7 +34,11 @@ impl From<FaceBox> for [f32; 4] {
 impl FaceBox {
     /// The tight box around a set of points (the 300-W "landmark box").
     pub fn around(points: &[Point]) -> Result<Self> {
-        if points.is_empty() || points.iter().any(|p| !p[0].is_finite() || !p[1].is_finite()) {
+        if points.is_empty()
+            || points
+                .iter()
+                .any(|p| !p[0].is_finite() || !p[1].is_finite())
+        {
             return Err(Error::Invalid {
                 what: "landmark box",
                 detail: "needs at least one point and only finite coordinates".into(),
@@ -124,7 +128,10 @@ impl CropRule {
     pub fn to_metadata(&self) -> String {
         let mut text = format!("landmark_box_scale={}", self.scale);
         if self.shift_x != 0.0 || self.shift_y != 0.0 {
-            text.push_str(&format!(",shift_x={},shift_y={}", self.shift_x, self.shift_y));
+            text.push_str(&format!(
+                ",shift_x={},shift_y={}",
+                self.shift_x, self.shift_y
+            ));
         }
         text
     }
@@ -133,7 +140,11 @@ impl CropRule {
     pub fn crop(&self, face: &FaceBox) -> FaceCrop {
         let side = self.scale * face.width().max(face.height());
         let [cx, cy] = face.center();
-        FaceCrop::new([cx + self.shift_x * side, cy + self.shift_y * side], side, 0.0)
+        FaceCrop::new(
+            [cx + self.shift_x * side, cy + self.shift_y * side],
+            side,
+            0.0,
+        )
     }
 }
 
@@ -200,7 +211,10 @@ mod tests {
         assert!((crop.side - 44.0).abs() < 1e-5);
         assert_eq!(crop.center, [30.0, 30.0]);
         let tl = crop.to_image([0.0, 0.0]);
-        assert!((tl[0] - 8.0).abs() < 1e-4 && (tl[1] - 8.0).abs() < 1e-4, "{tl:?}");
+        assert!(
+            (tl[0] - 8.0).abs() < 1e-4 && (tl[1] - 8.0).abs() < 1e-4,
+            "{tl:?}"
+        );
         let mid = crop.to_crop([30.0, 30.0]);
         assert!((mid[0] - 0.5).abs() < 1e-6 && (mid[1] - 0.5).abs() < 1e-6);
     }
@@ -210,7 +224,10 @@ mod tests {
         let crop = FaceCrop::new([100.0, 100.0], 40.0, std::f32::consts::FRAC_PI_2);
         // Crop x axis points along +y of the image.
         let p = crop.to_image([1.0, 0.5]);
-        assert!((p[0] - 100.0).abs() < 1e-4 && (p[1] - 120.0).abs() < 1e-4, "{p:?}");
+        assert!(
+            (p[0] - 100.0).abs() < 1e-4 && (p[1] - 120.0).abs() < 1e-4,
+            "{p:?}"
+        );
     }
 
     #[test]
@@ -223,7 +240,13 @@ mod tests {
             shift_y: -0.05,
         };
         assert_eq!(CropRule::parse(&shifted.to_metadata()).unwrap(), shifted);
-        for bad in ["", "scale=1", "landmark_box_scale=abc", "landmark_box_scale=-1", "x"] {
+        for bad in [
+            "",
+            "scale=1",
+            "landmark_box_scale=abc",
+            "landmark_box_scale=-1",
+            "x",
+        ] {
             assert!(CropRule::parse(bad).is_err(), "{bad:?}");
         }
     }
@@ -232,7 +255,10 @@ mod tests {
     fn test_whole_image_crop_covers_the_longest_side() {
         let crop = FaceCrop::whole_image(200, 100);
         let b = crop.bounds();
-        assert!((b.x0 + 0.5).abs() < 1e-4 && (b.x1 - 199.5).abs() < 1e-4, "{b:?}");
+        assert!(
+            (b.x0 + 0.5).abs() < 1e-4 && (b.x1 - 199.5).abs() < 1e-4,
+            "{b:?}"
+        );
         assert!((b.height() - 200.0).abs() < 1e-4);
     }
 

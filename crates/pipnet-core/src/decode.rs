@@ -3,8 +3,7 @@
 //! [`decode_pip_scalar`] is the reference: a literal transcription of the contract's steps.
 //! [`Decoder`] is the fast path: the per-landmark arg-max over the `G x G` score map (the bulk
 //! of the work) runs on AVX2/SSE2 (x86_64) or NEON (aarch64), picked once at run time, and the
-//! merge pulls votes through the reverse neighbour index in the same order the reference pushes
-//! them, so both produce the same sums.
+//! merge adds votes in the reference's order, so both produce the same sums.
 
 use crate::meanface::NeighborIndex;
 use crate::{Error, Result};
@@ -265,9 +264,9 @@ impl Kernel {
 pub struct Decoder {
     index: NeighborIndex,
     kernel: Kernel,
-    /// For each entry of `index.voters_of(..)` (flattened), the landmark that casts it.
-    voter_landmark: Vec<u32>,
-    winners: Vec<u32>,
+    /// Predictions merged into each landmark: its own plus the votes it receives.
+    predictions: Vec<f32>,
+    winners: Vec<Winner>,
 }
 
 impl Decoder {
@@ -277,15 +276,14 @@ impl Decoder {
 
     /// A decoder pinned to one kernel (tests and benches compare them).
     pub fn with_kernel(index: NeighborIndex, kernel: Kernel) -> Self {
-        let c = index.num_neighbors() as u32;
-        let voter_landmark = (0..index.num_landmarks())
-            .flat_map(|j| index.voters_of(j).iter().map(move |&flat| flat / c))
+        let predictions = (0..index.num_landmarks())
+            .map(|j| (index.voters_of(j).len() + 1) as f32)
             .collect();
-        let winners = vec![0; index.num_landmarks()];
+        let winners = vec![Winner::default(); index.num_landmarks()];
         Self {
             index,
             kernel,
-            voter_landmark,
+            predictions,
             winners,
         }
     }
@@ -299,7 +297,11 @@ impl Decoder {
     }
 
     /// Decodes and merges a batch into `out` (`N * L` slots); same results as
-    /// [`decode_pip_scalar`].
+    /// [`decode_pip_scalar`] (bit for bit when G is a power of two).
+    ///
+    /// Sums are kept in cell units and divided once by `G * count`: scaling by a power of two
+    /// is exact, so this equals the reference's per-term division while replacing ~2 * L * C
+    /// divisions with 2 * L.
     pub fn decode_into(&mut self, maps: &PipMaps<'_>, out: &mut [Landmark]) -> Result<()> {
         maps.check(&self.index, out)?;
         let (l_count, c_count, g) = (maps.num_landmarks, maps.num_neighbors, maps.grid);
@@ -310,31 +312,41 @@ impl Decoder {
             for (l, (slot, winner)) in face_out.iter_mut().zip(&mut self.winners).enumerate() {
                 let base = face_maps + l * cells;
                 let cell = self.kernel.argmax(&maps.cls[base..base + cells]);
-                *winner = cell as u32;
-                slot.x = ((cell % g) as f32 + maps.off_x[base + cell]) / gf;
-                slot.y = ((cell / g) as f32 + maps.off_y[base + cell]) / gf;
+                let (c, r) = ((cell % g) as f32, (cell / g) as f32);
+                *winner = Winner { cell, c, r };
+                // Own prediction, in cell units until the final division.
+                slot.x = c + maps.off_x[base + cell];
+                slot.y = r + maps.off_y[base + cell];
                 slot.score = maps.cls[base + cell];
             }
+            // Votes in the reference's order (l, then k): the k planes of landmark l are
+            // `cells` apart, a stride the hardware prefetcher follows.
             let face_nb = face_maps * c_count;
-            let mut voter = 0;
-            for (j, slot) in face_out.iter_mut().enumerate() {
-                let (mut sx, mut sy) = (slot.x, slot.y);
-                let votes = self.index.voters_of(j);
-                for &flat in votes {
-                    let l = self.voter_landmark[voter] as usize;
-                    voter += 1;
-                    let cell = self.winners[l] as usize;
-                    let at = face_nb + flat as usize * cells + cell;
-                    sx += ((cell % g) as f32 + maps.nb_x[at]) / gf;
-                    sy += ((cell / g) as f32 + maps.nb_y[at]) / gf;
+            for (l, w) in self.winners.iter().enumerate() {
+                let base = face_nb + l * c_count * cells + w.cell;
+                for (k, &j) in self.index.neighbors_of(l).iter().enumerate() {
+                    let at = base + k * cells;
+                    let slot = &mut face_out[j as usize];
+                    slot.x += w.c + maps.nb_x[at];
+                    slot.y += w.r + maps.nb_y[at];
                 }
-                let count = (votes.len() + 1) as f32;
-                slot.x = sx / count;
-                slot.y = sy / count;
+            }
+            for (slot, &votes) in face_out.iter_mut().zip(&self.predictions) {
+                let denominator = gf * votes;
+                slot.x /= denominator;
+                slot.y /= denominator;
             }
         }
         Ok(())
     }
+}
+
+/// A landmark's arg-max cell and its column/row as floats.
+#[derive(Debug, Clone, Copy, Default)]
+struct Winner {
+    cell: usize,
+    c: f32,
+    r: f32,
 }
 
 /// Decodes a batch with the fastest kernel, allocating fresh scratch; prefer a reused
@@ -466,7 +478,11 @@ mod tests {
         ];
         for kernel in Kernel::available() {
             for &(values, expected) in cases {
-                assert_eq!(kernel.argmax(values), expected, "{values:?} with {kernel:?}");
+                assert_eq!(
+                    kernel.argmax(values),
+                    expected,
+                    "{values:?} with {kernel:?}"
+                );
                 // The same case past a SIMD width, so the tail path and chunk path both run.
                 let mut long = vec![f32::NEG_INFINITY; 21];
                 long.extend_from_slice(values);
@@ -523,7 +539,9 @@ mod tests {
         let maps = PipMaps::new(&v, &v, &v, &nb, &nb, 2, 1, 4).unwrap();
         let index = test_index(2, 1);
         assert!(decode_pip_scalar(&maps, &index, &mut [Landmark::default(); 3]).is_err());
-        assert!(decode_pip_scalar(&maps, &test_index(3, 1), &mut [Landmark::default(); 2]).is_err());
+        assert!(
+            decode_pip_scalar(&maps, &test_index(3, 1), &mut [Landmark::default(); 2]).is_err()
+        );
     }
 
     /// Score values drawn from a few levels (many ties) or from extremes.

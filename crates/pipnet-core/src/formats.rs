@@ -36,7 +36,10 @@ pub fn parse_pts(text: &str) -> Result<Vec<Point>> {
     for (no, line) in lines {
         if line == "}" {
             if points.len() != count {
-                return Err(err(no, format!("{} points, header says {count}", points.len())));
+                return Err(err(
+                    no,
+                    format!("{} points, header says {count}", points.len()),
+                ));
             }
             return Ok(points);
         }
@@ -45,7 +48,12 @@ pub fn parse_pts(text: &str) -> Result<Vec<Point>> {
             (Some(Ok(x)), Some(Ok(y)), None) if x.is_finite() && y.is_finite() => {
                 points.push([x, y])
             }
-            _ => return Err(err(no, format!("expected two finite numbers, got {line:?}"))),
+            _ => {
+                return Err(err(
+                    no,
+                    format!("expected two finite numbers, got {line:?}"),
+                ));
+            }
         }
     }
     Err(err(text.lines().count(), "missing closing '}'".into()))
@@ -86,17 +94,26 @@ pub fn parse_wflw_line(line: &str, line_no: usize) -> Result<WflwRecord> {
     }
     let numbers: Vec<f32> = fields[..2 * POINTS + 4]
         .iter()
-        .map(|f| f.parse::<f32>().map_err(|_| err(format!("{f:?} is not a number"))))
+        .map(|f| {
+            f.parse::<f32>()
+                .map_err(|_| err(format!("{f:?} is not a number")))
+        })
         .collect::<Result<_>>()?;
     let mut attributes = [0u8; 6];
-    for (a, f) in attributes.iter_mut().zip(&fields[2 * POINTS + 4..2 * POINTS + 10]) {
+    for (a, f) in attributes
+        .iter_mut()
+        .zip(&fields[2 * POINTS + 4..2 * POINTS + 10])
+    {
         *a = f
             .parse()
             .map_err(|_| err(format!("attribute {f:?} is not 0 or 1")))?;
     }
     let b = &numbers[2 * POINTS..];
     Ok(WflwRecord {
-        points: numbers[..2 * POINTS].chunks_exact(2).map(|c| [c[0], c[1]]).collect(),
+        points: numbers[..2 * POINTS]
+            .chunks_exact(2)
+            .map(|c| [c[0], c[1]])
+            .collect(),
         face_box: FaceBox::from([b[0], b[1], b[2], b[3]]),
         attributes,
         image: fields[expected - 1].to_string(),
@@ -155,14 +172,20 @@ mod tests {
     fn test_pts_errors_name_the_line() {
         let cases = [
             ("version: 1\nn_points: 2\n{\n1 2\n}\n", 5, "1 points"),
-            ("version: 1\nn_points: 1\n{\n1 x\n}\n", 4, "two finite numbers"),
+            (
+                "version: 1\nn_points: 1\n{\n1 x\n}\n",
+                4,
+                "two finite numbers",
+            ),
             ("version: 1\nn_points: 1\n{\n1 2\n", 4, "closing"),
             ("version: 1\n{\n1 2\n}\n", 1, "n_points"),
             ("garbage\n", 1, "header"),
         ];
         for (text, line, needle) in cases {
             match parse_pts(text) {
-                Err(Error::Parse { line: got, detail, .. }) => {
+                Err(Error::Parse {
+                    line: got, detail, ..
+                }) => {
                     assert_eq!(got, line, "{text:?}: {detail}");
                     assert!(detail.contains(needle), "{detail}");
                 }
@@ -201,9 +224,18 @@ mod tests {
             }],
         };
         let value: serde_json::Value = serde_json::from_str(&annotation.to_json()).unwrap();
-        assert_eq!(value["faces"][0]["box"], serde_json::json!([1.0, 2.0, 3.0, 4.0]));
-        assert_eq!(value["faces"][0]["landmarks"][0], serde_json::json!([1.0, 2.0]));
+        assert_eq!(
+            value["faces"][0]["box"],
+            serde_json::json!([1.0, 2.0, 3.0, 4.0])
+        );
+        assert_eq!(
+            value["faces"][0]["landmarks"][0],
+            serde_json::json!([1.0, 2.0])
+        );
         assert_eq!(value["width"], 640);
-        assert_eq!(ImageAnnotation::from_json(&annotation.to_json()).unwrap(), annotation);
+        assert_eq!(
+            ImageAnnotation::from_json(&annotation.to_json()).unwrap(),
+            annotation
+        );
     }
 }

@@ -178,8 +178,14 @@ mod tests {
     #[test]
     fn test_bad_rows_are_refused() {
         assert!(NeighborIndex::from_rows(3, 1, vec![1, 2]).is_err());
-        assert!(NeighborIndex::from_rows(3, 1, vec![0, 2, 0]).is_err(), "self-neighbour");
-        assert!(NeighborIndex::from_rows(3, 1, vec![1, 5, 0]).is_err(), "out of range");
+        assert!(
+            NeighborIndex::from_rows(3, 1, vec![0, 2, 0]).is_err(),
+            "self-neighbour"
+        );
+        assert!(
+            NeighborIndex::from_rows(3, 1, vec![1, 5, 0]).is_err(),
+            "out of range"
+        );
         assert!(NeighborIndex::from_mean_face(&[[0.0, 0.0], [1.0, 1.0]], 2).is_err());
     }
 }

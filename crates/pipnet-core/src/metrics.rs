@@ -8,7 +8,10 @@ use crate::{Error, Point, Result};
 /// (outer eye corners for 300w-68 and wflw-98, measured on the ground truth).
 pub fn nme(predicted: &[Point], truth: &[Point], scheme: Scheme) -> Result<f32> {
     let n = scheme.num_landmarks();
-    for (what, got) in [("predicted points", predicted.len()), ("true points", truth.len())] {
+    for (what, got) in [
+        ("predicted points", predicted.len()),
+        ("true points", truth.len()),
+    ] {
         if got != n {
             return Err(Error::SizeMismatch {
                 what,
@@ -37,12 +40,13 @@ fn distance(p: Point, q: Point) -> f32 {
     ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2)).sqrt()
 }
 
-/// Fraction of faces whose NME exceeds `threshold` (FR@0.1 uses 0.1).
+/// Fraction of faces whose NME exceeds `threshold` (FR@0.1 uses 0.1); a NaN error counts as
+/// a failure.
 pub fn failure_rate(nmes: &[f32], threshold: f32) -> f32 {
     if nmes.is_empty() {
         return 0.0;
     }
-    nmes.iter().filter(|&&e| !(e <= threshold)).count() as f32 / nmes.len() as f32
+    nmes.iter().filter(|&&e| e.is_nan() || e > threshold).count() as f32 / nmes.len() as f32
 }
 
 /// The CED curve: for `steps + 1` thresholds evenly spaced in `[0, max_error]`, the fraction of
@@ -112,7 +116,10 @@ mod tests {
         assert!((e - 0.1).abs() < 1e-6, "{e}");
         assert!(nme(&truth[..10], &truth, Scheme::W300_68).is_err());
         let flat = vec![[0.0, 0.0]; 68];
-        assert!(nme(&flat, &flat, Scheme::W300_68).is_err(), "zero normaliser");
+        assert!(
+            nme(&flat, &flat, Scheme::W300_68).is_err(),
+            "zero normaliser"
+        );
     }
 
     #[test]

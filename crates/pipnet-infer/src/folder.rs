@@ -228,7 +228,10 @@ fn flush(
                     })
                     .collect(),
             };
-            write_atomic(&output_path(&job.out_dir, &item.name), annotation.to_json().as_bytes())?;
+            write_atomic(
+                &output_path(&job.out_dir, &item.name),
+                annotation.to_json().as_bytes(),
+            )?;
             Ok(faces.len())
         });
         match outcome {

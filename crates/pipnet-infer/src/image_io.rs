@@ -39,8 +39,8 @@ pub fn load_rgb(path: &Path, max_pixels: u64) -> Result<RgbImage> {
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut image =
-        DynamicImage::from_decoder(decoder).map_err(|e| image_err(format!("cannot decode: {e}")))?;
+    let mut image = DynamicImage::from_decoder(decoder)
+        .map_err(|e| image_err(format!("cannot decode: {e}")))?;
     image.apply_orientation(orientation);
     Ok(image.into_rgb8())
 }

@@ -141,16 +141,17 @@ impl LandmarkModel {
         if !path.is_file() {
             return Err(load_err("no such file".into()));
         }
-        let build = |with_cuda: bool| -> Result<Session> {
-            let mut builder = Session::builder(&rt.environment)
-                .map_err(|e| load_err(format!("session options: {e}")))?;
-            if let Some(n) = options.threads {
-                builder = builder
-                    .with_intra_threads(n)
-                    .map_err(|e| load_err(format!("threads: {e}")))?;
-            }
-            if with_cuda {
-                builder = builder.with_execution_providers([cuda_provider()]).map_err(|e| {
+        let build =
+            |with_cuda: bool| -> Result<Session> {
+                let mut builder = Session::builder(&rt.environment)
+                    .map_err(|e| load_err(format!("session options: {e}")))?;
+                if let Some(n) = options.threads {
+                    builder = builder
+                        .with_intra_threads(n)
+                        .map_err(|e| load_err(format!("threads: {e}")))?;
+                }
+                if with_cuda {
+                    builder = builder.with_execution_providers([cuda_provider()]).map_err(|e| {
                     Error::Device(format!(
                         "CUDA execution provider unavailable with {}: {}. Use --device cpu, or \
                          point ORT_DYLIB_PATH at the onnxruntime-gpu library with CUDA 12/13 \
@@ -159,11 +160,11 @@ impl LandmarkModel {
                         e.to_string().trim_end_matches('.')
                     ))
                 })?;
-            }
-            builder
-                .commit_from_file(path)
-                .map_err(|e| load_err(format!("not a loadable ONNX graph: {e}")))
-        };
+                }
+                builder
+                    .commit_from_file(path)
+                    .map_err(|e| load_err(format!("not a loadable ONNX graph: {e}")))
+            };
         let mut fallback = None;
         let (session, provider) = match options.device {
             Device::Cpu => (build(false)?, "CPUExecutionProvider"),
@@ -186,8 +187,12 @@ impl LandmarkModel {
         };
         let meta = ModelMetadata::from_lookup(|key| metadata.custom(key)).map_err(contract_err)?;
         drop(metadata);
-        check_io(&meta, &tensor_specs(session.inputs()), &tensor_specs(session.outputs()))
-            .map_err(contract_err)?;
+        check_io(
+            &meta,
+            &tensor_specs(session.inputs()),
+            &tensor_specs(session.outputs()),
+        )
+        .map_err(contract_err)?;
         let batch_size = options.batch_size.unwrap_or(DEFAULT_BATCH).max(1);
         Ok(Self {
             norm: Normalization::new(meta.mean, meta.std),
@@ -239,7 +244,10 @@ impl LandmarkModel {
             .map_err(|e| Error::Inference(e.to_string()))?;
         let model = self.path.display().to_string();
         let run_err = |e: ort::Error| Error::Inference(format!("running {model}: {e}"));
-        let outputs = self.session.run(ort::inputs!["image" => tensor]).map_err(run_err)?;
+        let outputs = self
+            .session
+            .run(ort::inputs!["image" => tensor])
+            .map_err(run_err)?;
         let l = self.meta.num_landmarks();
         let extract = |name: &str| -> Result<&[f32]> {
             outputs[name]
@@ -287,7 +295,10 @@ impl LandmarkModel {
                 }
             }
         }
-        if let Some(bad) = landmarks.iter().position(|p| !(p.x.is_finite() && p.y.is_finite())) {
+        if let Some(bad) = landmarks
+            .iter()
+            .position(|p| !(p.x.is_finite() && p.y.is_finite()))
+        {
             return Err(Error::Inference(format!(
                 "{model} produced a non-finite landmark (face {} of the batch, point {})",
                 bad / l,

@@ -119,8 +119,14 @@ mod tests {
         for y in 0..8 {
             for x in 0..8 {
                 let at = y * 8 + x;
-                assert!((out[at] * 255.0 - (x * 30) as f32).abs() < 1e-3, "R at {x},{y}");
-                assert!((out[64 + at] * 255.0 - (y * 30) as f32).abs() < 1e-3, "G at {x},{y}");
+                assert!(
+                    (out[at] * 255.0 - (x * 30) as f32).abs() < 1e-3,
+                    "R at {x},{y}"
+                );
+                assert!(
+                    (out[64 + at] * 255.0 - (y * 30) as f32).abs() < 1e-3,
+                    "G at {x},{y}"
+                );
                 assert!((out[128 + at] * 255.0 - 7.0).abs() < 1e-3);
             }
         }

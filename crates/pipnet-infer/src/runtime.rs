@@ -54,7 +54,11 @@ newer), or make `python3 -m pip` able to reach PyPI so pipnet can fetch onnxrunt
 /// Where fetched libraries are kept: `$PIPNET_CACHE_DIR`, else `$XDG_CACHE_HOME/pipnet`, else
 /// `~/.cache/pipnet`.
 pub fn cache_dir() -> Option<PathBuf> {
-    let env = |k| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |k| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     env("PIPNET_CACHE_DIR")
         .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("pipnet")))
         .or_else(|| env("HOME").map(|d| d.join(".cache").join("pipnet")))
@@ -107,12 +111,21 @@ pub fn fetch_library() -> Result<PathBuf> {
     let output = Command::new(&python)
         .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
         .args(["--python-version", "3.11", "--implementation", "cp"])
-        .args(["--platform", wheel.platform, "--disable-pip-version-check", "-q"])
+        .args([
+            "--platform",
+            wheel.platform,
+            "--disable-pip-version-check",
+            "-q",
+        ])
         .arg("-d")
         .arg(staging.path())
         .arg(format!("onnxruntime=={ORT_VERSION}"))
         .output()
-        .map_err(|e| Error::Runtime(format!("could not run `{python} -m pip`: {e}; {HOW_TO_PROVIDE}")))?;
+        .map_err(|e| {
+            Error::Runtime(format!(
+                "could not run `{python} -m pip`: {e}; {HOW_TO_PROVIDE}"
+            ))
+        })?;
     if !output.status.success() {
         return Err(Error::Runtime(format!(
             "`pip download onnxruntime=={ORT_VERSION}` failed: {}; {HOW_TO_PROVIDE}",
@@ -196,7 +209,10 @@ fn load(on_fetch: impl FnOnce()) -> Result<Runtime> {
     };
     let environment = ort::init_from(&library)
         .map_err(|e| {
-            Error::Runtime(format!("loading {}: {e}; {HOW_TO_PROVIDE}", library.display()))
+            Error::Runtime(format!(
+                "loading {}: {e}; {HOW_TO_PROVIDE}",
+                library.display()
+            ))
         })?
         .with_name("pipnet")
         .build()

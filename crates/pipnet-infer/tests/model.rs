@@ -31,7 +31,9 @@ fn options(batch: usize) -> SessionOptions {
 }
 
 fn test_image() -> RgbImage {
-    RgbImage::from_fn(120, 90, |x, y| Rgb([(x * 2) as u8, (y * 2) as u8, ((x + y) % 256) as u8]))
+    RgbImage::from_fn(120, 90, |x, y| {
+        Rgb([(x * 2) as u8, (y * 2) as u8, ((x + y) % 256) as u8])
+    })
 }
 
 #[test]
@@ -58,14 +60,28 @@ fn test_batching_does_not_change_results() {
     let path = tiny_model(dir.path());
     let image = test_image();
     let crops: Vec<_> = (0..5)
-        .map(|i| (&image, FaceCrop::new([40.0 + 5.0 * i as f32, 45.0], 50.0, 0.0)))
+        .map(|i| {
+            (
+                &image,
+                FaceCrop::new([40.0 + 5.0 * i as f32, 45.0], 50.0, 0.0),
+            )
+        })
         .collect();
-    let one_by_one = LandmarkModel::load(&path, &options(1)).unwrap().landmarks(&crops).unwrap();
-    let batched = LandmarkModel::load(&path, &options(3)).unwrap().landmarks(&crops).unwrap();
+    let one_by_one = LandmarkModel::load(&path, &options(1))
+        .unwrap()
+        .landmarks(&crops)
+        .unwrap();
+    let batched = LandmarkModel::load(&path, &options(3))
+        .unwrap()
+        .landmarks(&crops)
+        .unwrap();
     assert_eq!(one_by_one.len(), 5);
     for (a, b) in one_by_one.iter().zip(&batched) {
         for (p, q) in a.in_crop.iter().zip(&b.in_crop) {
-            assert!((p.x - q.x).abs() < 1e-5 && (p.y - q.y).abs() < 1e-5, "{p:?} vs {q:?}");
+            assert!(
+                (p.x - q.x).abs() < 1e-5 && (p.y - q.y).abs() < 1e-5,
+                "{p:?} vs {q:?}"
+            );
         }
     }
     // Different crops give different landmarks: the image reaches the network.
@@ -78,14 +94,19 @@ fn test_wrong_input_length_is_an_error_not_a_panic() {
     let mut model = LandmarkModel::load(&tiny_model(dir.path()), &options(2)).unwrap();
     let err = model.run_prepared(&[0.0; 10], 1).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
-    assert!(err.to_string().contains("expected 1 x 3 x 64 x 64"), "{err}");
+    assert!(
+        err.to_string().contains("expected 1 x 3 x 64 x 64"),
+        "{err}"
+    );
 }
 
 #[test]
 fn test_nan_input_is_reported_as_non_finite_output() {
     let dir = temp_dir();
     let mut model = LandmarkModel::load(&tiny_model(dir.path()), &options(1)).unwrap();
-    let err = model.run_prepared(&vec![f32::NAN; 3 * 64 * 64], 1).unwrap_err();
+    let err = model
+        .run_prepared(&vec![f32::NAN; 3 * 64 * 64], 1)
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Inference);
     assert!(err.to_string().contains("non-finite"), "{err}");
 }
@@ -104,9 +125,15 @@ fn load_broken(break_it: impl FnOnce(&mut ModelProto)) -> pipnet_infer::Error {
 
 #[test]
 fn test_missing_metadata_is_refused_by_name() {
-    let err = load_broken(|m| m.metadata_props.retain(|p| p.key.as_deref() != Some("pipnet.neighbors")));
+    let err = load_broken(|m| {
+        m.metadata_props
+            .retain(|p| p.key.as_deref() != Some("pipnet.neighbors"))
+    });
     assert_eq!(err.kind(), ErrorKind::Contract);
-    assert!(err.to_string().contains("pipnet.neighbors: missing"), "{err}");
+    assert!(
+        err.to_string().contains("pipnet.neighbors: missing"),
+        "{err}"
+    );
 
     let err = load_broken(|m| m.metadata_props.clear());
     assert!(err.to_string().contains("pipnet.format: missing"), "{err}");
@@ -126,7 +153,10 @@ fn test_wrong_output_name_is_refused() {
         graph.output[3].name = Some("neighbors_x".into());
     });
     assert_eq!(err.kind(), ErrorKind::Contract);
-    assert!(err.to_string().contains("no tensor named \"nb_x\""), "{err}");
+    assert!(
+        err.to_string().contains("no tensor named \"nb_x\""),
+        "{err}"
+    );
 }
 
 #[test]
@@ -146,7 +176,11 @@ fn test_wrong_output_shape_is_refused() {
         }
     });
     assert_eq!(err.kind(), ErrorKind::Contract);
-    assert!(err.to_string().contains("nb_x float32 [N, 680, 4, 4], expected nb_x float32 [N, 612, 4, 4]"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("nb_x float32 [N, 680, 4, 4], expected nb_x float32 [N, 612, 4, 4]"),
+        "{err}"
+    );
 }
 
 #[test]

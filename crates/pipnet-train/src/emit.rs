@@ -11,7 +11,8 @@ use crate::network::{BasicBlock, ConvLayer, PipNetWeights};
 use crate::onnx::{
     AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto,
     TensorProto, TensorShapeProto, TypeProto, ValueInfoProto, attribute_proto,
-    tensor_proto::DataType, tensor_shape_proto::Dimension, tensor_shape_proto::dimension, type_proto,
+    tensor_proto::DataType, tensor_shape_proto::Dimension, tensor_shape_proto::dimension,
+    type_proto,
 };
 use crate::{Error, Result};
 
@@ -272,9 +273,17 @@ mod tests {
         assert_eq!(graph.input[0].name.as_deref(), Some("image"));
         // 1 stem + 16 block convs + 2 downsamples (stages 2 and 3; stage 4 keeps its width
         // and stride here) + 5 heads.
-        let convs = graph.node.iter().filter(|n| n.op_type.as_deref() == Some("Conv")).count();
+        let convs = graph
+            .node
+            .iter()
+            .filter(|n| n.op_type.as_deref() == Some("Conv"))
+            .count();
         assert_eq!(convs, 24);
-        let keys: Vec<_> = model.metadata_props.iter().filter_map(|p| p.key.clone()).collect();
+        let keys: Vec<_> = model
+            .metadata_props
+            .iter()
+            .filter_map(|p| p.key.clone())
+            .collect();
         assert!(keys.contains(&"pipnet.neighbors".to_string()));
         let lookup = |k: &str| {
             model
@@ -294,7 +303,10 @@ mod tests {
         let (weights, mut meta) = tiny();
         meta.stride = 32;
         let err = emit_model(&weights, &meta).unwrap_err().to_string();
-        assert!(err.contains("stride: network has 16, metadata says 32"), "{err}");
+        assert!(
+            err.contains("stride: network has 16, metadata says 32"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -48,7 +48,7 @@ impl NetworkSpec {
                 self.last_stage_stride
             )));
         }
-        if self.input_size == 0 || self.input_size % self.stride() != 0 {
+        if self.input_size == 0 || !self.input_size.is_multiple_of(self.stride()) {
             return Err(Error::Spec(format!(
                 "input size {} is not a positive multiple of stride {}",
                 self.input_size,
@@ -56,7 +56,9 @@ impl NetworkSpec {
             )));
         }
         if self.widths.contains(&0) || self.num_landmarks == 0 {
-            return Err(Error::Spec("widths and landmark count must be positive".into()));
+            return Err(Error::Spec(
+                "widths and landmark count must be positive".into(),
+            ));
         }
         Ok(())
     }
@@ -121,9 +123,15 @@ impl ConvLayer {
             gamma: (0..out_channels)
                 .map(|_| rng.random_range(gamma_range.0..gamma_range.1))
                 .collect(),
-            beta: (0..out_channels).map(|_| rng.random_range(-0.1..0.1)).collect(),
-            mean: (0..out_channels).map(|_| rng.random_range(-0.1..0.1)).collect(),
-            var: (0..out_channels).map(|_| rng.random_range(0.5..1.5)).collect(),
+            beta: (0..out_channels)
+                .map(|_| rng.random_range(-0.1..0.1))
+                .collect(),
+            mean: (0..out_channels)
+                .map(|_| rng.random_range(-0.1..0.1))
+                .collect(),
+            var: (0..out_channels)
+                .map(|_| rng.random_range(0.5..1.5))
+                .collect(),
         };
         let mut layer = Self {
             out_channels,
@@ -150,7 +158,9 @@ impl ConvLayer {
             weight: (0..out_channels * in_channels)
                 .map(|_| rng.random_range(-bound..bound))
                 .collect(),
-            bias: (0..out_channels).map(|_| rng.random_range(-0.1..0.1)).collect(),
+            bias: (0..out_channels)
+                .map(|_| rng.random_range(-0.1..0.1))
+                .collect(),
         }
     }
 
@@ -221,7 +231,10 @@ mod tests {
         };
         let a = PipNetWeights::seeded(spec.clone(), 7).unwrap();
         assert_eq!(a, PipNetWeights::seeded(spec.clone(), 7).unwrap());
-        assert_ne!(a.stem.weight, PipNetWeights::seeded(spec.clone(), 8).unwrap().stem.weight);
+        assert_ne!(
+            a.stem.weight,
+            PipNetWeights::seeded(spec.clone(), 8).unwrap().stem.weight
+        );
         assert_eq!(spec.grid(), 4);
         assert_eq!(a.stem.weight.len(), 8 * 3 * 7 * 7);
         assert!(a.stages[0][0].downsample.is_none());

@@ -23,7 +23,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let meta = model.metadata();
     let (input, outputs) = meta.expected_io();
     println!("model            {}", args.model.display());
-    println!("scheme           {} ({} landmarks)", meta.scheme, meta.num_landmarks());
+    println!(
+        "scheme           {} ({} landmarks)",
+        meta.scheme,
+        meta.num_landmarks()
+    );
     println!("input            {input}");
     for output in &outputs {
         println!("output           {output}");
@@ -50,7 +54,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         pipnet_infer::runtime::ORT_VERSION,
         runtime.library.display()
     );
-    println!("providers        {}", runtime.available_providers().join(", "));
+    println!(
+        "providers        {}",
+        runtime.available_providers().join(", ")
+    );
     println!("session uses     {}", model.execution_provider());
     Ok(ExitCode::SUCCESS)
 }

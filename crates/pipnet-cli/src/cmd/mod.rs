@@ -17,7 +17,9 @@ pub fn load_model(path: &Path, options: &SessionOptions) -> anyhow::Result<Landm
     let model = LandmarkModel::load_with_runtime(path, options, runtime)
         .with_context(|| format!("failed to load model {}", path.display()))?;
     if let Some(reason) = model.device_fallback() {
-        eprintln!("pipnet: warning: --device auto: CUDA unavailable, running on the CPU ({reason})");
+        eprintln!(
+            "pipnet: warning: --device auto: CUDA unavailable, running on the CPU ({reason})"
+        );
     }
     Ok(model)
 }
