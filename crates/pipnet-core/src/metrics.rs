@@ -46,7 +46,10 @@ pub fn failure_rate(nmes: &[f32], threshold: f32) -> f32 {
     if nmes.is_empty() {
         return 0.0;
     }
-    nmes.iter().filter(|&&e| e.is_nan() || e > threshold).count() as f32 / nmes.len() as f32
+    nmes.iter()
+        .filter(|&&e| e.is_nan() || e > threshold)
+        .count() as f32
+        / nmes.len() as f32
 }
 
 /// The CED curve: for `steps + 1` thresholds evenly spaced in `[0, max_error]`, the fraction of

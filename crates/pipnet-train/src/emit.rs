@@ -231,35 +231,12 @@ pub fn write_model(weights: &PipNetWeights, meta: &ModelMetadata, path: &Path) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::network::NetworkSpec;
-    use pipnet_core::contract::{IMAGENET_MEAN, IMAGENET_STD};
-    use pipnet_core::{CropRule, NeighborIndex, Scheme};
+    use crate::seeded::{synthetic_metadata, tiny_spec};
+    use pipnet_core::Scheme;
 
     fn tiny() -> (PipNetWeights, ModelMetadata) {
-        let spec = NetworkSpec {
-            input_size: 64,
-            widths: [8, 8, 16, 16],
-            last_stage_stride: 1,
-            num_landmarks: 68,
-            num_neighbors: 10,
-        };
-        let meanface: Vec<[f32; 2]> = (0..68)
-            .map(|i| [(i % 9) as f32 / 9.0, (i / 9) as f32 / 8.0])
-            .collect();
-        let meta = ModelMetadata {
-            scheme: Scheme::W300_68,
-            input_size: 64,
-            stride: 16,
-            mean: IMAGENET_MEAN,
-            std: IMAGENET_STD,
-            neighbors: NeighborIndex::from_mean_face(&meanface, 10).unwrap(),
-            meanface,
-            crop: CropRule::default(),
-            outputs: OutputForm::Raw,
-            backbone: None,
-            train_data: None,
-            metrics: None,
-        };
+        let spec = tiny_spec();
+        let meta = synthetic_metadata(&spec, Scheme::W300_68).unwrap();
         (PipNetWeights::seeded(spec, 1).unwrap(), meta)
     }
 
@@ -271,14 +248,14 @@ mod tests {
         let outputs: Vec<_> = graph.output.iter().filter_map(|o| o.name.clone()).collect();
         assert_eq!(outputs, ["cls", "off_x", "off_y", "nb_x", "nb_y"]);
         assert_eq!(graph.input[0].name.as_deref(), Some("image"));
-        // 1 stem + 16 block convs + 2 downsamples (stages 2 and 3; stage 4 keeps its width
-        // and stride here) + 5 heads.
+        // 1 stem + 16 block convs + 3 downsamples (stages 2-4 change width or stride; stage 1
+        // keeps both) + 5 heads.
         let convs = graph
             .node
             .iter()
             .filter(|n| n.op_type.as_deref() == Some("Conv"))
             .count();
-        assert_eq!(convs, 24);
+        assert_eq!(convs, 25);
         let keys: Vec<_> = model
             .metadata_props
             .iter()
