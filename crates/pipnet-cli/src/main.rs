@@ -2,6 +2,7 @@
 //! the work happens in the libraries.
 
 mod cmd;
+mod plot;
 
 use std::process::ExitCode;
 
@@ -20,6 +21,12 @@ enum Command {
     Info(cmd::info::Args),
     /// Annotate images or folders of images with landmarks (one JSON per image).
     Annotate(cmd::annotate::Args),
+    /// Train a model from a TOML config (resumable).
+    Train(cmd::train::Args),
+    /// Write a training checkpoint as a contract ONNX graph.
+    Export(cmd::export::Args),
+    /// Measure a model on labeled faces: NME, FR@0.1, AUC@0.1, CED.
+    Eval(cmd::eval::Args),
 }
 
 fn main() -> ExitCode {
@@ -27,6 +34,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info(args) => cmd::info::run(args),
         Command::Annotate(args) => cmd::annotate::run(args),
+        Command::Train(args) => cmd::train::run(args),
+        Command::Export(args) => cmd::export::run(args),
+        Command::Eval(args) => cmd::eval::run(args),
     };
     match result {
         Ok(code) => code,

@@ -6,8 +6,10 @@
 //! library itself.
 
 pub mod error;
+pub mod eval;
 pub mod folder;
 pub mod image_io;
+pub mod labeled;
 pub mod model;
 pub mod preprocess;
 pub mod runtime;

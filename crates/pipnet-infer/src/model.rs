@@ -75,6 +75,22 @@ impl FaceLandmarks {
     }
 }
 
+/// The outputs of one session run, read by name.
+struct Outputs<'s>(ort::session::SessionOutputs<'s>);
+
+impl Outputs<'_> {
+    fn get(&self, name: &str) -> Result<&[f32]> {
+        let value = self
+            .0
+            .get(name)
+            .ok_or_else(|| Error::Inference(format!("graph has no output {name:?}")))?;
+        value
+            .try_extract_tensor::<f32>()
+            .map(|(_, data)| data)
+            .map_err(|e| Error::Inference(format!("output {name}: {e}")))
+    }
+}
+
 /// Default crops per run: large enough to amortise per-run overhead on a CPU.
 pub const DEFAULT_BATCH: usize = 16;
 
@@ -230,10 +246,16 @@ impl LandmarkModel {
         self.batch_size
     }
 
-    /// Runs a prepared `[batch, 3, S, S]` input and decodes it: `batch * L` landmarks in crop
-    /// coordinates. Fails on a wrong input length or non-finite outputs.
-    pub fn run_prepared(&mut self, input: &[f32], batch: usize) -> Result<Vec<Landmark>> {
-        let s = self.meta.input_size;
+    /// Runs a prepared `[batch, 3, S, S]` input and hands the named outputs to `read`.
+    fn run_session<R>(
+        session: &mut Session,
+        meta: &ModelMetadata,
+        path: &Path,
+        input: &[f32],
+        batch: usize,
+        read: impl FnOnce(&Outputs<'_>) -> Result<R>,
+    ) -> Result<R> {
+        let s = meta.input_size;
         if batch == 0 || input.len() != batch * 3 * s * s {
             return Err(Error::InvalidInput(format!(
                 "input has {} values, expected {batch} x 3 x {s} x {s}",
@@ -242,59 +264,83 @@ impl LandmarkModel {
         }
         let tensor = TensorRef::from_array_view(([batch, 3, s, s], input))
             .map_err(|e| Error::Inference(e.to_string()))?;
-        let model = self.path.display().to_string();
-        let run_err = |e: ort::Error| Error::Inference(format!("running {model}: {e}"));
-        let outputs = self
-            .session
+        let outputs = session
             .run(ort::inputs!["image" => tensor])
-            .map_err(run_err)?;
+            .map_err(|e| Error::Inference(format!("running {}: {e}", path.display())))?;
+        read(&Outputs(outputs))
+    }
+
+    /// Runs a prepared `[batch, 3, S, S]` input and returns copies of the outputs in contract
+    /// order (raw: cls, off_x, off_y, nb_x, nb_y; decoded: landmarks, scores). For parity
+    /// checks and benchmarks; [`Self::run_prepared`] decodes without copying.
+    pub fn run_raw(&mut self, input: &[f32], batch: usize) -> Result<Vec<Vec<f32>>> {
+        let (_, specs) = self.meta.expected_io();
+        Self::run_session(
+            &mut self.session,
+            &self.meta,
+            &self.path,
+            input,
+            batch,
+            |get| {
+                specs
+                    .iter()
+                    .map(|t| get.get(&t.name).map(<[f32]>::to_vec))
+                    .collect()
+            },
+        )
+    }
+
+    /// Runs a prepared `[batch, 3, S, S]` input and decodes it: `batch * L` landmarks in crop
+    /// coordinates. Fails on a wrong input length or non-finite outputs.
+    pub fn run_prepared(&mut self, input: &[f32], batch: usize) -> Result<Vec<Landmark>> {
         let l = self.meta.num_landmarks();
-        let extract = |name: &str| -> Result<&[f32]> {
-            outputs[name]
-                .try_extract_tensor::<f32>()
-                .map(|(_, data)| data)
-                .map_err(|e| Error::Inference(format!("output {name}: {e}")))
-        };
-        let mut landmarks = vec![Landmark::default(); batch * l];
-        match self.meta.outputs {
-            OutputForm::Raw => {
-                let maps = PipMaps::new(
-                    extract("cls")?,
-                    extract("off_x")?,
-                    extract("off_y")?,
-                    extract("nb_x")?,
-                    extract("nb_y")?,
-                    l,
-                    self.meta.num_neighbors(),
-                    self.meta.grid(),
-                )
-                .map_err(|e| Error::Inference(format!("{model}: {e}")))?;
-                if maps.batch() != batch {
-                    return Err(Error::Inference(format!(
-                        "{model}: {} faces out for {batch} in",
-                        maps.batch()
-                    )));
+        let model = self.path.display().to_string();
+        let (meta, decoder) = (&self.meta, &mut self.decoder);
+        let landmarks =
+            Self::run_session(&mut self.session, meta, &self.path, input, batch, |out| {
+                let extract = |name: &str| out.get(name);
+                let mut landmarks = vec![Landmark::default(); batch * l];
+                match meta.outputs {
+                    OutputForm::Raw => {
+                        let maps = PipMaps::new(
+                            extract("cls")?,
+                            extract("off_x")?,
+                            extract("off_y")?,
+                            extract("nb_x")?,
+                            extract("nb_y")?,
+                            l,
+                            meta.num_neighbors(),
+                            meta.grid(),
+                        )
+                        .map_err(|e| Error::Inference(format!("{model}: {e}")))?;
+                        if maps.batch() != batch {
+                            return Err(Error::Inference(format!(
+                                "{model}: {} faces out for {batch} in",
+                                maps.batch()
+                            )));
+                        }
+                        decoder
+                            .decode_into(&maps, &mut landmarks)
+                            .map_err(|e| Error::Inference(format!("{model}: {e}")))?;
+                    }
+                    OutputForm::Decoded => {
+                        let (points, scores) = (extract("landmarks")?, extract("scores")?);
+                        if points.len() != 2 * batch * l || scores.len() != batch * l {
+                            return Err(Error::Inference(format!(
+                                "{model}: decoded outputs do not hold {batch} x {l} landmarks"
+                            )));
+                        }
+                        for (i, slot) in landmarks.iter_mut().enumerate() {
+                            *slot = Landmark {
+                                x: points[2 * i],
+                                y: points[2 * i + 1],
+                                score: scores[i],
+                            };
+                        }
+                    }
                 }
-                self.decoder
-                    .decode_into(&maps, &mut landmarks)
-                    .map_err(|e| Error::Inference(format!("{model}: {e}")))?;
-            }
-            OutputForm::Decoded => {
-                let (points, scores) = (extract("landmarks")?, extract("scores")?);
-                if points.len() != 2 * batch * l || scores.len() != batch * l {
-                    return Err(Error::Inference(format!(
-                        "{model}: decoded outputs do not hold {batch} x {l} landmarks"
-                    )));
-                }
-                for (i, slot) in landmarks.iter_mut().enumerate() {
-                    *slot = Landmark {
-                        x: points[2 * i],
-                        y: points[2 * i + 1],
-                        score: scores[i],
-                    };
-                }
-            }
-        }
+                Ok(landmarks)
+            })?;
         if let Some(bad) = landmarks
             .iter()
             .position(|p| !(p.x.is_finite() && p.y.is_finite()))

@@ -5,9 +5,15 @@
 //! weights (BatchNorm already folded into the convolutions), [`emit`] writes it as an ONNX
 //! `ModelProto` with full contract metadata.
 
+pub mod augment;
+pub mod config;
 pub mod emit;
+pub mod loss;
+pub mod model;
 pub mod network;
 pub mod seeded;
+pub mod targets;
+pub mod trainer;
 
 /// Protobuf types generated from the vendored `proto/onnx.proto`.
 #[allow(clippy::all, missing_docs)]
@@ -26,6 +32,8 @@ pub enum Error {
     Spec(String),
     #[error(transparent)]
     Core(#[from] pipnet_core::Error),
+    #[error(transparent)]
+    Infer(#[from] pipnet_infer::Error),
     #[error("writing {path}: {source}")]
     Io {
         path: std::path::PathBuf,

@@ -8,7 +8,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::{Error, Result};
 
 /// Shape of the network.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NetworkSpec {
     /// Square input side S in pixels.
     pub input_size: usize,
@@ -41,7 +41,7 @@ impl NetworkSpec {
         self.input_size / self.stride()
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if !matches!(self.last_stage_stride, 1 | 2) {
             return Err(Error::Spec(format!(
                 "last_stage_stride {} (must be 1 or 2)",

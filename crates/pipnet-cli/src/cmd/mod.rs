@@ -1,5 +1,8 @@
 pub mod annotate;
+pub mod eval;
+pub mod export;
 pub mod info;
+pub mod train;
 
 use std::path::Path;
 

@@ -1,0 +1,125 @@
+//! `pipnet train --config train.toml [--resume]`
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use pipnet_train::config::TrainConfig;
+use pipnet_train::trainer::{Event, train};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Training configuration (TOML); see configs/ for examples.
+    #[arg(long, required_unless_present = "bench")]
+    config: Option<PathBuf>,
+    /// Measure training images/s (forward + backward + Adam, batch 16) of the networks in
+    /// toolchain-notes.md instead of training.
+    #[arg(long)]
+    bench: bool,
+    /// burn device for --bench: flex, ndarray or cuda.
+    #[arg(long, default_value = "flex")]
+    device: String,
+    /// Continue from the run folder's checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Override the number of epochs of the config.
+    #[arg(long)]
+    epochs: Option<usize>,
+}
+
+/// The networks of toolchain-notes.md with PyTorch's training rate there (2 threads, batch 16).
+const BENCH_NETWORKS: [(&str, usize, [usize; 4], usize, f64); 3] = [
+    (
+        "256, full (64..512), stride 32",
+        256,
+        [64, 128, 256, 512],
+        2,
+        10.0,
+    ),
+    (
+        "128, full (64..512), stride 16",
+        128,
+        [64, 128, 256, 512],
+        1,
+        42.0,
+    ),
+    (
+        "128, half (32..256), stride 16",
+        128,
+        [32, 64, 128, 256],
+        1,
+        117.0,
+    ),
+];
+
+fn bench(device: &str) -> anyhow::Result<ExitCode> {
+    println!("| network | burn {device} img/s | PyTorch img/s (toolchain-notes) | ratio |");
+    println!("|---|---|---|---|");
+    for (name, input_size, widths, last_stage_stride, torch) in BENCH_NETWORKS {
+        let spec = pipnet_train::NetworkSpec {
+            input_size,
+            widths,
+            last_stage_stride,
+            num_landmarks: 68,
+            num_neighbors: 10,
+        };
+        let rate = pipnet_train::trainer::bench_training(&spec, device, 16, 3)?;
+        println!("| {name} | {rate:.1} | {torch:.0} | {:.2} |", rate / torch);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let Some(config_path) = args.config.filter(|_| !args.bench) else {
+        return bench(&args.device);
+    };
+    let mut config = TrainConfig::load(&config_path)?;
+    if let Some(epochs) = args.epochs {
+        config.train.epochs = epochs;
+    }
+    let out = config.train.out.clone();
+    let style = ProgressStyle::with_template(
+        "epoch {prefix:>3} [{bar:30}] {pos}/{len} {per_sec} eta {eta} loss {msg}",
+    )?
+    .progress_chars("=> ");
+    let mut bar = ProgressBar::hidden();
+    let state = train(&config, args.resume, |event| match event {
+        Event::Loaded {
+            train_faces,
+            val_faces,
+        } => {
+            eprintln!(
+                "training on {train_faces} faces, validating on {val_faces}; run folder {}",
+                out.display()
+            )
+        }
+        Event::EpochStart { epoch, steps } => {
+            bar = ProgressBar::new(steps as u64).with_style(style.clone());
+            bar.set_prefix(epoch.to_string());
+        }
+        Event::Step { loss } => {
+            bar.set_message(format!("{loss:.4}"));
+            bar.inc(1);
+        }
+        Event::EpochEnd(r) => {
+            bar.finish_and_clear();
+            eprintln!(
+                "epoch {:>3}  loss {:.4}  val NME {:.4}  FR@0.1 {:.3}  lr {:.2e}  {:.0}s  {:.1} img/s",
+                r.epoch,
+                r.train_loss,
+                r.val_nme,
+                r.val_failure_rate,
+                r.lr,
+                r.seconds,
+                r.images_per_second
+            );
+        }
+    })?;
+    eprintln!(
+        "done: {} epochs; best graph {}, metrics {}",
+        state.epoch,
+        out.join("best.onnx").display(),
+        out.join("metrics.csv").display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,164 @@
+//! Labeled faces on disk: a folder of images with iBUG `.pts` files beside them (one face per
+//! file, same stem), or a WFLW annotation list. Coordinates are returned as 0-based pixel
+//! centres (the `.pts` convention is 1-based; WFLW lists are already 0-based).
+
+use std::path::{Path, PathBuf};
+
+use pipnet_core::Point;
+use pipnet_core::formats::{parse_pts, parse_wflw_line};
+
+use crate::error::{Error, Result};
+use crate::folder::IMAGE_EXTENSIONS;
+
+/// One annotated face.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabeledFace {
+    pub image: PathBuf,
+    /// Stable name (the annotation's stem, or the list's image path plus face index).
+    pub name: String,
+    pub points: Vec<Point>,
+}
+
+/// Reads every `<stem>.pts` in `dir` (not recursive) with its image `<stem>.<image ext>`,
+/// sorted by name. A `.pts` without an image, or one that does not parse, is an error naming
+/// the file.
+pub fn read_pts_folder(dir: &Path) -> Result<Vec<LabeledFace>> {
+    let entries = std::fs::read_dir(dir).map_err(Error::io(dir))?;
+    let mut faces = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(Error::io(dir))?.path();
+        if path.extension().is_none_or(|e| e != "pts") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
+        let points = parse_pts(&text)
+            .map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display())))?;
+        let image = IMAGE_EXTENSIONS
+            .iter()
+            .map(|ext| path.with_extension(ext))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                Error::InvalidInput(format!("{}: no image with the same stem", path.display()))
+            })?;
+        faces.push(LabeledFace {
+            name: path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            image,
+            points: points
+                .into_iter()
+                .map(|[x, y]| [x - 1.0, y - 1.0])
+                .collect(),
+        });
+    }
+    faces.sort_by(|a, b| a.name.cmp(&b.name));
+    if faces.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "{}: no .pts files",
+            dir.display()
+        )));
+    }
+    Ok(faces)
+}
+
+/// Reads a WFLW list (`list_98pt_rect_attr_*.txt`); image paths are relative to `images`.
+pub fn read_wflw_list(list: &Path, images: &Path) -> Result<Vec<LabeledFace>> {
+    let text = std::fs::read_to_string(list).map_err(Error::io(list))?;
+    let mut faces = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let record = parse_wflw_line(line, i + 1)
+            .map_err(|e| Error::InvalidInput(format!("{}: {e}", list.display())))?;
+        faces.push(LabeledFace {
+            image: images.join(&record.image),
+            name: format!("{}#{}", record.image, i + 1),
+            points: record.points,
+        });
+    }
+    Ok(faces)
+}
+
+/// Splits faces into (train, validation) by a seeded rule that depends only on the names: a
+/// face is held out when the hash of `seed` and the name of its photo falls in the lowest
+/// `fraction`. Faces of the same photo (`afw_123_1`, `afw_123_2`) stay on the same side.
+pub fn split_validation(
+    faces: Vec<LabeledFace>,
+    fraction: f64,
+    seed: u64,
+) -> (Vec<LabeledFace>, Vec<LabeledFace>) {
+    faces.into_iter().partition(|f| {
+        let photo = f
+            .name
+            .rsplit_once('_')
+            .map_or(f.name.as_str(), |(stem, _)| stem);
+        // FNV-1a over the seed and the photo name: stable across platforms and releases.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in seed.to_le_bytes().iter().chain(photo.as_bytes()) {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        (h as f64 / u64::MAX as f64) >= fraction
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn face(name: &str) -> LabeledFace {
+        LabeledFace {
+            image: PathBuf::from(format!("{name}.jpg")),
+            name: name.into(),
+            points: vec![],
+        }
+    }
+
+    #[test]
+    fn test_split_is_seeded_stable_and_keeps_photos_together() {
+        let faces: Vec<_> = (0..400)
+            .flat_map(|i| [face(&format!("afw_{i}_1")), face(&format!("afw_{i}_2"))])
+            .collect();
+        let (train, val) = split_validation(faces.clone(), 0.1, 7);
+        assert_eq!(train.len() + val.len(), 800);
+        assert!((50..110).contains(&val.len()), "{} held out", val.len());
+        for v in &val {
+            let twin = v
+                .name
+                .replace("_1", "_X")
+                .replace("_2", "_1")
+                .replace("_X", "_2");
+            assert!(
+                val.iter().any(|w| w.name == twin),
+                "{} without {twin}",
+                v.name
+            );
+        }
+        let (_, again) = split_validation(faces.clone(), 0.1, 7);
+        assert_eq!(val, again);
+        let (_, other) = split_validation(faces, 0.1, 8);
+        assert_ne!(val, other);
+    }
+
+    #[test]
+    fn test_pts_folder_reads_points_zero_based() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("a_1.pts"),
+            "version: 1\nn_points: 2\n{\n1 1\n10.5 20\n}\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("a_1.jpg"), b"").unwrap();
+        let faces = read_pts_folder(dir.path()).unwrap();
+        assert_eq!(faces[0].points, vec![[0.0, 0.0], [9.5, 19.0]]);
+        std::fs::write(
+            dir.path().join("b.pts"),
+            "version: 1\nn_points: 1\n{\n1 1\n}\n",
+        )
+        .unwrap();
+        let err = read_pts_folder(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("b.pts: no image"), "{err}");
+    }
+}

@@ -1,0 +1,246 @@
+//! Training samples: a face crop from the landmark box (the runtime's own crop rule and
+//! sampler), randomly rotated, scaled, shifted, mirrored, re-lit and occluded, as in the paper.
+//! Training from scratch leans on these: there are no pretrained weights to fall back on.
+
+use image::RgbImage;
+use pipnet_core::{CropRule, FaceBox, FaceCrop, Point};
+use pipnet_infer::preprocess::{Normalization, write_crop};
+use rand::{Rng, RngExt};
+use serde::{Deserialize, Serialize};
+
+/// Ranges of the random transforms. `Default` is the recipe of toolchain-notes.md.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Augmentation {
+    /// Rotation drawn from U(-deg, deg).
+    pub rotation_deg: f32,
+    /// Crop side multiplied by U(min, max).
+    pub scale: (f32, f32),
+    /// Crop centre moved by U(-s, s) of the side, on each axis.
+    pub shift: f32,
+    pub flip_probability: f32,
+    /// Pixel values multiplied by U(min, max)...
+    pub brightness: (f32, f32),
+    /// ...then moved by U(-b, b) (in 0..1 pixel units).
+    pub brightness_shift: f32,
+    pub occlusion_probability: f32,
+    /// Side of the occluding rectangle as a fraction of the crop, U(min, max) per axis.
+    pub occlusion_size: (f32, f32),
+    /// Probability of turning the crop gray (for gray test photos).
+    pub grayscale_probability: f32,
+}
+
+impl Default for Augmentation {
+    fn default() -> Self {
+        Self {
+            rotation_deg: 30.0,
+            scale: (0.9, 1.1),
+            shift: 0.05,
+            flip_probability: 0.5,
+            brightness: (0.7, 1.3),
+            brightness_shift: 0.1,
+            occlusion_probability: 0.5,
+            occlusion_size: (0.125, 1.0 / 3.0),
+            grayscale_probability: 0.0,
+        }
+    }
+}
+
+/// Everything needed to turn a labeled face into network input.
+#[derive(Debug, Clone)]
+pub struct SampleSpec<'a> {
+    pub rule: CropRule,
+    pub input_size: usize,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    /// The scheme's horizontal-flip permutation.
+    pub flip: &'a [usize],
+}
+
+/// Writes the crop of `points`' face into `out` (`[3, S, S]`) and returns the points in
+/// crop-normalised units. With `augment`, the crop and pixels are randomised from `rng`.
+pub fn make_sample(
+    image: &RgbImage,
+    points: &[Point],
+    spec: &SampleSpec<'_>,
+    augment: Option<&Augmentation>,
+    rng: &mut impl Rng,
+    out: &mut [f32],
+) -> Vec<Point> {
+    let s = spec.input_size;
+    let base = FaceBox::around(points)
+        .map(|b| spec.rule.crop(&b))
+        .unwrap_or_else(|_| FaceCrop::whole_image(image.width(), image.height()));
+    let norm = Normalization::new(spec.mean, spec.std);
+    let Some(aug) = augment else {
+        write_crop(image, &base, s, &norm, out);
+        return points.iter().map(|&p| base.to_crop(p)).collect();
+    };
+    let uniform = |rng: &mut _, (lo, hi): (f32, f32)| {
+        if hi > lo {
+            RngExt::random_range(rng, lo..hi)
+        } else {
+            lo
+        }
+    };
+    let side = base.side * uniform(rng, aug.scale);
+    let shift = |rng: &mut _| uniform(rng, (-aug.shift, aug.shift)) * side;
+    let center = [base.center[0] + shift(rng), base.center[1] + shift(rng)];
+    let angle = uniform(rng, (-aug.rotation_deg, aug.rotation_deg)).to_radians();
+    let crop = FaceCrop::new(center, side, angle);
+    write_crop(image, &crop, s, &norm, out);
+    let mut in_crop: Vec<Point> = points.iter().map(|&p| crop.to_crop(p)).collect();
+
+    if rng.random::<f32>() < aug.flip_probability {
+        mirror_planes(out, s);
+        let mirrored: Vec<Point> = in_crop.iter().map(|p| [1.0 - p[0], p[1]]).collect();
+        in_crop = spec.flip.iter().map(|&from| mirrored[from]).collect();
+    }
+    let plane = s * s;
+    if rng.random::<f32>() < aug.grayscale_probability {
+        // Luma of the de-normalised channels, written back normalised per channel.
+        for i in 0..plane {
+            let v: [f32; 3] = [0, 1, 2].map(|c| out[c * plane + i] * spec.std[c] + spec.mean[c]);
+            let y = 0.299 * v[0] + 0.587 * v[1] + 0.114 * v[2];
+            for c in 0..3 {
+                out[c * plane + i] = (y - spec.mean[c]) / spec.std[c];
+            }
+        }
+    }
+    // Brightness in pixel units, applied in normalised space: v' = a v + b.
+    let a = uniform(rng, aug.brightness);
+    let b = uniform(rng, (-aug.brightness_shift, aug.brightness_shift));
+    for c in 0..3 {
+        let offset = (a * spec.mean[c] + b - spec.mean[c]) / spec.std[c];
+        for v in &mut out[c * plane..(c + 1) * plane] {
+            *v = *v * a + offset;
+        }
+    }
+    if rng.random::<f32>() < aug.occlusion_probability {
+        let w = ((uniform(rng, aug.occlusion_size) * s as f32) as usize).clamp(1, s);
+        let h = ((uniform(rng, aug.occlusion_size) * s as f32) as usize).clamp(1, s);
+        let x0 = rng.random_range(0..=s - w);
+        let y0 = rng.random_range(0..=s - h);
+        let colour: [f32; 3] =
+            [0, 1, 2].map(|c| (rng.random::<f32>() - spec.mean[c]) / spec.std[c]);
+        for c in 0..3 {
+            for y in y0..y0 + h {
+                out[c * plane + y * s + x0..c * plane + y * s + x0 + w].fill(colour[c]);
+            }
+        }
+    }
+    in_crop
+}
+
+/// Mirrors each `S x S` plane left-right in place.
+fn mirror_planes(data: &mut [f32], s: usize) {
+    for row in data.chunks_exact_mut(s) {
+        row.reverse();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::Rgb;
+    use pipnet_core::Scheme;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    fn face_points() -> Vec<Point> {
+        crate::seeded::synthetic_mean_face(68)
+            .iter()
+            .map(|p| [40.0 + 60.0 * p[0], 30.0 + 70.0 * p[1]])
+            .collect()
+    }
+
+    fn spec(flip: &[usize]) -> SampleSpec<'_> {
+        SampleSpec {
+            rule: CropRule::default(),
+            input_size: 32,
+            mean: [0.5; 3],
+            std: [0.25; 3],
+            flip,
+        }
+    }
+
+    #[test]
+    fn test_without_augmentation_points_fill_the_crop_as_the_rule_says() {
+        let image = RgbImage::from_pixel(160, 160, Rgb([128, 128, 128]));
+        let flip = Scheme::W300_68.flip_permutation();
+        let mut out = vec![0.0; 3 * 32 * 32];
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let pts = make_sample(
+            &image,
+            &face_points(),
+            &spec(&flip),
+            None,
+            &mut rng,
+            &mut out,
+        );
+        let b = FaceBox::around(&pts).unwrap();
+        // Landmark box x 1.1, centred: the box spans 1/1.1 of the crop on its long side.
+        assert!((b.height() - 1.0 / 1.1).abs() < 1e-4, "{b:?}");
+        assert!(((b.y0 + b.y1) / 2.0 - 0.5).abs() < 1e-4);
+    }
+
+    #[test]
+    fn test_flip_round_trip_restores_points_and_pixels() {
+        // Mirroring twice (pixels and permuted points) is the identity.
+        let flip = Scheme::W300_68.flip_permutation();
+        let pts: Vec<Point> = (0..68)
+            .map(|i| [i as f32 / 100.0, 1.0 - i as f32 / 90.0])
+            .collect();
+        let once: Vec<Point> = flip.iter().map(|&f| [1.0 - pts[f][0], pts[f][1]]).collect();
+        let twice: Vec<Point> = flip
+            .iter()
+            .map(|&f| [1.0 - once[f][0], once[f][1]])
+            .collect();
+        for (a, b) in pts.iter().zip(&twice) {
+            assert!((a[0] - b[0]).abs() < 1e-6 && a[1] == b[1]);
+        }
+        // The left outer eye corner (36) of a mirrored face is the old right one (45), moved.
+        assert_eq!(once[36], [1.0 - pts[45][0], pts[45][1]]);
+        let mut planes: Vec<f32> = (0..2 * 4 * 4).map(|v| v as f32).collect();
+        let original = planes.clone();
+        mirror_planes(&mut planes, 4);
+        assert_eq!(planes[0], 3.0);
+        mirror_planes(&mut planes, 4);
+        assert_eq!(planes, original);
+    }
+
+    #[test]
+    fn test_flipped_sample_moves_a_marked_pixel_with_its_landmark() {
+        // A bright dot under landmark 36 must end up under landmark 45 after a forced flip.
+        let pts = face_points();
+        let mut image = RgbImage::from_pixel(160, 160, Rgb([0, 0, 0]));
+        let [x, y] = pts[36];
+        for dy in -1..=1 {
+            for dx in -1..=1 {
+                image.put_pixel(
+                    (x.round() as i32 + dx) as u32,
+                    (y.round() as i32 + dy) as u32,
+                    Rgb([255; 3]),
+                );
+            }
+        }
+        let flip = Scheme::W300_68.flip_permutation();
+        let aug = Augmentation {
+            rotation_deg: 0.0,
+            scale: (1.0, 1.0),
+            shift: 0.0,
+            flip_probability: 1.0,
+            brightness: (1.0, 1.0),
+            brightness_shift: 0.0,
+            occlusion_probability: 0.0,
+            ..Default::default()
+        };
+        let mut out = vec![0.0; 3 * 32 * 32];
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let spec = spec(&flip);
+        let moved = make_sample(&image, &pts, &spec, Some(&aug), &mut rng, &mut out);
+        let [u, v] = moved[45].map(|c| (c * 32.0) as usize);
+        let bright = out[v * 32 + u] * 0.25 + 0.5;
+        assert!(bright > 0.5, "pixel under landmark 45 is {bright}");
+    }
+}

@@ -1,0 +1,207 @@
+//! `train.toml`: what to train on, which network, how long, and how to augment. Relative paths
+//! are resolved against the folder of the config file.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::augment::Augmentation;
+use crate::loss::LossWeights;
+use crate::network::NetworkSpec;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub data: DataConfig,
+    #[serde(default)]
+    pub network: NetworkConfig,
+    #[serde(default)]
+    pub train: TrainOptions,
+    #[serde(default)]
+    pub augment: Augmentation,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Folder of images with `.pts` files beside them.
+    pub labeled: PathBuf,
+    #[serde(default = "default_scheme")]
+    pub scheme: String,
+    /// Share of photos held out for validation (seeded by `split_seed`).
+    #[serde(default = "default_val_fraction")]
+    pub val_fraction: f64,
+    #[serde(default = "default_split_seed")]
+    pub split_seed: u64,
+    /// Use only the first N training faces (quick experiments and tests).
+    #[serde(default)]
+    pub max_train_faces: Option<usize>,
+}
+
+fn default_scheme() -> String {
+    "300w-68".into()
+}
+fn default_val_fraction() -> f64 {
+    0.1
+}
+fn default_split_seed() -> u64 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    pub input_size: usize,
+    pub widths: [usize; 4],
+    pub last_stage_stride: usize,
+    pub num_neighbors: usize,
+}
+
+impl Default for NetworkConfig {
+    /// The CPU recipe of toolchain-notes.md: 128x128, half-width ResNet-18, stride 16, 8x8 grid.
+    fn default() -> Self {
+        Self {
+            input_size: 128,
+            widths: [32, 64, 128, 256],
+            last_stage_stride: 1,
+            num_neighbors: 10,
+        }
+    }
+}
+
+impl NetworkConfig {
+    pub fn spec(&self, num_landmarks: usize) -> NetworkSpec {
+        NetworkSpec {
+            input_size: self.input_size,
+            widths: self.widths,
+            last_stage_stride: self.last_stage_stride,
+            num_landmarks,
+            num_neighbors: self.num_neighbors,
+        }
+    }
+}
+
+/// Learning-rate schedule over the whole run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Schedule {
+    /// Linear warm-up from `lr / 25` over the first `warmup` share of steps, then cosine decay
+    /// to `lr / 10^4`.
+    OneCycle { warmup: f64 },
+    /// `lr`, multiplied by `gamma` at each epoch in `milestones`.
+    Steps { milestones: Vec<usize>, gamma: f64 },
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule::OneCycle { warmup: 0.3 }
+    }
+}
+
+impl Schedule {
+    /// The learning rate at `step` (0-based) of `total` steps, `epoch` being the step's epoch.
+    pub fn lr(&self, peak: f64, step: usize, total: usize, epoch: usize) -> f64 {
+        match self {
+            Schedule::OneCycle { warmup } => {
+                let t = step as f64 / total.max(1) as f64;
+                let w = warmup.clamp(0.0, 1.0);
+                let start = peak / 25.0;
+                let end = peak / 1e4;
+                if t < w {
+                    start + (peak - start) * t / w
+                } else {
+                    let p = (t - w) / (1.0 - w).max(1e-9);
+                    end + (peak - end) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
+                }
+            }
+            Schedule::Steps { milestones, gamma } => {
+                peak * gamma.powi(milestones.iter().filter(|&&m| epoch >= m).count() as i32)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainOptions {
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Peak learning rate (Adam).
+    pub lr: f64,
+    pub schedule: Schedule,
+    pub seed: u64,
+    pub loss: LossWeights,
+    /// burn device: `flex` (CPU), `ndarray` (CPU) or `cuda` (needs the `cuda` feature).
+    pub device: String,
+    /// Run folder: checkpoint, metrics.csv, best.onnx, last.onnx.
+    pub out: PathBuf,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            epochs: 100,
+            batch_size: 16,
+            lr: 1e-3,
+            schedule: Schedule::default(),
+            seed: 1,
+            loss: LossWeights::default(),
+            device: "flex".into(),
+            out: PathBuf::from("runs/default"),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Reads a TOML config; relative paths become relative to the file's folder.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config: TrainConfig =
+            toml::from_str(&text).map_err(|e| Error::Spec(format!("{}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut config.data.labeled, &mut config.train.out] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(config)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_minimal_config_gets_the_recipe_defaults() {
+        let config: TrainConfig = toml::from_str("[data]\nlabeled = \"faces\"\n").unwrap();
+        assert_eq!(config.network.input_size, 128);
+        assert_eq!(config.train.epochs, 100);
+        assert_eq!(config.train.schedule, Schedule::OneCycle { warmup: 0.3 });
+        let round: TrainConfig = toml::from_str(&config.to_toml()).unwrap();
+        assert_eq!(round, config);
+        assert!(toml::from_str::<TrainConfig>("[data]\nlabeled = \"x\"\nbogus = 1\n").is_err());
+    }
+
+    #[test]
+    fn test_one_cycle_warms_up_peaks_and_decays() {
+        let s = Schedule::OneCycle { warmup: 0.3 };
+        assert!((s.lr(1e-3, 0, 100, 0) - 4e-5).abs() < 1e-12);
+        assert!((s.lr(1e-3, 30, 100, 0) - 1e-3).abs() < 1e-12);
+        assert!(s.lr(1e-3, 99, 100, 0) < 1e-5);
+        let steps = Schedule::Steps {
+            milestones: vec![30, 50],
+            gamma: 0.1,
+        };
+        assert_eq!(steps.lr(1.0, 0, 1, 29), 1.0);
+        assert!((steps.lr(1.0, 0, 1, 50) - 0.01).abs() < 1e-12);
+    }
+}

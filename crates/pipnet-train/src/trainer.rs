@@ -1,0 +1,615 @@
+//! The training loop: seeded data order and augmentation per epoch (so a resumed run sees the
+//! same batches as an uninterrupted one), Adam with a scheduled learning rate, a checkpoint
+//! after every epoch (model, optimizer state, progress), and validation through the exported
+//! ONNX graph, run by pipnet-infer exactly as users will run it.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::prelude::*;
+use image::RgbImage;
+use pipnet_core::contract::{IMAGENET_MEAN, IMAGENET_STD, ModelMetadata, OutputForm};
+use pipnet_core::{CropRule, FaceBox, NeighborIndex, Point, Scheme, mean_face};
+use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, load_rgb};
+use pipnet_infer::labeled::{LabeledFace, read_pts_folder, split_validation};
+use pipnet_infer::{LandmarkModel, SessionOptions};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::augment::{SampleSpec, make_sample};
+use crate::config::TrainConfig;
+use crate::emit::write_model;
+use crate::loss::{TargetBatch, pip_loss};
+use crate::model::PipNet;
+use crate::network::NetworkSpec;
+use crate::targets::pip_targets;
+use crate::{Error, Result};
+
+/// Progress reported to the caller (the CLI draws it).
+#[derive(Debug, Clone)]
+pub enum Event {
+    Loaded {
+        train_faces: usize,
+        val_faces: usize,
+    },
+    EpochStart {
+        epoch: usize,
+        steps: usize,
+    },
+    Step {
+        loss: f32,
+    },
+    EpochEnd(EpochRecord),
+}
+
+/// One line of `metrics.csv`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// 1-based.
+    pub epoch: usize,
+    pub train_loss: f32,
+    pub val_nme: f32,
+    pub val_failure_rate: f32,
+    pub lr: f64,
+    /// Wall time of training in this epoch (validation excluded).
+    pub seconds: f64,
+    pub images_per_second: f64,
+}
+
+/// Everything besides the weights needed to continue a run or export it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    /// Epochs completed.
+    pub epoch: usize,
+    pub step: usize,
+    pub spec: NetworkSpec,
+    pub scheme: String,
+    pub crop_scale: f32,
+    pub meanface: Vec<Point>,
+    pub neighbors: Vec<u32>,
+    pub history: Vec<EpochRecord>,
+    pub train_faces: usize,
+    pub val_faces: usize,
+}
+
+impl RunState {
+    /// Contract metadata for graphs exported from this run.
+    pub fn metadata(&self, metrics: Option<String>) -> Result<ModelMetadata> {
+        let scheme = Scheme::from_name(&self.scheme)?;
+        Ok(ModelMetadata {
+            scheme,
+            input_size: self.spec.input_size,
+            stride: self.spec.stride(),
+            mean: IMAGENET_MEAN,
+            std: IMAGENET_STD,
+            meanface: self.meanface.clone(),
+            neighbors: NeighborIndex::from_rows(
+                self.spec.num_landmarks,
+                self.spec.num_neighbors,
+                self.neighbors.clone(),
+            )?,
+            crop: CropRule {
+                scale: self.crop_scale,
+                ..CropRule::default()
+            },
+            outputs: OutputForm::Raw,
+            backbone: Some(format!(
+                "resnet18 widths={:?} input={} stride={}",
+                self.spec.widths,
+                self.spec.input_size,
+                self.spec.stride()
+            )),
+            train_data: Some(format!(
+                "face68-train (300-W AFW+HELEN, research use only): {} train faces, {} validation",
+                self.train_faces, self.val_faces
+            )),
+            metrics,
+        })
+    }
+}
+
+/// The files of a run folder.
+pub struct RunPaths {
+    pub root: PathBuf,
+}
+
+impl RunPaths {
+    pub fn checkpoint(&self) -> PathBuf {
+        self.root.join("checkpoint")
+    }
+    pub fn metrics(&self) -> PathBuf {
+        self.root.join("metrics.csv")
+    }
+    pub fn last_model(&self) -> PathBuf {
+        self.root.join("last.onnx")
+    }
+    pub fn best_model(&self) -> PathBuf {
+        self.root.join("best.onnx")
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A burn device by name, with autodiff for training.
+pub fn training_device(name: &str) -> Result<Device> {
+    match name {
+        "flex" => Ok(Device::flex().autodiff()),
+        // Deprecated upstream in favour of flex; kept so the two CPU backends can be compared.
+        #[allow(deprecated)]
+        "ndarray" => Ok(Device::ndarray().autodiff()),
+        #[cfg(feature = "cuda")]
+        "cuda" => Ok(Device::cuda(0).autodiff()),
+        #[cfg(not(feature = "cuda"))]
+        "cuda" => Err(Error::Spec(
+            "device \"cuda\" needs pipnet-train built with --features cuda".into(),
+        )),
+        other => Err(Error::Spec(format!(
+            "unknown training device {other:?} (flex, ndarray or cuda)"
+        ))),
+    }
+}
+
+/// A labeled training face held in memory.
+struct Face {
+    image: RgbImage,
+    points: Vec<Point>,
+}
+
+/// The data a run trains and validates on.
+struct Data {
+    train: Vec<Face>,
+    val: Vec<LabeledFace>,
+}
+
+fn load_data(config: &TrainConfig) -> Result<Data> {
+    let all = read_pts_folder(&config.data.labeled)?;
+    let (mut train, val) = split_validation(all, config.data.val_fraction, config.data.split_seed);
+    if let Some(n) = config.data.max_train_faces {
+        train.truncate(n);
+    }
+    let train = train
+        .into_iter()
+        .map(|f| {
+            Ok(Face {
+                image: load_rgb(&f.image, DEFAULT_MAX_PIXELS)?,
+                points: f.points,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if train.is_empty() {
+        return Err(Error::Spec("no training faces".into()));
+    }
+    Ok(Data { train, val })
+}
+
+/// Mean face (crop-normalised, from each face's un-augmented crop) and its neighbour index.
+fn mean_face_of(
+    faces: &[Face],
+    rule: &CropRule,
+    neighbors: usize,
+) -> Result<(Vec<Point>, NeighborIndex)> {
+    let normalised = faces
+        .iter()
+        .map(|f| {
+            let crop = rule.crop(&FaceBox::around(&f.points)?);
+            Ok(f.points.iter().map(|&p| crop.to_crop(p)).collect())
+        })
+        .collect::<Result<Vec<Vec<Point>>>>()?;
+    let mean = mean_face(&normalised)?;
+    let index = NeighborIndex::from_mean_face(&mean, neighbors)?;
+    Ok((mean, index))
+}
+
+/// One batch ready for the device: input `[B, 3, S, S]` and flat targets.
+struct HostBatch {
+    size: usize,
+    input: Vec<f32>,
+    cls: Vec<f32>,
+    off_x: Vec<f32>,
+    off_y: Vec<f32>,
+    nb_x: Vec<f32>,
+    nb_y: Vec<f32>,
+    mask: Vec<f32>,
+    nb_mask: Vec<f32>,
+}
+
+impl HostBatch {
+    fn into_tensors(
+        self,
+        l: usize,
+        c: usize,
+        g: usize,
+        s: usize,
+        device: &Device,
+    ) -> (Tensor<4>, TargetBatch) {
+        let b = self.size;
+        let t =
+            |v: Vec<f32>, ch: usize| Tensor::from_data(TensorData::new(v, [b, ch, g, g]), device);
+        (
+            Tensor::from_data(TensorData::new(self.input, [b, 3, s, s]), device),
+            TargetBatch {
+                cls: t(self.cls, l),
+                off_x: t(self.off_x, l),
+                off_y: t(self.off_y, l),
+                nb_x: t(self.nb_x, l * c),
+                nb_y: t(self.nb_y, l * c),
+                mask: t(self.mask, l),
+                nb_mask: t(self.nb_mask, l * c),
+            },
+        )
+    }
+}
+
+/// The batches of `epoch`, in order: a pure function of (seed, epoch) and the data.
+fn epoch_batches(
+    faces: &[Face],
+    spec: &SampleSpec<'_>,
+    config: &TrainConfig,
+    index: &NeighborIndex,
+    grid: usize,
+    epoch: usize,
+    mut emit: impl FnMut(HostBatch) -> bool,
+) {
+    let mut rng = ChaCha8Rng::seed_from_u64(
+        config.train.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    );
+    let mut order: Vec<usize> = (0..faces.len()).collect();
+    order.shuffle(&mut rng);
+    let s = spec.input_size;
+    let bs = config.train.batch_size.max(1);
+    // Drop the last partial batch: BatchNorm statistics of a tiny batch are noise.
+    let full = (order.len() / bs).max(1);
+    for chunk in order.chunks(bs).take(full) {
+        let mut batch = HostBatch {
+            size: chunk.len(),
+            input: vec![0.0; chunk.len() * 3 * s * s],
+            cls: Vec::new(),
+            off_x: Vec::new(),
+            off_y: Vec::new(),
+            nb_x: Vec::new(),
+            nb_y: Vec::new(),
+            mask: Vec::new(),
+            nb_mask: Vec::new(),
+        };
+        for (&i, out) in chunk.iter().zip(batch.input.chunks_exact_mut(3 * s * s)) {
+            let face = &faces[i];
+            let points = make_sample(
+                &face.image,
+                &face.points,
+                spec,
+                Some(&config.augment),
+                &mut rng,
+                out,
+            );
+            let t = pip_targets(&points, index, grid);
+            batch.cls.extend(t.cls);
+            batch.off_x.extend(t.off_x);
+            batch.off_y.extend(t.off_y);
+            batch.nb_x.extend(t.nb_x);
+            batch.nb_y.extend(t.nb_y);
+            batch.mask.extend(t.mask);
+            batch.nb_mask.extend(t.nb_mask);
+        }
+        if !emit(batch) {
+            return;
+        }
+    }
+}
+
+/// Writes `bytes` to `path` via a temporary file and a rename.
+fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// Saves model, optimizer and state into `checkpoint/` atomically: everything is written to
+/// `checkpoint.new/`, which then replaces the old folder.
+fn save_checkpoint(
+    paths: &RunPaths,
+    model: &PipNet,
+    optimizer_bytes: &[u8],
+    state: &RunState,
+) -> Result<()> {
+    let dir = paths.checkpoint();
+    let staging = paths.root.join("checkpoint.new");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(io_err(&staging))?;
+    // `valid()` folds pending BatchNorm running-statistic updates in, so the record is current.
+    model
+        .valid()
+        .save_file(staging.join("model.bpk"))
+        .map_err(|e| Error::Spec(format!("saving model: {e:?}")))?;
+    std::fs::write(staging.join("optimizer.bpk"), optimizer_bytes).map_err(io_err(&staging))?;
+    let json = serde_json::to_string_pretty(state).map_err(|e| Error::Spec(e.to_string()))?;
+    std::fs::write(staging.join("state.json"), json).map_err(io_err(&staging))?;
+    let old = paths.root.join("checkpoint.old");
+    let _ = std::fs::remove_dir_all(&old);
+    if dir.exists() {
+        std::fs::rename(&dir, &old).map_err(io_err(&dir))?;
+    }
+    std::fs::rename(&staging, &dir).map_err(io_err(&dir))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// Reads a run's progress (`checkpoint/state.json`).
+pub fn load_state(checkpoint: &Path) -> Result<RunState> {
+    let path = checkpoint.join("state.json");
+    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+    serde_json::from_str(&text).map_err(|e| Error::Spec(format!("{}: {e}", path.display())))
+}
+
+/// Loads a checkpoint's network onto `device`.
+pub fn load_network(checkpoint: &Path, spec: &NetworkSpec, device: &Device) -> Result<PipNet> {
+    let path = checkpoint.join("model.bpk");
+    // Seeded only so the draw takes the init lock; the loaded weights replace it.
+    PipNet::seeded(spec, device, 0)?
+        .try_load_file(&path)
+        .map_err(|e| Error::Spec(format!("loading {}: {e:?}", path.display())))
+}
+
+/// Writes the checkpoint's network as a contract ONNX graph; returns its metadata.
+pub fn export_checkpoint(checkpoint: &Path, out: &Path) -> Result<ModelMetadata> {
+    let state = load_state(checkpoint)?;
+    let model = load_network(checkpoint, &state.spec, &Device::flex())?;
+    let metrics = state.history.last().map(|r| {
+        format!(
+            "val_nme_ip={:.4} (epoch {}, own split of face68-train)",
+            r.val_nme, r.epoch
+        )
+    });
+    let meta = state.metadata(metrics)?;
+    write_model(&model.to_weights(&state.spec)?, &meta, out)?;
+    Ok(meta)
+}
+
+/// Exports the model and measures it on the validation faces through ONNX Runtime.
+fn validate(
+    model: &PipNet,
+    state: &RunState,
+    val: &[LabeledFace],
+    out: &Path,
+) -> Result<(f32, f32)> {
+    let meta = state.metadata(None)?;
+    write_model(&model.valid().to_weights(&state.spec)?, &meta, out)?;
+    if val.is_empty() {
+        return Ok((f32::NAN, f32::NAN));
+    }
+    let mut onnx = LandmarkModel::load(out, &SessionOptions::default())?;
+    let (_, summary) = pipnet_infer::eval::evaluate(&mut onnx, val, 0.1, DEFAULT_MAX_PIXELS)?;
+    Ok((summary.nme, summary.failure_rate))
+}
+
+/// Trains as `config` says. With `resume`, continues from the run folder's checkpoint
+/// (the same batches, learning rates and optimizer state as an uninterrupted run).
+pub fn train(
+    config: &TrainConfig,
+    resume: bool,
+    mut on_event: impl FnMut(Event),
+) -> Result<RunState> {
+    let paths = RunPaths {
+        root: config.train.out.clone(),
+    };
+    std::fs::create_dir_all(&paths.root).map_err(io_err(&paths.root))?;
+    let scheme = Scheme::from_name(&config.data.scheme)?;
+    let spec = config.network.spec(scheme.num_landmarks());
+    let device = training_device(&config.train.device)?;
+    let rule = CropRule::default();
+    let data = load_data(config)?;
+    on_event(Event::Loaded {
+        train_faces: data.train.len(),
+        val_faces: data.val.len(),
+    });
+
+    let flip = scheme.flip_permutation();
+    let sample_spec = SampleSpec {
+        rule,
+        input_size: spec.input_size,
+        mean: IMAGENET_MEAN,
+        std: IMAGENET_STD,
+        flip: &flip,
+    };
+    let (mut model, mut optimizer, mut state) =
+        if resume && paths.checkpoint().join("state.json").is_file() {
+            let state = load_state(&paths.checkpoint())?;
+            if state.spec != spec {
+                return Err(Error::Spec(format!(
+                    "checkpoint network {:?} differs from the config's {spec:?}",
+                    state.spec
+                )));
+            }
+            let model = load_network(&paths.checkpoint(), &spec, &device)?;
+            let optimizer_path = paths.checkpoint().join("optimizer.bpk");
+            let bytes = std::fs::read(&optimizer_path).map_err(io_err(&optimizer_path))?;
+            let optimizer = AdamConfig::new()
+                .init()
+                .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+                .map_err(|e| Error::Spec(format!("loading {}: {e:?}", optimizer_path.display())))?;
+            (model, optimizer, state)
+        } else {
+            let (meanface, index) = mean_face_of(&data.train, &rule, spec.num_neighbors)?;
+            let state = RunState {
+                epoch: 0,
+                step: 0,
+                spec: spec.clone(),
+                scheme: scheme.name().into(),
+                crop_scale: rule.scale,
+                meanface,
+                neighbors: index.rows().to_vec(),
+                history: Vec::new(),
+                train_faces: data.train.len(),
+                val_faces: data.val.len(),
+            };
+            std::fs::write(paths.root.join("config.toml"), config.to_toml())
+                .map_err(io_err(&paths.root))?;
+            (
+                PipNet::seeded(&spec, &device, config.train.seed)?,
+                AdamConfig::new().init(),
+                state,
+            )
+        };
+    let index = NeighborIndex::from_rows(
+        spec.num_landmarks,
+        spec.num_neighbors,
+        state.neighbors.clone(),
+    )?;
+    let grid = spec.grid();
+    let steps_per_epoch = (data.train.len() / config.train.batch_size.max(1)).max(1);
+    let total_steps = steps_per_epoch * config.train.epochs;
+
+    while state.epoch < config.train.epochs {
+        let epoch = state.epoch;
+        on_event(Event::EpochStart {
+            epoch: epoch + 1,
+            steps: steps_per_epoch,
+        });
+        let start = Instant::now();
+        let (mut loss_sum, mut steps, mut images, mut lr) = (0.0f64, 0usize, 0usize, 0.0);
+        // Batches are made on a worker thread while the device trains on the previous one.
+        std::thread::scope(|scope| -> Result<()> {
+            let (tx, rx) = sync_channel::<HostBatch>(2);
+            let (faces, spec_ref, index_ref) = (&data.train, &sample_spec, &index);
+            scope.spawn(move || {
+                epoch_batches(faces, spec_ref, config, index_ref, grid, epoch, |b| {
+                    tx.send(b).is_ok()
+                });
+            });
+            for batch in rx {
+                images += batch.size;
+                let (input, targets) = batch.into_tensors(
+                    spec.num_landmarks,
+                    spec.num_neighbors,
+                    grid,
+                    spec.input_size,
+                    &device,
+                );
+                let loss = pip_loss(model.forward(input), targets, config.train.loss);
+                let value = loss
+                    .clone()
+                    .into_data()
+                    .convert::<f32>()
+                    .try_into_vec::<f32>()
+                    .map_err(|e| Error::Spec(format!("reading the loss: {e:?}")))?[0];
+                if !value.is_finite() {
+                    return Err(Error::Spec(format!(
+                        "loss became {value} at epoch {}, step {}: lower the learning rate",
+                        epoch + 1,
+                        state.step
+                    )));
+                }
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                lr = config
+                    .train
+                    .schedule
+                    .lr(config.train.lr, state.step, total_steps, epoch);
+                model = optimizer.step(lr, model.clone(), grads);
+                state.step += 1;
+                steps += 1;
+                loss_sum += f64::from(value);
+                on_event(Event::Step { loss: value });
+            }
+            Ok(())
+        })?;
+        let seconds = start.elapsed().as_secs_f64();
+        state.epoch += 1;
+        let (val_nme, val_fr) = validate(&model, &state, &data.val, &paths.last_model())?;
+        let record = EpochRecord {
+            epoch: state.epoch,
+            train_loss: (loss_sum / steps.max(1) as f64) as f32,
+            val_nme,
+            val_failure_rate: val_fr,
+            lr,
+            seconds,
+            images_per_second: images as f64 / seconds.max(1e-9),
+        };
+        let best = state
+            .history
+            .iter()
+            .map(|r| r.val_nme)
+            .fold(f32::INFINITY, f32::min);
+        if val_nme < best {
+            std::fs::copy(paths.last_model(), paths.best_model())
+                .map_err(io_err(&paths.best_model()))?;
+        }
+        state.history.push(record.clone());
+        let optimizer_bytes = optimizer
+            .into_bytes()
+            .map_err(|e| Error::Spec(format!("saving optimizer state: {e:?}")))?;
+        save_checkpoint(&paths, &model, &optimizer_bytes, &state)?;
+        write_metrics(&paths.metrics(), &state.history)?;
+        on_event(Event::EpochEnd(record));
+    }
+    Ok(state)
+}
+
+fn write_metrics(path: &Path, history: &[EpochRecord]) -> Result<()> {
+    let mut csv = String::from("epoch,train_loss,val_nme,val_fr,lr,seconds,images_per_second\n");
+    for r in history {
+        csv.push_str(&format!(
+            "{},{:.6},{:.6},{:.4},{:.3e},{:.1},{:.1}\n",
+            r.epoch,
+            r.train_loss,
+            r.val_nme,
+            r.val_failure_rate,
+            r.lr,
+            r.seconds,
+            r.images_per_second
+        ));
+    }
+    write_file_atomic(path, csv.as_bytes())
+}
+
+/// Training throughput of `spec` on `device`: images per second of forward + backward + Adam
+/// over `steps` batches of random input (after one warm-up step).
+pub fn bench_training(
+    spec: &NetworkSpec,
+    device_name: &str,
+    batch: usize,
+    steps: usize,
+) -> Result<f64> {
+    let device = training_device(device_name)?;
+    let mut model = PipNet::seeded(spec, &device, 0)?;
+    let mut optimizer = AdamConfig::new().init();
+    let (l, c, g, s) = (
+        spec.num_landmarks,
+        spec.num_neighbors,
+        spec.grid(),
+        spec.input_size,
+    );
+    let random = |shape: [usize; 4]| {
+        Tensor::<4>::random(shape, burn::tensor::Distribution::Default, &device)
+    };
+    let mut elapsed = 0.0;
+    for step in 0..=steps {
+        let targets = TargetBatch {
+            cls: random([batch, l, g, g]),
+            off_x: random([batch, l, g, g]),
+            off_y: random([batch, l, g, g]),
+            nb_x: random([batch, l * c, g, g]),
+            nb_y: random([batch, l * c, g, g]),
+            mask: random([batch, l, g, g]),
+            nb_mask: random([batch, l * c, g, g]),
+        };
+        let input = random([batch, 3, s, s]);
+        let start = Instant::now();
+        let loss = pip_loss(model.forward(input), targets, Default::default());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optimizer.step(1e-4, model.clone(), grads);
+        model.sync()?;
+        if step > 0 {
+            elapsed += start.elapsed().as_secs_f64();
+        }
+    }
+    Ok((batch * steps) as f64 / elapsed.max(1e-9))
+}
