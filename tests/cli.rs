@@ -309,3 +309,70 @@ fn test_missing_runtime_library_is_one_clear_error() {
     assert!(stderr.contains("ORT_DYLIB_PATH points to"), "{stderr}");
     assert!(stderr.contains("pip"), "says how to provide it: {stderr}");
 }
+
+#[test]
+fn test_train_export_eval_round_trip_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::repo_root().join("../shared/data/face68-train");
+    let run = tmp.path().join("run");
+    let config = tmp.path().join("train.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[data]\nlabeled = {data:?}\nval_fraction = 0.01\nmax_train_faces = 8\n\n\
+             [network]\ninput_size = 64\nwidths = [8, 16, 16, 32]\n\n\
+             [train]\nepochs = 2\nbatch_size = 4\nout = \"run\"\n"
+        ),
+    )
+    .unwrap();
+    let (code, _, stderr) = common::run_pipnet(&["train", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("epoch   2"), "{stderr}");
+    let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    assert_eq!(metrics.lines().count(), 3, "{metrics}");
+
+    let model = tmp.path().join("exported.onnx");
+    let (code, _, stderr) = common::run_pipnet(&[
+        "export",
+        run.to_str().unwrap(),
+        "--out",
+        model.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, _) = common::run_pipnet(&["info", model.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("face68-train"),
+        "provenance in the metadata: {stdout}"
+    );
+
+    // Evaluate on a few labeled faces copied into their own folder.
+    let faces = tmp.path().join("faces");
+    std::fs::create_dir(&faces).unwrap();
+    for photo in real_photos() {
+        std::fs::copy(&photo, faces.join(photo.file_name().unwrap())).unwrap();
+        let pts = photo.with_extension("pts");
+        std::fs::copy(&pts, faces.join(pts.file_name().unwrap())).unwrap();
+    }
+    let (ced, plot) = (tmp.path().join("ced.csv"), tmp.path().join("ced.png"));
+    let (code, stdout, stderr) = common::run_pipnet(&[
+        "eval",
+        model.to_str().unwrap(),
+        faces.to_str().unwrap(),
+        "--ced",
+        ced.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("faces     3"), "{stdout}");
+    let nme: f32 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("NME"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(nme.is_finite() && nme > 0.0, "{stdout}");
+    assert_eq!(std::fs::read_to_string(&ced).unwrap().lines().count(), 102);
+    assert!(image::open(&plot).is_ok(), "the CED plot is a readable PNG");
+}

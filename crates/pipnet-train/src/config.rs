@@ -132,7 +132,7 @@ pub struct TrainOptions {
     pub schedule: Schedule,
     pub seed: u64,
     pub loss: LossWeights,
-    /// burn device: `flex` (CPU), `ndarray` (CPU) or `cuda` (needs the `cuda` feature).
+    /// burn device: `flex` (CPU) or `cuda` (needs the `cuda` feature).
     pub device: String,
     /// Run folder: checkpoint, metrics.csv, best.onnx, last.onnx.
     pub out: PathBuf,

@@ -16,7 +16,7 @@ pub struct Args {
     /// toolchain-notes.md instead of training.
     #[arg(long)]
     bench: bool,
-    /// burn device for --bench: flex, ndarray or cuda.
+    /// burn device for --bench: flex or cuda.
     #[arg(long, default_value = "flex")]
     device: String,
     /// Continue from the run folder's checkpoint.
