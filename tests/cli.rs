@@ -3,10 +3,30 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use image::{ImageBuffer, ImageEncoder, Luma, Rgb, RgbImage, Rgba};
-use pipnet::core::formats::ImageAnnotation;
-use pipnet::train::seeded::tiny_spec;
+use pipnet_core::formats::ImageAnnotation;
+use pipnet_train::seeded::tiny_spec;
+
+/// The real `pipnet` binary. These tests are pipnet-cli's integration tests (see its
+/// Cargo.toml), so cargo builds the binary with them and names it here.
+fn pipnet_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_pipnet"))
+}
+
+/// Runs `pipnet ARGS` and returns (exit code, stdout, stderr).
+fn run_pipnet(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(pipnet_bin())
+        .args(args)
+        .output()
+        .expect("run pipnet");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
 
 /// Real photos from the labeled data set beside the repo (`../shared/data/face68-train`).
 fn real_photos() -> Vec<PathBuf> {
@@ -123,7 +143,7 @@ fn test_annotate_crops_folder_annotates_good_lists_bad_and_resumes() {
     };
     let run = |extra: &[&'static str]| {
         let a = args(extra);
-        common::run_pipnet(&a.iter().map(String::as_str).collect::<Vec<_>>())
+        run_pipnet(&a.iter().map(String::as_str).collect::<Vec<_>>())
     };
 
     let (code, _, stderr) = run(&[]);
@@ -212,7 +232,7 @@ fn test_max_pixels_guard_reports_the_file_and_the_limit() {
         .save(&image)
         .unwrap();
     let out = tmp.path().join("out");
-    let (code, _, stderr) = common::run_pipnet(&[
+    let (code, _, stderr) = run_pipnet(&[
         "annotate",
         image.to_str().unwrap(),
         "--model",
@@ -234,7 +254,7 @@ fn test_max_pixels_guard_reports_the_file_and_the_limit() {
 fn test_info_prints_contract_and_provider() {
     let tmp = tempfile::tempdir().unwrap();
     let model = common::seeded_model(tmp.path(), tiny_spec());
-    let (code, stdout, stderr) = common::run_pipnet(&["info", model.to_str().unwrap()]);
+    let (code, stdout, stderr) = run_pipnet(&["info", model.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stdout.contains("scheme           300w-68 (68 landmarks)"),
@@ -255,7 +275,7 @@ fn test_bad_models_and_devices_get_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let text = tmp.path().join("model.onnx");
     std::fs::write(&text, "not a model").unwrap();
-    let (code, _, stderr) = common::run_pipnet(&["info", text.to_str().unwrap()]);
+    let (code, _, stderr) = run_pipnet(&["info", text.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(
         stderr.contains("failed to load model") && stderr.contains("not a loadable ONNX graph"),
@@ -263,13 +283,11 @@ fn test_bad_models_and_devices_get_clear_errors() {
     );
 
     let model = common::seeded_model(tmp.path(), tiny_spec());
-    let (code, _, stderr) =
-        common::run_pipnet(&["info", model.to_str().unwrap(), "--device", "gpu"]);
+    let (code, _, stderr) = run_pipnet(&["info", model.to_str().unwrap(), "--device", "gpu"]);
     assert_eq!(code, 2);
     assert!(stderr.contains("unknown device \"gpu\""), "{stderr}");
 
-    let (code, stdout, stderr) =
-        common::run_pipnet(&["info", model.to_str().unwrap(), "--device", "auto"]);
+    let (code, stdout, stderr) = run_pipnet(&["info", model.to_str().unwrap(), "--device", "auto"]);
     if stdout.contains("session uses     CPUExecutionProvider") {
         // No usable CUDA here: auto must say it fell back, and cuda must refuse.
         assert_eq!(code, 0);
@@ -277,8 +295,7 @@ fn test_bad_models_and_devices_get_clear_errors() {
             stderr.contains("warning: --device auto: CUDA unavailable"),
             "{stderr}"
         );
-        let (code, _, stderr) =
-            common::run_pipnet(&["info", model.to_str().unwrap(), "--device", "cuda"]);
+        let (code, _, stderr) = run_pipnet(&["info", model.to_str().unwrap(), "--device", "cuda"]);
         assert_eq!(code, 2);
         assert!(
             stderr.contains("CUDA execution provider unavailable"),
@@ -296,7 +313,7 @@ fn test_bad_models_and_devices_get_clear_errors() {
 fn test_missing_runtime_library_is_one_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let model = common::seeded_model(tmp.path(), tiny_spec());
-    let output = std::process::Command::new(common::pipnet_bin())
+    let output = Command::new(pipnet_bin())
         .args(["info", model.to_str().unwrap()])
         .env(
             "ORT_DYLIB_PATH",
@@ -325,21 +342,21 @@ fn test_train_export_eval_round_trip_through_the_cli() {
         ),
     )
     .unwrap();
-    let (code, _, stderr) = common::run_pipnet(&["train", "--config", config.to_str().unwrap()]);
+    let (code, _, stderr) = run_pipnet(&["train", "--config", config.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("epoch   2"), "{stderr}");
     let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
     assert_eq!(metrics.lines().count(), 3, "{metrics}");
 
     let model = tmp.path().join("exported.onnx");
-    let (code, _, stderr) = common::run_pipnet(&[
+    let (code, _, stderr) = run_pipnet(&[
         "export",
         run.to_str().unwrap(),
         "--out",
         model.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{stderr}");
-    let (code, stdout, _) = common::run_pipnet(&["info", model.to_str().unwrap()]);
+    let (code, stdout, _) = run_pipnet(&["info", model.to_str().unwrap()]);
     assert_eq!(code, 0);
     assert!(
         stdout.contains("face68-train"),
@@ -355,7 +372,7 @@ fn test_train_export_eval_round_trip_through_the_cli() {
         std::fs::copy(&pts, faces.join(pts.file_name().unwrap())).unwrap();
     }
     let (ced, plot) = (tmp.path().join("ced.csv"), tmp.path().join("ced.png"));
-    let (code, stdout, stderr) = common::run_pipnet(&[
+    let (code, stdout, stderr) = run_pipnet(&[
         "eval",
         model.to_str().unwrap(),
         faces.to_str().unwrap(),

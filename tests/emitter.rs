@@ -4,8 +4,8 @@ mod common;
 
 use std::process::Command;
 
-use pipnet::train::NetworkSpec;
-use pipnet::train::seeded::tiny_spec;
+use pipnet_train::NetworkSpec;
+use pipnet_train::seeded::tiny_spec;
 
 fn check_with_onnx(spec: NetworkSpec) {
     let dir = tempfile::tempdir().unwrap();

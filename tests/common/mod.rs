@@ -16,41 +16,14 @@ pub fn target_profile_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// The real `pipnet` binary, built once per test process with the same profile as the tests.
-pub fn pipnet_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let dir = target_profile_dir();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.args(["build", "-q", "-p", "pipnet-cli"]);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("run cargo build");
-        assert!(status.success(), "cargo build -p pipnet-cli failed");
-        let bin = dir.join("pipnet");
-        assert!(bin.is_file(), "{} missing after build", bin.display());
-        bin
-    })
-}
-
-/// Runs `pipnet ARGS` and returns (exit code, stdout, stderr).
-pub fn run_pipnet(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(pipnet_bin())
-        .args(args)
-        .output()
-        .expect("run pipnet");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
-/// The repository root.
+/// The repository root: the nearest folder above the package that holds `Cargo.lock`.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .find(|d| d.join("Cargo.lock").is_file())
+        .unwrap_or(manifest)
+        .to_path_buf()
 }
 
 /// A Python interpreter with `python-export/requirements-test.txt` installed (hash-checked)
@@ -96,8 +69,8 @@ pub fn python() -> PathBuf {
 }
 
 /// Writes a seeded contract graph (`tiny` by default) into `dir` and returns its path.
-pub fn seeded_model(dir: &Path, spec: pipnet::train::NetworkSpec) -> PathBuf {
+pub fn seeded_model(dir: &Path, spec: pipnet_train::NetworkSpec) -> PathBuf {
     let path = dir.join("seeded.onnx");
-    pipnet::train::seeded::write_seeded_model(&path, spec, 11).expect("write seeded model");
+    pipnet_train::seeded::write_seeded_model(&path, spec, 11).expect("write seeded model");
     path
 }
