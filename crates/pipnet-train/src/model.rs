@@ -145,19 +145,12 @@ impl PipNet {
     /// [`Self::seeded`] for reproducible weights).
     pub fn new(spec: &NetworkSpec, device: &Device) -> Result<Self> {
         spec.validate()?;
-        let w = spec.widths;
         let mut blocks = Vec::with_capacity(8);
-        let mut in_ch = w[0];
-        for (s, &out_ch) in w.iter().enumerate() {
-            let stride = match s {
-                0 => 1,
-                3 => spec.last_stage_stride,
-                _ => 2,
-            };
+        for (in_ch, out_ch, stride) in spec.stages() {
             blocks.push(Block::new(device, in_ch, out_ch, stride));
             blocks.push(Block::new(device, out_ch, out_ch, 1));
-            in_ch = out_ch;
         }
+        let in_ch = spec.widths[3];
         let (l, c) = (spec.num_landmarks, spec.num_neighbors);
         let heads = [l, l, l, l * c, l * c]
             .into_iter()
@@ -172,7 +165,7 @@ impl PipNet {
             })
             .collect();
         Ok(Self {
-            stem: ConvBn::new(device, [3, w[0]], 7, 2),
+            stem: ConvBn::new(device, [3, spec.widths[0]], 7, 2),
             pool: MaxPool2dConfig::new([3, 3])
                 .with_strides([2, 2])
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))

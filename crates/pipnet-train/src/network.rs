@@ -41,6 +41,14 @@ impl NetworkSpec {
         self.input_size / self.stride()
     }
 
+    /// `(in_channels, out_channels, stride)` of the first block of each of the four stages
+    /// (the second block keeps `out_channels` at stride 1).
+    pub fn stages(&self) -> [(usize, usize, usize); 4] {
+        let w = self.widths;
+        let strides = [1, 2, 2, self.last_stage_stride];
+        [0, 1, 2, 3].map(|s| (if s == 0 { w[0] } else { w[s - 1] }, w[s], strides[s]))
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         if !matches!(self.last_stage_stride, 1 | 2) {
             return Err(Error::Spec(format!(
@@ -184,16 +192,9 @@ impl PipNetWeights {
     pub fn seeded(spec: NetworkSpec, seed: u64) -> Result<Self> {
         spec.validate()?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let w = spec.widths;
-        let stem = ConvLayer::seeded(&mut rng, 3, w[0], 7, 2, (0.5, 1.5));
+        let stem = ConvLayer::seeded(&mut rng, 3, spec.widths[0], 7, 2, (0.5, 1.5));
         let mut stages = Vec::with_capacity(4);
-        let mut in_ch = w[0];
-        for (s, &out_ch) in w.iter().enumerate() {
-            let stride = match s {
-                0 => 1,
-                3 => spec.last_stage_stride,
-                _ => 2,
-            };
+        for (in_ch, out_ch, stride) in spec.stages() {
             let block = |in_ch: usize, stride: usize, rng: &mut ChaCha8Rng| BasicBlock {
                 conv1: ConvLayer::seeded(rng, in_ch, out_ch, 3, stride, (0.5, 1.5)),
                 conv2: ConvLayer::seeded(rng, out_ch, out_ch, 3, 1, (0.1, 0.3)),
@@ -203,10 +204,9 @@ impl PipNetWeights {
             let first = block(in_ch, stride, &mut rng);
             let second = block(out_ch, 1, &mut rng);
             stages.push([first, second]);
-            in_ch = out_ch;
         }
-        let (l, c) = (spec.num_landmarks, spec.num_neighbors);
-        let heads = [l, l, l, l * c, l * c].map(|out| ConvLayer::seeded_head(&mut rng, in_ch, out));
+        let (l, c, last) = (spec.num_landmarks, spec.num_neighbors, spec.widths[3]);
+        let heads = [l, l, l, l * c, l * c].map(|out| ConvLayer::seeded_head(&mut rng, last, out));
         Ok(Self {
             spec,
             stem,
