@@ -118,18 +118,20 @@ mod tests {
 
     #[test]
     fn test_split_is_seeded_stable_and_keeps_photos_together() {
+        // Names shaped like the data set's: source, a 6-10 digit photo id, face number.
+        let mut id: u64 = 1_051_618_982;
         let faces: Vec<_> = (0..400)
-            .flat_map(|i| [face(&format!("afw_{i}_1")), face(&format!("afw_{i}_2"))])
+            .flat_map(|_| {
+                id = id.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1) % 9_999_999_967;
+                [face(&format!("afw_{id}_1")), face(&format!("afw_{id}_2"))]
+            })
             .collect();
         let (train, val) = split_validation(faces.clone(), 0.1, 7);
         assert_eq!(train.len() + val.len(), 800);
         assert!((50..110).contains(&val.len()), "{} held out", val.len());
         for v in &val {
-            let twin = v
-                .name
-                .replace("_1", "_X")
-                .replace("_2", "_1")
-                .replace("_X", "_2");
+            let (stem, n) = v.name.rsplit_once('_').unwrap();
+            let twin = format!("{stem}_{}", if n == "1" { "2" } else { "1" });
             assert!(
                 val.iter().any(|w| w.name == twin),
                 "{} without {twin}",
