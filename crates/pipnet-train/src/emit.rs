@@ -212,20 +212,7 @@ pub fn emit_model(weights: &PipNetWeights, meta: &ModelMetadata) -> Result<Model
 /// rename), so a crash never leaves a truncated graph behind.
 pub fn write_model(weights: &PipNetWeights, meta: &ModelMetadata, path: &Path) -> Result<()> {
     let bytes = emit_model(weights, meta)?.encode_to_vec();
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-    let tmp = path.with_extension(format!("onnx.tmp{}", std::process::id()));
-    if let Some(dir) = dir {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io(e)
-    })
+    Ok(pipnet_infer::folder::write_atomic(path, &bytes)?)
 }
 
 #[cfg(test)]

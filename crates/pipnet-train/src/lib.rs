@@ -1,9 +1,11 @@
 //! Training PIPNet and writing it as ONNX graphs that follow the pipnet model contract
 //! (`../shared/design/model-contract.md`).
 //!
-//! This crate starts with the emitter: [`network`] describes the ResNet-style PIPNet and its
-//! weights (BatchNorm already folded into the convolutions), [`emit`] writes it as an ONNX
-//! `ModelProto` with full contract metadata.
+//! Data flow: [`config`] (train.toml) -> labeled faces (pipnet-infer) -> [`augment`] (random
+//! crops through the runtime's own sampler) -> [`targets`] -> [`model`] (burn) -> [`loss`] ->
+//! [`trainer`] (Adam, checkpoints, resume, validation through ONNX Runtime). [`network`]
+//! describes the inference network with BatchNorm folded in, and [`emit`] writes it as an ONNX
+//! graph with full contract metadata; [`seeded`] makes untrained graphs for tests.
 
 pub mod augment;
 pub mod config;

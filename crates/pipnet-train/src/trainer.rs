@@ -305,13 +305,6 @@ fn epoch_batches(
     }
 }
 
-/// Writes `bytes` to `path` via a temporary file and a rename.
-fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
-}
-
 /// Saves model, optimizer and state into `checkpoint/` atomically: everything is written to
 /// `checkpoint.new/`, which then replaces the old folder.
 fn save_checkpoint(
@@ -566,7 +559,7 @@ fn write_metrics(path: &Path, history: &[EpochRecord]) -> Result<()> {
             r.images_per_second
         ));
     }
-    write_file_atomic(path, csv.as_bytes())
+    Ok(pipnet_infer::folder::write_atomic(path, csv.as_bytes())?)
 }
 
 /// Training throughput of `spec` on `device`: images per second of forward + backward + Adam
