@@ -188,32 +188,33 @@ fn flush(
     summary: &mut FolderSummary,
     on_image: &mut impl FnMut(&FolderSummary),
 ) -> Result<()> {
-    let crops = |image: &RgbImage| match job.faces {
-        FaceSource::WholeImageIsFace => vec![FaceCrop::whole_image(image.width(), image.height())],
-    };
-    let faces: Vec<(&RgbImage, FaceCrop)> = pending
+    // The crops of each pending image, decided once.
+    let crops: Vec<Vec<FaceCrop>> = pending
         .iter()
-        .flat_map(|(_, image)| crops(image).into_iter().map(move |c| (image, c)))
+        .map(|(_, image)| match job.faces {
+            FaceSource::WholeImageIsFace => {
+                vec![FaceCrop::whole_image(image.width(), image.height())]
+            }
+        })
         .collect();
-    let results = match model.landmarks(&faces) {
+    let images: &[(Item, RgbImage)] = pending;
+    let faces_of = |i: usize| crops[i].iter().map(move |&c| (&images[i].1, c));
+    let faces: Vec<(&RgbImage, FaceCrop)> = (0..images.len()).flat_map(faces_of).collect();
+    let results: Vec<Result<Vec<crate::FaceLandmarks>>> = match model.landmarks(&faces) {
         Ok(all) => {
             let mut it = all.into_iter();
-            pending
+            crops
                 .iter()
-                .map(|(_, image)| Ok(it.by_ref().take(crops(image).len()).collect()))
+                .map(|c| Ok(it.by_ref().take(c.len()).collect()))
                 .collect()
         }
-        Err(_) if pending.len() > 1 => pending
-            .iter()
-            .map(|(_, image)| {
-                let own: Vec<_> = crops(image).into_iter().map(|c| (image, c)).collect();
-                model.landmarks(&own)
-            })
+        Err(_) if images.len() > 1 => (0..images.len())
+            .map(|i| model.landmarks(&faces_of(i).collect::<Vec<_>>()))
             .collect(),
         Err(e) => vec![Err(e)],
     };
     for ((item, image), result) in pending.drain(..).zip(results) {
-        let outcome = result.and_then(|faces: Vec<crate::FaceLandmarks>| {
+        let outcome = result.and_then(|faces| {
             let annotation = ImageAnnotation {
                 image: item.name.clone(),
                 width: image.width(),
