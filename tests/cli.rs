@@ -385,7 +385,7 @@ fn test_train_export_eval_round_trip_through_the_cli() {
     assert!(stdout.contains("faces     3"), "{stdout}");
     let nme: f32 = stdout
         .lines()
-        .find_map(|l| l.strip_prefix("NME"))
+        .find_map(|l| l.trim_start().strip_prefix("NME"))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap();

@@ -27,6 +27,8 @@ enum Command {
     Export(cmd::export::Args),
     /// Measure a model on labeled faces: NME, FR@0.1, AUC@0.1, CED.
     Eval(cmd::eval::Args),
+    /// Fit the face detector's box -> landmark crop map on labeled faces.
+    Calibrate(cmd::calibrate::Args),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
         Command::Train(args) => cmd::train::run(args),
         Command::Export(args) => cmd::export::run(args),
         Command::Eval(args) => cmd::eval::run(args),
+        Command::Calibrate(args) => cmd::calibrate::run(args),
     };
     match result {
         Ok(code) => code,

@@ -147,6 +147,35 @@ impl ImageAnnotation {
         serde_json::to_string(self).unwrap_or_default()
     }
 
+    /// One CSV row per face: `image,face,score,x0,y0,x1,y1,x_0,y_0,...,x_{L-1},y_{L-1}` with
+    /// a header naming as many points as the first face has.
+    pub fn to_csv(&self) -> String {
+        let points = self.faces.first().map_or(0, |f| f.landmarks.len());
+        let mut csv = String::from("image,face,score,box_x0,box_y0,box_x1,box_y1");
+        for i in 0..points {
+            csv.push_str(&format!(",x{i},y{i}"));
+        }
+        csv.push('\n');
+        // Quote the image name only when it needs it.
+        let name = if self.image.contains([',', '"', '\n']) {
+            format!("\"{}\"", self.image.replace('"', "\"\""))
+        } else {
+            self.image.clone()
+        };
+        for (k, face) in self.faces.iter().enumerate() {
+            let b = face.face_box;
+            csv.push_str(&format!(
+                "{name},{k},{:.4},{:.2},{:.2},{:.2},{:.2}",
+                face.score, b.x0, b.y0, b.x1, b.y1
+            ));
+            for p in &face.landmarks {
+                csv.push_str(&format!(",{:.3},{:.3}", p[0], p[1]));
+            }
+            csv.push('\n');
+        }
+        csv
+    }
+
     pub fn from_json(text: &str) -> Result<Self> {
         serde_json::from_str(text).map_err(|e| Error::Parse {
             format: "annotation JSON",
@@ -159,6 +188,30 @@ impl ImageAnnotation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_csv_has_a_row_per_face_and_quotes_odd_names() {
+        let face = |x: f32| FaceAnnotation {
+            face_box: FaceBox::from([x, 1.0, x + 10.0, 11.0]),
+            score: 0.9,
+            landmarks: vec![[x, 2.0], [x + 1.0, 3.0]],
+            landmark_scores: vec![1.0, 1.0],
+        };
+        let a = ImageAnnotation {
+            image: "a,b.jpg".into(),
+            width: 20,
+            height: 20,
+            faces: vec![face(0.0), face(5.0)],
+        };
+        let csv = a.to_csv();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].ends_with(",x0,y0,x1,y1"), "{}", lines[0]);
+        assert_eq!(
+            lines[2],
+            "\"a,b.jpg\",1,0.9000,5.00,1.00,15.00,11.00,5.000,2.000,6.000,3.000"
+        );
+    }
 
     #[test]
     fn test_pts_round_trip() {

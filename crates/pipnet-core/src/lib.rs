@@ -3,12 +3,13 @@
 //!
 //! Modules follow the data flow of `../shared/design/architecture.md`:
 //! [`scheme`] (what the points are) -> [`meanface`] (mean face and neighbour index) ->
-//! [`crop`] (face box to square crop and back) -> [`decode`] (PIP decode + neighbour-vote merge)
+//! [`detection`] (detector outputs to face boxes) -> [`crop`] (face box to square crop and back) -> [`decode`] (PIP decode + neighbour-vote merge)
 //! -> [`metrics`] (NME, FR, AUC, CED) and [`formats`] (.pts, WFLW lines, JSON).
 
 pub mod contract;
 pub mod crop;
 pub mod decode;
+pub mod detection;
 pub mod formats;
 pub mod meanface;
 pub mod metrics;
@@ -17,6 +18,7 @@ pub mod scheme;
 pub use contract::{ModelMetadata, OutputForm, TensorSpec, check_io};
 pub use crop::{CropRule, FaceBox, FaceCrop};
 pub use decode::{Decoder, Landmark, PipMaps, decode_pip, decode_pip_scalar};
+pub use detection::{BoxCalibration, Detection};
 pub use meanface::{NeighborIndex, mean_face};
 pub use scheme::Scheme;
 

@@ -1,13 +1,17 @@
-//! Accuracy on labeled faces: crop each face from its true landmark box with the model's own
-//! crop rule (the 300-W protocol), run the model, and score with the scheme's NME.
+//! Accuracy on labeled faces. The 300-W protocol crops each face from its true landmark box
+//! with the model's own crop rule; [`detect_labeled`] instead finds each face with the detector,
+//! which is what annotating real photos does, and is also what the box calibration is fitted on.
 
+use image::RgbImage;
+use pipnet_core::detection::Detection;
 use pipnet_core::metrics::{Summary, nme};
-use pipnet_core::{FaceBox, Point};
+use pipnet_core::{FaceBox, FaceCrop, Point};
 
+use crate::detect::FaceDetector;
 use crate::error::{Error, Result};
 use crate::image_io::load_rgb;
 use crate::labeled::LabeledFace;
-use crate::model::LandmarkModel;
+use crate::pipeline::Pipeline;
 
 /// One evaluated face.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,31 +21,55 @@ pub struct FaceResult {
     pub predicted: Vec<Point>,
 }
 
-/// Runs `model` on every face and returns per-face results and the summary at `threshold`
-/// (0.1 for FR@0.1 and AUC@0.1).
+/// How each labeled face is cropped for evaluation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EvalCrops<'a> {
+    /// From the tight box around the true landmarks, with the model's crop rule.
+    TrueBox,
+    /// The given crop per face (e.g. from detections), in the order of the faces.
+    Given(&'a [FaceCrop]),
+}
+
+/// The true landmark box of a labeled face.
+pub fn landmark_box(face: &LabeledFace) -> Result<FaceBox> {
+    FaceBox::around(&face.points).map_err(|e| Error::InvalidInput(format!("{}: {e}", face.name)))
+}
+
+/// Runs the pipeline's landmark stage on every face and returns per-face results and the
+/// summary at `threshold` (0.1 for FR@0.1 and AUC@0.1).
 pub fn evaluate(
-    model: &mut LandmarkModel,
+    pipeline: &mut Pipeline,
     faces: &[LabeledFace],
+    crops: EvalCrops<'_>,
     threshold: f32,
     max_pixels: u64,
 ) -> Result<(Vec<FaceResult>, Summary)> {
-    let meta = model.metadata().clone();
+    let meta = pipeline.model.metadata().clone();
+    if let EvalCrops::Given(given) = crops
+        && given.len() != faces.len()
+    {
+        return Err(Error::InvalidInput(format!(
+            "{} crops for {} faces",
+            given.len(),
+            faces.len()
+        )));
+    }
     let mut results = Vec::with_capacity(faces.len());
-    for chunk in faces.chunks(model.batch_size()) {
+    let batch = pipeline.model.batch_size();
+    for (k, chunk) in faces.chunks(batch).enumerate() {
         let images = chunk
             .iter()
             .map(|f| load_rgb(&f.image, max_pixels))
-            .collect::<Result<Vec<_>>>()?;
-        let crops = chunk
-            .iter()
-            .map(|f| {
-                FaceBox::around(&f.points)
-                    .map(|b| meta.crop.crop(&b))
-                    .map_err(|e| Error::InvalidInput(format!("{}: {e}", f.name)))
-            })
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<RgbImage>>>()?;
+        let crops: Vec<FaceCrop> = match crops {
+            EvalCrops::TrueBox => chunk
+                .iter()
+                .map(|f| landmark_box(f).map(|b| meta.crop.crop(&b)))
+                .collect::<Result<_>>()?,
+            EvalCrops::Given(given) => given[k * batch..][..chunk.len()].to_vec(),
+        };
         let pairs: Vec<_> = images.iter().zip(crops).collect();
-        for (face, found) in chunk.iter().zip(model.landmarks(&pairs)?) {
+        for (face, found) in chunk.iter().zip(pipeline.landmarks(&pairs)?) {
             let error = nme(&found.in_image, &face.points, meta.scheme)
                 .map_err(|e| Error::InvalidInput(format!("{}: {e}", face.name)))?;
             results.push(FaceResult {
@@ -53,4 +81,33 @@ pub fn evaluate(
     }
     let nmes: Vec<f32> = results.iter().map(|r| r.nme).collect();
     Ok((results, Summary::new(&nmes, threshold)))
+}
+
+/// Runs the detector on each labeled face's image and keeps the detection that overlaps the
+/// face's true landmark box most (intersection over union above `min_iou`), or `None` when no
+/// detection does: the share of `Some` is the detector's recall.
+pub fn detect_labeled(
+    detector: &mut FaceDetector,
+    faces: &[LabeledFace],
+    min_iou: f32,
+    max_pixels: u64,
+) -> Result<Vec<Option<Detection>>> {
+    faces
+        .iter()
+        .map(|face| {
+            let image = load_rgb(&face.image, max_pixels)?;
+            let truth = Detection {
+                face_box: landmark_box(face)?,
+                score: 1.0,
+                keypoints: Default::default(),
+            };
+            let found = detector.detect(&image, None)?;
+            Ok(found
+                .into_iter()
+                .map(|d| (truth.iou(&d), d))
+                .filter(|(iou, _)| *iou > min_iou)
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(_, d)| d))
+        })
+        .collect()
 }

@@ -1,15 +1,23 @@
-//! Annotating a folder of images: walk, skip finished work, batch faces through the model,
-//! write one JSON per image atomically, and record every failure without stopping.
+//! Annotating a folder of images: walk, skip finished work, find faces, batch them through the
+//! landmark model, write each image's outputs atomically, and record every failure without
+//! stopping.
+//!
+//! Two threads overlap the work: a loader decodes images and runs the face detector while the
+//! caller's thread runs landmark batches and writes. A bounded channel between them keeps
+//! memory flat however large the folder is.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use image::RgbImage;
-use pipnet_core::FaceCrop;
-use pipnet_core::formats::{FaceAnnotation, ImageAnnotation};
+use pipnet_core::FaceBox;
+use pipnet_core::formats::{FaceAnnotation, ImageAnnotation, format_pts};
 
 use crate::error::{Error, Result};
 use crate::image_io::load_rgb;
-use crate::model::LandmarkModel;
+use crate::pipeline::{Face, Faces, LocatedFace, Pipeline, locate};
+use crate::preview;
 
 /// File extensions treated as images when walking a folder.
 pub const IMAGE_EXTENSIONS: &[&str] = &[
@@ -17,11 +25,71 @@ pub const IMAGE_EXTENSIONS: &[&str] = &[
 ];
 
 /// How faces are found in each image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum FaceSource {
+    /// The pipeline's face detector.
+    Detect,
     /// Each image is one pre-cropped face: the centred square around its longest side.
     WholeImageIsFace,
+    /// Tight landmark boxes per image, keyed by the image's path relative to its input folder
+    /// (`/`-separated). An image without an entry is a failure, not an empty result.
+    Boxes(HashMap<String, Vec<FaceBox>>),
+}
+
+impl FaceSource {
+    /// Reads a `--boxes` file: a JSON object mapping image paths to lists of
+    /// `[x0, y0, x1, y1]` boxes in pixels.
+    pub fn read_boxes(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+        let boxes: HashMap<String, Vec<FaceBox>> = serde_json::from_str(&text).map_err(|e| {
+            Error::InvalidInput(format!(
+                "{}: expected a JSON object mapping image paths to lists of \
+                     [x0, y0, x1, y1] boxes: {e}",
+                path.display()
+            ))
+        })?;
+        Ok(FaceSource::Boxes(boxes))
+    }
+
+    fn faces_of(&self, name: &str) -> Result<Faces> {
+        match self {
+            FaceSource::Detect => Ok(Faces::Detect),
+            FaceSource::WholeImageIsFace => Ok(Faces::WholeImage),
+            FaceSource::Boxes(map) => map
+                .get(name)
+                .map(|b| Faces::LandmarkBoxes(b.clone()))
+                .ok_or_else(|| {
+                    Error::InvalidInput(format!("no entry for {name:?} in the boxes file"))
+                }),
+        }
+    }
+}
+
+/// What is written per image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    /// `<image>.json`: boxes, scores, landmarks ([`ImageAnnotation`]).
+    #[default]
+    Json,
+    /// `<image>.csv`: one row per face.
+    Csv,
+    /// `<image stem>_<k>.pts` per face (iBUG layout, 1-based pixel coordinates).
+    Pts,
+}
+
+impl std::str::FromStr for OutputFormat {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "json" => Ok(Self::Json),
+            "csv" => Ok(Self::Csv),
+            "pts" => Ok(Self::Pts),
+            other => Err(Error::InvalidInput(format!(
+                "unknown format {other:?} (expected json, csv or pts)"
+            ))),
+        }
+    }
 }
 
 /// One folder run.
@@ -31,6 +99,9 @@ pub struct FolderJob {
     pub inputs: Vec<PathBuf>,
     pub out_dir: PathBuf,
     pub faces: FaceSource,
+    pub format: OutputFormat,
+    /// Also write a JPEG per image with boxes and landmarks drawn ([`preview_path`]).
+    pub preview: bool,
     /// Redo images whose output is already newer than the image.
     pub force: bool,
     pub max_pixels: u64,
@@ -108,10 +179,45 @@ fn collect(inputs: &[PathBuf]) -> Result<Vec<Item>> {
     Ok(items)
 }
 
-/// The JSON output of `name` under `out_dir`: the image's relative path plus `.json`, so
-/// `a.jpg` and `a.png` never collide.
-pub fn output_path(out_dir: &Path, name: &str) -> PathBuf {
-    out_dir.join(format!("{name}.json"))
+/// The output of image `name` under `out_dir` that marks it done: the image's relative path
+/// plus `.json` or `.csv` (so `a.jpg` and `a.png` never collide), or the first face's `.pts`.
+pub fn output_path(out_dir: &Path, name: &str, format: OutputFormat) -> PathBuf {
+    match format {
+        OutputFormat::Json => out_dir.join(format!("{name}.json")),
+        OutputFormat::Csv => out_dir.join(format!("{name}.csv")),
+        OutputFormat::Pts => pts_path(out_dir, name, 0),
+    }
+}
+
+/// The `.pts` file of face `k` (0-based) of image `name`: `<stem>_<k + 1>.pts`, as 300-W names
+/// faces.
+fn pts_path(out_dir: &Path, name: &str, k: usize) -> PathBuf {
+    let stem = name.rsplit_once('.').map_or(name, |(stem, _)| stem);
+    out_dir.join(format!("{stem}_{}.pts", k + 1))
+}
+
+/// The preview JPEG of image `name`: `preview/<name>`, with `.jpg` added unless the name is a
+/// JPEG's already.
+pub fn preview_path(out_dir: &Path, name: &str) -> PathBuf {
+    let lower = name.to_ascii_lowercase();
+    let dir = out_dir.join("preview");
+    if lower.ends_with(".jpg") || lower.ends_with(".jpeg") {
+        dir.join(name)
+    } else {
+        dir.join(format!("{name}.jpg"))
+    }
+}
+
+/// Removes temporaries a killed run left in `out_dir` (`write_atomic` names them `.tmp*`).
+fn remove_stale_temporaries(out_dir: &Path) {
+    for entry in walkdir::WalkDir::new(out_dir).into_iter().flatten() {
+        let stale =
+            entry.file_type().is_file() && entry.file_name().to_string_lossy().starts_with(".tmp");
+        if stale {
+            // Best effort: a temporary we cannot remove is harmless.
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// True when `output` exists and was modified after `image`.
@@ -134,42 +240,40 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Annotates every image of `job`, batching faces across images. `on_image` is called once per
-/// image (done, skipped or failed) so a caller can show progress.
+/// What the loader thread hands over for one image.
+enum Loaded {
+    Skipped,
+    Failed(Item, Error),
+    Ready(Item, RgbImage, Vec<LocatedFace>),
+}
+
+/// Annotates every image of `job`: faces found as `job.faces` says, landmarks in batches of the
+/// model's batch size across images. `on_image` is called once per image (done, skipped or
+/// failed) so a caller can show progress.
 pub fn annotate_folder(
-    model: &mut LandmarkModel,
+    pipeline: &mut Pipeline,
     job: &FolderJob,
     mut on_image: impl FnMut(&FolderSummary),
 ) -> Result<FolderSummary> {
     let items = collect(&job.inputs)?;
+    std::fs::create_dir_all(&job.out_dir).map_err(Error::io(&job.out_dir))?;
+    remove_stale_temporaries(&job.out_dir);
     let mut summary = FolderSummary {
         images: items.len(),
         ..Default::default()
     };
-    let batch = model.batch_size();
-    let mut pending: Vec<(Item, RgbImage)> = Vec::with_capacity(batch);
-    for item in items {
-        let out = output_path(&job.out_dir, &item.name);
-        if !job.force && is_done(&item.path, &out) {
-            summary.skipped += 1;
-            on_image(&summary);
-            continue;
-        }
-        match load_rgb(&item.path, job.max_pixels) {
-            Ok(image) => pending.push((item, image)),
-            Err(e) => {
-                summary.failures.push(Failure {
-                    image: item.name,
-                    error: e.to_string(),
-                });
-                on_image(&summary);
-            }
-        }
-        if pending.len() == batch {
-            flush(model, job, &mut pending, &mut summary, &mut on_image)?;
-        }
-    }
-    flush(model, job, &mut pending, &mut summary, &mut on_image)?;
+    let batch = pipeline.model.batch_size();
+    let rule = pipeline.model.metadata().crop;
+    let min_face = pipeline.min_face;
+    let mut detector = pipeline.detector.take();
+    let (send, receive) = sync_channel::<Loaded>(batch);
+    let result = std::thread::scope(|scope| {
+        let detector = detector.as_mut();
+        scope.spawn(move || load_all(items, job, detector, &rule, min_face, send));
+        consume(pipeline, job, receive, &mut summary, &mut on_image)
+    });
+    pipeline.detector = detector;
+    result?;
     let failures: String = summary
         .failures
         .iter()
@@ -179,60 +283,100 @@ pub fn annotate_folder(
     Ok(summary)
 }
 
-/// Runs the pending images as one batch and writes their outputs. A batch that fails at
-/// inference is retried image by image so one bad input cannot sink its neighbours.
-fn flush(
-    model: &mut LandmarkModel,
+/// Loader thread: decode each image and locate its faces, in order. Stops early when the
+/// consumer has gone (an error there ends the run).
+fn load_all(
+    items: Vec<Item>,
     job: &FolderJob,
-    pending: &mut Vec<(Item, RgbImage)>,
+    mut detector: Option<&mut crate::detect::FaceDetector>,
+    rule: &pipnet_core::CropRule,
+    min_face: Option<f32>,
+    send: SyncSender<Loaded>,
+) {
+    for item in items {
+        let done = output_path(&job.out_dir, &item.name, job.format);
+        let loaded = if !job.force && is_done(&item.path, &done) {
+            Loaded::Skipped
+        } else {
+            let located = load_rgb(&item.path, job.max_pixels).and_then(|image| {
+                let faces = job.faces.faces_of(&item.name)?;
+                let found = locate(detector.as_deref_mut(), rule, min_face, &image, &faces)?;
+                Ok((image, found))
+            });
+            match located {
+                Ok((image, found)) => Loaded::Ready(item, image, found),
+                Err(e) => Loaded::Failed(item, e),
+            }
+        };
+        if send.send(loaded).is_err() {
+            return;
+        }
+    }
+}
+
+/// Caller's thread: gather images until a batch of faces is ready, run it, write outputs.
+fn consume(
+    pipeline: &mut Pipeline,
+    job: &FolderJob,
+    receive: Receiver<Loaded>,
     summary: &mut FolderSummary,
     on_image: &mut impl FnMut(&FolderSummary),
 ) -> Result<()> {
-    // The crops of each pending image, decided once.
-    let crops: Vec<Vec<FaceCrop>> = pending
-        .iter()
-        .map(|(_, image)| match job.faces {
-            FaceSource::WholeImageIsFace => {
-                vec![FaceCrop::whole_image(image.width(), image.height())]
+    let batch = pipeline.model.batch_size();
+    let mut pending: Vec<(Item, RgbImage, Vec<LocatedFace>)> = Vec::new();
+    let mut pending_faces = 0;
+    for loaded in receive {
+        match loaded {
+            Loaded::Skipped => {
+                summary.skipped += 1;
+                on_image(summary);
             }
-        })
-        .collect();
-    let images: &[(Item, RgbImage)] = pending;
-    let faces_of = |i: usize| crops[i].iter().map(move |&c| (&images[i].1, c));
-    let faces: Vec<(&RgbImage, FaceCrop)> = (0..images.len()).flat_map(faces_of).collect();
-    let results: Vec<Result<Vec<crate::FaceLandmarks>>> = match model.landmarks(&faces) {
-        Ok(all) => {
-            let mut it = all.into_iter();
-            crops
-                .iter()
-                .map(|c| Ok(it.by_ref().take(c.len()).collect()))
-                .collect()
+            Loaded::Failed(item, e) => {
+                summary.failures.push(Failure {
+                    image: item.name,
+                    error: e.to_string(),
+                });
+                on_image(summary);
+            }
+            Loaded::Ready(item, image, faces) => {
+                pending_faces += faces.len();
+                pending.push((item, image, faces));
+                if pending_faces >= batch || pending.len() >= batch {
+                    flush(pipeline, job, &mut pending, summary, on_image)?;
+                    pending_faces = 0;
+                }
+            }
         }
-        Err(_) if images.len() > 1 => (0..images.len())
-            .map(|i| model.landmarks(&faces_of(i).collect::<Vec<_>>()))
+    }
+    flush(pipeline, job, &mut pending, summary, on_image)
+}
+
+/// Runs the pending images' faces as one batch and writes their outputs. A batch that fails at
+/// inference is retried image by image so one bad input cannot sink its neighbours.
+fn flush(
+    pipeline: &mut Pipeline,
+    job: &FolderJob,
+    pending: &mut Vec<(Item, RgbImage, Vec<LocatedFace>)>,
+    summary: &mut FolderSummary,
+    on_image: &mut impl FnMut(&FolderSummary),
+) -> Result<()> {
+    let images: Vec<&RgbImage> = pending.iter().map(|(_, image, _)| image).collect();
+    let located: Vec<Vec<LocatedFace>> = pending.iter().map(|(_, _, f)| f.clone()).collect();
+    let results: Vec<Result<Vec<Face>>> = match pipeline.landmarks_of(&images, located.clone()) {
+        Ok(all) => all.into_iter().map(Ok).collect(),
+        Err(_) if images.len() > 1 => images
+            .iter()
+            .zip(located)
+            .map(|(image, faces)| {
+                let mut one = pipeline.landmarks_of(&[image], vec![faces])?;
+                Ok(one.pop().unwrap_or_default())
+            })
             .collect(),
         Err(e) => vec![Err(e)],
     };
-    for ((item, image), result) in pending.drain(..).zip(results) {
+    for ((item, image, _), result) in pending.drain(..).zip(results) {
         let outcome = result.and_then(|faces| {
-            let annotation = ImageAnnotation {
-                image: item.name.clone(),
-                width: image.width(),
-                height: image.height(),
-                faces: faces
-                    .iter()
-                    .map(|f| FaceAnnotation {
-                        face_box: f.crop.bounds(),
-                        score: 1.0,
-                        landmarks: f.in_image.clone(),
-                        landmark_scores: f.scores(),
-                    })
-                    .collect(),
-            };
-            write_atomic(
-                &output_path(&job.out_dir, &item.name),
-                annotation.to_json().as_bytes(),
-            )?;
+            write_outputs(job, &item.name, &image, &faces)?;
             Ok(faces.len())
         });
         match outcome {
@@ -248,4 +392,55 @@ fn flush(
         on_image(summary);
     }
     Ok(())
+}
+
+/// Writes one image's outputs, each atomically; the file that marks the image done
+/// ([`output_path`]) goes last, so a killed run redoes the image rather than trusting a half.
+fn write_outputs(job: &FolderJob, name: &str, image: &RgbImage, faces: &[Face]) -> Result<()> {
+    let annotation = ImageAnnotation {
+        image: name.to_string(),
+        width: image.width(),
+        height: image.height(),
+        faces: faces
+            .iter()
+            .map(|f| FaceAnnotation {
+                face_box: f.face_box(),
+                score: f.score(),
+                landmarks: f.landmarks.in_image.clone(),
+                landmark_scores: f.landmarks.scores(),
+            })
+            .collect(),
+    };
+    if job.preview {
+        let drawn = preview::draw(image, &annotation.faces)?;
+        write_atomic(
+            &preview_path(&job.out_dir, name),
+            &preview::encode_jpeg(&drawn)?,
+        )?;
+    }
+    match job.format {
+        OutputFormat::Json => write_atomic(
+            &output_path(&job.out_dir, name, job.format),
+            annotation.to_json().as_bytes(),
+        ),
+        OutputFormat::Csv => write_atomic(
+            &output_path(&job.out_dir, name, job.format),
+            annotation.to_csv().as_bytes(),
+        ),
+        OutputFormat::Pts => {
+            // Later faces first, so face 1 (the done marker) is written last.
+            for (k, face) in annotation.faces.iter().enumerate().rev() {
+                let one_based: Vec<_> = face
+                    .landmarks
+                    .iter()
+                    .map(|p| [p[0] + 1.0, p[1] + 1.0])
+                    .collect();
+                write_atomic(
+                    &pts_path(&job.out_dir, name, k),
+                    format_pts(&one_based).as_bytes(),
+                )?;
+            }
+            Ok(())
+        }
+    }
 }

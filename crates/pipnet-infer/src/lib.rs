@@ -5,15 +5,20 @@
 //! decode + merge) -> back-projection to image pixels. [`runtime`] provides the ONNX Runtime
 //! library itself.
 
+pub mod detect;
 pub mod error;
 pub mod eval;
 pub mod folder;
 pub mod image_io;
 pub mod labeled;
 pub mod model;
+pub mod pipeline;
 pub mod preprocess;
+pub mod preview;
 pub mod runtime;
+pub mod session;
 
 pub use error::{Error, ErrorKind, Result};
 pub use model::{Device, FaceLandmarks, LandmarkModel, SessionOptions};
+pub use pipeline::{Face, Faces, Pipeline};
 pub use pipnet_core as core;

@@ -4,15 +4,15 @@
 use std::path::{Path, PathBuf};
 
 use image::RgbImage;
-use ort::ep::ExecutionProviderDispatch;
 use ort::session::Session;
-use ort::value::{TensorRef, ValueType};
-use pipnet_core::contract::{ModelMetadata, OutputForm, TensorSpec, check_io};
+use ort::value::TensorRef;
+use pipnet_core::contract::{ModelMetadata, OutputForm, check_io};
 use pipnet_core::{Decoder, FaceCrop, Landmark, PipMaps, Point};
 
 use crate::error::{Error, Result};
 use crate::preprocess::{Normalization, write_crop};
 use crate::runtime::{Runtime, runtime};
+use crate::session::{GraphSource, OpenedSession, open_session, tensor_specs};
 
 /// Where inference runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -119,29 +119,6 @@ impl std::fmt::Debug for LandmarkModel {
     }
 }
 
-fn tensor_specs(outlets: &[ort::value::Outlet]) -> Vec<TensorSpec> {
-    outlets
-        .iter()
-        .map(|o| match o.dtype() {
-            ValueType::Tensor { ty, shape, .. } => TensorSpec {
-                name: o.name().to_string(),
-                is_f32: *ty == ort::value::TensorElementType::Float32,
-                shape: shape.iter().map(|&d| (d >= 0).then_some(d)).collect(),
-            },
-            _ => TensorSpec {
-                name: o.name().to_string(),
-                is_f32: false,
-                shape: vec![],
-            },
-        })
-        .collect()
-}
-
-/// The CUDA provider set to fail loudly, so we know whether it really registered.
-fn cuda_provider() -> ExecutionProviderDispatch {
-    ort::ep::CUDA::default().build().error_on_failure()
-}
-
 impl LandmarkModel {
     /// Loads `path`, builds a session for `options.device`, and checks the graph against the
     /// contract (metadata first, then tensor names, types and shapes).
@@ -150,49 +127,14 @@ impl LandmarkModel {
     }
 
     pub fn load_with_runtime(path: &Path, options: &SessionOptions, rt: &Runtime) -> Result<Self> {
+        let OpenedSession {
+            session,
+            provider,
+            fallback,
+        } = open_session(GraphSource::File(path), options, rt)?;
         let load_err = |message: String| Error::ModelLoad {
             path: path.to_path_buf(),
             message,
-        };
-        if !path.is_file() {
-            return Err(load_err("no such file".into()));
-        }
-        let build =
-            |with_cuda: bool| -> Result<Session> {
-                let mut builder = Session::builder(&rt.environment)
-                    .map_err(|e| load_err(format!("session options: {e}")))?;
-                if let Some(n) = options.threads {
-                    builder = builder
-                        .with_intra_threads(n)
-                        .map_err(|e| load_err(format!("threads: {e}")))?;
-                }
-                if with_cuda {
-                    builder = builder.with_execution_providers([cuda_provider()]).map_err(|e| {
-                    Error::Device(format!(
-                        "CUDA execution provider unavailable with {}: {}. Use --device cpu, or \
-                         point ORT_DYLIB_PATH at the onnxruntime-gpu library with CUDA 12/13 \
-                         and cuDNN 9 on the loader path",
-                        rt.library.display(),
-                        e.to_string().trim_end_matches('.')
-                    ))
-                })?;
-                }
-                builder
-                    .commit_from_file(path)
-                    .map_err(|e| load_err(format!("not a loadable ONNX graph: {e}")))
-            };
-        let mut fallback = None;
-        let (session, provider) = match options.device {
-            Device::Cpu => (build(false)?, "CPUExecutionProvider"),
-            Device::Cuda => (build(true)?, "CUDAExecutionProvider"),
-            Device::Auto => match build(true) {
-                Ok(s) => (s, "CUDAExecutionProvider"),
-                Err(e) if e.kind() == crate::ErrorKind::Device => {
-                    fallback = Some(e.to_string());
-                    (build(false)?, "CPUExecutionProvider")
-                }
-                Err(e) => return Err(e),
-            },
         };
         let metadata = session
             .metadata()

@@ -13,9 +13,10 @@ use burn::prelude::*;
 use image::RgbImage;
 use pipnet_core::contract::{IMAGENET_MEAN, IMAGENET_STD, ModelMetadata, OutputForm};
 use pipnet_core::{CropRule, FaceBox, NeighborIndex, Point, Scheme, mean_face};
+use pipnet_infer::eval::{EvalCrops, evaluate};
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, load_rgb};
 use pipnet_infer::labeled::{LabeledFace, read_pts_folder, split_validation};
-use pipnet_infer::{LandmarkModel, SessionOptions};
+use pipnet_infer::{LandmarkModel, Pipeline, SessionOptions};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -378,8 +379,15 @@ fn validate(
     if val.is_empty() {
         return Ok((f32::NAN, f32::NAN));
     }
-    let mut onnx = LandmarkModel::load(out, &SessionOptions::default())?;
-    let (_, summary) = pipnet_infer::eval::evaluate(&mut onnx, val, 0.1, DEFAULT_MAX_PIXELS)?;
+    let onnx = LandmarkModel::load(out, &SessionOptions::default())?;
+    let mut pipeline = Pipeline::new(onnx, None);
+    let (_, summary) = evaluate(
+        &mut pipeline,
+        val,
+        EvalCrops::TrueBox,
+        0.1,
+        DEFAULT_MAX_PIXELS,
+    )?;
     Ok((summary.nme, summary.failure_rate))
 }
 

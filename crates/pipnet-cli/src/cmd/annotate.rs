@@ -1,12 +1,13 @@
-//! `pipnet annotate DIR|FILES... --out OUT`
+//! `pipnet annotate DIR|FILES... --model MODEL --out OUT [--format json|csv|pts] [--preview]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::bail;
-use pipnet_infer::folder::{FaceSource, FolderJob, annotate_folder};
+use indicatif::{ProgressBar, ProgressStyle};
+use pipnet_infer::folder::{FaceSource, FolderJob, OutputFormat, annotate_folder};
 use pipnet_infer::image_io::DEFAULT_MAX_PIXELS;
-use pipnet_infer::{Device, SessionOptions};
+use pipnet_infer::{Device, Pipeline, SessionOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -16,12 +17,33 @@ pub struct Args {
     /// The landmark model.
     #[arg(long)]
     model: PathBuf,
-    /// Output folder: one `<image path>.json` per image, plus `failures.jsonl`.
+    /// Output folder: per image `<image path>.json` (or `.csv`, or `_<k>.pts` per face), plus
+    /// `failures.jsonl`.
     #[arg(long)]
     out: PathBuf,
-    /// Treat every image as one pre-cropped face (no face detection).
+    /// Output format: json, csv (one row per face) or pts (one iBUG file per face).
+    #[arg(long, default_value = "json")]
+    format: OutputFormat,
+    /// Also write `OUT/preview/<image path>` (a JPEG) with boxes and landmarks drawn.
     #[arg(long)]
+    preview: bool,
+    /// Treat every image as one pre-cropped face (no face detection).
+    #[arg(long, conflicts_with = "boxes")]
     crops: bool,
+    /// Skip detection: a JSON object mapping each image's path (relative to its input folder)
+    /// to a list of `[x0, y0, x1, y1]` tight landmark boxes in pixels.
+    #[arg(long)]
+    boxes: Option<PathBuf>,
+    #[command(flatten)]
+    detector: super::DetectorArgs,
+    /// Smallest face to search for, in pixels (default: the detector's setting, 40). Smaller
+    /// values search large photos in more tiles, which takes longer.
+    #[arg(long)]
+    min_face: Option<f32>,
+    /// One landmark pass only (by default a second pass re-crops each face from the first
+    /// pass's landmarks, which is more accurate with detector boxes).
+    #[arg(long)]
+    no_refine: bool,
     /// Execution provider: cpu, cuda or auto.
     #[arg(long, default_value = "cpu")]
     device: Device,
@@ -40,27 +62,51 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if !args.crops {
-        bail!(
-            "face detection is not built yet: pass --crops to treat each image as one \
-             pre-cropped face"
-        );
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    if args.min_face.is_some_and(|m| m.is_nan() || m <= 0.0) {
+        bail!("--min-face must be a positive number of pixels");
     }
     let options = SessionOptions {
         device: args.device,
         threads: args.threads,
         batch_size: Some(args.batch),
     };
-    let mut model = super::load_model(&args.model, &options)?;
+    let faces = match (&args.boxes, args.crops) {
+        (Some(path), _) => FaceSource::read_boxes(path)?,
+        (None, true) => FaceSource::WholeImageIsFace,
+        (None, false) => FaceSource::Detect,
+    };
+    let model = super::load_model(&args.model, &options)?;
+    let detector = match faces {
+        FaceSource::Detect => Some(args.detector.load(&options)?),
+        _ => None,
+    };
+    let mut pipeline = Pipeline::new(model, detector);
+    pipeline.min_face = args.min_face;
+    pipeline.refine = !args.no_refine;
     let job = FolderJob {
         inputs: args.inputs,
         out_dir: args.out.clone(),
-        faces: FaceSource::WholeImageIsFace,
+        faces,
+        format: args.format,
+        preview: args.preview,
         force: args.force,
         max_pixels: args.max_pixels,
     };
+    // Hidden by indicatif when stderr is not a terminal.
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{pos}/{len} images [{bar:30}] {per_sec} eta {eta} {msg}")?
+            .progress_chars("=> "),
+    );
     let start = std::time::Instant::now();
-    let summary = annotate_folder(&mut model, &job, |_| {})?;
+    let summary = annotate_folder(&mut pipeline, &job, |s| {
+        bar.set_length(s.images as u64);
+        bar.set_position((s.annotated + s.skipped + s.failures.len()) as u64);
+        bar.set_message(format!("{} faces, {} failed", s.faces, s.failures.len()));
+    })?;
+    bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
     for failure in &summary.failures {
         eprintln!("pipnet: failed: {}: {}", failure.image, failure.error);

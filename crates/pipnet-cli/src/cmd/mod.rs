@@ -1,23 +1,31 @@
 pub mod annotate;
+pub mod calibrate;
 pub mod eval;
 pub mod export;
 pub mod info;
 pub mod train;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use pipnet_infer::detect::{DetectorSettings, FaceDetector};
+use pipnet_infer::runtime::Runtime;
+use pipnet_infer::session::GraphSource;
 use pipnet_infer::{LandmarkModel, SessionOptions};
 
-/// Loads ONNX Runtime (saying so when it has to be fetched) and the model.
-pub fn load_model(path: &Path, options: &SessionOptions) -> anyhow::Result<LandmarkModel> {
-    let runtime = pipnet_infer::runtime::runtime(|| {
+/// Loads ONNX Runtime, saying so when it has to be fetched.
+pub fn runtime() -> anyhow::Result<&'static Runtime> {
+    Ok(pipnet_infer::runtime::runtime(|| {
         eprintln!(
             "pipnet: ONNX Runtime not found; fetching onnxruntime=={} from PyPI with pip (once)",
             pipnet_infer::runtime::ORT_VERSION
         )
-    })?;
-    let model = LandmarkModel::load_with_runtime(path, options, runtime)
+    })?)
+}
+
+/// Loads the landmark model, warning when `--device auto` fell back to the CPU.
+pub fn load_model(path: &Path, options: &SessionOptions) -> anyhow::Result<LandmarkModel> {
+    let model = LandmarkModel::load_with_runtime(path, options, runtime()?)
         .with_context(|| format!("failed to load model {}", path.display()))?;
     if let Some(reason) = model.device_fallback() {
         eprintln!(
@@ -25,4 +33,40 @@ pub fn load_model(path: &Path, options: &SessionOptions) -> anyhow::Result<Landm
         );
     }
     Ok(model)
+}
+
+/// Which face detector to use.
+#[derive(clap::Args)]
+pub struct DetectorArgs {
+    /// A BlazeFace ONNX graph with its settings beside it (`GRAPH.json`); default: the
+    /// built-in full-range 256x256 graph.
+    #[arg(long = "detector", value_name = "GRAPH")]
+    graph: Option<PathBuf>,
+}
+
+impl DetectorArgs {
+    pub fn load(&self, options: &SessionOptions) -> anyhow::Result<FaceDetector> {
+        let rt = runtime()?;
+        let detector = match &self.graph {
+            Some(path) => FaceDetector::load_with_runtime(path, options, rt),
+            None => FaceDetector::open(
+                GraphSource::builtin_detector(),
+                DetectorSettings::builtin(),
+                options,
+                rt,
+            ),
+        };
+        detector.context("failed to load the face detector")
+    }
+}
+
+/// `FRACTION:SEED` of a training config's validation split, e.g. `0.1:1`.
+pub fn parse_split(text: &str) -> Result<(f64, u64), String> {
+    let (f, s) = text
+        .split_once(':')
+        .ok_or("expected FRACTION:SEED, e.g. 0.1:1")?;
+    Ok((
+        f.parse().map_err(|_| format!("bad fraction {f:?}"))?,
+        s.parse().map_err(|_| format!("bad seed {s:?}"))?,
+    ))
 }

@@ -1,0 +1,157 @@
+//! Image -> faces with landmarks: detect (or take the caller's boxes), crop with the model's
+//! rule, run every face of every image as one batch, and optionally refine: crop again from the
+//! first pass's landmarks and run once more, which undoes most of the detector box's error.
+
+use image::RgbImage;
+use pipnet_core::detection::Detection;
+use pipnet_core::{CropRule, FaceBox, FaceCrop};
+
+use crate::detect::FaceDetector;
+use crate::error::{Error, Result};
+use crate::model::{FaceLandmarks, LandmarkModel};
+
+/// Where the faces of an image come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Faces {
+    /// Run the face detector.
+    Detect,
+    /// The image is one pre-cropped face: the centred square around its longest side.
+    WholeImage,
+    /// Tight landmark boxes in image pixels (the 300-W protocol), cropped with the model's rule.
+    LandmarkBoxes(Vec<FaceBox>),
+}
+
+/// One face found in an image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Face {
+    /// The detector's output, when the face came from the detector.
+    pub detection: Option<Detection>,
+    pub landmarks: FaceLandmarks,
+}
+
+impl Face {
+    /// The box reported for this face: the detector's box, else the crop's bounds.
+    pub fn face_box(&self) -> FaceBox {
+        self.detection
+            .map_or_else(|| self.landmarks.crop.bounds(), |d| d.face_box)
+    }
+
+    /// The detector's score, or 1 for faces the caller declared.
+    pub fn score(&self) -> f32 {
+        self.detection.map_or(1.0, |d| d.score)
+    }
+}
+
+/// A face to run the landmark model on: the detection it came from (if any) and its crop.
+pub type LocatedFace = (Option<Detection>, FaceCrop);
+
+/// Finds the faces of one image: `detector` (down to `min_face` pixels) for [`Faces::Detect`],
+/// else the crops `faces` declares, made with the model's crop `rule`.
+pub fn locate(
+    detector: Option<&mut FaceDetector>,
+    rule: &CropRule,
+    min_face: Option<f32>,
+    image: &RgbImage,
+    faces: &Faces,
+) -> Result<Vec<LocatedFace>> {
+    Ok(match faces {
+        Faces::WholeImage => vec![(None, FaceCrop::whole_image(image.width(), image.height()))],
+        Faces::LandmarkBoxes(boxes) => boxes.iter().map(|b| (None, rule.crop(b))).collect(),
+        Faces::Detect => {
+            let detector = detector.ok_or_else(|| {
+                Error::InvalidInput(
+                    "face detection asked for, but the pipeline has no detector".into(),
+                )
+            })?;
+            let found = detector.detect(image, min_face)?;
+            found
+                .into_iter()
+                .map(|d| (Some(d), detector.crop(&d, rule)))
+                .collect()
+        }
+    })
+}
+
+/// A landmark model, with a face detector when faces must be found.
+#[derive(Debug)]
+pub struct Pipeline {
+    pub model: LandmarkModel,
+    pub detector: Option<FaceDetector>,
+    /// Smallest face searched for, in image pixels (`None`: the detector's default).
+    pub min_face: Option<f32>,
+    /// Second landmark pass on crops re-centred on the first pass's landmarks.
+    pub refine: bool,
+}
+
+impl Pipeline {
+    pub fn new(model: LandmarkModel, detector: Option<FaceDetector>) -> Self {
+        Self {
+            model,
+            detector,
+            min_face: None,
+            refine: false,
+        }
+    }
+
+    /// Finds the faces of one image (detections, or the crops `faces` declares).
+    pub fn locate(&mut self, image: &RgbImage, faces: &Faces) -> Result<Vec<LocatedFace>> {
+        let rule = self.model.metadata().crop;
+        locate(self.detector.as_mut(), &rule, self.min_face, image, faces)
+    }
+
+    /// Landmarks for known crops, batched, with the refinement pass when enabled.
+    pub fn landmarks(&mut self, crops: &[(&RgbImage, FaceCrop)]) -> Result<Vec<FaceLandmarks>> {
+        let first = self.model.landmarks(crops)?;
+        if !self.refine {
+            return Ok(first);
+        }
+        let rule = self.model.metadata().crop;
+        let again: Vec<(&RgbImage, FaceCrop)> = crops
+            .iter()
+            .zip(&first)
+            .map(|(&(image, crop), found)| {
+                // Non-finite points were already rejected by the model; keep the crop if not.
+                let crop = FaceBox::around(&found.in_image).map_or(crop, |b| rule.crop(&b));
+                (image, crop)
+            })
+            .collect();
+        self.model.landmarks(&again)
+    }
+
+    /// All faces of several images, every face in shared landmark batches.
+    pub fn faces(&mut self, images: &[(&RgbImage, &Faces)]) -> Result<Vec<Vec<Face>>> {
+        let mut located = Vec::with_capacity(images.len());
+        for (image, faces) in images {
+            located.push(self.locate(image, faces)?);
+        }
+        let images: Vec<&RgbImage> = images.iter().map(|(image, _)| *image).collect();
+        self.landmarks_of(&images, located)
+    }
+
+    /// Runs the landmark stage on faces already located in `images` (one list per image).
+    pub fn landmarks_of(
+        &mut self,
+        images: &[&RgbImage],
+        located: Vec<Vec<LocatedFace>>,
+    ) -> Result<Vec<Vec<Face>>> {
+        let crops: Vec<(&RgbImage, FaceCrop)> = images
+            .iter()
+            .zip(&located)
+            .flat_map(|(image, faces)| faces.iter().map(|(_, crop)| (*image, *crop)))
+            .collect();
+        let mut landmarks = self.landmarks(&crops)?.into_iter();
+        Ok(located
+            .into_iter()
+            .map(|faces| {
+                faces
+                    .into_iter()
+                    .zip(landmarks.by_ref())
+                    .map(|((detection, _), landmarks)| Face {
+                        detection,
+                        landmarks,
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+}

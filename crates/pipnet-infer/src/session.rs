@@ -1,0 +1,123 @@
+//! Building an ONNX Runtime session on the requested device: one place for the CUDA / CPU /
+//! auto-fallback rules, shared by the landmark model and the face detector.
+
+use std::path::Path;
+
+use ort::ep::ExecutionProviderDispatch;
+use ort::session::Session;
+use ort::value::{TensorElementType, ValueType};
+use pipnet_core::TensorSpec;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::{Device, SessionOptions};
+use crate::runtime::Runtime;
+
+/// Where a graph comes from: a file, or bytes built into the binary (named for messages).
+#[derive(Debug, Clone, Copy)]
+pub enum GraphSource<'a> {
+    File(&'a Path),
+    Memory { name: &'a Path, bytes: &'a [u8] },
+}
+
+impl GraphSource<'_> {
+    pub fn name(&self) -> &Path {
+        match self {
+            GraphSource::File(path) => path,
+            GraphSource::Memory { name, .. } => name,
+        }
+    }
+}
+
+/// A session plus what device it ended on.
+pub struct OpenedSession {
+    pub session: Session,
+    pub provider: &'static str,
+    /// Why `Device::Auto` ended on the CPU, if it did.
+    pub fallback: Option<String>,
+}
+
+/// The CUDA provider set to fail loudly, so we know whether it really registered.
+fn cuda_provider() -> ExecutionProviderDispatch {
+    ort::ep::CUDA::default().build().error_on_failure()
+}
+
+/// Opens `source` for `options.device`: `Cuda` fails with a [`ErrorKind::Device`] error when
+/// the provider cannot be registered; `Auto` then falls back to the CPU and says why.
+pub fn open_session(
+    source: GraphSource<'_>,
+    options: &SessionOptions,
+    rt: &Runtime,
+) -> Result<OpenedSession> {
+    let path = source.name();
+    let load_err = |message: String| Error::ModelLoad {
+        path: path.to_path_buf(),
+        message,
+    };
+    if let GraphSource::File(p) = source
+        && !p.is_file()
+    {
+        return Err(load_err("no such file".into()));
+    }
+    let build = |with_cuda: bool| -> Result<Session> {
+        let mut builder = Session::builder(&rt.environment)
+            .map_err(|e| load_err(format!("session options: {e}")))?;
+        if let Some(n) = options.threads {
+            builder = builder
+                .with_intra_threads(n)
+                .map_err(|e| load_err(format!("threads: {e}")))?;
+        }
+        if with_cuda {
+            builder = builder
+                .with_execution_providers([cuda_provider()])
+                .map_err(|e| {
+                    Error::Device(format!(
+                        "CUDA execution provider unavailable with {}: {}. Use --device cpu, or \
+                         point ORT_DYLIB_PATH at the onnxruntime-gpu library with CUDA 12/13 \
+                         and cuDNN 9 on the loader path",
+                        rt.library.display(),
+                        e.to_string().trim_end_matches('.')
+                    ))
+                })?;
+        }
+        match source {
+            GraphSource::File(p) => builder.commit_from_file(p),
+            GraphSource::Memory { bytes, .. } => builder.commit_from_memory(bytes),
+        }
+        .map_err(|e| load_err(format!("not a loadable ONNX graph: {e}")))
+    };
+    let opened = |session, provider, fallback| OpenedSession {
+        session,
+        provider,
+        fallback,
+    };
+    Ok(match options.device {
+        Device::Cpu => opened(build(false)?, "CPUExecutionProvider", None),
+        Device::Cuda => opened(build(true)?, "CUDAExecutionProvider", None),
+        Device::Auto => match build(true) {
+            Ok(s) => opened(s, "CUDAExecutionProvider", None),
+            Err(e) if e.kind() == ErrorKind::Device => {
+                opened(build(false)?, "CPUExecutionProvider", Some(e.to_string()))
+            }
+            Err(e) => return Err(e),
+        },
+    })
+}
+
+/// Names, element types and shapes of a session's inputs or outputs, for contract checks.
+pub fn tensor_specs(outlets: &[ort::value::Outlet]) -> Vec<TensorSpec> {
+    outlets
+        .iter()
+        .map(|o| match o.dtype() {
+            ValueType::Tensor { ty, shape, .. } => TensorSpec {
+                name: o.name().to_string(),
+                is_f32: *ty == TensorElementType::Float32,
+                shape: shape.iter().map(|&d| (d >= 0).then_some(d)).collect(),
+            },
+            _ => TensorSpec {
+                name: o.name().to_string(),
+                is_f32: false,
+                shape: vec![],
+            },
+        })
+        .collect()
+}
