@@ -74,31 +74,11 @@ fn mixed_folder(root: &Path) -> (Vec<&'static str>, Vec<&'static str>) {
         .save(root.join("gray16.png"))
         .unwrap();
 
-    // 60x30 landscape pixels, stored with "rotate 90": upright it is 30 wide, 60 high.
-    let mut jpeg = Vec::new();
-    let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90);
-    encoder.set_exif_metadata(exif_rotate_90()).unwrap();
-    let landscape = RgbImage::from_fn(60, 30, |x, _| Rgb([(x * 4) as u8, 90, 40]));
-    encoder
-        .write_image(landscape.as_raw(), 60, 30, image::ExtendedColorType::Rgb8)
-        .unwrap();
-    std::fs::write(root.join("exif_rotated.jpg"), &jpeg).unwrap();
+    // Stored as 60x30 landscape pixels with "rotate 90": upright it is 30 wide, 60 high.
+    let upright = RgbImage::from_fn(30, 60, |_, y| Rgb([(y * 4) as u8, 90, 40]));
+    std::fs::write(root.join("exif_rotated.jpg"), exif_rotated_jpeg(&upright)).unwrap();
 
-    // Bad inputs.
-    let real = std::fs::read(&photos[0]).unwrap();
-    let mut corrupt = real.clone();
-    for b in corrupt.iter_mut().skip(200).take(400) {
-        *b = 0xFF;
-    }
-    corrupt.truncate(real.len() / 3);
-    std::fs::write(root.join("corrupt.jpg"), &corrupt).unwrap();
-    let mut png = Vec::new();
-    photo
-        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .unwrap();
-    std::fs::write(root.join("truncated.png"), &png[..png.len() / 2]).unwrap();
-    std::fs::write(root.join("notes.jpg"), "this is a text file, not a JPEG\n").unwrap();
-    std::fs::write(root.join("readme.txt"), "ignored: not an image extension\n").unwrap();
+    let bad = bad_files(root, &photos[0]);
 
     let good = vec![
         "photo_a.jpg",
@@ -109,8 +89,47 @@ fn mixed_folder(root: &Path) -> (Vec<&'static str>, Vec<&'static str>) {
         "gray16.png",
         "exif_rotated.jpg",
     ];
-    let bad = vec!["corrupt.jpg", "truncated.png", "notes.jpg"];
     (good, bad)
+}
+
+/// A corrupt JPEG and a truncated PNG made from the real photo `photo`, a text file named
+/// `.jpg`, and a text file that is not an image by its name (ignored). Returns the bad names.
+fn bad_files(root: &Path, photo: &Path) -> Vec<&'static str> {
+    let real = std::fs::read(photo).unwrap();
+    let mut corrupt = real.clone();
+    // Headers overwritten right after the start-of-image marker.
+    for b in corrupt.iter_mut().skip(2).take(400) {
+        *b = 0xFF;
+    }
+    corrupt.truncate(real.len() / 3);
+    std::fs::write(root.join("corrupt.jpg"), &corrupt).unwrap();
+    let mut png = Vec::new();
+    image::open(photo)
+        .unwrap()
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    std::fs::write(root.join("truncated.png"), &png[..png.len() / 2]).unwrap();
+    std::fs::write(root.join("notes.jpg"), "this is a text file, not a JPEG\n").unwrap();
+    std::fs::write(root.join("readme.txt"), "ignored: not an image extension\n").unwrap();
+    vec!["corrupt.jpg", "truncated.png", "notes.jpg"]
+}
+
+/// A JPEG of `upright` stored turned a quarter with EXIF Orientation 6, so that applying the
+/// orientation gives back `upright`.
+fn exif_rotated_jpeg(upright: &RgbImage) -> Vec<u8> {
+    let stored = image::imageops::rotate270(upright);
+    let mut jpeg = Vec::new();
+    let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 92);
+    encoder.set_exif_metadata(exif_rotate_90()).unwrap();
+    encoder
+        .write_image(
+            stored.as_raw(),
+            stored.width(),
+            stored.height(),
+            image::ExtendedColorType::Rgb8,
+        )
+        .unwrap();
+    jpeg
 }
 
 fn read_annotation(out: &Path, name: &str) -> ImageAnnotation {
@@ -392,4 +411,258 @@ fn test_train_export_eval_round_trip_through_the_cli() {
     assert!(nme.is_finite() && nme > 0.0, "{stdout}");
     assert_eq!(std::fs::read_to_string(&ced).unwrap().lines().count(), 102);
     assert!(image::open(&plot).is_ok(), "the CED plot is a readable PNG");
+}
+
+/// The shipped landmark model.
+fn shipped_model() -> PathBuf {
+    common::repo_root().join("models/pipnet-r18h-128-face68.onnx")
+}
+
+fn faces_boxes(a: &ImageAnnotation) -> Vec<pipnet_core::detection::Detection> {
+    a.faces
+        .iter()
+        .map(|f| pipnet_core::detection::Detection {
+            face_box: f.face_box,
+            score: f.score,
+            keypoints: Default::default(),
+        })
+        .collect()
+}
+
+#[test]
+fn test_annotate_sample_photos_with_detector_lists_bad_files_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("photos");
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(input.join("more")).unwrap();
+    let samples = common::sample_face_boxes();
+    for (file, _) in &samples {
+        std::fs::copy(common::sample_photos().join(file), input.join(file)).unwrap();
+    }
+    // A grayscale and an EXIF-rotated copy of the six-face photo, in a subfolder.
+    let group = common::sample_photos().join("2008_002470.jpg");
+    let upright = image::open(&group).unwrap().to_rgb8();
+    image::DynamicImage::ImageRgb8(upright.clone())
+        .to_luma8()
+        .save(input.join("more/gray.png"))
+        .unwrap();
+    std::fs::write(input.join("more/rotated.jpg"), exif_rotated_jpeg(&upright)).unwrap();
+    let bad = bad_files(&input, &group);
+
+    let model = shipped_model();
+    let args = [
+        "annotate",
+        input.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--preview",
+    ];
+    let (code, _, stderr) = run_pipnet(&args);
+    assert_eq!(code, 1, "some images failed, so exit 1: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("14 images: 11 annotated"), "{stderr}");
+
+    // Every hand-drawn face of the sample photos is found (dlib's boxes, IoU > 0.3), with 68
+    // landmarks inside the image, and a preview of the photo's size.
+    let (mut matched, mut total, mut extra) = (0, 0, 0);
+    for (file, boxes) in &samples {
+        let a = read_annotation(&out, file);
+        let (m, t, e) = common::match_boxes(&faces_boxes(&a), boxes);
+        (matched, total, extra) = (matched + m, total + t, extra + e);
+        for face in &a.faces {
+            assert_eq!(face.landmarks.len(), 68);
+            assert!(face.score > 0.5 && face.score <= 1.0);
+            for p in &face.landmarks {
+                assert!(p[0] > -5.0 && p[0] < a.width as f32 + 5.0, "{file}: {p:?}");
+                assert!(p[1] > -5.0 && p[1] < a.height as f32 + 5.0, "{file}: {p:?}");
+            }
+            // The landmarks lie on the detected face: their centre is inside its box.
+            let n = face.landmarks.len() as f32;
+            let cx = face.landmarks.iter().map(|p| p[0]).sum::<f32>() / n;
+            let cy = face.landmarks.iter().map(|p| p[1]).sum::<f32>() / n;
+            let b = face.face_box;
+            assert!(cx > b.x0 && cx < b.x1 && cy > b.y0 && cy < b.y1, "{file}");
+        }
+        let preview = image::open(out.join("preview").join(file)).unwrap();
+        assert_eq!((preview.width(), preview.height()), (a.width, a.height));
+    }
+    assert_eq!(total, 43);
+    assert!(matched >= 41, "recall {matched}/{total}");
+    assert!(
+        extra <= 3,
+        "{extra} faces found where dlib's boxes have none"
+    );
+
+    // Grayscale and EXIF-rotated copies: same size as the upright photo, same faces.
+    let original = read_annotation(&out, "2008_002470.jpg");
+    for name in ["more/gray.png", "more/rotated.jpg"] {
+        let a = read_annotation(&out, name);
+        assert_eq!(
+            (a.width, a.height),
+            (original.width, original.height),
+            "{name}"
+        );
+        let (m, _, e) = common::match_boxes(
+            &faces_boxes(&a),
+            &original
+                .faces
+                .iter()
+                .map(|f| f.face_box.into())
+                .collect::<Vec<_>>(),
+        );
+        assert!(
+            m + 1 >= original.faces.len() && e <= 1,
+            "{name}: {m} of {}",
+            original.faces.len()
+        );
+    }
+    assert!(out.join("preview/more/gray.png.jpg").is_file());
+
+    let failures = std::fs::read_to_string(out.join("failures.jsonl")).unwrap();
+    assert_eq!(failures.lines().count(), bad.len(), "{failures}");
+    for name in &bad {
+        assert!(
+            failures.contains(&format!("\"image\":\"{name}\"")),
+            "{failures}"
+        );
+    }
+
+    // A second run does nothing new.
+    let (code, _, stderr) = run_pipnet(&args);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("0 annotated (0 faces), 11 already done, 3 failed"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn test_killed_run_leaves_no_partial_output_and_a_rerun_finishes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("photos");
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&input).unwrap();
+    let photo = common::sample_photos().join("2008_002470.jpg");
+    let copies = 40;
+    for i in 0..copies {
+        std::fs::copy(&photo, input.join(format!("copy_{i:02}.jpg"))).unwrap();
+    }
+    let model = shipped_model();
+    let args = [
+        "annotate",
+        input.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--batch",
+        "4",
+        "--threads",
+        "1",
+    ];
+    let mut child = Command::new(pipnet_bin()).args(args).spawn().unwrap();
+    let json_files = || -> Vec<PathBuf> {
+        std::fs::read_dir(&out)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let start = std::time::Instant::now();
+    while json_files().len() < 3 && start.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let written = json_files();
+    assert!(written.len() < copies, "the run was killed before the end");
+    for path in &written {
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(
+            ImageAnnotation::from_json(&text).is_ok(),
+            "partial {}",
+            path.display()
+        );
+    }
+
+    let (code, _, stderr) = run_pipnet(&args);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} already done", written.len())),
+        "{stderr}"
+    );
+    assert_eq!(json_files().len(), copies);
+    for entry in walk(&out) {
+        let name = entry.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(!name.starts_with(".tmp"), "stale temporary {name}");
+    }
+}
+
+#[test]
+fn test_boxes_file_and_csv_and_pts_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("photos");
+    std::fs::create_dir_all(&input).unwrap();
+    let samples = common::sample_face_boxes();
+    let mut boxes = serde_json::Map::new();
+    for (file, faces) in samples.iter().take(2) {
+        std::fs::copy(common::sample_photos().join(file), input.join(file)).unwrap();
+        boxes.insert(file.clone(), serde_json::json!(faces));
+    }
+    // In the folder but not in the boxes file: a failure that says so.
+    std::fs::copy(
+        common::sample_photos().join(&samples[2].0),
+        input.join("unlisted.jpg"),
+    )
+    .unwrap();
+    let boxes_file = tmp.path().join("boxes.json");
+    std::fs::write(&boxes_file, serde_json::Value::Object(boxes).to_string()).unwrap();
+    let expected_faces: usize = samples.iter().take(2).map(|(_, b)| b.len()).sum();
+
+    for format in ["csv", "pts"] {
+        let out = tmp.path().join(format);
+        let (code, _, stderr) = run_pipnet(&[
+            "annotate",
+            input.to_str().unwrap(),
+            "--model",
+            shipped_model().to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--boxes",
+            boxes_file.to_str().unwrap(),
+            "--format",
+            format,
+        ]);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(
+            stderr.contains(&format!("2 annotated ({expected_faces} faces)")),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("unlisted.jpg: invalid input: no entry"),
+            "{stderr}"
+        );
+        for (file, faces) in samples.iter().take(2) {
+            let stem = file.trim_end_matches(".jpg");
+            if format == "csv" {
+                let csv = std::fs::read_to_string(out.join(format!("{file}.csv"))).unwrap();
+                let rows: Vec<&str> = csv.lines().collect();
+                assert_eq!(rows.len(), faces.len() + 1, "{csv}");
+                assert_eq!(rows[1].split(',').count(), 7 + 2 * 68);
+            } else {
+                for k in 1..=faces.len() {
+                    let path = out.join(format!("{stem}_{k}.pts"));
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    let points = pipnet_core::formats::parse_pts(&text).unwrap();
+                    assert_eq!(points.len(), 68);
+                }
+                assert!(!out.join(format!("{stem}_{}.pts", faces.len() + 1)).exists());
+            }
+        }
+    }
 }

@@ -74,3 +74,61 @@ pub fn seeded_model(dir: &Path, spec: pipnet_train::NetworkSpec) -> PathBuf {
     pipnet_train::seeded::write_seeded_model(&path, spec, 11).expect("write seeded model");
     path
 }
+
+/// The sample photo folder of the README (`examples/photos`).
+pub fn sample_photos() -> PathBuf {
+    repo_root().join("examples/photos")
+}
+
+/// The hand-drawn face boxes dlib ships for the sample photos (`training.xml` and
+/// `testing.xml`, imglab format), as `(file name, [x0, y0, x1, y1] boxes)`.
+pub fn sample_face_boxes() -> Vec<(String, Vec<[f32; 4]>)> {
+    let mut images: Vec<(String, Vec<[f32; 4]>)> = Vec::new();
+    for xml in ["training.xml", "testing.xml"] {
+        let text = std::fs::read_to_string(sample_photos().join(xml)).expect("read dlib XML");
+        for line in text.lines().map(str::trim) {
+            let attr = |key: &str| -> f32 {
+                let start = line.find(&format!("{key}='")).expect("attribute") + key.len() + 2;
+                line[start..]
+                    .split('\'')
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("numeric attribute")
+            };
+            if line.starts_with("<image file=") {
+                let file = line.split('\'').nth(1).expect("file name").to_string();
+                images.push((file, Vec::new()));
+            } else if line.starts_with("<box") {
+                let (left, top) = (attr("left"), attr("top"));
+                let b = [left, top, left + attr("width"), top + attr("height")];
+                images.last_mut().expect("box inside an image").1.push(b);
+            }
+        }
+    }
+    images
+}
+
+/// Matches detections to true boxes (IoU > 0.3, best first, each detection used once):
+/// (matched faces, true faces, detections that matched none).
+pub fn match_boxes(
+    found: &[pipnet_core::detection::Detection],
+    truth: &[[f32; 4]],
+) -> (usize, usize, usize) {
+    let mut used = vec![false; found.len()];
+    let mut matched = 0;
+    for t in truth {
+        let t = pipnet_core::detection::Detection {
+            face_box: pipnet_core::FaceBox::from(*t),
+            score: 1.0,
+            keypoints: Default::default(),
+        };
+        let best = (0..found.len())
+            .filter(|&i| !used[i] && found[i].iou(&t) > 0.3)
+            .max_by(|&a, &b| found[a].iou(&t).total_cmp(&found[b].iou(&t)));
+        if let Some(i) = best {
+            used[i] = true;
+            matched += 1;
+        }
+    }
+    (matched, truth.len(), used.iter().filter(|u| !**u).count())
+}
