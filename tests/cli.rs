@@ -495,6 +495,20 @@ fn test_annotate_sample_photos_with_detector_lists_bad_files_and_resumes() {
         "{extra} faces found where dlib's boxes have none"
     );
 
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out.join("2008_002470.jpg.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o644,
+            0o644,
+            "outputs are readable by others: {mode:o}"
+        );
+    }
+
     // Grayscale and EXIF-rotated copies: same size as the upright photo, same faces.
     let original = read_annotation(&out, "2008_002470.jpg");
     for name in ["more/gray.png", "more/rotated.jpg"] {

@@ -231,7 +231,11 @@ fn is_done(image: &Path, output: &Path) -> bool {
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(Error::io(dir))?;
+    let mut builder = tempfile::Builder::new();
+    // tempfile creates private (0600) files; outputs are ordinary files others may read.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    let mut tmp = builder.tempfile_in(dir).map_err(Error::io(dir))?;
     std::io::Write::write_all(&mut tmp, contents).map_err(Error::io(path))?;
     tmp.persist(path).map_err(|e| Error::Io {
         path: path.to_path_buf(),
