@@ -1,1 +1,540 @@
+//! C ABI over [`pipnet_infer::Pipeline`]: opaque handles, status codes, a thread-local error
+//! message, and results the caller frees. `include/pipnet.h` is generated from this file by
+//! cbindgen (a test fails when the checked-in header is stale).
+//!
+//! Safety rules every entry point follows: pointers are checked for null, handles are checked
+//! against the registry of live ones (so a stale or double-freed handle is an error, not a
+//! crash), sizes are checked for overflow before any read, and panics are caught at the
+//! boundary.
 
+#![allow(clippy::missing_safety_doc)] // the header documents each function's contract
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::ffi::{CStr, CString, c_char};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use pipnet_infer::detect::FaceDetector;
+use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, PixelFormat, rgb_from_buffer};
+use pipnet_infer::{Device, ErrorKind, Face, Faces, LandmarkModel, Pipeline, SessionOptions};
+
+/// Bumped whenever a signature or struct layout of this header changes.
+pub const PIPNET_ABI_VERSION: u32 = 1;
+
+/// Every function returns one of these; on anything but `PIPNET_OK`, `pipnet_last_error()`
+/// says what went wrong.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PipnetStatus {
+    Ok = 0,
+    /// A required pointer argument was NULL.
+    NullPointer = 1,
+    /// An argument is out of range: a size, stride, pixel format, device or index.
+    InvalidArgument = 2,
+    /// The handle (or result) is not live: never created, already destroyed, or freed twice.
+    StaleHandle = 3,
+    /// The ONNX Runtime library is missing or failed to load.
+    Runtime = 4,
+    /// A model file cannot be read or is not an ONNX graph of the expected kind.
+    ModelLoad = 5,
+    /// The landmark graph breaks the PIPNet contract (e.g. missing metadata).
+    Contract = 6,
+    /// The requested device (CUDA) is not available.
+    Device = 7,
+    /// Inference failed or produced non-finite values.
+    Inference = 8,
+    /// Any other failure (I/O, image decoding).
+    Other = 9,
+    /// A bug: a panic was caught at the boundary. The handle should not be used again.
+    Panic = 10,
+}
+
+// Pixel layouts of `PipnetImage::format` (plain integers, so an out-of-range value from C is
+// an error rather than an invalid enum).
+pub const PIPNET_PIXEL_RGB: u32 = 0;
+pub const PIPNET_PIXEL_BGR: u32 = 1;
+pub const PIPNET_PIXEL_RGBA: u32 = 2;
+pub const PIPNET_PIXEL_BGRA: u32 = 3;
+pub const PIPNET_PIXEL_GRAY: u32 = 4;
+
+// Devices of `PipnetOptions::device`; AUTO is CUDA when available, else the CPU.
+pub const PIPNET_DEVICE_CPU: u32 = 0;
+pub const PIPNET_DEVICE_CUDA: u32 = 1;
+pub const PIPNET_DEVICE_AUTO: u32 = 2;
+
+/// Options for `pipnet_create`.
+#[repr(C)]
+pub struct PipnetOptions {
+    /// Path of the landmark model (UTF-8, NUL-terminated). Required.
+    pub landmark_model: *const c_char,
+    /// Path of a BlazeFace detector graph with its `.json` settings beside it, or NULL for the
+    /// built-in detector.
+    pub detector_model: *const c_char,
+    /// One of `PIPNET_DEVICE_*`.
+    pub device: u32,
+    /// ONNX Runtime intra-op threads; 0 uses every core.
+    pub threads: u32,
+    /// Smallest face searched for, in pixels; 0 uses the detector's default (40).
+    pub min_face: f32,
+    /// Non-zero: second landmark pass on crops re-centred on the first pass (more accurate
+    /// with detector boxes, twice the landmark inference).
+    pub refine: u32,
+}
+
+/// An 8-bit image in the caller's memory; rows are `stride` bytes apart.
+#[repr(C)]
+pub struct PipnetImage {
+    pub pixels: *const u8,
+    pub width: u32,
+    pub height: u32,
+    pub stride: usize,
+    /// One of `PIPNET_PIXEL_*`.
+    pub format: u32,
+}
+
+/// What `pipnet_model_info` reports.
+#[repr(C)]
+pub struct PipnetModelInfo {
+    pub num_landmarks: u32,
+    /// Side of the square model input, in pixels.
+    pub input_size: u32,
+    /// Landmark scheme, e.g. "300w-68", NUL-terminated.
+    pub scheme: [c_char; 32],
+}
+
+/// One face of a result. Pointers stay valid until the result is freed.
+#[repr(C)]
+pub struct PipnetFace {
+    /// Face box `[x0, y0, x1, y1]` in image pixels: the detector's box, or the crop's bounds.
+    pub face_box: [f32; 4],
+    /// Detector score in 0..1; 1 for faces the caller gave.
+    pub score: f32,
+    pub num_landmarks: u32,
+    /// `num_landmarks` (x, y) pairs in image pixels (0-based pixel centres).
+    pub landmarks: *const f32,
+    /// `num_landmarks` landmark scores.
+    pub landmark_scores: *const f32,
+}
+
+/// A live pipeline. Calls on one handle are serialised by its mutex.
+pub struct PipnetHandle {
+    pipeline: Mutex<Pipeline>,
+}
+
+/// Faces found by one call, owned by the caller until `pipnet_result_free`.
+pub struct PipnetResult {
+    faces: Vec<ResultFace>,
+}
+
+struct ResultFace {
+    face_box: [f32; 4],
+    score: f32,
+    landmarks: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+/// Addresses of live handles and results: checked before any dereference.
+static LIVE: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
+
+fn live() -> MutexGuard<'static, Option<HashSet<usize>>> {
+    // The set stays consistent even if a holder panicked: insert/remove are single steps.
+    LIVE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn register<T>(value: T) -> *mut T {
+    let ptr = Box::into_raw(Box::new(value));
+    live().get_or_insert_with(HashSet::new).insert(ptr as usize);
+    ptr
+}
+
+fn is_live<T>(ptr: *const T) -> bool {
+    live().as_ref().is_some_and(|s| s.contains(&(ptr as usize)))
+}
+
+fn unregister<T>(ptr: *mut T) -> Option<Box<T>> {
+    let removed = live().as_mut().is_some_and(|s| s.remove(&(ptr as usize)));
+    // Only pointers made by `register` are in the set, and each is removed once.
+    removed.then(|| unsafe { Box::from_raw(ptr) })
+}
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+/// A failure on its way to the caller.
+struct Failure(PipnetStatus, String);
+
+impl From<pipnet_infer::Error> for Failure {
+    fn from(e: pipnet_infer::Error) -> Self {
+        let status = match e.kind() {
+            ErrorKind::Runtime => PipnetStatus::Runtime,
+            ErrorKind::ModelLoad => PipnetStatus::ModelLoad,
+            ErrorKind::Contract => PipnetStatus::Contract,
+            ErrorKind::Device => PipnetStatus::Device,
+            ErrorKind::InvalidInput => PipnetStatus::InvalidArgument,
+            ErrorKind::Inference => PipnetStatus::Inference,
+            _ => PipnetStatus::Other,
+        };
+        Failure(status, e.to_string())
+    }
+}
+
+fn fail(status: PipnetStatus, message: impl Into<String>) -> Failure {
+    Failure(status, message.into())
+}
+
+/// Runs `body`, catching panics, and turns its outcome into a status plus last-error text.
+fn guard(body: impl FnOnce() -> Result<(), Failure>) -> PipnetStatus {
+    let (status, message) = match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => (PipnetStatus::Ok, String::new()),
+        Ok(Err(Failure(status, message))) => (status, message),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            (
+                PipnetStatus::Panic,
+                format!("internal error (please report): {what}"),
+            )
+        }
+    };
+    LAST_ERROR.with(|e| {
+        *e.borrow_mut() = CString::new(message.replace('\0', " ")).unwrap_or_default();
+    });
+    status
+}
+
+fn non_null<T>(ptr: *const T, name: &str) -> Result<(), Failure> {
+    if ptr.is_null() {
+        Err(fail(PipnetStatus::NullPointer, format!("{name} is NULL")))
+    } else {
+        Ok(())
+    }
+}
+
+unsafe fn path_arg<'a>(ptr: *const c_char, name: &str) -> Result<&'a Path, Failure> {
+    non_null(ptr, name)?;
+    let text = unsafe { CStr::from_ptr(ptr) }.to_str().map_err(|_| {
+        fail(
+            PipnetStatus::InvalidArgument,
+            format!("{name} is not UTF-8"),
+        )
+    })?;
+    Ok(Path::new(text))
+}
+
+fn handle_arg<'a>(handle: *const PipnetHandle) -> Result<&'a PipnetHandle, Failure> {
+    non_null(handle, "handle")?;
+    if !is_live(handle) {
+        return Err(fail(
+            PipnetStatus::StaleHandle,
+            "handle is not live (destroyed, or never made by pipnet_create)",
+        ));
+    }
+    // Live handles point at a `PipnetHandle` from `register`.
+    Ok(unsafe { &*handle })
+}
+
+fn lock(handle: &PipnetHandle) -> MutexGuard<'_, Pipeline> {
+    handle
+        .pipeline
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+unsafe fn image_arg(image: &PipnetImage) -> Result<image::RgbImage, Failure> {
+    non_null(image.pixels, "image pixels")?;
+    let format = match image.format {
+        PIPNET_PIXEL_RGB => PixelFormat::Rgb,
+        PIPNET_PIXEL_BGR => PixelFormat::Bgr,
+        PIPNET_PIXEL_RGBA => PixelFormat::Rgba,
+        PIPNET_PIXEL_BGRA => PixelFormat::Bgra,
+        PIPNET_PIXEL_GRAY => PixelFormat::Gray,
+        other => {
+            return Err(fail(
+                PipnetStatus::InvalidArgument,
+                format!("unknown pixel format {other}"),
+            ));
+        }
+    };
+    let (w, h) = (image.width as usize, image.height as usize);
+    // The readable length the caller promises: `stride * (height - 1) + row`, checked for
+    // overflow before the slice is made.
+    let len = image
+        .stride
+        .checked_mul(h.saturating_sub(1))
+        .and_then(|n| n.checked_add(w.checked_mul(format.channels())?))
+        .filter(|&n| n <= isize::MAX as usize)
+        .ok_or_else(|| {
+            fail(
+                PipnetStatus::InvalidArgument,
+                format!("image {w}x{h} with stride {} overflows", image.stride),
+            )
+        })?;
+    let pixels = unsafe { std::slice::from_raw_parts(image.pixels, len) };
+    Ok(rgb_from_buffer(
+        pixels,
+        w,
+        h,
+        image.stride,
+        format,
+        DEFAULT_MAX_PIXELS,
+    )?)
+}
+
+fn into_result(faces: Vec<Face>, out: *mut *mut PipnetResult) {
+    let faces = faces
+        .into_iter()
+        .map(|f| ResultFace {
+            face_box: f.face_box().into(),
+            score: f.score(),
+            landmarks: f.landmarks.in_image.iter().flatten().copied().collect(),
+            scores: f.landmarks.scores(),
+        })
+        .collect();
+    // `out` was checked for null by the caller of this function.
+    unsafe { *out = register(PipnetResult { faces }) };
+}
+
+/// The library version, e.g. "0.1.0" (static string).
+#[unsafe(no_mangle)]
+pub extern "C" fn pipnet_version() -> *const c_char {
+    static VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
+    VERSION.as_ptr().cast()
+}
+
+/// The ABI version the library was built with; compare with `PIPNET_ABI_VERSION`.
+#[unsafe(no_mangle)]
+pub extern "C" fn pipnet_abi_version() -> u32 {
+    PIPNET_ABI_VERSION
+}
+
+/// The message of the last failed call on this thread ("" after a success). Valid until the
+/// next pipnet call on the same thread.
+#[unsafe(no_mangle)]
+pub extern "C" fn pipnet_last_error() -> *const c_char {
+    LAST_ERROR.with(|e| e.borrow().as_ptr())
+}
+
+/// Loads the landmark model (and the detector) into a new handle, written to `*out`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pipnet_create(
+    options: *const PipnetOptions,
+    out: *mut *mut PipnetHandle,
+) -> PipnetStatus {
+    guard(|| {
+        non_null(options, "options")?;
+        non_null(out, "out")?;
+        let options = unsafe { &*options };
+        let model_path = unsafe { path_arg(options.landmark_model, "options.landmark_model")? };
+        let device = match options.device {
+            PIPNET_DEVICE_CPU => Device::Cpu,
+            PIPNET_DEVICE_CUDA => Device::Cuda,
+            PIPNET_DEVICE_AUTO => Device::Auto,
+            other => {
+                return Err(fail(
+                    PipnetStatus::InvalidArgument,
+                    format!("unknown device {other}"),
+                ));
+            }
+        };
+        if !(options.min_face.is_finite() && options.min_face >= 0.0) {
+            return Err(fail(
+                PipnetStatus::InvalidArgument,
+                "min_face must be a non-negative number of pixels",
+            ));
+        }
+        let session = SessionOptions {
+            device,
+            threads: (options.threads > 0).then_some(options.threads as usize),
+            batch_size: None,
+        };
+        let model = LandmarkModel::load(model_path, &session)?;
+        let detector = if options.detector_model.is_null() {
+            FaceDetector::builtin(&session)?
+        } else {
+            let path = unsafe { path_arg(options.detector_model, "options.detector_model")? };
+            FaceDetector::load(path, &session)?
+        };
+        let mut pipeline = Pipeline::new(model, Some(detector));
+        pipeline.min_face = (options.min_face > 0.0).then_some(options.min_face);
+        pipeline.refine = options.refine != 0;
+        let handle = register(PipnetHandle {
+            pipeline: Mutex::new(pipeline),
+        });
+        unsafe { *out = handle };
+        Ok(())
+    })
+}
+
+/// Frees a handle. NULL is a no-op; a handle already destroyed is `PIPNET_STALE_HANDLE`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pipnet_destroy(handle: *mut PipnetHandle) -> PipnetStatus {
+    guard(|| {
+        if handle.is_null() {
+            return Ok(());
+        }
+        unregister(handle).map(drop).ok_or_else(|| {
+            fail(
+                PipnetStatus::StaleHandle,
+                "handle destroyed twice or never created",
+            )
+        })
+    })
+}
+
+/// Fills `*out` with the landmark model's facts.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pipnet_model_info(
+    handle: *const PipnetHandle,
+    out: *mut PipnetModelInfo,
+) -> PipnetStatus {
+    guard(|| {
+        let handle = handle_arg(handle)?;
+        non_null(out, "out")?;
+        let pipeline = lock(handle);
+        let meta = pipeline.model.metadata();
+        let mut scheme = [0 as c_char; 32];
+        for (dst, src) in scheme.iter_mut().zip(meta.scheme.name().bytes().take(31)) {
+            *dst = src as c_char;
+        }
+        unsafe {
+            *out = PipnetModelInfo {
+                num_landmarks: meta.num_landmarks() as u32,
+                input_size: meta.input_size as u32,
+                scheme,
+            }
+        };
+        Ok(())
+    })
+}
+
+/// Detects the faces of `image` and finds their landmarks; the new result goes to `*out`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pipnet_detect(
+    handle: *const PipnetHandle,
+    image: *const PipnetImage,
+    out: *mut *mut PipnetResult,
+) -> PipnetStatus {
+    guard(|| {
+        let handle = handle_arg(handle)?;
+        non_null(image, "image")?;
+        non_null(out, "out")?;
+        let rgb = unsafe { image_arg(&*image)? };
+        let mut faces = lock(handle).faces(&[(&rgb, &Faces::Detect)])?;
+        into_result(faces.pop().unwrap_or_default(), out);
+        Ok(())
+    })
+}
+
+/// Landmarks for `count` pre-cropped faces (each whole image is one face, as the model's crop
+/// rule would cut it), run as one batch; result face `i` belongs to image `i`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pipnet_landmarks_in_crops(
+    handle: *const PipnetHandle,
+    images: *const PipnetImage,
+    count: usize,
+    out: *mut *mut PipnetResult,
+) -> PipnetStatus {
+    guard(|| {
+        let handle = handle_arg(handle)?;
+        non_null(images, "images")?;
+        non_null(out, "out")?;
+        if count == 0 || count > 1 << 20 {
+            return Err(fail(
+                PipnetStatus::InvalidArgument,
+                format!("count {count} is not in 1..=1048576"),
+            ));
+        }
+        let images = unsafe { std::slice::from_raw_parts(images, count) };
+        let rgb: Vec<image::RgbImage> = images
+            .iter()
+            .enumerate()
+            .map(|(i, image)| {
+                unsafe { image_arg(image) }
+                    .map_err(|Failure(s, m)| fail(s, format!("image {i}: {m}")))
+            })
+            .collect::<Result<_, _>>()?;
+        let whole: Vec<_> = rgb.iter().map(|im| (im, &Faces::WholeImage)).collect();
+        let faces = lock(handle).faces(&whole)?;
+        into_result(faces.into_iter().flatten().collect(), out);
+        Ok(())
+    })
+}
+
+fn result_arg<'a>(result: *const PipnetResult) -> Result<&'a PipnetResult, Failure> {
+    non_null(result, "result")?;
+    if !is_live(result) {
+        return Err(fail(
+            PipnetStatus::StaleHandle,
+            "result is not live (already freed?)",
+        ));
+    }
+    Ok(unsafe { &*result })
+}
+
+/// Number of faces in a result, written to `*count`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pipnet_result_count(
+    result: *const PipnetResult,
+    count: *mut usize,
+) -> PipnetStatus {
+    guard(|| {
+        let result = result_arg(result)?;
+        non_null(count, "count")?;
+        unsafe { *count = result.faces.len() };
+        Ok(())
+    })
+}
+
+/// Face `index` of a result, written to `*out`; its pointers live as long as the result.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pipnet_result_face(
+    result: *const PipnetResult,
+    index: usize,
+    out: *mut PipnetFace,
+) -> PipnetStatus {
+    guard(|| {
+        let result = result_arg(result)?;
+        non_null(out, "out")?;
+        let face = result.faces.get(index).ok_or_else(|| {
+            fail(
+                PipnetStatus::InvalidArgument,
+                format!(
+                    "face index {index} out of range (result has {})",
+                    result.faces.len()
+                ),
+            )
+        })?;
+        unsafe {
+            *out = PipnetFace {
+                face_box: face.face_box,
+                score: face.score,
+                num_landmarks: face.scores.len() as u32,
+                landmarks: face.landmarks.as_ptr(),
+                landmark_scores: face.scores.as_ptr(),
+            }
+        };
+        Ok(())
+    })
+}
+
+/// Frees a result. NULL is a no-op; a result freed twice is `PIPNET_STALE_HANDLE`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pipnet_result_free(result: *mut PipnetResult) -> PipnetStatus {
+    guard(|| {
+        if result.is_null() {
+            return Ok(());
+        }
+        unregister(result).map(drop).ok_or_else(|| {
+            fail(
+                PipnetStatus::StaleHandle,
+                "result freed twice or never made",
+            )
+        })
+    })
+}

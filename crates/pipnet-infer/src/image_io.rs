@@ -44,3 +44,137 @@ pub fn load_rgb(path: &Path, max_pixels: u64) -> Result<RgbImage> {
     image.apply_orientation(orientation);
     Ok(image.into_rgb8())
 }
+
+/// Layout of one pixel in a caller's 8-bit buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PixelFormat {
+    Rgb,
+    Bgr,
+    Rgba,
+    Bgra,
+    Gray,
+}
+
+impl PixelFormat {
+    pub fn channels(self) -> usize {
+        match self {
+            PixelFormat::Rgb | PixelFormat::Bgr => 3,
+            PixelFormat::Rgba | PixelFormat::Bgra => 4,
+            PixelFormat::Gray => 1,
+        }
+    }
+}
+
+/// Copies a caller's pixel buffer (rows `stride` bytes apart) into an RGB image, checking every
+/// size first: zero sizes, a stride shorter than a row, sizes that overflow, or a buffer shorter
+/// than `stride * (height - 1) + row` are errors, never out-of-bounds reads.
+pub fn rgb_from_buffer(
+    pixels: &[u8],
+    width: usize,
+    height: usize,
+    stride: usize,
+    format: PixelFormat,
+    max_pixels: u64,
+) -> Result<RgbImage> {
+    let invalid = |m: String| Error::InvalidInput(m);
+    if width == 0 || height == 0 {
+        return Err(invalid(format!("image size {width}x{height} is empty")));
+    }
+    let (w, h) = match (u32::try_from(width), u32::try_from(height)) {
+        (Ok(w), Ok(h)) if (w as u64) * (h as u64) <= max_pixels => (w, h),
+        _ => {
+            return Err(invalid(format!(
+                "image size {width}x{height} is over the limit of {max_pixels} pixels"
+            )));
+        }
+    };
+    let row = width
+        .checked_mul(format.channels())
+        .ok_or_else(|| invalid(format!("width {width} overflows")))?;
+    if stride < row {
+        return Err(invalid(format!(
+            "stride {stride} is shorter than a row ({width} pixels x {} bytes = {row})",
+            format.channels()
+        )));
+    }
+    let needed = stride
+        .checked_mul(height - 1)
+        .and_then(|n| n.checked_add(row))
+        .ok_or_else(|| invalid(format!("stride {stride} x height {height} overflows")))?;
+    if pixels.len() < needed {
+        return Err(invalid(format!(
+            "buffer has {} bytes, a {width}x{height} image with stride {stride} needs {needed}",
+            pixels.len()
+        )));
+    }
+    let mut out = RgbImage::new(w, h);
+    for (y, dst) in out.chunks_exact_mut(width * 3).enumerate() {
+        let src = &pixels[y * stride..][..row];
+        for (d, s) in dst
+            .chunks_exact_mut(3)
+            .zip(src.chunks_exact(format.channels()))
+        {
+            let rgb = match format {
+                PixelFormat::Rgb | PixelFormat::Rgba => [s[0], s[1], s[2]],
+                PixelFormat::Bgr | PixelFormat::Bgra => [s[2], s[1], s[0]],
+                PixelFormat::Gray => [s[0]; 3],
+            };
+            d.copy_from_slice(&rgb);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_of_every_format_give_the_same_rgb() {
+        // 2x2 image, rows padded to 10 bytes.
+        let rgb = [[10u8, 20, 30], [40, 50, 60], [70, 80, 90], [100, 110, 120]];
+        let pack = |f: PixelFormat| -> Vec<u8> {
+            let mut buf = vec![0xEE; 10 + 2 * f.channels()];
+            for (i, p) in rgb.iter().enumerate() {
+                let at = (i / 2) * 10 + (i % 2) * f.channels();
+                let px: Vec<u8> = match f {
+                    PixelFormat::Rgb => p.to_vec(),
+                    PixelFormat::Bgr => vec![p[2], p[1], p[0]],
+                    PixelFormat::Rgba => vec![p[0], p[1], p[2], 255],
+                    PixelFormat::Bgra => vec![p[2], p[1], p[0], 255],
+                    PixelFormat::Gray => vec![p[0]],
+                };
+                buf[at..at + px.len()].copy_from_slice(&px);
+            }
+            buf
+        };
+        for f in [
+            PixelFormat::Rgb,
+            PixelFormat::Bgr,
+            PixelFormat::Rgba,
+            PixelFormat::Bgra,
+        ] {
+            let image = rgb_from_buffer(&pack(f), 2, 2, 10, f, 100).unwrap();
+            assert_eq!(image.get_pixel(1, 1).0, [100, 110, 120], "{f:?}");
+            assert_eq!(image.get_pixel(0, 1).0, [70, 80, 90], "{f:?}");
+        }
+        let gray = rgb_from_buffer(&pack(PixelFormat::Gray), 2, 2, 10, PixelFormat::Gray, 100);
+        assert_eq!(gray.unwrap().get_pixel(1, 0).0, [40, 40, 40]);
+    }
+
+    #[test]
+    fn bad_sizes_are_errors() {
+        let buf = vec![0u8; 64];
+        let f = PixelFormat::Rgb;
+        for (w, h, stride, needle) in [
+            (0, 4, 12, "empty"),
+            (4, 4, 11, "shorter than a row"),
+            (4, 6, 12, "needs 72"),
+            (usize::MAX, 1, usize::MAX, "over the limit"),
+            (4, usize::MAX / 2, 12, "over the limit"),
+        ] {
+            let err = rgb_from_buffer(&buf, w, h, stride, f, 1 << 20).unwrap_err();
+            assert!(err.to_string().contains(needle), "{w}x{h}/{stride}: {err}");
+        }
+    }
+}

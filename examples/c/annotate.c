@@ -1,0 +1,90 @@
+/*
+ * annotate MODEL IMAGE.ppm: detect the faces of a binary PPM (P6) image with pipnet and print
+ * one "x y" line per landmark of each face, in image pixels.
+ *
+ * Build (see the README's "Use from C"):
+ *   cc examples/c/annotate.c -Iinclude -Ltarget/release -lpipnet_ffi \
+ *      -Wl,-rpath,$PWD/target/release -o annotate
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pipnet.h"
+
+/* Reads a binary PPM with maxval 255; returns malloc'd RGB pixels or NULL. */
+static unsigned char *read_ppm(const char *path, uint32_t *width, uint32_t *height) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char magic[3] = {0};
+    unsigned w = 0, h = 0, maxval = 0;
+    unsigned char *pixels = NULL;
+    /* Header: "P6", width, height, maxval, separated by whitespace (comments not supported). */
+    if (fscanf(f, "%2s %u %u %u", magic, &w, &h, &maxval) == 4 && strcmp(magic, "P6") == 0 &&
+        maxval == 255 && w > 0 && h > 0 && w < 65536 && h < 65536 && fgetc(f) != EOF) {
+        size_t size = (size_t)w * h * 3;
+        pixels = malloc(size);
+        if (pixels && fread(pixels, 1, size, f) != size) {
+            free(pixels);
+            pixels = NULL;
+        }
+    }
+    fclose(f);
+    *width = w;
+    *height = h;
+    return pixels;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 3) {
+        fprintf(stderr, "usage: %s MODEL IMAGE.ppm\n", argv[0]);
+        return 2;
+    }
+    if (pipnet_abi_version() != PIPNET_ABI_VERSION) {
+        fprintf(stderr, "pipnet ABI %u, header %u\n", pipnet_abi_version(), PIPNET_ABI_VERSION);
+        return 2;
+    }
+    uint32_t width, height;
+    unsigned char *pixels = read_ppm(argv[2], &width, &height);
+    if (!pixels) {
+        fprintf(stderr, "%s: not a binary PPM (P6, maxval 255)\n", argv[2]);
+        return 1;
+    }
+
+    PipnetOptions options = {0};
+    options.landmark_model = argv[1];
+    options.detector_model = NULL; /* the built-in detector */
+    options.device = PIPNET_DEVICE_CPU;
+    options.refine = 1;
+    PipnetHandle *pipnet = NULL;
+    if (pipnet_create(&options, &pipnet) != PIPNET_STATUS_OK) {
+        fprintf(stderr, "pipnet_create: %s\n", pipnet_last_error());
+        free(pixels);
+        return 1;
+    }
+
+    PipnetImage image = {pixels, width, height, (size_t)width * 3, PIPNET_PIXEL_RGB};
+    PipnetResult *result = NULL;
+    int code = 0;
+    size_t faces = 0;
+    if (pipnet_detect(pipnet, &image, &result) != PIPNET_STATUS_OK ||
+        pipnet_result_count(result, &faces) != PIPNET_STATUS_OK) {
+        fprintf(stderr, "pipnet_detect: %s\n", pipnet_last_error());
+        code = 1;
+    }
+    for (size_t i = 0; i < faces; i++) {
+        PipnetFace face;
+        if (pipnet_result_face(result, i, &face) != PIPNET_STATUS_OK) {
+            fprintf(stderr, "pipnet_result_face: %s\n", pipnet_last_error());
+            code = 1;
+            break;
+        }
+        for (uint32_t k = 0; k < face.num_landmarks; k++) {
+            printf("%.3f %.3f\n", face.landmarks[2 * k], face.landmarks[2 * k + 1]);
+        }
+    }
+    pipnet_result_free(result);
+    pipnet_destroy(pipnet);
+    free(pixels);
+    return code;
+}

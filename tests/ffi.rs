@@ -1,0 +1,300 @@
+//! The C ABI from C: the checked-in header is what cbindgen makes, the C example built against
+//! the shared and the static library prints the landmarks the Rust API finds, misuse from C
+//! gets error codes, AddressSanitizer (and valgrind, when installed) find nothing, and one
+//! handle serves several threads.
+
+mod common;
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use pipnet_ffi::*;
+use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, load_rgb};
+use pipnet_infer::{Faces, Pipeline, SessionOptions};
+
+fn header_path() -> PathBuf {
+    common::repo_root().join("include/pipnet.h")
+}
+
+#[test]
+fn test_checked_in_header_is_what_cbindgen_generates() {
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).unwrap();
+    let mut generated = Vec::new();
+    cbindgen::Builder::new()
+        .with_crate(crate_dir)
+        .with_config(config)
+        .generate()
+        .expect("cbindgen")
+        .write(&mut generated);
+    if std::env::var_os("PIPNET_BLESS").is_some() {
+        std::fs::write(header_path(), &generated).unwrap();
+    }
+    let checked_in = std::fs::read(header_path()).unwrap_or_default();
+    assert!(
+        checked_in == generated,
+        "include/pipnet.h is stale: regenerate with PIPNET_BLESS=1 cargo test -p pipnet-ffi \
+         --test ffi test_checked_in_header"
+    );
+}
+
+/// `target/<profile>`, where cargo puts `libpipnet_ffi.so` and `libpipnet_ffi.a`.
+fn lib_dir() -> PathBuf {
+    common::target_profile_dir()
+}
+
+fn shipped_model() -> PathBuf {
+    common::repo_root().join("models/pipnet-r18h-128-face68.onnx")
+}
+
+/// Compiles C (or C++) `sources` into `out` with `extra` flags; panics with the compiler's
+/// output on failure.
+fn compile(compiler: &str, sources: &[PathBuf], out: &Path, extra: &[String]) {
+    let output = Command::new(compiler)
+        .args(sources)
+        .arg("-I")
+        .arg(common::repo_root().join("include"))
+        .args(["-Wall", "-Wextra", "-Werror", "-o"])
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap_or_else(|e| panic!("run {compiler}: {e}"));
+    assert!(
+        output.status.success(),
+        "{compiler} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn shared_link() -> Vec<String> {
+    let dir = lib_dir().display().to_string();
+    vec![
+        format!("-L{dir}"),
+        "-lpipnet_ffi".into(),
+        format!("-Wl,-rpath,{dir}"),
+    ]
+}
+
+/// The static library plus the system libraries Rust's standard library needs on Linux.
+fn static_link() -> Vec<String> {
+    let mut flags = vec![lib_dir().join("libpipnet_ffi.a").display().to_string()];
+    flags.extend(["-lpthread", "-ldl", "-lm", "-lrt", "-lgcc_s", "-lutil"].map(String::from));
+    flags
+}
+
+/// Runs a program (optionally under a wrapper such as valgrind); returns stdout, asserting
+/// success.
+fn run(wrapper: &[&str], program: &Path, args: &[&Path]) -> String {
+    let mut cmd = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(program);
+            c
+        }
+        None => Command::new(program),
+    };
+    let output = cmd.args(args).output().expect("run program");
+    assert!(
+        output.status.success(),
+        "{} failed ({}):\n{}\n{}",
+        program.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The six-face sample photo as a binary PPM, and the landmarks the Rust API finds in it,
+/// formatted as the C example prints them.
+fn photo_and_expected(dir: &Path) -> (PathBuf, String) {
+    let photo = common::sample_photos().join("2008_002470.jpg");
+    let image = load_rgb(&photo, DEFAULT_MAX_PIXELS).unwrap();
+    let ppm = dir.join("photo.ppm");
+    let mut bytes = format!("P6\n{} {}\n255\n", image.width(), image.height()).into_bytes();
+    bytes.extend_from_slice(image.as_raw());
+    std::fs::write(&ppm, bytes).unwrap();
+
+    let model =
+        pipnet_infer::LandmarkModel::load(&shipped_model(), &SessionOptions::default()).unwrap();
+    let detector = pipnet_infer::detect::FaceDetector::builtin(&SessionOptions::default()).unwrap();
+    let mut pipeline = Pipeline::new(model, Some(detector));
+    pipeline.refine = true;
+    let faces = pipeline.faces(&[(&image, &Faces::Detect)]).unwrap();
+    let mut expected = String::new();
+    for face in &faces[0] {
+        for p in &face.landmarks.in_image {
+            expected.push_str(&format!("{:.3} {:.3}\n", p[0], p[1]));
+        }
+    }
+    assert_eq!(faces[0].len(), 6, "the photo has six faces");
+    (ppm, expected)
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn test_c_example_prints_the_rust_landmarks_with_shared_and_static_library() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ppm, expected) = photo_and_expected(tmp.path());
+    let source = common::repo_root().join("examples/c/annotate.c");
+    for (name, link) in [("shared", shared_link()), ("static", static_link())] {
+        let exe = tmp.path().join(format!("annotate_{name}"));
+        compile("cc", std::slice::from_ref(&source), &exe, &link);
+        let printed = run(&[], &exe, &[&shipped_model(), &ppm]);
+        assert_eq!(printed, expected, "{name} library");
+    }
+
+    // The C++ example, against the shared library.
+    let exe = tmp.path().join("minimal");
+    let cpp = common::repo_root().join("examples/cpp/minimal.cpp");
+    compile("c++", &[cpp], &exe, &shared_link());
+    let printed = run(&[], &exe, &[&shipped_model()]);
+    assert!(printed.starts_with("300w-68: 68 landmarks"), "{printed}");
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn test_misuse_from_c_gets_error_codes_under_address_sanitizer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let not_a_model = tmp.path().join("notes.onnx");
+    std::fs::write(&not_a_model, "not an ONNX graph").unwrap();
+    let exe = tmp.path().join("misuse");
+    let source = common::repo_root().join("tests/c/misuse.c");
+    let mut flags = vec!["-fsanitize=address,undefined".to_string(), "-g".into()];
+    flags.extend(shared_link());
+    compile("cc", &[source], &exe, &flags);
+    let printed = run(&[], &exe, &[&shipped_model(), &not_a_model]);
+    assert!(printed.ends_with("0 failed\n"), "{printed}");
+    assert!(printed.contains("ok destroy twice: status 3"), "{printed}");
+
+    // The C example under AddressSanitizer too.
+    let (ppm, expected) = photo_and_expected(tmp.path());
+    let exe = tmp.path().join("annotate_asan");
+    let source = common::repo_root().join("examples/c/annotate.c");
+    let mut flags = vec!["-fsanitize=address,undefined".to_string(), "-g".into()];
+    flags.extend(shared_link());
+    compile("cc", &[source], &exe, &flags);
+    assert_eq!(run(&[], &exe, &[&shipped_model(), &ppm]), expected);
+
+    // And under valgrind's memcheck where it is installed: invalid reads and writes count,
+    // leaks do not (ONNX Runtime keeps process-lifetime allocations), and two reports from
+    // glibc's loader and ONNX Runtime itself are suppressed (tests/c/valgrind.supp).
+    let valgrind = Command::new("valgrind").arg("--version").output();
+    if valgrind.is_ok_and(|o| o.status.success()) {
+        let exe = tmp.path().join("misuse_plain");
+        let mut flags = vec!["-g".to_string()];
+        flags.extend(shared_link());
+        compile(
+            "cc",
+            &[common::repo_root().join("tests/c/misuse.c")],
+            &exe,
+            &flags,
+        );
+        let suppressions = common::repo_root().join("tests/c/valgrind.supp");
+        let suppressions = format!("--suppressions={}", suppressions.display());
+        let wrapper = [
+            "valgrind",
+            "-q",
+            "--error-exitcode=99",
+            "--leak-check=no",
+            suppressions.as_str(),
+        ];
+        let printed = run(&wrapper, &exe, &[&shipped_model(), &not_a_model]);
+        assert!(printed.ends_with("0 failed\n"), "{printed}");
+    } else {
+        eprintln!("valgrind not installed: only the AddressSanitizer runs were made");
+    }
+}
+
+/// Creates a handle through the C ABI.
+fn create(model: &CString) -> *mut PipnetHandle {
+    let options = PipnetOptions {
+        landmark_model: model.as_ptr(),
+        detector_model: std::ptr::null(),
+        device: PIPNET_DEVICE_CPU,
+        threads: 1,
+        min_face: 0.0,
+        refine: 1,
+    };
+    let mut handle = std::ptr::null_mut();
+    assert_eq!(
+        unsafe { pipnet_create(&options, &mut handle) },
+        PipnetStatus::Ok
+    );
+    handle
+}
+
+/// All landmarks of one detect call through the C ABI.
+fn detect_through_abi(handle: *const PipnetHandle, image: &image::RgbImage) -> Vec<f32> {
+    let view = PipnetImage {
+        pixels: image.as_raw().as_ptr(),
+        width: image.width(),
+        height: image.height(),
+        stride: image.width() as usize * 3,
+        format: PIPNET_PIXEL_RGB,
+    };
+    let mut result = std::ptr::null_mut();
+    assert_eq!(
+        unsafe { pipnet_detect(handle, &view, &mut result) },
+        PipnetStatus::Ok
+    );
+    let mut count = 0;
+    assert_eq!(
+        unsafe { pipnet_result_count(result, &mut count) },
+        PipnetStatus::Ok
+    );
+    let mut points = Vec::new();
+    for i in 0..count {
+        let mut face = std::mem::MaybeUninit::<PipnetFace>::uninit();
+        assert_eq!(
+            unsafe { pipnet_result_face(result, i, face.as_mut_ptr()) },
+            PipnetStatus::Ok
+        );
+        let face = unsafe { face.assume_init() };
+        let n = 2 * face.num_landmarks as usize;
+        points.extend_from_slice(unsafe { std::slice::from_raw_parts(face.landmarks, n) });
+    }
+    assert_eq!(unsafe { pipnet_result_free(result) }, PipnetStatus::Ok);
+    points
+}
+
+/// Raw handle pointers are only shared to exercise the documented thread safety.
+#[derive(Clone, Copy)]
+struct SharedHandle(*mut PipnetHandle);
+unsafe impl Send for SharedHandle {}
+unsafe impl Sync for SharedHandle {}
+
+#[test]
+fn test_one_handle_from_many_threads_and_many_handles_at_once() {
+    let model = CString::new(shipped_model().display().to_string()).unwrap();
+    let photos: Vec<image::RgbImage> = ["2008_002470.jpg", "2007_007763.jpg"]
+        .iter()
+        .map(|f| load_rgb(&common::sample_photos().join(f), DEFAULT_MAX_PIXELS).unwrap())
+        .collect();
+    let shared = SharedHandle(create(&model));
+    let expected: Vec<Vec<f32>> = photos
+        .iter()
+        .map(|p| detect_through_abi(shared.0, p))
+        .collect();
+    assert!(expected.iter().all(|e| e.len() >= 5 * 68 * 2));
+
+    std::thread::scope(|scope| {
+        // Four threads on one handle, two more with a handle each, all at once.
+        for t in 0..6 {
+            let (photos, expected, model) = (&photos, &expected, &model);
+            scope.spawn(move || {
+                let own = (t >= 4).then(|| SharedHandle(create(model)));
+                let handle = own.unwrap_or(shared);
+                for round in 0..3 {
+                    let i = (t + round) % photos.len();
+                    assert_eq!(detect_through_abi(handle.0, &photos[i]), expected[i]);
+                }
+                if let Some(h) = own {
+                    assert_eq!(unsafe { pipnet_destroy(h.0) }, PipnetStatus::Ok);
+                }
+            });
+        }
+    });
+    assert_eq!(unsafe { pipnet_destroy(shared.0) }, PipnetStatus::Ok);
+}
