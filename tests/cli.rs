@@ -680,3 +680,59 @@ fn test_boxes_file_and_csv_and_pts_outputs() {
         }
     }
 }
+
+#[test]
+fn test_bench_reports_stages_and_ratios_against_the_python_reference() {
+    let model = shipped_model();
+    let photos = common::sample_photos();
+    let python = common::python();
+    let (code, stdout, stderr) = run_pipnet(&[
+        "bench",
+        model.to_str().unwrap(),
+        "--images",
+        photos.to_str().unwrap(),
+        "--repeat",
+        "1",
+        "--python",
+        python.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["images"], 9);
+    assert!(report["faces"].as_u64().unwrap() >= 41, "{report}");
+    let names: Vec<&str> = report["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "decode image",
+            "detect",
+            "crop",
+            "ORT run (bare)",
+            "decode + merge",
+            "landmarks end to end"
+        ]
+    );
+    for stage in report["stages"].as_array().unwrap() {
+        let (median, p95) = (
+            stage["median_ms"].as_f64().unwrap(),
+            stage["p95_ms"].as_f64().unwrap(),
+        );
+        assert!(median > 0.0 && p95 >= median, "{stage}");
+    }
+    // Ratios, not timings: end to end includes the bare run, and both pipelines did work.
+    assert!(
+        report["e2e_over_bare_ort"].as_f64().unwrap() > 1.0,
+        "{report}"
+    );
+    assert!(
+        report["throughput_over_python"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert!(report["python_error"].is_null(), "{report}");
+}

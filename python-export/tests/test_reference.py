@@ -39,3 +39,18 @@ def test_crop_of_the_whole_image_is_the_image():
     image = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)
     t = crop_to_tensor(image, (1.5, 1.5), 4.0, 0.0, 4, (0, 0, 0), (1, 1, 1))
     assert np.allclose(t.transpose(1, 2, 0) * 255, image)
+
+
+def test_vectorised_decode_of_the_pipeline_equals_the_reference():
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("PIL")
+    from pipnet_export.pipeline import decode_vectorised
+
+    rng = np.random.default_rng(3)
+    n, landmarks, count, grid = 3, 68, 10, 8
+    maps = [rng.normal(size=(n, landmarks, grid, grid)) for _ in range(3)]
+    nbs = [rng.normal(size=(n, landmarks * count, grid, grid)) for _ in range(2)]
+    face = rng.uniform(0.2, 0.8, (landmarks, 2))
+    index = neighbors(face, count)
+    want, _ = decode(*maps, *nbs, index)
+    assert np.allclose(decode_vectorised(*maps, *nbs, index), want, atol=1e-12)

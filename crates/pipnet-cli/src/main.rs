@@ -29,6 +29,8 @@ enum Command {
     Eval(cmd::eval::Args),
     /// Fit the face detector's box -> landmark crop map on labeled faces.
     Calibrate(cmd::calibrate::Args),
+    /// Time each pipeline stage, and compare with the Python reference pipeline.
+    Bench(cmd::bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Command::Export(args) => cmd::export::run(args),
         Command::Eval(args) => cmd::eval::run(args),
         Command::Calibrate(args) => cmd::calibrate::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
     };
     match result {
         Ok(code) => code,

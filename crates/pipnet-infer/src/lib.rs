@@ -5,6 +5,7 @@
 //! decode + merge) -> back-projection to image pixels. [`runtime`] provides the ONNX Runtime
 //! library itself.
 
+pub mod bench;
 pub mod detect;
 pub mod error;
 pub mod eval;

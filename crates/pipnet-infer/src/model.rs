@@ -215,6 +215,28 @@ impl LandmarkModel {
     /// Runs a prepared `[batch, 3, S, S]` input and returns copies of the outputs in contract
     /// order (raw: cls, off_x, off_y, nb_x, nb_y; decoded: landmarks, scores). For parity
     /// checks and benchmarks; [`Self::run_prepared`] decodes without copying.
+    /// Samples `faces` into `input` as one `[N, 3, S, S]` batch with the model's normalisation.
+    pub fn prepare(&self, faces: &[(&RgbImage, FaceCrop)], input: &mut Vec<f32>) {
+        let s = self.meta.input_size;
+        let per_crop = 3 * s * s;
+        input.resize(faces.len() * per_crop, 0.0);
+        for ((image, crop), out) in faces.iter().zip(input.chunks_exact_mut(per_crop)) {
+            write_crop(image, crop, s, &self.norm, out);
+        }
+    }
+
+    /// Runs the session and drops the outputs: the bare ONNX Runtime cost, for benchmarks.
+    pub fn run_bare(&mut self, input: &[f32], batch: usize) -> Result<()> {
+        Self::run_session(
+            &mut self.session,
+            &self.meta,
+            &self.path,
+            input,
+            batch,
+            |_| Ok(()),
+        )
+    }
+
     pub fn run_raw(&mut self, input: &[f32], batch: usize) -> Result<Vec<Vec<f32>>> {
         let (_, specs) = self.meta.expected_io();
         Self::run_session(
@@ -298,16 +320,11 @@ impl LandmarkModel {
 
     /// Landmarks for each `(image, crop)`, run in batches of [`Self::batch_size`].
     pub fn landmarks(&mut self, faces: &[(&RgbImage, FaceCrop)]) -> Result<Vec<FaceLandmarks>> {
-        let s = self.meta.input_size;
-        let per_crop = 3 * s * s;
         let l = self.meta.num_landmarks();
         let mut result = Vec::with_capacity(faces.len());
         for chunk in faces.chunks(self.batch_size) {
             let mut input = std::mem::take(&mut self.input);
-            input.resize(chunk.len() * per_crop, 0.0);
-            for ((image, crop), out) in chunk.iter().zip(input.chunks_exact_mut(per_crop)) {
-                write_crop(image, crop, s, &self.norm, out);
-            }
+            self.prepare(chunk, &mut input);
             let decoded = self.run_prepared(&input, chunk.len());
             self.input = input;
             for ((_, crop), points) in chunk.iter().zip(decoded?.chunks_exact(l)) {

@@ -1,4 +1,5 @@
 pub mod annotate;
+pub mod bench;
 pub mod calibrate;
 pub mod eval;
 pub mod export;
@@ -36,7 +37,7 @@ pub fn load_model(path: &Path, options: &SessionOptions) -> anyhow::Result<Landm
 }
 
 /// Which face detector to use.
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 pub struct DetectorArgs {
     /// A BlazeFace ONNX graph with its settings beside it (`GRAPH.json`); default: the
     /// built-in full-range 256x256 graph.

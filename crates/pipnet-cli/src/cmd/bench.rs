@@ -1,0 +1,180 @@
+//! `pipnet bench MODEL [--images DIR] [--device ..] [--batch N] [--threads N] [--json]`:
+//! per-stage timings, and the same crops through the Python reference pipeline when a Python
+//! with onnxruntime, numpy and Pillow is there.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, bail};
+use pipnet_infer::bench::{BenchReport, bench};
+use pipnet_infer::folder::IMAGE_EXTENSIONS;
+use pipnet_infer::{Device, Pipeline, SessionOptions};
+use serde_json::json;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The landmark model.
+    model: PathBuf,
+    /// Photos to measure on (a folder, not walked recursively).
+    #[arg(long, default_value = "examples/photos")]
+    images: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+    /// Faces per inference run.
+    #[arg(long, default_value_t = pipnet_infer::model::DEFAULT_BATCH)]
+    batch: usize,
+    /// ONNX Runtime intra-op threads (default: all cores), for us and the Python reference.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Measured rounds over the photos (after one warm-up round).
+    #[arg(long, default_value_t = 5)]
+    repeat: usize,
+    /// Python interpreter for the reference pipeline (default: $PIPNET_PYTHON, else python3).
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// Skip the Python reference.
+    #[arg(long)]
+    no_python: bool,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `python-export/src` of this checkout: under the working directory, or above the binary.
+fn export_package() -> Option<PathBuf> {
+    let cwd = std::env::current_dir().ok();
+    let exe = std::env::current_exe().ok();
+    cwd.iter()
+        .chain(
+            exe.iter()
+                .flat_map(|e| e.ancestors())
+                .map(Path::to_path_buf)
+                .collect::<Vec<_>>()
+                .iter(),
+        )
+        .map(|dir| dir.join("python-export/src"))
+        .find(|p| p.join("pipnet_export").is_dir())
+}
+
+/// The reference pipeline's faces/s and landmarks on the report's crops, or why it could not run.
+fn run_python(args: &Args, report: &BenchReport) -> Result<(f64, Vec<Vec<[f64; 2]>>), String> {
+    let package = export_package().ok_or("python-export/src not found (run from the checkout)")?;
+    let python = args
+        .python
+        .clone()
+        .or_else(|| std::env::var_os("PIPNET_PYTHON").map(PathBuf::from))
+        .unwrap_or_else(|| "python3".into());
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let crops = dir.path().join("crops.json");
+    let sets: Vec<_> = report
+        .crop_sets
+        .iter()
+        .map(|s| json!({"image": s.image, "crops": s.crops}))
+        .collect();
+    std::fs::write(
+        &crops,
+        serde_json::to_string(&sets).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let output = Command::new(&python)
+        .args(["-m", "pipnet_export.pipeline"])
+        .arg(&args.model)
+        .arg(&crops)
+        .args(["--batch", &report.batch.to_string()])
+        .args(["--threads", &args.threads.unwrap_or(0).to_string()])
+        .args(["--repeat", &args.repeat.max(1).to_string()])
+        .env("PYTHONPATH", &package)
+        .output()
+        .map_err(|e| format!("{}: {e}", python.display()))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let last = stderr.lines().last().unwrap_or("").to_string();
+        return Err(format!("{} failed: {last}", python.display()));
+    }
+    let answer: serde_json::Value =
+        serde_json::from_slice(&output.stdout).map_err(|e| format!("reading its answer: {e}"))?;
+    let fps = answer["faces_per_second"]
+        .as_f64()
+        .ok_or("its answer has no faces_per_second")?;
+    let points = serde_json::from_value(answer["points"].clone())
+        .map_err(|e| format!("reading its points: {e}"))?;
+    Ok((fps, points))
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let mut images: Vec<PathBuf> = std::fs::read_dir(&args.images)
+        .with_context(|| format!("reading {}", args.images.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        })
+        .collect();
+    images.sort();
+    let options = SessionOptions {
+        device: args.device,
+        threads: args.threads,
+        batch_size: Some(args.batch),
+    };
+    let model = super::load_model(&args.model, &options)?;
+    let detector = super::DetectorArgs::default().load(&options)?;
+    let mut pipeline = Pipeline::new(model, Some(detector));
+    let report = bench(&mut pipeline, &images, args.repeat).context("benchmark failed")?;
+    let python = if args.no_python {
+        Err("skipped (--no-python)".to_string())
+    } else {
+        run_python(&args, &report)
+    };
+    let throughput_over_python = python
+        .as_ref()
+        .ok()
+        .map(|(fps, _)| report.crops_faces_per_second / fps);
+    if args.json {
+        let mut value = serde_json::to_value(&report)?;
+        value["throughput_over_python"] = json!(throughput_over_python);
+        value["python_faces_per_second"] = json!(python.as_ref().ok().map(|p| p.0));
+        value["python_error"] = json!(python.as_ref().err());
+        value["device"] = json!(pipeline.model.execution_provider());
+        println!("{value}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{} images, {} faces, batch {}, {} ({} measured rounds)",
+        report.images,
+        report.faces,
+        report.batch,
+        pipeline.model.execution_provider(),
+        args.repeat
+    );
+    println!(
+        "{:<24} {:>6} {:>10} {:>10}",
+        "stage", "per", "median ms", "p95 ms"
+    );
+    for s in &report.stages {
+        println!(
+            "{:<24} {:>6} {:>10.3} {:>10.3}",
+            s.name, s.per, s.median_ms, s.p95_ms
+        );
+    }
+    println!(
+        "end to end / bare ORT run (same batches): {:.3}",
+        report.e2e_over_bare_ort
+    );
+    println!(
+        "files to landmarks on known crops: {:.1} faces/s",
+        report.crops_faces_per_second
+    );
+    match &python {
+        Ok((fps, _)) => println!(
+            "Python reference (onnxruntime + numpy + Pillow), same graph and crops: {fps:.1} \
+             faces/s; ours / Python = {:.2}",
+            report.crops_faces_per_second / fps
+        ),
+        Err(why) => println!("Python reference: not run: {why}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}

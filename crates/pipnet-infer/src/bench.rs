@@ -1,0 +1,207 @@
+//! Per-stage timings of the pipeline on a set of photos, for `pipnet bench`: decode image,
+//! detect, crop, bare ONNX Runtime run, decode + merge, the landmark stage end to end (crop,
+//! run, decode, back-projection) and the whole path from file to landmarks on known crops,
+//! which is what the Python reference pipeline does too.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use image::RgbImage;
+use pipnet_core::{FaceCrop, Landmark, PipMaps};
+
+use crate::error::{Error, Result};
+use crate::image_io::load_rgb;
+use crate::pipeline::{Faces, Pipeline};
+
+/// Timings of one stage, in seconds, one sample per image or per batch.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Stage {
+    pub name: &'static str,
+    /// What one sample covers: "image" or "batch".
+    pub per: &'static str,
+    pub median_ms: f64,
+    pub p95_ms: f64,
+    pub samples: usize,
+}
+
+impl Stage {
+    fn new(name: &'static str, per: &'static str, seconds: &[f64]) -> Self {
+        let mut sorted = seconds.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            if sorted.is_empty() {
+                f64::NAN
+            } else {
+                // Nearest rank.
+                let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+                sorted[rank - 1] * 1e3
+            }
+        };
+        Self {
+            name,
+            per,
+            median_ms: at(0.5),
+            p95_ms: at(0.95),
+            samples: sorted.len(),
+        }
+    }
+}
+
+/// The photos with the crops the detector found, for runs on known crops.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CropSet {
+    pub image: PathBuf,
+    /// `[cx, cy, side, angle]` per face.
+    pub crops: Vec<[f32; 4]>,
+}
+
+/// What one `bench` call measured.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BenchReport {
+    pub images: usize,
+    pub faces: usize,
+    pub batch: usize,
+    pub stages: Vec<Stage>,
+    /// Landmark stage (crop + run + decode + back-projection) / bare run, same batches.
+    pub e2e_over_bare_ort: f64,
+    /// Faces per second from image file to landmarks on known crops, no detection: the path
+    /// the Python reference pipeline runs.
+    pub crops_faces_per_second: f64,
+    #[serde(skip)]
+    pub crop_sets: Vec<CropSet>,
+}
+
+fn timed<T>(samples: &mut Vec<f64>, f: impl FnOnce() -> T) -> T {
+    let start = Instant::now();
+    let value = f();
+    samples.push(start.elapsed().as_secs_f64());
+    value
+}
+
+/// Measures `pipeline` on `images` (`repeat` rounds after one warm-up round). The pipeline
+/// needs a detector; its batch size is the model's.
+pub fn bench(pipeline: &mut Pipeline, images: &[PathBuf], repeat: usize) -> Result<BenchReport> {
+    if images.is_empty() {
+        return Err(Error::InvalidInput("no images to benchmark".into()));
+    }
+    let max_pixels = crate::image_io::DEFAULT_MAX_PIXELS;
+    let (mut load, mut detect) = (Vec::new(), Vec::new());
+    let mut decoded: Vec<RgbImage> = Vec::new();
+    let mut crop_sets = Vec::new();
+    for path in images {
+        let image = timed(&mut load, || load_rgb(path, max_pixels))?;
+        let found = timed(&mut detect, || pipeline.locate(&image, &Faces::Detect))?;
+        let crops: Vec<FaceCrop> = found.into_iter().map(|(_, c)| c).collect();
+        crop_sets.push(CropSet {
+            image: path.clone(),
+            crops: crops
+                .iter()
+                .map(|c| [c.center[0], c.center[1], c.side, c.angle])
+                .collect(),
+        });
+        decoded.push(image);
+    }
+    let faces: Vec<(&RgbImage, FaceCrop)> = decoded
+        .iter()
+        .zip(&crop_sets)
+        .flat_map(|(image, set)| {
+            set.crops
+                .iter()
+                .map(move |c| (image, FaceCrop::new([c[0], c[1]], c[2], c[3])))
+        })
+        .collect();
+    if faces.is_empty() {
+        return Err(Error::InvalidInput(
+            "the detector found no faces in the benchmark images".into(),
+        ));
+    }
+    let model = &mut pipeline.model;
+    let batch = model.batch_size();
+    let meta = model.metadata().clone();
+    let mut decoder = pipnet_core::Decoder::new(meta.neighbors.clone());
+    let (mut crop, mut bare, mut decode, mut e2e, mut files) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut input = Vec::new();
+    let mut landmarks = vec![Landmark::default(); batch * meta.num_landmarks()];
+    for round in 0..=repeat {
+        // Round 0 warms caches and ONNX Runtime's allocator; it is not recorded.
+        let keep = |v: &mut Vec<f64>, n: usize| {
+            if round == 0 {
+                v.truncate(v.len() - n)
+            }
+        };
+        for chunk in faces.chunks(batch) {
+            timed(&mut crop, || model.prepare(chunk, &mut input));
+            timed(&mut bare, || model.run_bare(&input, chunk.len()))?;
+            let raw = model.run_raw(&input, chunk.len())?;
+            let maps = PipMaps::new(
+                &raw[0],
+                &raw[1],
+                &raw[2],
+                &raw[3],
+                &raw[4],
+                meta.num_landmarks(),
+                meta.num_neighbors(),
+                meta.grid(),
+            )
+            .map_err(|e| Error::Inference(e.to_string()))?;
+            let out = &mut landmarks[..chunk.len() * meta.num_landmarks()];
+            timed(&mut decode, || decoder.decode_into(&maps, out))
+                .map_err(|e| Error::Inference(e.to_string()))?;
+            timed(&mut e2e, || model.landmarks(chunk))?;
+            for v in [&mut crop, &mut bare, &mut decode, &mut e2e] {
+                keep(v, 1);
+            }
+        }
+        // File to landmarks on known crops, the whole set at once.
+        timed(&mut files, || -> Result<()> {
+            let images: Vec<RgbImage> = images
+                .iter()
+                .map(|p| load_rgb(p, max_pixels))
+                .collect::<Result<_>>()?;
+            let faces: Vec<(&RgbImage, FaceCrop)> = images
+                .iter()
+                .zip(&crop_sets)
+                .flat_map(|(image, set)| {
+                    set.crops
+                        .iter()
+                        .map(move |c| (image, FaceCrop::new([c[0], c[1]], c[2], c[3])))
+                })
+                .collect();
+            model.landmarks(&faces).map(drop)
+        })?;
+        keep(&mut files, 1);
+    }
+    let stages = vec![
+        Stage::new("decode image", "image", &load),
+        Stage::new("detect", "image", &detect),
+        Stage::new("crop", "batch", &crop),
+        Stage::new("ORT run (bare)", "batch", &bare),
+        Stage::new("decode + merge", "batch", &decode),
+        Stage::new("landmarks end to end", "batch", &e2e),
+    ];
+    let sum = |v: &[f64]| v.iter().sum::<f64>();
+    let median_files = Stage::new("files", "set", &files).median_ms / 1e3;
+    Ok(BenchReport {
+        images: images.len(),
+        faces: faces.len(),
+        batch,
+        e2e_over_bare_ort: sum(&e2e) / sum(&bare),
+        crops_faces_per_second: faces.len() as f64 / median_files,
+        stages,
+        crop_sets,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_p95_use_nearest_rank() {
+        let samples: Vec<f64> = (1..=20).map(|i| i as f64 / 1e3).collect();
+        let s = Stage::new("x", "batch", &samples);
+        assert_eq!((s.median_ms, s.p95_ms, s.samples), (10.0, 19.0, 20));
+        assert!(Stage::new("x", "batch", &[]).median_ms.is_nan());
+    }
+}
