@@ -39,9 +39,38 @@ fn test_checked_in_header_is_what_cbindgen_generates() {
     );
 }
 
-/// `target/<profile>`, where cargo puts `libpipnet_ffi.so` and `libpipnet_ffi.a`.
+/// The folder holding `libpipnet_ffi.so` and `libpipnet_ffi.a`. Cargo builds only the rlib
+/// for integration tests, so the C libraries are built here, once per test process, with the
+/// cargo that runs the tests (same target folder and profile: dependencies are reused).
 fn lib_dir() -> PathBuf {
-    common::target_profile_dir()
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let profile_dir = common::target_profile_dir();
+            let mut cargo = Command::new(env!("CARGO"));
+            cargo
+                .args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "pipnet-ffi",
+                    "--lib",
+                    "--target-dir",
+                ])
+                .arg(profile_dir.parent().expect("target folder"))
+                .current_dir(common::repo_root());
+            if profile_dir.ends_with("release") {
+                cargo.arg("--release");
+            }
+            let output = cargo.output().expect("run cargo");
+            assert!(
+                output.status.success(),
+                "cargo build -p pipnet-ffi failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            profile_dir
+        })
+        .clone()
 }
 
 fn shipped_model() -> PathBuf {

@@ -8,6 +8,7 @@ use ort::session::Session;
 use ort::value::TensorRef;
 use pipnet_core::contract::{ModelMetadata, OutputForm, check_io};
 use pipnet_core::{Decoder, FaceCrop, Landmark, PipMaps, Point};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::preprocess::{Normalization, write_crop};
@@ -220,9 +221,11 @@ impl LandmarkModel {
         let s = self.meta.input_size;
         let per_crop = 3 * s * s;
         input.resize(faces.len() * per_crop, 0.0);
-        for ((image, crop), out) in faces.iter().zip(input.chunks_exact_mut(per_crop)) {
-            write_crop(image, crop, s, &self.norm, out);
-        }
+        // Crops are independent: sample them on all cores (ONNX Runtime is idle meanwhile).
+        input
+            .par_chunks_exact_mut(per_crop)
+            .zip(faces.par_iter())
+            .for_each(|(out, (image, crop))| write_crop(image, crop, s, &self.norm, out));
     }
 
     /// Runs the session and drops the outputs: the bare ONNX Runtime cost, for benchmarks.

@@ -59,7 +59,11 @@ pub fn open_session(
         return Err(load_err("no such file".into()));
     }
     let build = |with_cuda: bool| -> Result<Session> {
+        // No spin-waiting between runs: the crop sampler and the image decoder need those
+        // cores while the session is idle.
         let mut builder = Session::builder(&rt.environment)
+            .map_err(|e| load_err(format!("session options: {e}")))?
+            .with_intra_op_spinning(false)
             .map_err(|e| load_err(format!("session options: {e}")))?;
         if let Some(n) = options.threads {
             builder = builder
