@@ -71,6 +71,19 @@ pub struct BenchReport {
     pub crop_sets: Vec<CropSet>,
 }
 
+/// Every face of `images` as the model's input pairs; `sets[i]` holds the crops of image `i`.
+fn faces_of<'a>(images: &'a [RgbImage], sets: &[CropSet]) -> Vec<(&'a RgbImage, FaceCrop)> {
+    images
+        .iter()
+        .zip(sets)
+        .flat_map(|(image, set)| {
+            set.crops
+                .iter()
+                .map(move |c| (image, FaceCrop::new([c[0], c[1]], c[2], c[3])))
+        })
+        .collect()
+}
+
 fn timed<T>(samples: &mut Vec<f64>, f: impl FnOnce() -> T) -> T {
     let start = Instant::now();
     let value = f();
@@ -101,15 +114,7 @@ pub fn bench(pipeline: &mut Pipeline, images: &[PathBuf], repeat: usize) -> Resu
         });
         decoded.push(image);
     }
-    let faces: Vec<(&RgbImage, FaceCrop)> = decoded
-        .iter()
-        .zip(&crop_sets)
-        .flat_map(|(image, set)| {
-            set.crops
-                .iter()
-                .map(move |c| (image, FaceCrop::new([c[0], c[1]], c[2], c[3])))
-        })
-        .collect();
+    let faces = faces_of(&decoded, &crop_sets);
     if faces.is_empty() {
         return Err(Error::InvalidInput(
             "the detector found no faces in the benchmark images".into(),
@@ -159,16 +164,7 @@ pub fn bench(pipeline: &mut Pipeline, images: &[PathBuf], repeat: usize) -> Resu
                 .iter()
                 .map(|p| load_rgb(p, max_pixels))
                 .collect::<Result<_>>()?;
-            let faces: Vec<(&RgbImage, FaceCrop)> = images
-                .iter()
-                .zip(&crop_sets)
-                .flat_map(|(image, set)| {
-                    set.crops
-                        .iter()
-                        .map(move |c| (image, FaceCrop::new([c[0], c[1]], c[2], c[3])))
-                })
-                .collect();
-            model.landmarks(&faces).map(drop)
+            model.landmarks(&faces_of(&images, &crop_sets)).map(drop)
         })?;
         keep(&mut files, 1);
     }

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
+use pipnet_infer::Pipeline;
 use pipnet_infer::folder::{FaceSource, FolderJob, OutputFormat, annotate_folder};
 use pipnet_infer::image_io::DEFAULT_MAX_PIXELS;
-use pipnet_infer::{Device, Pipeline, SessionOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -44,15 +44,8 @@ pub struct Args {
     /// pass's landmarks, which is more accurate with detector boxes).
     #[arg(long)]
     no_refine: bool,
-    /// Execution provider: cpu, cuda or auto.
-    #[arg(long, default_value = "cpu")]
-    device: Device,
-    /// Faces per inference run.
-    #[arg(long, default_value_t = pipnet_infer::model::DEFAULT_BATCH)]
-    batch: usize,
-    /// ONNX Runtime intra-op threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    session: super::SessionArgs,
     /// Redo images whose output is already newer than the image.
     #[arg(long)]
     force: bool,
@@ -62,17 +55,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if args.batch == 0 {
-        bail!("--batch must be at least 1");
-    }
     if args.min_face.is_some_and(|m| m.is_nan() || m <= 0.0) {
         bail!("--min-face must be a positive number of pixels");
     }
-    let options = SessionOptions {
-        device: args.device,
-        threads: args.threads,
-        batch_size: Some(args.batch),
-    };
+    let options = args.session.options()?;
     let faces = match (&args.boxes, args.crops) {
         (Some(path), _) => FaceSource::read_boxes(path)?,
         (None, true) => FaceSource::WholeImageIsFace,

@@ -5,10 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+use pipnet_infer::Pipeline;
 use pipnet_infer::bench::{BenchReport, bench};
 use pipnet_infer::folder::IMAGE_EXTENSIONS;
-use pipnet_infer::{Device, Pipeline, SessionOptions};
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -18,14 +18,8 @@ pub struct Args {
     /// Photos to measure on (a folder, not walked recursively).
     #[arg(long, default_value = "examples/photos")]
     images: PathBuf,
-    #[arg(long, default_value = "cpu")]
-    device: Device,
-    /// Faces per inference run.
-    #[arg(long, default_value_t = pipnet_infer::model::DEFAULT_BATCH)]
-    batch: usize,
-    /// ONNX Runtime intra-op threads (default: all cores), for us and the Python reference.
-    #[arg(long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    session: super::SessionArgs,
     /// Measured rounds over the photos (after one warm-up round).
     #[arg(long, default_value_t = 5)]
     repeat: usize,
@@ -81,7 +75,7 @@ fn run_python(args: &Args, report: &BenchReport) -> Result<(f64, Vec<Vec<[f64; 2
         .arg(&args.model)
         .arg(&crops)
         .args(["--batch", &report.batch.to_string()])
-        .args(["--threads", &args.threads.unwrap_or(0).to_string()])
+        .args(["--threads", &args.session.threads.unwrap_or(0).to_string()])
         .args(["--repeat", &args.repeat.max(1).to_string()])
         .env("PYTHONPATH", &package)
         .output()
@@ -102,9 +96,6 @@ fn run_python(args: &Args, report: &BenchReport) -> Result<(f64, Vec<Vec<[f64; 2
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if args.batch == 0 {
-        bail!("--batch must be at least 1");
-    }
     let mut images: Vec<PathBuf> = std::fs::read_dir(&args.images)
         .with_context(|| format!("reading {}", args.images.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -115,11 +106,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         })
         .collect();
     images.sort();
-    let options = SessionOptions {
-        device: args.device,
-        threads: args.threads,
-        batch_size: Some(args.batch),
-    };
+    let options = args.session.options()?;
     let model = super::load_model(&args.model, &options)?;
     let detector = super::DetectorArgs::default().load(&options)?;
     let mut pipeline = Pipeline::new(model, Some(detector));

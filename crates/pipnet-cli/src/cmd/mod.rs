@@ -12,7 +12,7 @@ use anyhow::Context;
 use pipnet_infer::detect::{DetectorSettings, FaceDetector};
 use pipnet_infer::runtime::Runtime;
 use pipnet_infer::session::GraphSource;
-use pipnet_infer::{LandmarkModel, SessionOptions};
+use pipnet_infer::{Device, LandmarkModel, SessionOptions};
 
 /// Loads ONNX Runtime, saying so when it has to be fetched.
 pub fn runtime() -> anyhow::Result<&'static Runtime> {
@@ -34,6 +34,31 @@ pub fn load_model(path: &Path, options: &SessionOptions) -> anyhow::Result<Landm
         );
     }
     Ok(model)
+}
+
+/// Where and how inference runs.
+#[derive(clap::Args)]
+pub struct SessionArgs {
+    /// Execution provider: cpu, cuda or auto.
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+    /// Faces per inference run.
+    #[arg(long, default_value_t = pipnet_infer::model::DEFAULT_BATCH)]
+    batch: usize,
+    /// ONNX Runtime intra-op threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl SessionArgs {
+    pub fn options(&self) -> anyhow::Result<SessionOptions> {
+        anyhow::ensure!(self.batch > 0, "--batch must be at least 1");
+        Ok(SessionOptions {
+            device: self.device,
+            threads: self.threads,
+            batch_size: Some(self.batch),
+        })
+    }
 }
 
 /// Which face detector to use.
