@@ -186,6 +186,40 @@ pub fn tiles(width: u32, height: u32, tile: f32) -> Vec<FaceCrop> {
         .collect()
 }
 
+/// The tile sides (photo pixels) a `width` x `height` photo is searched in for faces down to
+/// `min_face` pixels by a detector with an `input_size` square input that finds faces of
+/// `min_detectable` input pixels: the whole photo first, then finer levels, each twice as fine,
+/// down to where a `min_face` face reaches `min_detectable` pixels. Tiles are enlarged at most
+/// twice (smaller faces hold too little detail to find, and the tile count grows with the
+/// square of the enlargement), so faces below `min_detectable / 2` pixels are not searched for.
+pub fn search_levels(
+    width: u32,
+    height: u32,
+    min_face: f32,
+    input_size: usize,
+    min_detectable: f32,
+) -> Vec<f32> {
+    let longest = width.max(height) as f32;
+    let s = input_size as f32;
+    let seen_whole = min_detectable * longest / s;
+    let mut levels = vec![longest];
+    if min_face.is_nan() || min_face <= 0.0 || min_face >= seen_whole {
+        return levels;
+    }
+    let mut tile = (s * min_face / min_detectable).max(s / 2.0);
+    let mut finer = Vec::new();
+    while tile < longest {
+        finer.push(tile);
+        // Each level sees faces up to tile / 2 whole; stop once the coarser levels take over.
+        if tile / 2.0 >= seen_whole {
+            break;
+        }
+        tile *= 2.0;
+    }
+    levels.extend(finer.into_iter().rev());
+    levels
+}
+
 /// True when `face` (crop-normalised in `tile`) touches a side of the tile that lies inside
 /// the image: the face is probably cut there, and a neighbouring tile sees it whole.
 pub fn cut_by_tile(face: &FaceBox, tile: &FaceCrop, width: u32, height: u32) -> bool {
@@ -365,6 +399,28 @@ mod tests {
             assert!(w[0].x1 - w[1].x0 >= 200.0 - 1e-3, "{w:?}");
         }
         assert_eq!(tiles(200, 100, 400.0).len(), 1);
+    }
+
+    #[test]
+    fn search_levels_reach_the_smallest_face_and_stop_there() {
+        // A 500 px photo: the whole photo shows a 40 px face at 20 detector pixels, below 24,
+        // so one finer level of 256 * 40 / 24 = 427 px tiles is added.
+        let levels = search_levels(500, 375, 40.0, 256, 24.0);
+        assert_eq!(levels.len(), 2);
+        assert!((levels[1] - 256.0 * 40.0 / 24.0).abs() < 1e-3, "{levels:?}");
+        assert_eq!(search_levels(500, 375, 60.0, 256, 24.0), vec![500.0]);
+        // A 4000 px photo: levels double from the finest until the whole photo takes over,
+        // each level seeing faces from its smallest to half a tile.
+        let levels = search_levels(4000, 3000, 40.0, 256, 24.0);
+        assert_eq!(levels[0], 4000.0);
+        for pair in levels[1..].windows(2) {
+            assert_eq!(pair[0], 2.0 * pair[1]);
+        }
+        assert!(levels[1] / 2.0 >= 24.0 * 4000.0 / 256.0);
+        // Tiny faces are floored: tiles are enlarged at most twice.
+        let tiny = search_levels(4000, 3000, 1.0, 256, 24.0);
+        assert_eq!(*tiny.last().unwrap(), 128.0);
+        assert_eq!(search_levels(4000, 3000, f32::NAN, 256, 24.0), vec![4000.0]);
     }
 
     #[test]

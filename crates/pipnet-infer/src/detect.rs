@@ -13,8 +13,8 @@ use image::imageops::{FilterType, resize};
 use ort::session::Session;
 use ort::value::TensorRef;
 use pipnet_core::detection::{
-    BLAZEFACE_LAYERS, BoxCalibration, Detection, cut_by_tile, decode_anchor_layer, tiles,
-    weighted_nms,
+    BLAZEFACE_LAYERS, BoxCalibration, Detection, cut_by_tile, decode_anchor_layer, search_levels,
+    tiles, weighted_nms,
 };
 use pipnet_core::{CropRule, FaceCrop};
 
@@ -191,32 +191,6 @@ impl FaceDetector {
         self.provider
     }
 
-    /// The tile sides (photo pixels) searched for faces down to `min_face` pixels: the whole
-    /// photo first, then finer levels, each twice as fine, until faces of `min_face` reach
-    /// `min_detectable` detector pixels.
-    pub fn search_levels(&self, width: u32, height: u32, min_face: f32) -> Vec<f32> {
-        let longest = width.max(height) as f32;
-        let s = self.size as f32;
-        let seen_whole = self.settings.min_detectable * longest / s;
-        let mut levels = vec![longest];
-        if min_face.is_nan() || min_face <= 0.0 || min_face >= seen_whole {
-            return levels;
-        }
-        // Finest level: a `min_face` face becomes `min_detectable` detector pixels.
-        let mut tile = s * min_face / self.settings.min_detectable;
-        let mut finer = Vec::new();
-        while tile < longest {
-            finer.push(tile);
-            // Each level sees faces up to tile / 2 whole; stop once the coarser levels take over.
-            if tile / 2.0 >= seen_whole {
-                break;
-            }
-            tile *= 2.0;
-        }
-        levels.extend(finer.into_iter().rev());
-        levels
-    }
-
     /// Finds faces in `image`, down to `min_face` pixels (`None`: the settings' default). Boxes
     /// and keypoints are in image pixels; best score first.
     pub fn detect(&mut self, image: &RgbImage, min_face: Option<f32>) -> Result<Vec<Detection>> {
@@ -227,7 +201,8 @@ impl FaceDetector {
         let min_face = min_face.unwrap_or(self.settings.min_face);
         let s = self.size as f32;
         let mut found = Vec::new();
-        for tile_side in self.search_levels(w, h, min_face) {
+        let levels = search_levels(w, h, min_face, self.size, self.settings.min_detectable);
+        for tile_side in levels {
             let factor = s / tile_side;
             // Shrink once per level with a filter that averages (no aliasing), then sample
             // tiles 1:1; enlarging is left to the bilinear crop sampler.
