@@ -62,7 +62,8 @@ pub struct BenchReport {
     pub faces: usize,
     pub batch: usize,
     pub stages: Vec<Stage>,
-    /// Landmark stage (crop + run + decode + back-projection) / bare run, same batches.
+    /// Landmark stage (crop + run + decode + back-projection) / bare run: the median over
+    /// batches of the ratio on the same batch, so one slow run does not sway it.
     pub e2e_over_bare_ort: f64,
     /// Faces per second from image file to landmarks on known crops, no detection: the path
     /// the Python reference pipeline runs.
@@ -82,6 +83,11 @@ fn faces_of<'a>(images: &'a [RgbImage], sets: &[CropSet]) -> Vec<(&'a RgbImage, 
                 .map(move |c| (image, FaceCrop::new([c[0], c[1]], c[2], c[3])))
         })
         .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn timed<T>(samples: &mut Vec<f64>, f: impl FnOnce() -> T) -> T {
@@ -176,13 +182,12 @@ pub fn bench(pipeline: &mut Pipeline, images: &[PathBuf], repeat: usize) -> Resu
         Stage::new("decode + merge", "batch", &decode),
         Stage::new("landmarks end to end", "batch", &e2e),
     ];
-    let sum = |v: &[f64]| v.iter().sum::<f64>();
     let median_files = Stage::new("files", "set", &files).median_ms / 1e3;
     Ok(BenchReport {
         images: images.len(),
         faces: faces.len(),
         batch,
-        e2e_over_bare_ort: sum(&e2e) / sum(&bare),
+        e2e_over_bare_ort: median(e2e.iter().zip(&bare).map(|(e, b)| e / b).collect()),
         crops_faces_per_second: faces.len() as f64 / median_files,
         stages,
         crop_sets,

@@ -148,7 +148,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     println!(
-        "end to end / bare ORT run (same batches): {:.3}",
+        "end to end / bare ORT run (median over batches of the same-batch ratio): {:.3}",
         report.e2e_over_bare_ort
     );
     println!(
