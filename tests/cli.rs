@@ -92,8 +92,9 @@ fn mixed_folder(root: &Path) -> (Vec<&'static str>, Vec<&'static str>) {
     (good, bad)
 }
 
-/// A corrupt JPEG and a truncated PNG made from the real photo `photo`, a text file named
-/// `.jpg`, and a text file that is not an image by its name (ignored). Returns the bad names.
+/// A corrupt and a truncated JPEG and a truncated PNG made from the real photo `photo`, a
+/// text file named `.jpg`, and a text file that is not an image by its name (ignored). Returns
+/// the bad names.
 fn bad_files(root: &Path, photo: &Path) -> Vec<&'static str> {
     let real = std::fs::read(photo).unwrap();
     let mut corrupt = real.clone();
@@ -103,6 +104,8 @@ fn bad_files(root: &Path, photo: &Path) -> Vec<&'static str> {
     }
     corrupt.truncate(real.len() / 3);
     std::fs::write(root.join("corrupt.jpg"), &corrupt).unwrap();
+    // Headers intact, cut inside the image data: decoders would fill the rest with grey.
+    std::fs::write(root.join("truncated.jpg"), &real[..real.len() * 2 / 3]).unwrap();
     let mut png = Vec::new();
     image::open(photo)
         .unwrap()
@@ -111,7 +114,7 @@ fn bad_files(root: &Path, photo: &Path) -> Vec<&'static str> {
     std::fs::write(root.join("truncated.png"), &png[..png.len() / 2]).unwrap();
     std::fs::write(root.join("notes.jpg"), "this is a text file, not a JPEG\n").unwrap();
     std::fs::write(root.join("readme.txt"), "ignored: not an image extension\n").unwrap();
-    vec!["corrupt.jpg", "truncated.png", "notes.jpg"]
+    vec!["corrupt.jpg", "truncated.jpg", "truncated.png", "notes.jpg"]
 }
 
 /// A JPEG of `upright` stored turned a quarter with EXIF Orientation 6, so that applying the
@@ -192,7 +195,7 @@ fn test_annotate_crops_folder_annotates_good_lists_bad_and_resumes() {
     }
     assert!(!out.join("readme.txt.json").exists());
     assert!(
-        stderr.contains("10 images: 7 annotated (7 faces), 0 already done, 3 failed"),
+        stderr.contains("11 images: 7 annotated (7 faces), 0 already done, 4 failed"),
         "{stderr}"
     );
 
@@ -204,7 +207,7 @@ fn test_annotate_crops_folder_annotates_good_lists_bad_and_resumes() {
     let (code, _, stderr) = run(&[]);
     assert_eq!(code, 1);
     assert!(
-        stderr.contains("0 annotated (0 faces), 7 already done, 3 failed"),
+        stderr.contains("0 annotated (0 faces), 7 already done, 4 failed"),
         "{stderr}"
     );
     let after = std::fs::metadata(out.join("photo_a.jpg.json"))
@@ -462,7 +465,7 @@ fn test_annotate_sample_photos_with_detector_lists_bad_files_and_resumes() {
     let (code, _, stderr) = run_pipnet(&args);
     assert_eq!(code, 1, "some images failed, so exit 1: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(stderr.contains("14 images: 11 annotated"), "{stderr}");
+    assert!(stderr.contains("15 images: 11 annotated"), "{stderr}");
 
     // Every hand-drawn face of the sample photos is found (dlib's boxes, IoU > 0.3), with 68
     // landmarks inside the image, and a preview of the photo's size.
@@ -547,7 +550,7 @@ fn test_annotate_sample_photos_with_detector_lists_bad_files_and_resumes() {
     let (code, _, stderr) = run_pipnet(&args);
     assert_eq!(code, 1);
     assert!(
-        stderr.contains("0 annotated (0 faces), 11 already done, 3 failed"),
+        stderr.contains("0 annotated (0 faces), 11 already done, 4 failed"),
         "{stderr}"
     );
 }

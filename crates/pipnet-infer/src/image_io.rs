@@ -18,12 +18,19 @@ pub fn load_rgb(path: &Path, max_pixels: u64) -> Result<RgbImage> {
         path: path.to_path_buf(),
         message,
     };
-    let reader = ImageReader::open(path)
-        .map_err(Error::io(path))?
+    let bytes = std::fs::read(path).map_err(Error::io(path))?;
+    let reader = ImageReader::new(std::io::Cursor::new(&bytes))
         .with_guessed_format()
         .map_err(Error::io(path))?;
-    if reader.format().is_none() {
-        return Err(image_err("not a recognised image format".into()));
+    match reader.format() {
+        None => return Err(image_err("not a recognised image format".into())),
+        // The JPEG decoder fills a file cut short with grey instead of failing.
+        Some(image::ImageFormat::Jpeg) if !jpeg_is_complete(&bytes) => {
+            return Err(image_err(
+                "truncated JPEG: the file ends before its end-of-image marker".into(),
+            ));
+        }
+        Some(_) => {}
     }
     let mut decoder = reader
         .into_decoder()
@@ -43,6 +50,50 @@ pub fn load_rgb(path: &Path, max_pixels: u64) -> Result<RgbImage> {
         .map_err(|e| image_err(format!("cannot decode: {e}")))?;
     image.apply_orientation(orientation);
     Ok(image.into_rgb8())
+}
+
+/// True when a JPEG's marker segments run through to its end-of-image marker. Walks the
+/// segments from the start (skipping each by its length, so thumbnails inside APP1 are not
+/// mistaken for the image) and, after each start-of-scan, the entropy-coded data, where an
+/// 0xFF byte is always followed by 0x00 or a restart marker until the next real marker.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return false;
+    }
+    let mut at = 2;
+    loop {
+        // Fill bytes (0xFF runs) may precede a marker.
+        while bytes.get(at) == Some(&0xFF) && bytes.get(at + 1) == Some(&0xFF) {
+            at += 1;
+        }
+        let (Some(&0xFF), Some(&marker)) = (bytes.get(at), bytes.get(at + 1)) else {
+            return false;
+        };
+        at += 2;
+        match marker {
+            0xD9 => return true,
+            0x01 | 0xD0..=0xD7 => continue,
+            _ => {}
+        }
+        let Some(len) = bytes
+            .get(at..at + 2)
+            .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])))
+        else {
+            return false;
+        };
+        at += len;
+        if marker == 0xDA {
+            // Entropy-coded data runs to the first 0xFF not followed by 0x00 or RSTn.
+            loop {
+                match (bytes.get(at), bytes.get(at + 1)) {
+                    (Some(0xFF), Some(0x00 | 0xD0..=0xD7)) => at += 2,
+                    (Some(0xFF), Some(_)) => break,
+                    (Some(_), _) => at += 1,
+                    (None, _) => return false,
+                }
+            }
+        }
+    }
 }
 
 /// Layout of one pixel in a caller's 8-bit buffer.
@@ -128,6 +179,7 @@ pub fn rgb_from_buffer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::ImageEncoder;
 
     #[test]
     fn buffers_of_every_format_give_the_same_rgb() {
@@ -160,6 +212,46 @@ mod tests {
         }
         let gray = rgb_from_buffer(&pack(PixelFormat::Gray), 2, 2, 10, PixelFormat::Gray, 100);
         assert_eq!(gray.unwrap().get_pixel(1, 0).0, [40, 40, 40]);
+    }
+
+    #[test]
+    fn truncated_jpegs_are_told_from_whole_ones() {
+        let image = RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 90]));
+        let mut jpeg = Vec::new();
+        let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90);
+        // An EXIF block first, so a marker-looking byte pair inside a segment is skipped.
+        encoder
+            .set_exif_metadata(vec![0x4D, 0x4D, 0x00, 0x2A, 0xFF, 0xD9, 0xFF, 0xDA])
+            .unwrap();
+        ImageEncoder::write_image(
+            encoder,
+            image.as_raw(),
+            64,
+            48,
+            image::ExtendedColorType::Rgb8,
+        )
+        .unwrap();
+        assert!(jpeg_is_complete(&jpeg));
+        let mut trailing = jpeg.clone();
+        trailing.extend_from_slice(b"trailing bytes after the image");
+        assert!(jpeg_is_complete(&trailing));
+        for cut in [jpeg.len() - 2, jpeg.len() * 2 / 3, jpeg.len() / 3, 40, 3] {
+            assert!(
+                !jpeg_is_complete(&jpeg[..cut]),
+                "cut at {cut} of {}",
+                jpeg.len()
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cut.jpg");
+        std::fs::write(&path, &jpeg[..jpeg.len() * 2 / 3]).unwrap();
+        let err = load_rgb(&path, DEFAULT_MAX_PIXELS).unwrap_err();
+        assert!(err.to_string().contains("truncated JPEG"), "{err}");
+        std::fs::write(&path, &jpeg).unwrap();
+        assert_eq!(
+            load_rgb(&path, DEFAULT_MAX_PIXELS).unwrap().dimensions(),
+            (64, 48)
+        );
     }
 
     #[test]
