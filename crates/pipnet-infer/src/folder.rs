@@ -365,14 +365,14 @@ fn flush(
     on_image: &mut impl FnMut(&FolderSummary),
 ) -> Result<()> {
     let images: Vec<&RgbImage> = pending.iter().map(|(_, image, _)| image).collect();
-    let located: Vec<Vec<LocatedFace>> = pending.iter().map(|(_, _, f)| f.clone()).collect();
-    let results: Vec<Result<Vec<Face>>> = match pipeline.landmarks_of(&images, located.clone()) {
+    let located: Vec<&[LocatedFace]> = pending.iter().map(|(_, _, f)| f.as_slice()).collect();
+    let results: Vec<Result<Vec<Face>>> = match pipeline.landmarks_of(&images, &located) {
         Ok(all) => all.into_iter().map(Ok).collect(),
         Err(_) if images.len() > 1 => images
             .iter()
-            .zip(located)
+            .zip(&located)
             .map(|(image, faces)| {
-                let mut one = pipeline.landmarks_of(&[image], vec![faces])?;
+                let mut one = pipeline.landmarks_of(&[image], &[faces])?;
                 Ok(one.pop().unwrap_or_default())
             })
             .collect(),

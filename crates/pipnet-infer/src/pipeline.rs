@@ -125,28 +125,29 @@ impl Pipeline {
             located.push(self.locate(image, faces)?);
         }
         let images: Vec<&RgbImage> = images.iter().map(|(image, _)| *image).collect();
-        self.landmarks_of(&images, located)
+        let located: Vec<&[LocatedFace]> = located.iter().map(Vec::as_slice).collect();
+        self.landmarks_of(&images, &located)
     }
 
     /// Runs the landmark stage on faces already located in `images` (one list per image).
     pub fn landmarks_of(
         &mut self,
         images: &[&RgbImage],
-        located: Vec<Vec<LocatedFace>>,
+        located: &[&[LocatedFace]],
     ) -> Result<Vec<Vec<Face>>> {
         let crops: Vec<(&RgbImage, FaceCrop)> = images
             .iter()
-            .zip(&located)
+            .zip(located)
             .flat_map(|(image, faces)| faces.iter().map(|(_, crop)| (*image, *crop)))
             .collect();
         let mut landmarks = self.landmarks(&crops)?.into_iter();
         Ok(located
-            .into_iter()
+            .iter()
             .map(|faces| {
                 faces
-                    .into_iter()
+                    .iter()
                     .zip(landmarks.by_ref())
-                    .map(|((detection, _), landmarks)| Face {
+                    .map(|(&(detection, _), landmarks)| Face {
                         detection,
                         landmarks,
                     })
