@@ -138,6 +138,12 @@ fn is_image(path: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
+/// The image files of `inputs` (files, or folders walked recursively), each folder's sorted by
+/// relative path: the same walk as [`annotate_folder`].
+pub fn image_paths(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    Ok(collect(inputs)?.into_iter().map(|item| item.path).collect())
+}
+
 fn collect(inputs: &[PathBuf]) -> Result<Vec<Item>> {
     let mut items = Vec::new();
     for input in inputs {

@@ -20,6 +20,9 @@ pub struct TrainConfig {
     pub train: TrainOptions,
     #[serde(default)]
     pub augment: Augmentation,
+    /// Self-training with a curriculum; absent for supervised training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stc: Option<StcConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,6 +40,10 @@ pub struct DataConfig {
     /// Use only the first N training faces (quick experiments and tests).
     #[serde(default)]
     pub max_train_faces: Option<usize>,
+    /// Keep the labels of only this share of the training photos (seeded by `split_seed`,
+    /// whole photos); with self-training, the other photos become unlabeled images.
+    #[serde(default)]
+    pub label_fraction: Option<f64>,
 }
 
 fn default_scheme() -> String {
@@ -153,6 +160,38 @@ impl Default for TrainOptions {
     }
 }
 
+/// Self-training with a curriculum (STC): pseudo-labels from the model being trained teach the
+/// coarse curriculum heads; the main head learns from human labels only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StcConfig {
+    /// Folders (or files) of unlabeled face images.
+    pub unlabeled: Vec<PathBuf>,
+    /// Curriculum heads on grids G/2, G/4, ... beside the main head.
+    pub coarse_levels: usize,
+    /// The epochs (completed so far) at which each pseudo-labeling round starts, ascending.
+    pub rounds: Vec<usize>,
+    /// Pseudo-labeled samples drawn per epoch, as a multiple of the labeled faces.
+    pub pseudo_ratio: f64,
+    /// Pseudo-labels whose mean landmark score is below this are not used.
+    pub min_score: f32,
+    /// Smallest face the detector searches for in the unlabeled images, in pixels.
+    pub min_face: f32,
+}
+
+impl Default for StcConfig {
+    fn default() -> Self {
+        Self {
+            unlabeled: Vec::new(),
+            coarse_levels: 2,
+            rounds: Vec::new(),
+            pseudo_ratio: 1.0,
+            min_score: 0.0,
+            min_face: 40.0,
+        }
+    }
+}
+
 impl TrainConfig {
     /// Reads a TOML config; relative paths become relative to the file's folder.
     pub fn load(path: &Path) -> Result<Self> {
@@ -163,7 +202,11 @@ impl TrainConfig {
         let mut config: TrainConfig =
             toml::from_str(&text).map_err(|e| Error::Spec(format!("{}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut config.data.labeled, &mut config.train.out] {
+        let stc_paths = config.stc.iter_mut().flat_map(|s| s.unlabeled.iter_mut());
+        for p in [&mut config.data.labeled, &mut config.train.out]
+            .into_iter()
+            .chain(stc_paths)
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }

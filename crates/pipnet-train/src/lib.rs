@@ -5,7 +5,8 @@
 //! crops through the runtime's own sampler) -> [`targets`] -> [`model`] (burn) -> [`loss`] ->
 //! [`trainer`] (Adam, checkpoints, resume, validation through ONNX Runtime). [`network`]
 //! describes the inference network with BatchNorm folded in, and [`emit`] writes it as an ONNX
-//! graph with full contract metadata; [`seeded`] makes untrained graphs for tests.
+//! graph with full contract metadata; [`seeded`] makes untrained graphs for tests. [`stc`]
+//! adds self-training: pseudo-labels on unlabeled faces teach coarse curriculum heads.
 
 pub mod augment;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod loss;
 pub mod model;
 pub mod network;
 pub mod seeded;
+pub mod stc;
 pub mod targets;
 pub mod trainer;
 

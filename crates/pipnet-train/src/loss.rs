@@ -1,6 +1,7 @@
 //! The PIPNet loss: `cls_weight * MSE(cls)` over every cell, plus `reg_weight *` L1 of the
 //! own and neighbour offsets at each landmark's positive cell only (means over N*L and N*L*C
-//! selected values, as the official implementation).
+//! selected values, as the official implementation). Self-training leaves some samples out of
+//! some heads: only the `active` samples count, and the means are over them.
 
 use burn::prelude::*;
 
@@ -14,8 +15,13 @@ pub struct TargetBatch {
     pub off_y: Tensor<4>,
     pub nb_x: Tensor<4>,
     pub nb_y: Tensor<4>,
+    /// `mask` and `nb_mask` are zero for inactive samples.
     pub mask: Tensor<4>,
     pub nb_mask: Tensor<4>,
+    /// `[N, 1, 1, 1]`: 1 for the samples this head learns from, 0 for the others.
+    pub weight: Tensor<4>,
+    /// How many samples have weight 1 (at least 1: a head with none is skipped).
+    pub active: usize,
 }
 
 /// Loss weights.
@@ -36,9 +42,12 @@ impl Default for LossWeights {
 
 /// The total loss (a scalar tensor) and its parts, for logging.
 pub fn pip_loss(out: PipOutputs, t: TargetBatch, w: LossWeights) -> Tensor<1> {
-    let [n, l, _, _] = t.cls.dims();
+    let [_, l, g, _] = t.cls.dims();
     let [_, lc, _, _] = t.nb_x.dims();
-    let cls = (out.cls - t.cls).powf_scalar(2.0).mean();
+    let n = t.active.max(1);
+    let cls = ((out.cls - t.cls).powf_scalar(2.0) * t.weight)
+        .sum()
+        .div_scalar((n * l * g * g) as f32);
     let masked_l1 = |pred: Tensor<4>, target: Tensor<4>, mask: Tensor<4>, count: usize| {
         ((pred - target).abs() * mask)
             .sum()
@@ -81,14 +90,47 @@ mod tests {
             nb_y: zeros(),
             mask: mask.clone(),
             nb_mask: mask,
+            weight: tensor(vec![1.0], [1, 1, 1, 1]),
+            active: 1,
         };
-        let loss = pip_loss(out, targets, LossWeights::default());
-        let value = loss
-            .into_data()
+        let value = scalar(pip_loss(out, targets, LossWeights::default()));
+        let expected = 10.0 * (1.0 / 4.0) + 0.5 + 0.25;
+        assert!((value - expected).abs() < 1e-6, "{value} vs {expected}");
+    }
+
+    fn scalar(t: Tensor<1>) -> f32 {
+        t.into_data()
             .convert::<f32>()
             .try_into_vec::<f32>()
-            .unwrap()[0];
-        let expected = 10.0 * (1.0 / 4.0) + 0.5 + 0.25;
+            .unwrap()[0]
+    }
+
+    #[test]
+    fn test_inactive_samples_add_nothing() {
+        // Two samples, L=1, C=1, G=1: the second is wrong everywhere but inactive (weight 0,
+        // masks 0), so the loss is that of the first alone.
+        let shape = [2, 1, 1, 1];
+        let t = |v: [f32; 2]| tensor(v.to_vec(), shape);
+        let out = PipOutputs {
+            cls: t([0.5, 9.0]),
+            off_x: t([0.25, 9.0]),
+            off_y: t([0.0, 9.0]),
+            nb_x: t([0.0, 9.0]),
+            nb_y: t([0.0, 9.0]),
+        };
+        let targets = TargetBatch {
+            cls: t([1.0, 0.0]),
+            off_x: t([0.0, 0.0]),
+            off_y: t([0.0, 0.0]),
+            nb_x: t([0.0, 0.0]),
+            nb_y: t([0.0, 0.0]),
+            mask: t([1.0, 0.0]),
+            nb_mask: t([1.0, 0.0]),
+            weight: t([1.0, 0.0]),
+            active: 1,
+        };
+        let value = scalar(pip_loss(out, targets, LossWeights::default()));
+        let expected = 10.0 * 0.25 + 0.25;
         assert!((value - expected).abs() < 1e-6, "{value} vs {expected}");
     }
 }

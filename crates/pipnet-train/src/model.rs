@@ -1,6 +1,8 @@
 //! The trainable PIPNet in burn: a ResNet-18 layout (BasicBlocks 2-2-2-2) with BatchNorm, then
-//! the contract's five 1x1 heads. [`PipNet::to_weights`] folds each BatchNorm into its
-//! convolution, giving the [`PipNetWeights`] the ONNX emitter writes.
+//! the contract's five 1x1 heads, and optionally the curriculum heads of self-training: the same
+//! five maps on coarser grids (the features max-pooled by 2, 4, ...), used only in training.
+//! [`PipNet::to_weights`] folds each BatchNorm into its convolution, giving the
+//! [`PipNetWeights`] the ONNX emitter writes (the main head only).
 
 use burn::module::{Initializer, Module};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -126,25 +128,68 @@ pub struct PipNet {
     blocks: Vec<Block>,
     /// cls, off_x, off_y, nb_x, nb_y.
     heads: Vec<Conv2d>,
+    /// Curriculum heads, coarsest last: level k sees the features max-pooled by `2^k`.
+    coarse: Vec<Vec<Conv2d>>,
+    halve: MaxPool2d,
+}
+
+/// The five 1x1 heads on `in_ch` features.
+fn pip_heads(device: &Device, in_ch: usize, l: usize, c: usize) -> Vec<Conv2d> {
+    [l, l, l, l * c, l * c]
+        .into_iter()
+        .map(|out| {
+            // Small initial outputs, as the official PIPNet heads (normal, std 0.001).
+            Conv2dConfig::new([in_ch, out], [1, 1])
+                .with_initializer(Initializer::Normal {
+                    mean: 0.0,
+                    std: 0.001,
+                })
+                .init(device)
+        })
+        .collect()
+}
+
+fn run_heads(heads: &[Conv2d], x: &Tensor<4>) -> PipOutputs {
+    let head = |i: usize| heads[i].forward(x.clone());
+    PipOutputs {
+        cls: head(0),
+        off_x: head(1),
+        off_y: head(2),
+        nb_x: head(3),
+        nb_y: head(4),
+    }
 }
 
 impl PipNet {
     /// A freshly initialised network drawn from `seed`. burn's random generator is global to
     /// the process, so seeding and drawing happen under one lock: two runs started at once
     /// still get the initial weights their seeds promise.
-    pub fn seeded(spec: &NetworkSpec, device: &Device, seed: u64) -> Result<Self> {
+    /// `coarse_levels` curriculum heads are added (0 for plain supervised training).
+    pub fn seeded(
+        spec: &NetworkSpec,
+        coarse_levels: usize,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
         static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _guard = INIT
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         device.seed(seed);
-        Self::new(spec, device)
+        Self::new(spec, coarse_levels, device)
     }
 
     /// A freshly initialised network for `spec` (from burn's global generator; see
     /// [`Self::seeded`] for reproducible weights).
-    pub fn new(spec: &NetworkSpec, device: &Device) -> Result<Self> {
+    pub fn new(spec: &NetworkSpec, coarse_levels: usize, device: &Device) -> Result<Self> {
         spec.validate()?;
+        if !spec.grid().is_multiple_of(1 << coarse_levels) {
+            return Err(Error::Spec(format!(
+                "{coarse_levels} curriculum levels need a grid divisible by {}, not {}",
+                1 << coarse_levels,
+                spec.grid()
+            )));
+        }
         let mut blocks = Vec::with_capacity(8);
         for (in_ch, out_ch, stride) in spec.stages() {
             blocks.push(Block::new(device, in_ch, out_ch, stride));
@@ -152,17 +197,9 @@ impl PipNet {
         }
         let in_ch = spec.widths[3];
         let (l, c) = (spec.num_landmarks, spec.num_neighbors);
-        let heads = [l, l, l, l * c, l * c]
-            .into_iter()
-            .map(|out| {
-                // Small initial outputs, as the official PIPNet heads (normal, std 0.001).
-                Conv2dConfig::new([in_ch, out], [1, 1])
-                    .with_initializer(Initializer::Normal {
-                        mean: 0.0,
-                        std: 0.001,
-                    })
-                    .init(device)
-            })
+        let heads = pip_heads(device, in_ch, l, c);
+        let coarse = (0..coarse_levels)
+            .map(|_| pip_heads(device, in_ch, l, c))
             .collect();
         Ok(Self {
             stem: ConvBn::new(device, [3, spec.widths[0]], 7, 2),
@@ -172,22 +209,39 @@ impl PipNet {
                 .init(),
             blocks,
             heads,
+            coarse,
+            halve: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
         })
     }
 
-    pub fn forward(&self, image: Tensor<4>) -> PipOutputs {
+    fn features(&self, image: Tensor<4>) -> Tensor<4> {
         let mut x = self.pool.forward(relu(self.stem.forward(image)));
         for block in &self.blocks {
             x = block.forward(x);
         }
-        let head = |i: usize| self.heads[i].forward(x.clone());
-        PipOutputs {
-            cls: head(0),
-            off_x: head(1),
-            off_y: head(2),
-            nb_x: head(3),
-            nb_y: head(4),
+        x
+    }
+
+    /// The main head's maps: what the exported graph computes.
+    pub fn forward(&self, image: Tensor<4>) -> PipOutputs {
+        run_heads(&self.heads, &self.features(image))
+    }
+
+    /// The maps of every level: the main head (grid G) first, then the curriculum heads
+    /// (grids G/2, G/4, ...).
+    pub fn forward_levels(&self, image: Tensor<4>) -> Vec<PipOutputs> {
+        let mut x = self.features(image);
+        let mut levels = vec![run_heads(&self.heads, &x)];
+        for heads in &self.coarse {
+            x = self.halve.forward(x);
+            levels.push(run_heads(heads, &x));
         }
+        levels
+    }
+
+    /// Number of curriculum heads.
+    pub fn coarse_levels(&self) -> usize {
+        self.coarse.len()
     }
 
     /// Waits until pending work on the device is done (reads a small parameter back), so

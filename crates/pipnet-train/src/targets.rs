@@ -19,6 +19,34 @@ pub struct PipTargets {
     pub nb_mask: Vec<f32>,
 }
 
+impl PipTargets {
+    /// No faces yet: [`Self::append`] adds them one by one into a batch.
+    pub fn empty() -> Self {
+        Self {
+            cls: Vec::new(),
+            off_x: Vec::new(),
+            off_y: Vec::new(),
+            nb_x: Vec::new(),
+            nb_y: Vec::new(),
+            mask: Vec::new(),
+            nb_mask: Vec::new(),
+        }
+    }
+
+    /// Appends one face's targets. An inactive face (one this head must not learn from) keeps
+    /// its place in the batch with zero masks; the loss also gives its `cls` no weight.
+    pub fn append(&mut self, face: PipTargets, active: bool) {
+        let masks = |m: Vec<f32>| if active { m } else { vec![0.0; m.len()] };
+        self.cls.extend(face.cls);
+        self.off_x.extend(face.off_x);
+        self.off_y.extend(face.off_y);
+        self.nb_x.extend(face.nb_x);
+        self.nb_y.extend(face.nb_y);
+        self.mask.extend(masks(face.mask));
+        self.nb_mask.extend(masks(face.nb_mask));
+    }
+}
+
 /// The cell holding a crop-normalised coordinate, clamped into the grid so landmarks just
 /// outside the crop still get a target (with an offset outside 0..1).
 fn cell_of(v: f32, grid: usize) -> usize {
@@ -89,6 +117,45 @@ mod tests {
             assert_eq!(t.mask.iter().sum::<f32>(), 68.0);
             assert_eq!(t.nb_mask.iter().sum::<f32>(), 680.0);
         }
+    }
+
+    #[test]
+    fn test_coarse_grid_targets_decode_back_within_their_cells() {
+        // The curriculum heads' grids (G/2, G/4 of an 8x8 head): the positive cell holds the
+        // point (the coarse grid's precision), and cell + offsets give the point back.
+        let mean = synthetic_mean_face(68);
+        let index = NeighborIndex::from_mean_face(&mean, 10).unwrap();
+        for grid in [4, 2] {
+            let t = pip_targets(&mean, &index, grid);
+            let g = grid as f32;
+            for (l, p) in mean.iter().enumerate() {
+                let cells = &t.cls[l * grid * grid..(l + 1) * grid * grid];
+                let hot = cells.iter().position(|&v| v == 1.0).unwrap();
+                let (r, c) = ((hot / grid) as f32, (hot % grid) as f32);
+                assert!(c / g <= p[0] && p[0] < (c + 1.0) / g, "G={grid} x of {l}");
+                assert!(r / g <= p[1] && p[1] < (r + 1.0) / g, "G={grid} y of {l}");
+            }
+            let maps =
+                PipMaps::new(&t.cls, &t.off_x, &t.off_y, &t.nb_x, &t.nb_y, 68, 10, grid).unwrap();
+            let mut out = vec![Landmark::default(); 68];
+            decode_pip_scalar(&maps, &index, &mut out).unwrap();
+            for (p, d) in mean.iter().zip(&out) {
+                assert!((p[0] - d.x).abs() < 1e-5 && (p[1] - d.y).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn test_inactive_faces_keep_their_place_with_zero_masks() {
+        let mean = synthetic_mean_face(68);
+        let index = NeighborIndex::from_mean_face(&mean, 10).unwrap();
+        let mut batch = PipTargets::empty();
+        batch.append(pip_targets(&mean, &index, 4), true);
+        batch.append(pip_targets(&mean, &index, 4), false);
+        assert_eq!(batch.cls.len(), 2 * 68 * 16);
+        assert_eq!(batch.mask.iter().sum::<f32>(), 68.0);
+        assert_eq!(batch.nb_mask.iter().sum::<f32>(), 680.0);
+        assert_eq!(batch.mask[..68 * 16], batch.cls[..68 * 16]);
     }
 
     #[test]

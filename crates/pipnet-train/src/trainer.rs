@@ -1,9 +1,13 @@
 //! The training loop: seeded data order and augmentation per epoch (so a resumed run sees the
 //! same batches as an uninterrupted one), Adam with a scheduled learning rate, a checkpoint
 //! after every epoch (model, optimizer state, progress), and validation through the exported
-//! ONNX graph, run by pipnet-infer exactly as users will run it.
+//! ONNX graph, run by pipnet-infer exactly as users will run it. With self-training (`[stc]`),
+//! rounds of pseudo-labels join the epochs from the epochs the config names (see [`crate::stc`]).
 
+use std::collections::HashMap;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
@@ -14,6 +18,7 @@ use image::RgbImage;
 use pipnet_core::contract::{IMAGENET_MEAN, IMAGENET_STD, ModelMetadata, OutputForm};
 use pipnet_core::{CropRule, FaceBox, NeighborIndex, Point, Scheme, mean_face};
 use pipnet_infer::eval::{EvalCrops, evaluate};
+use pipnet_infer::folder::image_paths;
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, load_rgb};
 use pipnet_infer::labeled::{LabeledFace, read_pts_folder, split_validation};
 use pipnet_infer::{LandmarkModel, Pipeline, SessionOptions};
@@ -28,7 +33,11 @@ use crate::emit::write_model;
 use crate::loss::{TargetBatch, pip_loss};
 use crate::model::PipNet;
 use crate::network::NetworkSpec;
-use crate::targets::pip_targets;
+use crate::stc::{
+    PseudoLabel, UnlabeledImage, attach_images, load_pseudo_labels, pseudo_label, pseudo_levels,
+    round_at, round_path, save_pseudo_labels,
+};
+use crate::targets::{PipTargets, pip_targets};
 use crate::{Error, Result};
 
 /// Progress reported to the caller (the CLI draws it).
@@ -45,6 +54,22 @@ pub enum Event {
     Step {
         loss: f32,
     },
+    /// A self-training round is labeling `images` unlabeled images (`done` so far).
+    Labeling {
+        round: usize,
+        done: usize,
+        images: usize,
+    },
+    /// A round's pseudo-labels are ready: `found` images had a face, `kept` passed the score
+    /// floor; `reused` when they were read from an earlier sitting's file.
+    PseudoLabels {
+        round: usize,
+        images: usize,
+        found: usize,
+        kept: usize,
+        reused: bool,
+        seconds: f64,
+    },
     EpochEnd(EpochRecord),
 }
 
@@ -60,6 +85,9 @@ pub struct EpochRecord {
     /// Wall time of training in this epoch (validation excluded).
     pub seconds: f64,
     pub images_per_second: f64,
+    /// Self-training round in force (0: labeled faces only).
+    #[serde(default)]
+    pub round: usize,
 }
 
 /// Everything besides the weights needed to continue a run or export it.
@@ -76,6 +104,12 @@ pub struct RunState {
     pub history: Vec<EpochRecord>,
     pub train_faces: usize,
     pub val_faces: usize,
+    /// Curriculum heads of the trained network (not exported).
+    #[serde(default)]
+    pub coarse_levels: usize,
+    /// Unlabeled images offered to self-training (0 without it).
+    #[serde(default)]
+    pub unlabeled_images: usize,
 }
 
 impl RunState {
@@ -105,12 +139,26 @@ impl RunState {
                 self.spec.input_size,
                 self.spec.stride()
             )),
-            train_data: Some(format!(
-                "face68-train (300-W AFW+HELEN, research use only): {} train faces, {} validation",
-                self.train_faces, self.val_faces
-            )),
+            train_data: Some(self.train_data()),
             metrics,
         })
+    }
+}
+
+impl RunState {
+    fn train_data(&self) -> String {
+        let mut text = format!(
+            "face68-train (300-W AFW+HELEN, research use only): {} train faces, {} validation",
+            self.train_faces, self.val_faces
+        );
+        if self.unlabeled_images > 0 {
+            text.push_str(&format!(
+                "; self-trained (STC) on pseudo-labels of {} unlabeled images (lfw-unlabeled: \
+                 LFW, research use only)",
+                self.unlabeled_images
+            ));
+        }
+        text
     }
 }
 
@@ -159,9 +207,10 @@ pub fn training_device(name: &str) -> Result<Device> {
     }
 }
 
-/// A labeled training face held in memory.
+/// A training face held in memory, labeled or pseudo-labeled; a photo is loaded once however
+/// many faces it holds.
 struct Face {
-    image: RgbImage,
+    image: Arc<RgbImage>,
     points: Vec<Point>,
 }
 
@@ -169,19 +218,53 @@ struct Face {
 struct Data {
     train: Vec<Face>,
     val: Vec<LabeledFace>,
+    /// Images for self-training to label (empty without `[stc]`).
+    unlabeled: Vec<UnlabeledImage>,
 }
+
+/// Decodes each photo once.
+#[derive(Default)]
+struct PhotoCache(HashMap<PathBuf, Arc<RgbImage>>);
+
+impl PhotoCache {
+    fn get(&mut self, path: &Path) -> Result<Arc<RgbImage>> {
+        if let Some(image) = self.0.get(path) {
+            return Ok(Arc::clone(image));
+        }
+        let image = Arc::new(load_rgb(path, DEFAULT_MAX_PIXELS)?);
+        self.0.insert(path.to_path_buf(), Arc::clone(&image));
+        Ok(image)
+    }
+}
+
+/// Seed mixed into `split_seed` to choose the photos that keep their labels under
+/// `label_fraction`, so that choice is independent of the validation split.
+const LABEL_FRACTION_SEED: u64 = 0x5eed_1abe;
 
 fn load_data(config: &TrainConfig) -> Result<Data> {
     let all = read_pts_folder(&config.data.labeled)?;
     let (mut train, val) = split_validation(all, config.data.val_fraction, config.data.split_seed);
+    let mut unlabeled_photos = Vec::new();
+    if let Some(fraction) = config.data.label_fraction {
+        // The held-out side of a split is the lowest `fraction` of photos: those keep labels.
+        let (rest, kept) = split_validation(
+            train,
+            fraction,
+            config.data.split_seed ^ LABEL_FRACTION_SEED,
+        );
+        train = kept;
+        unlabeled_photos = rest.into_iter().map(|f| f.image).collect();
+        unlabeled_photos.dedup();
+    }
     if let Some(n) = config.data.max_train_faces {
         train.truncate(n);
     }
+    let mut cache = PhotoCache::default();
     let train = train
         .into_iter()
         .map(|f| {
             Ok(Face {
-                image: load_rgb(&f.image, DEFAULT_MAX_PIXELS)?,
+                image: cache.get(&f.image)?,
                 points: f.points,
             })
         })
@@ -189,7 +272,27 @@ fn load_data(config: &TrainConfig) -> Result<Data> {
     if train.is_empty() {
         return Err(Error::Spec("no training faces".into()));
     }
-    Ok(Data { train, val })
+    let unlabeled = match &config.stc {
+        None => Vec::new(),
+        Some(stc) => {
+            let mut paths = image_paths(&stc.unlabeled)?;
+            paths.extend(unlabeled_photos);
+            paths
+                .into_iter()
+                .map(|path| {
+                    Ok(UnlabeledImage {
+                        image: cache.get(&path)?,
+                        path,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?
+        }
+    };
+    Ok(Data {
+        train,
+        val,
+        unlabeled,
+    })
 }
 
 /// Mean face (crop-normalised, from each face's un-augmented crop) and its neighbour index.
@@ -210,17 +313,19 @@ fn mean_face_of(
     Ok((mean, index))
 }
 
-/// One batch ready for the device: input `[B, 3, S, S]` and flat targets.
+/// The targets of one head (level) for a batch, and which samples it learns from.
+struct HostLevel {
+    grid: usize,
+    targets: PipTargets,
+    weight: Vec<f32>,
+}
+
+/// One batch ready for the device: input `[B, 3, S, S]` and the flat targets of every level
+/// (main head first, then the curriculum heads).
 struct HostBatch {
     size: usize,
     input: Vec<f32>,
-    cls: Vec<f32>,
-    off_x: Vec<f32>,
-    off_y: Vec<f32>,
-    nb_x: Vec<f32>,
-    nb_y: Vec<f32>,
-    mask: Vec<f32>,
-    nb_mask: Vec<f32>,
+    levels: Vec<HostLevel>,
 }
 
 impl HostBatch {
@@ -228,43 +333,80 @@ impl HostBatch {
         self,
         l: usize,
         c: usize,
-        g: usize,
         s: usize,
         device: &Device,
-    ) -> (Tensor<4>, TargetBatch) {
+    ) -> (Tensor<4>, Vec<TargetBatch>) {
         let b = self.size;
-        let t =
-            |v: Vec<f32>, ch: usize| Tensor::from_data(TensorData::new(v, [b, ch, g, g]), device);
+        let levels = self
+            .levels
+            .into_iter()
+            .map(|level| {
+                let g = level.grid;
+                let t = |v: Vec<f32>, ch: usize| {
+                    Tensor::from_data(TensorData::new(v, [b, ch, g, g]), device)
+                };
+                let active = level.weight.iter().filter(|&&w| w > 0.0).count();
+                let targets = level.targets;
+                TargetBatch {
+                    cls: t(targets.cls, l),
+                    off_x: t(targets.off_x, l),
+                    off_y: t(targets.off_y, l),
+                    nb_x: t(targets.nb_x, l * c),
+                    nb_y: t(targets.nb_y, l * c),
+                    mask: t(targets.mask, l),
+                    nb_mask: t(targets.nb_mask, l * c),
+                    weight: Tensor::from_data(TensorData::new(level.weight, [b, 1, 1, 1]), device),
+                    active,
+                }
+            })
+            .collect();
         (
             Tensor::from_data(TensorData::new(self.input, [b, 3, s, s]), device),
-            TargetBatch {
-                cls: t(self.cls, l),
-                off_x: t(self.off_x, l),
-                off_y: t(self.off_y, l),
-                nb_x: t(self.nb_x, l * c),
-                nb_y: t(self.nb_y, l * c),
-                mask: t(self.mask, l),
-                nb_mask: t(self.nb_mask, l * c),
-            },
+            levels,
         )
     }
 }
 
+/// What one epoch trains on.
+struct EpochFaces<'a> {
+    labeled: &'a [Face],
+    pseudo: &'a [Face],
+    /// Pseudo-labeled samples drawn this epoch (from `pseudo`, cycling if it is smaller).
+    pseudo_count: usize,
+    /// Levels the pseudo-labels train (labeled faces train every level).
+    pseudo_levels: RangeInclusive<usize>,
+    /// Main head's grid, and how many levels there are (1 + curriculum heads).
+    grid: usize,
+    levels: usize,
+}
+
 /// The batches of `epoch`, in order: a pure function of (seed, epoch) and the data.
 fn epoch_batches(
-    faces: &[Face],
+    faces: &EpochFaces<'_>,
     spec: &SampleSpec<'_>,
     config: &TrainConfig,
     index: &NeighborIndex,
-    grid: usize,
     epoch: usize,
     mut emit: impl FnMut(HostBatch) -> bool,
 ) {
     let mut rng = ChaCha8Rng::seed_from_u64(
         config.train.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
     );
-    let mut order: Vec<usize> = (0..faces.len()).collect();
+    // (pseudo-labeled?, index)
+    let mut order: Vec<(bool, usize)> = (0..faces.labeled.len()).map(|i| (false, i)).collect();
     order.shuffle(&mut rng);
+    if faces.pseudo_count > 0 && !faces.pseudo.is_empty() {
+        let mut drawn: Vec<usize> = (0..faces.pseudo.len()).collect();
+        drawn.shuffle(&mut rng);
+        order.extend(
+            drawn
+                .into_iter()
+                .cycle()
+                .take(faces.pseudo_count)
+                .map(|i| (true, i)),
+        );
+        order.shuffle(&mut rng);
+    }
     let s = spec.input_size;
     let bs = config.train.batch_size.max(1);
     // Drop the last partial batch: BatchNorm statistics of a tiny batch are noise.
@@ -273,16 +415,20 @@ fn epoch_batches(
         let mut batch = HostBatch {
             size: chunk.len(),
             input: vec![0.0; chunk.len() * 3 * s * s],
-            cls: Vec::new(),
-            off_x: Vec::new(),
-            off_y: Vec::new(),
-            nb_x: Vec::new(),
-            nb_y: Vec::new(),
-            mask: Vec::new(),
-            nb_mask: Vec::new(),
+            levels: (0..faces.levels)
+                .map(|level| HostLevel {
+                    grid: faces.grid >> level,
+                    targets: PipTargets::empty(),
+                    weight: Vec::with_capacity(chunk.len()),
+                })
+                .collect(),
         };
-        for (&i, out) in chunk.iter().zip(batch.input.chunks_exact_mut(3 * s * s)) {
-            let face = &faces[i];
+        for (&(pseudo, i), out) in chunk.iter().zip(batch.input.chunks_exact_mut(3 * s * s)) {
+            let face = if pseudo {
+                &faces.pseudo[i]
+            } else {
+                &faces.labeled[i]
+            };
             let points = make_sample(
                 &face.image,
                 &face.points,
@@ -291,14 +437,12 @@ fn epoch_batches(
                 &mut rng,
                 out,
             );
-            let t = pip_targets(&points, index, grid);
-            batch.cls.extend(t.cls);
-            batch.off_x.extend(t.off_x);
-            batch.off_y.extend(t.off_y);
-            batch.nb_x.extend(t.nb_x);
-            batch.nb_y.extend(t.nb_y);
-            batch.mask.extend(t.mask);
-            batch.nb_mask.extend(t.nb_mask);
+            for (level_index, level) in batch.levels.iter_mut().enumerate() {
+                let active = !pseudo || faces.pseudo_levels.contains(&level_index);
+                let targets = pip_targets(&points, index, level.grid);
+                level.targets.append(targets, active);
+                level.weight.push(if active { 1.0 } else { 0.0 });
+            }
         }
         if !emit(batch) {
             return;
@@ -343,11 +487,11 @@ pub fn load_state(checkpoint: &Path) -> Result<RunState> {
     serde_json::from_str(&text).map_err(|e| Error::Spec(format!("{}: {e}", path.display())))
 }
 
-/// Loads a checkpoint's network onto `device`.
-pub fn load_network(checkpoint: &Path, spec: &NetworkSpec, device: &Device) -> Result<PipNet> {
+/// Loads a checkpoint's network (described by its `state`) onto `device`.
+pub fn load_network(checkpoint: &Path, state: &RunState, device: &Device) -> Result<PipNet> {
     let path = checkpoint.join("model.bpk");
     // Seeded only so the draw takes the init lock; the loaded weights replace it.
-    PipNet::seeded(spec, device, 0)?
+    PipNet::seeded(&state.spec, state.coarse_levels, device, 0)?
         .try_load_file(&path)
         .map_err(|e| Error::Spec(format!("loading {}: {e:?}", path.display())))
 }
@@ -355,7 +499,7 @@ pub fn load_network(checkpoint: &Path, spec: &NetworkSpec, device: &Device) -> R
 /// Writes the checkpoint's network as a contract ONNX graph; returns its metadata.
 pub fn export_checkpoint(checkpoint: &Path, out: &Path) -> Result<ModelMetadata> {
     let state = load_state(checkpoint)?;
-    let model = load_network(checkpoint, &state.spec, &Device::flex())?;
+    let model = load_network(checkpoint, &state, &Device::flex())?;
     let metrics = state.history.last().map(|r| {
         format!(
             "val_nme_ip={:.4} (epoch {}, own split of face68-train)",
@@ -420,16 +564,23 @@ pub fn train(
         std: IMAGENET_STD,
         flip: &flip,
     };
+    let coarse_levels = config.stc.as_ref().map_or(0, |s| s.coarse_levels);
+    if config.stc.is_some() && coarse_levels == 0 {
+        return Err(Error::Spec(
+            "[stc] needs coarse_levels >= 1: pseudo-labels only teach the curriculum heads".into(),
+        ));
+    }
     let (mut model, mut optimizer, mut state) =
         if resume && paths.checkpoint().join("state.json").is_file() {
             let state = load_state(&paths.checkpoint())?;
-            if state.spec != spec {
+            if state.spec != spec || state.coarse_levels != coarse_levels {
                 return Err(Error::Spec(format!(
-                    "checkpoint network {:?} differs from the config's {spec:?}",
-                    state.spec
+                    "checkpoint network {:?} with {} curriculum heads differs from the \
+                     config's {spec:?} with {coarse_levels}",
+                    state.spec, state.coarse_levels
                 )));
             }
-            let model = load_network(&paths.checkpoint(), &spec, &device)?;
+            let model = load_network(&paths.checkpoint(), &state, &device)?;
             let optimizer_path = paths.checkpoint().join("optimizer.bpk");
             let bytes = std::fs::read(&optimizer_path).map_err(io_err(&optimizer_path))?;
             let optimizer = AdamConfig::new()
@@ -450,11 +601,13 @@ pub fn train(
                 history: Vec::new(),
                 train_faces: data.train.len(),
                 val_faces: data.val.len(),
+                coarse_levels,
+                unlabeled_images: data.unlabeled.len(),
             };
             std::fs::write(paths.root.join("config.toml"), config.to_toml())
                 .map_err(io_err(&paths.root))?;
             (
-                PipNet::seeded(&spec, &device, config.train.seed)?,
+                PipNet::seeded(&spec, coarse_levels, &device, config.train.seed)?,
                 AdamConfig::new().init(),
                 state,
             )
@@ -464,24 +617,47 @@ pub fn train(
         spec.num_neighbors,
         state.neighbors.clone(),
     )?;
-    let grid = spec.grid();
-    let steps_per_epoch = (data.train.len() / config.train.batch_size.max(1)).max(1);
-    let total_steps = steps_per_epoch * config.train.epochs;
+    let round_starts = config.stc.as_ref().map_or(&[][..], |s| &s.rounds[..]);
+    // Pseudo-labeled samples per epoch: fixed by the config, so the schedule's length is
+    // known before any round has labeled anything.
+    let pseudo_count = |epoch: usize| match &config.stc {
+        Some(stc) if round_at(round_starts, epoch) > 0 => {
+            (stc.pseudo_ratio.max(0.0) * data.train.len() as f64).round() as usize
+        }
+        _ => 0,
+    };
+    let bs = config.train.batch_size.max(1);
+    let steps_of = |epoch: usize| ((data.train.len() + pseudo_count(epoch)) / bs).max(1);
+    let total_steps: usize = (0..config.train.epochs).map(steps_of).sum();
+    let mut pseudo: (usize, Vec<Face>) = (0, Vec::new());
 
     while state.epoch < config.train.epochs {
         let epoch = state.epoch;
+        let round = round_at(round_starts, epoch);
+        if let Some(stc) = config.stc.as_ref().filter(|_| round > pseudo.0) {
+            let faces = round_faces(&model, &state, &data, stc, round, &paths, &mut on_event)?;
+            pseudo = (round, faces);
+        }
+        let epoch_faces = EpochFaces {
+            labeled: &data.train,
+            pseudo: &pseudo.1,
+            pseudo_count: pseudo_count(epoch),
+            pseudo_levels: pseudo_levels(round, coarse_levels),
+            grid: spec.grid(),
+            levels: 1 + coarse_levels,
+        };
         on_event(Event::EpochStart {
             epoch: epoch + 1,
-            steps: steps_per_epoch,
+            steps: steps_of(epoch),
         });
         let start = Instant::now();
         let (mut loss_sum, mut steps, mut images, mut lr) = (0.0f64, 0usize, 0usize, 0.0);
         // Batches are made on a worker thread while the device trains on the previous one.
         std::thread::scope(|scope| -> Result<()> {
             let (tx, rx) = sync_channel::<HostBatch>(2);
-            let (faces, spec_ref, index_ref) = (&data.train, &sample_spec, &index);
+            let (faces, spec_ref, index_ref) = (&epoch_faces, &sample_spec, &index);
             scope.spawn(move || {
-                epoch_batches(faces, spec_ref, config, index_ref, grid, epoch, |b| {
+                epoch_batches(faces, spec_ref, config, index_ref, epoch, |b| {
                     tx.send(b).is_ok()
                 });
             });
@@ -490,11 +666,17 @@ pub fn train(
                 let (input, targets) = batch.into_tensors(
                     spec.num_landmarks,
                     spec.num_neighbors,
-                    grid,
                     spec.input_size,
                     &device,
                 );
-                let loss = pip_loss(model.forward(input), targets, config.train.loss);
+                // The heads' losses add up; a head with no active sample adds zero.
+                let loss = model
+                    .forward_levels(input)
+                    .into_iter()
+                    .zip(targets)
+                    .map(|(out, t)| pip_loss(out, t, config.train.loss))
+                    .reduce(|a, b| a + b)
+                    .ok_or_else(|| Error::Spec("the network has no heads".into()))?;
                 let value = loss
                     .clone()
                     .into_data()
@@ -532,6 +714,7 @@ pub fn train(
             lr,
             seconds,
             images_per_second: images as f64 / seconds.max(1e-9),
+            round,
         };
         let best = state
             .history
@@ -553,18 +736,85 @@ pub fn train(
     Ok(state)
 }
 
+/// The pseudo-labeled faces of `round`: read from the run folder when an earlier sitting
+/// labeled it, else labeled now by the current network (exported beside the labels, so the
+/// round can be inspected) and saved.
+fn round_faces(
+    model: &PipNet,
+    state: &RunState,
+    data: &Data,
+    stc: &crate::config::StcConfig,
+    round: usize,
+    paths: &RunPaths,
+    on_event: &mut impl FnMut(Event),
+) -> Result<Vec<Face>> {
+    let start = Instant::now();
+    let path = round_path(&paths.root, round);
+    let reused = path.is_file();
+    let labels: Vec<PseudoLabel> = if reused {
+        load_pseudo_labels(&path)?
+    } else {
+        let graph = path.with_extension("onnx");
+        write_model(
+            &model.valid().to_weights(&state.spec)?,
+            &state.metadata(None)?,
+            &graph,
+        )?;
+        let onnx = LandmarkModel::load(&graph, &SessionOptions::default())?;
+        let images = data.unlabeled.len();
+        let labels = pseudo_label(onnx, &data.unlabeled, round, stc.min_face, |done| {
+            on_event(Event::Labeling {
+                round,
+                done,
+                images,
+            })
+        })?;
+        save_pseudo_labels(&path, &labels)?;
+        labels
+    };
+    let found = labels.len();
+    let kept: Vec<PseudoLabel> = labels
+        .into_iter()
+        .filter(|l| l.score >= stc.min_score)
+        .collect();
+    if kept.is_empty() {
+        return Err(Error::Spec(format!(
+            "round {round}: no pseudo-labels to train on ({found} of {} unlabeled images had a \
+             face, none with a score >= {}); see {}",
+            data.unlabeled.len(),
+            stc.min_score,
+            path.display()
+        )));
+    }
+    let faces = attach_images(&kept, &data.unlabeled, &path)?
+        .into_iter()
+        .map(|(image, points)| Face { image, points })
+        .collect::<Vec<_>>();
+    on_event(Event::PseudoLabels {
+        round,
+        images: data.unlabeled.len(),
+        found,
+        kept: faces.len(),
+        reused,
+        seconds: start.elapsed().as_secs_f64(),
+    });
+    Ok(faces)
+}
+
 fn write_metrics(path: &Path, history: &[EpochRecord]) -> Result<()> {
-    let mut csv = String::from("epoch,train_loss,val_nme,val_fr,lr,seconds,images_per_second\n");
+    let mut csv =
+        String::from("epoch,train_loss,val_nme,val_fr,lr,seconds,images_per_second,round\n");
     for r in history {
         csv.push_str(&format!(
-            "{},{:.6},{:.6},{:.4},{:.3e},{:.1},{:.1}\n",
+            "{},{:.6},{:.6},{:.4},{:.3e},{:.1},{:.1},{}\n",
             r.epoch,
             r.train_loss,
             r.val_nme,
             r.val_failure_rate,
             r.lr,
             r.seconds,
-            r.images_per_second
+            r.images_per_second,
+            r.round
         ));
     }
     Ok(pipnet_infer::folder::write_atomic(path, csv.as_bytes())?)
@@ -579,7 +829,7 @@ pub fn bench_training(
     steps: usize,
 ) -> Result<f64> {
     let device = training_device(device_name)?;
-    let mut model = PipNet::seeded(spec, &device, 0)?;
+    let mut model = PipNet::seeded(spec, 0, &device, 0)?;
     let mut optimizer = AdamConfig::new().init();
     let (l, c, g, s) = (
         spec.num_landmarks,
@@ -600,6 +850,8 @@ pub fn bench_training(
             nb_y: random([batch, l * c, g, g]),
             mask: random([batch, l, g, g]),
             nb_mask: random([batch, l * c, g, g]),
+            weight: Tensor::ones([batch, 1, 1, 1], &device),
+            active: batch,
         };
         let input = random([batch, 3, s, s]);
         let start = Instant::now();

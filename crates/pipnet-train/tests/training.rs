@@ -1,13 +1,17 @@
 //! Training end to end on a handful of real faces: the loss falls, a resumed run matches an
-//! uninterrupted one, and the exported graph computes what the burn network computes.
+//! uninterrupted one (with and without self-training rounds), and the exported graph computes
+//! what the burn network computes.
 
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use pipnet_infer::{LandmarkModel, SessionOptions};
 use pipnet_train::augment::Augmentation;
-use pipnet_train::config::{DataConfig, NetworkConfig, Schedule, TrainConfig, TrainOptions};
-use pipnet_train::trainer::{export_checkpoint, load_network, load_state, train};
+use pipnet_train::config::{
+    DataConfig, NetworkConfig, Schedule, StcConfig, TrainConfig, TrainOptions,
+};
+use pipnet_train::stc::{load_pseudo_labels, round_path};
+use pipnet_train::trainer::{Event, export_checkpoint, load_network, load_state, train};
 
 /// burn's CPU backend splits reductions across the shared rayon pool adaptively, so two
 /// trainings running at once in one process are not bit-reproducible; these tests take turns.
@@ -30,6 +34,7 @@ fn tiny_config(out: &Path, epochs: usize) -> TrainConfig {
             val_fraction: 0.01,
             split_seed: 1,
             max_train_faces: Some(8),
+            label_fraction: None,
         },
         network: NetworkConfig {
             input_size: 64,
@@ -54,6 +59,7 @@ fn tiny_config(out: &Path, epochs: usize) -> TrainConfig {
             flip_probability: 0.5,
             ..Default::default()
         },
+        stc: None,
     }
 }
 
@@ -80,7 +86,7 @@ fn test_tiny_run_lowers_the_loss_on_real_faces() {
 
 fn all_weights(checkpoint: &Path) -> Vec<f32> {
     let state = load_state(checkpoint).unwrap();
-    let net = load_network(checkpoint, &state.spec, &Device::flex()).unwrap();
+    let net = load_network(checkpoint, &state, &Device::flex()).unwrap();
     let w = net.to_weights(&state.spec).unwrap();
     let mut values = w.stem.weight.clone();
     for stage in &w.stages {
@@ -96,6 +102,18 @@ fn all_weights(checkpoint: &Path) -> Vec<f32> {
     values
 }
 
+fn assert_same_weights(a: &Path, b: &Path) {
+    let a = all_weights(&a.join("checkpoint"));
+    let b = all_weights(&b.join("checkpoint"));
+    assert_eq!(a.len(), b.len());
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst <= 1e-6, "largest weight difference {worst}");
+}
+
 #[test]
 fn test_resume_continues_exactly() {
     let _turn = one_at_a_time();
@@ -106,15 +124,77 @@ fn test_resume_continues_exactly() {
     let resumed = train(&tiny_config(split.path(), 4), true, |_| {}).unwrap();
     assert_eq!(resumed.epoch, 4);
     assert_eq!(resumed.history.len(), 4);
-    let a = all_weights(&straight.path().join("checkpoint"));
-    let b = all_weights(&split.path().join("checkpoint"));
-    assert_eq!(a.len(), b.len());
-    let worst = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
-    assert!(worst <= 1e-6, "largest weight difference {worst}");
+    assert_same_weights(straight.path(), split.path());
+}
+
+/// The tiny run plus self-training on six real unlabeled faces: rounds start at epochs 1 and
+/// 2, and each epoch after them adds 4 pseudo-labeled samples to the 8 labeled ones.
+fn stc_config(out: &Path, epochs: usize) -> TrainConfig {
+    let lfw = labeled_faces().join("../lfw-unlabeled");
+    let mut unlabeled: Vec<PathBuf> = std::fs::read_dir(&lfw)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .collect();
+    unlabeled.sort();
+    unlabeled.truncate(6);
+    TrainConfig {
+        stc: Some(StcConfig {
+            unlabeled,
+            coarse_levels: 2,
+            rounds: vec![1, 2],
+            pseudo_ratio: 0.5,
+            ..Default::default()
+        }),
+        ..tiny_config(out, epochs)
+    }
+}
+
+#[test]
+fn test_stc_rounds_keep_their_pseudo_labels_and_resume_exactly() {
+    let _turn = one_at_a_time();
+    let straight = tempfile::tempdir().unwrap();
+    let split = tempfile::tempdir().unwrap();
+    let state = train(&stc_config(straight.path(), 4), false, |_| {}).unwrap();
+    let rounds: Vec<usize> = state.history.iter().map(|r| r.round).collect();
+    assert_eq!(rounds, [0, 1, 2, 2]);
+    assert_eq!((state.coarse_levels, state.unlabeled_images), (2, 6));
+
+    for round in [1, 2] {
+        let labels = load_pseudo_labels(&round_path(straight.path(), round)).unwrap();
+        assert!(!labels.is_empty() && labels.len() <= 6, "round {round}");
+        for label in &labels {
+            assert_eq!(label.round, round);
+            assert_eq!((label.points.len(), label.scores.len()), (68, 68));
+            assert!(label.points.iter().flatten().all(|v| v.is_finite()));
+        }
+    }
+
+    // Stop after the second round was labeled; the resumed sitting reads its labels back.
+    train(&stc_config(split.path(), 3), false, |_| {}).unwrap();
+    let mut reused = Vec::new();
+    train(&stc_config(split.path(), 4), true, |event| {
+        if let Event::PseudoLabels {
+            round, reused: r, ..
+        } = event
+        {
+            reused.push((round, r));
+        }
+    })
+    .unwrap();
+    assert_eq!(reused, [(2, true)]);
+    assert_same_weights(straight.path(), split.path());
+
+    // Only the main head is exported: the graph passes the contract checks at the 4x4 grid.
+    let onnx = straight.path().join("exported.onnx");
+    export_checkpoint(&straight.path().join("checkpoint"), &onnx).unwrap();
+    let mut model = LandmarkModel::load(&onnx, &SessionOptions::default()).unwrap();
+    let maps = model.run_raw(&vec![0.0; 3 * 64 * 64], 1).unwrap();
+    assert_eq!(maps[0].len(), 68 * 4 * 4);
+    assert_eq!(maps[3].len(), 68 * 10 * 4 * 4);
+    let meta = model.metadata();
+    let data = meta.train_data.as_deref().unwrap_or_default();
+    assert!(data.contains("6 unlabeled images"), "{data}");
 }
 
 #[test]
@@ -129,7 +209,7 @@ fn test_exported_graph_matches_the_burn_network() {
 
     let state = load_state(&checkpoint).unwrap();
     let device = Device::flex();
-    let net = load_network(&checkpoint, &state.spec, &device).unwrap();
+    let net = load_network(&checkpoint, &state, &device).unwrap();
     let input: Vec<f32> = (0..2 * 3 * 64 * 64)
         .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
         .collect();

@@ -1,10 +1,10 @@
-//! `pipnet train --config train.toml [--resume]`
+//! `pipnet train --config train.toml [--stc UNLABELED_DIR] [--resume]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use pipnet_train::config::TrainConfig;
+use pipnet_train::config::{StcConfig, TrainConfig};
 use pipnet_train::trainer::{Event, train};
 
 #[derive(clap::Args)]
@@ -25,6 +25,11 @@ pub struct Args {
     /// Override the number of epochs of the config.
     #[arg(long)]
     epochs: Option<usize>,
+    /// Self-train (STC) on the unlabeled face images of these folders, with the config's
+    /// `[stc]` settings or, without that section, the defaults (rounds at 40% and 60% of the
+    /// epochs).
+    #[arg(long, num_args = 1.., value_name = "UNLABELED_DIR")]
+    stc: Vec<PathBuf>,
 }
 
 /// The networks of toolchain-notes.md with PyTorch's training rate there (2 threads, batch 16).
@@ -77,9 +82,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(epochs) = args.epochs {
         config.train.epochs = epochs;
     }
+    if !args.stc.is_empty() {
+        let epochs = config.train.epochs;
+        let stc = config.stc.get_or_insert_with(|| StcConfig {
+            rounds: vec![epochs * 2 / 5, epochs * 3 / 5],
+            ..StcConfig::default()
+        });
+        stc.unlabeled.extend(args.stc);
+    }
     let out = config.train.out.clone();
     let style = ProgressStyle::with_template(
         "epoch {prefix:>3} [{bar:30}] {pos}/{len} {per_sec} eta {eta} loss {msg}",
+    )?
+    .progress_chars("=> ");
+    let label_style = ProgressStyle::with_template(
+        "round {prefix} pseudo-labels [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
     )?
     .progress_chars("=> ");
     let mut bar = ProgressBar::hidden();
@@ -92,6 +109,36 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "training on {train_faces} faces, validating on {val_faces}; run folder {}",
                 out.display()
             )
+        }
+        Event::Labeling {
+            round,
+            done,
+            images,
+        } => {
+            if bar.length() != Some(images as u64) {
+                bar = ProgressBar::new(images as u64).with_style(label_style.clone());
+                bar.set_prefix(round.to_string());
+            }
+            bar.set_position(done as u64);
+        }
+        Event::PseudoLabels {
+            round,
+            images,
+            found,
+            kept,
+            reused,
+            seconds,
+        } => {
+            bar.finish_and_clear();
+            let how = if reused {
+                "read from the run folder"
+            } else {
+                "labeled"
+            };
+            eprintln!(
+                "round {round}: {found} of {images} unlabeled images have a face, {kept} kept \
+                 ({how}, {seconds:.0}s)"
+            );
         }
         Event::EpochStart { epoch, steps } => {
             bar = ProgressBar::new(steps as u64).with_style(style.clone());
