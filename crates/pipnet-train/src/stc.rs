@@ -47,10 +47,8 @@ pub struct UnlabeledImage {
 /// pseudo-labels train. Round 0 (supervised) uses none; round 1 the coarsest head only; each
 /// later round adds the next finer curriculum head, never the main one.
 pub fn pseudo_levels(round: usize, coarse_levels: usize) -> RangeInclusive<usize> {
+    // Round 0, or no curriculum heads, gives an empty range; never below level 1.
     let first = coarse_levels + 1 - round.min(coarse_levels);
-    if round == 0 || coarse_levels == 0 {
-        return 1..=0;
-    }
     first..=coarse_levels
 }
 
