@@ -114,14 +114,14 @@ impl FaceDetector {
             source,
             DetectorSettings::builtin(),
             options,
-            runtime(|| {})?,
+            runtime(options.device, |_| {})?,
         )
     }
 
     /// A BlazeFace graph from a file, with the settings stored beside it
     /// ([`settings_path`]).
     pub fn load(path: &Path, options: &SessionOptions) -> Result<Self> {
-        Self::load_with_runtime(path, options, runtime(|| {})?)
+        Self::load_with_runtime(path, options, runtime(options.device, |_| {})?)
     }
 
     pub fn load_with_runtime(path: &Path, options: &SessionOptions, rt: &Runtime) -> Result<Self> {

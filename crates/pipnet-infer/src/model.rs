@@ -124,7 +124,7 @@ impl LandmarkModel {
     /// Loads `path`, builds a session for `options.device`, and checks the graph against the
     /// contract (metadata first, then tensor names, types and shapes).
     pub fn load(path: &Path, options: &SessionOptions) -> Result<Self> {
-        Self::load_with_runtime(path, options, runtime(|| {})?)
+        Self::load_with_runtime(path, options, runtime(options.device, |_| {})?)
     }
 
     pub fn load_with_runtime(path: &Path, options: &SessionOptions, rt: &Runtime) -> Result<Self> {

@@ -3,6 +3,14 @@
 //! ort is built with `load-dynamic`: nothing is linked at build time. The library comes from the
 //! `onnxruntime` wheel on PyPI, pinned by version and SHA-256, fetched once with pip and cached.
 //! Lookup order: `ORT_DYLIB_PATH` (used as given), then the cache, then (if allowed) a fetch.
+//!
+//! CUDA needs another build: the `onnxruntime-gpu` wheel and the NVIDIA wheels (CUDA runtime,
+//! cuBLAS, cuFFT, cuRAND, NVRTC, nvJitLink, cuDNN) its `[cuda,cudnn]` extras name, about 2 GB.
+//! It is fetched only when CUDA is asked for (`Device::Cuda`), installed with pip (hash-checked)
+//! into one cache folder laid out like site-packages. The CUDA provider library has no run path
+//! of its own, so the NVIDIA libraries are loaded first, from that folder, as onnxruntime's
+//! Python package does (`preload_dlls`). `Device::Auto` uses the GPU build when it is already
+//! there and the CPU build otherwise.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,6 +19,7 @@ use std::sync::OnceLock;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::model::Device;
 
 /// The ONNX Runtime release this crate is pinned to (ort 2.0.0-rc.15 targets 1.31+).
 pub const ORT_VERSION: &str = "1.32.0";
@@ -48,6 +57,79 @@ const PINNED: &[(&str, &str, PinnedWheel)] = &[
 /// Path of the library inside the wheel.
 const WHEEL_MEMBER: &str = "onnxruntime/capi/libonnxruntime.so.1.32.0";
 
+/// The newest `onnxruntime-gpu` release (the GPU build trails the CPU pin by one release).
+pub const ORT_GPU_VERSION: &str = "1.31.1";
+
+/// `onnxruntime-gpu[cuda,cudnn]==1.31.1` resolved for CPython 3.11 on x86_64 Linux: every wheel
+/// with its SHA-256 (from `pip install --dry-run --report` against PyPI). The Python-only
+/// dependencies (numpy, protobuf, ...) are left out: only shared libraries are used.
+const GPU_WHEELS: &[(&str, &str)] = &[
+    (
+        "onnxruntime-gpu==1.31.1",
+        "e26c475fe361b2015f45b4b824bd13f0bb20204e59b62814e6f0acd5f3d491a6",
+    ),
+    (
+        "nvidia-cuda-runtime==13.5.37",
+        "df2b79a8852f10d1fef8c848489c49eebb5754051bf870202a862831412b179d",
+    ),
+    (
+        "nvidia-cublas==13.10.0.20",
+        "dcc6d63884c53d07e267ce7e6feac17b2538cebaafec5db865736c3e28e4dc84",
+    ),
+    (
+        "nvidia-cufft==12.5.0.14",
+        "b8be26837a5abad2b5b74f3e92dd29f622a42934b355be0961a48712cbba23ad",
+    ),
+    (
+        "nvidia-curand==10.4.5.25",
+        "22bb226a857e5888fe6b54ae465fc4371296bcff13a35f79e19691bcf454f529",
+    ),
+    (
+        "nvidia-cuda-nvrtc==13.5.37",
+        "86b4d68058807988b7d9af5b44917a0601e9c337f35ccd657bfb3c759ff8d8bc",
+    ),
+    (
+        "nvidia-nvjitlink==13.5.37",
+        "280d7cb9649704145f074b8dbde500de04ce02d0872e066e20a83c17bcaa93eb",
+    ),
+    (
+        "nvidia-cudnn-cu13==9.28.1.4",
+        "a54f205b1db1f2895d99f398754db1369816f0569dd459731f925635cf7b65ec",
+    ),
+];
+
+/// The platform tags those wheels carry (pip needs every one it may pick).
+const GPU_PLATFORMS: &[&str] = &[
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux_2_12_x86_64",
+    "manylinux2010_x86_64",
+    "manylinux_2_5_x86_64",
+    "manylinux1_x86_64",
+];
+
+/// The GPU build's library inside its install folder.
+const GPU_LIBRARY: &str = "onnxruntime/capi/libonnxruntime.so.1.31.1";
+
+/// The NVIDIA libraries the CUDA provider links against, in load order (each finds its own
+/// dependencies beside it through its `$ORIGIN` run path).
+const GPU_PRELOAD: &[&str] = &[
+    "nvidia/cu13/lib/libcudart.so.13",
+    "nvidia/cu13/lib/libcublasLt.so.13",
+    "nvidia/cu13/lib/libcublas.so.13",
+    "nvidia/cu13/lib/libnvJitLink.so.13",
+    "nvidia/cu13/lib/libnvrtc.so.13",
+    "nvidia/cu13/lib/libcurand.so.10",
+    "nvidia/cu13/lib/libcufft.so.12",
+    "nvidia/cudnn/lib/libcudnn.so.9",
+];
+
+const HOW_TO_PROVIDE_GPU: &str = "run once with `--device cuda` where `python3 -m pip` reaches \
+PyPI (about 2 GB is fetched), or set ORT_DYLIB_PATH to an onnxruntime-gpu library whose CUDA \
+and cuDNN libraries are on the loader path";
+
 const HOW_TO_PROVIDE: &str = "set ORT_DYLIB_PATH to a libonnxruntime shared library (1.31 or \
 newer), or make `python3 -m pip` able to reach PyPI so pipnet can fetch onnxruntime==1.32.0";
 
@@ -69,6 +151,89 @@ fn cached_library_path() -> Option<PathBuf> {
         d.join(format!("onnxruntime-{ORT_VERSION}"))
             .join("libonnxruntime.so.1.32.0")
     })
+}
+
+/// The GPU build's install folder in the cache.
+fn gpu_install_dir() -> Option<PathBuf> {
+    cache_dir().map(|d| d.join(format!("onnxruntime-gpu-{ORT_GPU_VERSION}")))
+}
+
+/// The cached GPU build's library, when it has been fetched.
+pub fn cached_gpu_library() -> Option<PathBuf> {
+    gpu_install_dir()
+        .map(|d| d.join(GPU_LIBRARY))
+        .filter(|p| p.is_file())
+}
+
+/// The requirements file pip installs the GPU build from: one pinned, hashed line per wheel.
+fn gpu_requirements() -> String {
+    GPU_WHEELS
+        .iter()
+        .map(|(requirement, sha256)| format!("{requirement} --hash=sha256:{sha256}\n"))
+        .collect()
+}
+
+/// Installs the GPU build with pip (`--require-hashes`: every wheel must match its pin) into a
+/// staging folder, then moves it into the cache in one rename. Returns the library path.
+pub fn fetch_gpu_library() -> Result<PathBuf> {
+    if (std::env::consts::OS, std::env::consts::ARCH) != ("linux", "x86_64") {
+        return Err(Error::Runtime(format!(
+            "the CUDA build is pinned for linux-x86_64 only, not {}-{}; {HOW_TO_PROVIDE_GPU}",
+            std::env::consts::OS,
+            std::env::consts::ARCH
+        )));
+    }
+    let target = gpu_install_dir().ok_or_else(|| {
+        Error::Runtime(format!(
+            "no cache folder (HOME unset); {HOW_TO_PROVIDE_GPU}"
+        ))
+    })?;
+    let folder = target.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(folder).map_err(Error::io(folder))?;
+    let staging = tempfile::tempdir_in(folder).map_err(Error::io(folder))?;
+    let requirements = staging.path().join("requirements.txt");
+    std::fs::write(&requirements, gpu_requirements()).map_err(Error::io(&requirements))?;
+    let install = staging.path().join("install");
+    let python = std::env::var("PIPNET_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut pip = Command::new(&python);
+    pip.args(["-m", "pip", "install", "--no-deps", "--only-binary=:all:"])
+        .args(["--require-hashes", "--disable-pip-version-check", "-q"])
+        .args(["--python-version", "3.11", "--implementation", "cp"]);
+    for platform in GPU_PLATFORMS {
+        pip.args(["--platform", platform]);
+    }
+    let output = pip
+        .arg("--target")
+        .arg(&install)
+        .arg("-r")
+        .arg(&requirements)
+        .output()
+        .map_err(|e| {
+            Error::Runtime(format!(
+                "could not run `{python} -m pip`: {e}; {HOW_TO_PROVIDE_GPU}"
+            ))
+        })?;
+    if !output.status.success() {
+        return Err(Error::Runtime(format!(
+            "`pip install onnxruntime-gpu=={ORT_GPU_VERSION}` and its CUDA wheels failed: {}; \
+             {HOW_TO_PROVIDE_GPU}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    for member in std::iter::once(&GPU_LIBRARY).chain(GPU_PRELOAD) {
+        if !install.join(member).is_file() {
+            return Err(Error::Runtime(format!(
+                "the CUDA wheels lack {member}; {HOW_TO_PROVIDE_GPU}"
+            )));
+        }
+    }
+    // Another process may have finished first: its copy is as good as ours.
+    if let Err(e) = std::fs::rename(&install, &target)
+        && !target.join(GPU_LIBRARY).is_file()
+    {
+        return Err(Error::io(&target)(e));
+    }
+    Ok(target.join(GPU_LIBRARY))
 }
 
 /// The library to load without fetching: `ORT_DYLIB_PATH` if set (it must exist), else the
@@ -166,7 +331,31 @@ fn fetch_allowed() -> bool {
 #[derive(Debug, Clone)]
 pub struct Runtime {
     pub library: PathBuf,
+    /// Which build: `onnxruntime 1.32.0`, `onnxruntime-gpu 1.31.1`, or `ORT_DYLIB_PATH`.
+    pub build: String,
     pub environment: ort::environment::Environment,
+    /// The NVIDIA libraries loaded for the GPU build, kept loaded for the process's life.
+    _preloaded: std::sync::Arc<[libloading::Library]>,
+}
+
+/// Loads the GPU build's NVIDIA libraries from its install folder (`GPU_PRELOAD`).
+fn preload_gpu_libraries(install: &Path) -> Result<Vec<libloading::Library>> {
+    GPU_PRELOAD
+        .iter()
+        .map(|member| {
+            let path = install.join(member);
+            // SAFETY: these are the pinned, hash-checked NVIDIA libraries; loading runs their
+            // initialisers, which only set up the libraries themselves (no GPU is touched
+            // until a CUDA session is created).
+            unsafe { libloading::Library::new(&path) }.map_err(|e| {
+                Error::Runtime(format!(
+                    "loading {}: {e}; delete {} to fetch the CUDA build again",
+                    path.display(),
+                    install.display()
+                ))
+            })
+        })
+        .collect()
 }
 
 impl Runtime {
@@ -186,26 +375,58 @@ impl Runtime {
 static RUNTIME: OnceLock<std::result::Result<Runtime, String>> = OnceLock::new();
 
 /// Loads ONNX Runtime once per process (locating, or fetching when allowed) and returns it.
-/// `on_fetch` is called before a fetch starts, so a CLI can tell the user why it waits.
-pub fn runtime(on_fetch: impl FnOnce()) -> Result<&'static Runtime> {
+/// The first caller's `device` picks the build: the GPU build for `Cuda` (fetched if missing),
+/// for `Auto` when it is already cached, else the CPU build. `on_fetch` is called with what is
+/// about to be fetched, so a CLI can tell the user why it waits.
+pub fn runtime(device: Device, on_fetch: impl FnOnce(&str)) -> Result<&'static Runtime> {
     RUNTIME
-        .get_or_init(|| load(on_fetch).map_err(|e| e.to_string()))
+        .get_or_init(|| load(device, on_fetch).map_err(|e| e.to_string()))
         .as_ref()
         .map_err(|e| Error::Runtime(e.trim_start_matches("ONNX Runtime library: ").to_string()))
 }
 
-fn load(on_fetch: impl FnOnce()) -> Result<Runtime> {
-    let library = match locate_library()? {
-        Some(path) => path,
-        None if fetch_allowed() => {
-            on_fetch();
-            fetch_library()?
-        }
-        None => {
+/// The library for `device`, and which build it is.
+fn choose_library(device: Device, on_fetch: impl FnOnce(&str)) -> Result<(PathBuf, String)> {
+    if std::env::var_os("ORT_DYLIB_PATH").is_some_and(|v| !v.is_empty()) {
+        let path = locate_library()?.unwrap_or_default();
+        return Ok((path, "ORT_DYLIB_PATH".into()));
+    }
+    let gpu_build = format!("onnxruntime-gpu {ORT_GPU_VERSION}");
+    if matches!(device, Device::Cuda | Device::Auto)
+        && let Some(path) = cached_gpu_library()
+    {
+        return Ok((path, gpu_build));
+    }
+    if device == Device::Cuda {
+        if !fetch_allowed() {
             return Err(Error::Runtime(format!(
-                "not found and PIPNET_OFFLINE forbids fetching; {HOW_TO_PROVIDE}"
+                "the CUDA build is not cached and PIPNET_OFFLINE forbids fetching; \
+                 {HOW_TO_PROVIDE_GPU}"
             )));
         }
+        on_fetch(&format!(
+            "onnxruntime-gpu=={ORT_GPU_VERSION} with its CUDA 13 and cuDNN 9 wheels (about 2 GB)"
+        ));
+        return Ok((fetch_gpu_library()?, gpu_build));
+    }
+    let cpu_build = format!("onnxruntime {ORT_VERSION}");
+    match locate_library()? {
+        Some(path) => Ok((path, cpu_build)),
+        None if fetch_allowed() => {
+            on_fetch(&format!("onnxruntime=={ORT_VERSION}"));
+            Ok((fetch_library()?, cpu_build))
+        }
+        None => Err(Error::Runtime(format!(
+            "not found and PIPNET_OFFLINE forbids fetching; {HOW_TO_PROVIDE}"
+        ))),
+    }
+}
+
+fn load(device: Device, on_fetch: impl FnOnce(&str)) -> Result<Runtime> {
+    let (library, build) = choose_library(device, on_fetch)?;
+    let preloaded = match gpu_install_dir().filter(|dir| library == dir.join(GPU_LIBRARY)) {
+        Some(install) => preload_gpu_libraries(&install)?,
+        None => Vec::new(),
     };
     let environment = ort::init_from(&library)
         .map_err(|e| {
@@ -220,7 +441,9 @@ fn load(on_fetch: impl FnOnce()) -> Result<Runtime> {
     environment.set_log_level(ort::logging::LogLevel::Error);
     Ok(Runtime {
         library,
+        build,
         environment,
+        _preloaded: preloaded.into(),
     })
 }
 
@@ -235,5 +458,19 @@ mod tests {
             assert!(wheel.file.ends_with(&format!("{}.whl", wheel.platform)));
             assert_eq!(wheel.sha256.len(), 64);
         }
+    }
+
+    #[test]
+    fn test_gpu_requirements_pin_every_wheel_by_version_and_hash() {
+        let text = gpu_requirements();
+        assert_eq!(text.lines().count(), GPU_WHEELS.len());
+        for line in text.lines() {
+            let (requirement, hash) = line.split_once(" --hash=sha256:").unwrap();
+            assert!(requirement.contains("=="), "{line}");
+            assert_eq!(hash.len(), 64, "{line}");
+            assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()), "{line}");
+        }
+        assert!(text.starts_with(&format!("onnxruntime-gpu=={ORT_GPU_VERSION} ")));
+        assert!(GPU_LIBRARY.ends_with(ORT_GPU_VERSION));
     }
 }

@@ -75,11 +75,12 @@ pub fn open_session(
                 .with_execution_providers([cuda_provider()])
                 .map_err(|e| {
                     Error::Device(format!(
-                        "CUDA execution provider unavailable with {}: {}. Use --device cpu, or \
-                         point ORT_DYLIB_PATH at the onnxruntime-gpu library with CUDA 12/13 \
-                         and cuDNN 9 on the loader path",
+                        "CUDA execution provider unavailable with {} ({}): {}. It needs an \
+                         NVIDIA GPU and driver and the CUDA build, which `--device cuda` \
+                         fetches once; or use --device cpu",
+                        rt.build,
                         rt.library.display(),
-                        e.to_string().trim_end_matches('.')
+                        e.to_string().trim_end().trim_end_matches('.')
                     ))
                 })?;
         }

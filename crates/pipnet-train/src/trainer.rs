@@ -565,10 +565,19 @@ pub fn train(
         flip: &flip,
     };
     let coarse_levels = config.stc.as_ref().map_or(0, |s| s.coarse_levels);
-    if config.stc.is_some() && coarse_levels == 0 {
-        return Err(Error::Spec(
-            "[stc] needs coarse_levels >= 1: pseudo-labels only teach the curriculum heads".into(),
-        ));
+    if let Some(stc) = &config.stc {
+        if coarse_levels == 0 {
+            return Err(Error::Spec(
+                "[stc] needs coarse_levels >= 1: pseudo-labels only teach the curriculum heads"
+                    .into(),
+            ));
+        }
+        if stc.rounds.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(Error::Spec(format!(
+                "[stc] rounds {:?} must be strictly ascending epochs",
+                stc.rounds
+            )));
+        }
     }
     let (mut model, mut optimizer, mut state) =
         if resume && paths.checkpoint().join("state.json").is_file() {

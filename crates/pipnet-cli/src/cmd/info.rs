@@ -48,10 +48,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     ] {
         println!("{key:<16} {}", value.as_deref().unwrap_or("-"));
     }
-    let runtime = pipnet_infer::runtime::runtime(|| {})?;
+    let runtime = super::runtime(options.device)?;
     println!(
         "onnx runtime     {} ({})",
-        pipnet_infer::runtime::ORT_VERSION,
+        runtime.build,
         runtime.library.display()
     );
     println!(

@@ -14,19 +14,16 @@ use pipnet_infer::runtime::Runtime;
 use pipnet_infer::session::GraphSource;
 use pipnet_infer::{Device, LandmarkModel, SessionOptions};
 
-/// Loads ONNX Runtime, saying so when it has to be fetched.
-pub fn runtime() -> anyhow::Result<&'static Runtime> {
-    Ok(pipnet_infer::runtime::runtime(|| {
-        eprintln!(
-            "pipnet: ONNX Runtime not found; fetching onnxruntime=={} from PyPI with pip (once)",
-            pipnet_infer::runtime::ORT_VERSION
-        )
+/// Loads ONNX Runtime (the build `device` needs), saying so when it has to be fetched.
+pub fn runtime(device: Device) -> anyhow::Result<&'static Runtime> {
+    Ok(pipnet_infer::runtime::runtime(device, |what| {
+        eprintln!("pipnet: ONNX Runtime not found; fetching {what} from PyPI with pip (once)")
     })?)
 }
 
 /// Loads the landmark model, warning when `--device auto` fell back to the CPU.
 pub fn load_model(path: &Path, options: &SessionOptions) -> anyhow::Result<LandmarkModel> {
-    let model = LandmarkModel::load_with_runtime(path, options, runtime()?)
+    let model = LandmarkModel::load_with_runtime(path, options, runtime(options.device)?)
         .with_context(|| format!("failed to load model {}", path.display()))?;
     if let Some(reason) = model.device_fallback() {
         eprintln!(
@@ -72,7 +69,7 @@ pub struct DetectorArgs {
 
 impl DetectorArgs {
     pub fn load(&self, options: &SessionOptions) -> anyhow::Result<FaceDetector> {
-        let rt = runtime()?;
+        let rt = runtime(options.device)?;
         let detector = match &self.graph {
             Some(path) => FaceDetector::load_with_runtime(path, options, rt),
             None => FaceDetector::open(

@@ -83,9 +83,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         config.train.epochs = epochs;
     }
     if !args.stc.is_empty() {
-        let epochs = config.train.epochs;
+        let first = (config.train.epochs * 2 / 5).max(1);
+        let second = (config.train.epochs * 3 / 5).max(first + 1);
         let stc = config.stc.get_or_insert_with(|| StcConfig {
-            rounds: vec![epochs * 2 / 5, epochs * 3 / 5],
+            rounds: vec![first, second],
             ..StcConfig::default()
         });
         stc.unlabeled.extend(args.stc);
