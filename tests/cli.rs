@@ -358,10 +358,25 @@ fn test_missing_runtime_library_is_one_clear_error() {
     assert!(stderr.contains("pip"), "says how to provide it: {stderr}");
 }
 
+/// A small network on 8 real labeled faces, training into `dir/run`.
+fn tiny_train_config(dir: &Path, epochs: usize) -> PathBuf {
+    let data = common::repo_root().join("../shared/data/face68-train");
+    let config = dir.join("train.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[data]\nlabeled = {data:?}\nval_fraction = 0.01\nmax_train_faces = 8\n\n\
+             [network]\ninput_size = 64\nwidths = [8, 16, 16, 32]\n\n\
+             [train]\nepochs = {epochs}\nbatch_size = 4\nout = \"run\"\n"
+        ),
+    )
+    .unwrap();
+    config
+}
+
 #[test]
 fn test_train_with_stc_labels_unlabeled_folders_in_rounds() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = common::repo_root().join("../shared/data/face68-train");
     // Three real unlabeled faces in a folder of their own.
     let unlabeled = tmp.path().join("unlabeled");
     std::fs::create_dir(&unlabeled).unwrap();
@@ -373,16 +388,7 @@ fn test_train_with_stc_labels_unlabeled_folders_in_rounds() {
     ] {
         std::fs::copy(lfw.join(name), unlabeled.join(name)).unwrap();
     }
-    let config = tmp.path().join("train.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[data]\nlabeled = {data:?}\nval_fraction = 0.01\nmax_train_faces = 8\n\n\
-             [network]\ninput_size = 64\nwidths = [8, 16, 16, 32]\n\n\
-             [train]\nepochs = 3\nbatch_size = 4\nout = \"run\"\n"
-        ),
-    )
-    .unwrap();
+    let config = tiny_train_config(tmp.path(), 3);
     let (code, _, stderr) = run_pipnet(&[
         "train",
         "--config",
@@ -414,18 +420,8 @@ fn test_train_with_stc_labels_unlabeled_folders_in_rounds() {
 #[test]
 fn test_train_export_eval_round_trip_through_the_cli() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = common::repo_root().join("../shared/data/face68-train");
     let run = tmp.path().join("run");
-    let config = tmp.path().join("train.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[data]\nlabeled = {data:?}\nval_fraction = 0.01\nmax_train_faces = 8\n\n\
-             [network]\ninput_size = 64\nwidths = [8, 16, 16, 32]\n\n\
-             [train]\nepochs = 2\nbatch_size = 4\nout = \"run\"\n"
-        ),
-    )
-    .unwrap();
+    let config = tiny_train_config(tmp.path(), 2);
     let (code, _, stderr) = run_pipnet(&["train", "--config", config.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("epoch   2"), "{stderr}");

@@ -194,32 +194,22 @@ pub fn fetch_gpu_library() -> Result<PathBuf> {
     let requirements = staging.path().join("requirements.txt");
     std::fs::write(&requirements, gpu_requirements()).map_err(Error::io(&requirements))?;
     let install = staging.path().join("install");
-    let python = std::env::var("PIPNET_PYTHON").unwrap_or_else(|_| "python3".into());
-    let mut pip = Command::new(&python);
-    pip.args(["-m", "pip", "install", "--no-deps", "--only-binary=:all:"])
+    let mut pip = pip_command();
+    pip.args(["install", "--no-deps", "--only-binary=:all:"])
         .args(["--require-hashes", "--disable-pip-version-check", "-q"])
         .args(["--python-version", "3.11", "--implementation", "cp"]);
     for platform in GPU_PLATFORMS {
         pip.args(["--platform", platform]);
     }
-    let output = pip
-        .arg("--target")
+    pip.arg("--target")
         .arg(&install)
         .arg("-r")
-        .arg(&requirements)
-        .output()
-        .map_err(|e| {
-            Error::Runtime(format!(
-                "could not run `{python} -m pip`: {e}; {HOW_TO_PROVIDE_GPU}"
-            ))
-        })?;
-    if !output.status.success() {
-        return Err(Error::Runtime(format!(
-            "`pip install onnxruntime-gpu=={ORT_GPU_VERSION}` and its CUDA wheels failed: {}; \
-             {HOW_TO_PROVIDE_GPU}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
-    }
+        .arg(&requirements);
+    run_pip(
+        &mut pip,
+        &format!("pip install onnxruntime-gpu=={ORT_GPU_VERSION} and its CUDA wheels"),
+        HOW_TO_PROVIDE_GPU,
+    )?;
     for member in std::iter::once(&GPU_LIBRARY).chain(GPU_PRELOAD) {
         if !install.join(member).is_file() {
             return Err(Error::Runtime(format!(
@@ -252,6 +242,31 @@ pub fn locate_library() -> Result<Option<PathBuf>> {
     Ok(cached_library_path().filter(|p| p.is_file()))
 }
 
+/// `python3 -m pip` (`PIPNET_PYTHON` picks the interpreter).
+fn pip_command() -> Command {
+    let python = std::env::var("PIPNET_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut pip = Command::new(python);
+    pip.args(["-m", "pip"]);
+    pip
+}
+
+/// Runs a pip command; a failure names `what` failed, pip's own message, and `how` to go on.
+fn run_pip(pip: &mut Command, what: &str, how: &str) -> Result<()> {
+    let output = pip.output().map_err(|e| {
+        Error::Runtime(format!(
+            "could not run `{:?} -m pip`: {e}; {how}",
+            pip.get_program()
+        ))
+    })?;
+    if !output.status.success() {
+        return Err(Error::Runtime(format!(
+            "`{what}` failed: {}; {how}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
 /// Downloads the pinned wheel with pip, checks its SHA-256, and extracts the library into the
 /// cache (atomically: concurrent fetches are safe). Returns the cached library path.
 pub fn fetch_library() -> Result<PathBuf> {
@@ -272,9 +287,8 @@ pub fn fetch_library() -> Result<PathBuf> {
     std::fs::create_dir_all(folder).map_err(Error::io(folder))?;
     let staging = tempfile::tempdir_in(folder).map_err(Error::io(folder))?;
 
-    let python = std::env::var("PIPNET_PYTHON").unwrap_or_else(|_| "python3".into());
-    let output = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
+    let mut pip = pip_command();
+    pip.args(["download", "--no-deps", "--only-binary=:all:"])
         .args(["--python-version", "3.11", "--implementation", "cp"])
         .args([
             "--platform",
@@ -284,19 +298,12 @@ pub fn fetch_library() -> Result<PathBuf> {
         ])
         .arg("-d")
         .arg(staging.path())
-        .arg(format!("onnxruntime=={ORT_VERSION}"))
-        .output()
-        .map_err(|e| {
-            Error::Runtime(format!(
-                "could not run `{python} -m pip`: {e}; {HOW_TO_PROVIDE}"
-            ))
-        })?;
-    if !output.status.success() {
-        return Err(Error::Runtime(format!(
-            "`pip download onnxruntime=={ORT_VERSION}` failed: {}; {HOW_TO_PROVIDE}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
-    }
+        .arg(format!("onnxruntime=={ORT_VERSION}"));
+    run_pip(
+        &mut pip,
+        &format!("pip download onnxruntime=={ORT_VERSION}"),
+        HOW_TO_PROVIDE,
+    )?;
     let wheel_path = staging.path().join(wheel.file);
     let bytes = std::fs::read(&wheel_path).map_err(Error::io(&wheel_path))?;
     let digest: String = Sha256::digest(&bytes)
