@@ -110,6 +110,10 @@ pub struct RunState {
     /// Unlabeled images offered to self-training (0 without it).
     #[serde(default)]
     pub unlabeled_images: usize,
+    /// Where they came from: the names of the `[stc]` folders or files, and the training
+    /// photos whose labels `label_fraction` left out.
+    #[serde(default)]
+    pub unlabeled_sources: Vec<String>,
 }
 
 impl RunState {
@@ -153,13 +157,34 @@ impl RunState {
         );
         if self.unlabeled_images > 0 {
             text.push_str(&format!(
-                "; self-trained (STC) on pseudo-labels of {} unlabeled images (lfw-unlabeled: \
-                 LFW, research use only)",
-                self.unlabeled_images
+                "; self-trained (STC) on pseudo-labels of {} unlabeled images from {}",
+                self.unlabeled_images,
+                self.unlabeled_sources.join(", ")
             ));
         }
         text
     }
+}
+
+/// Names of the unlabeled data a self-training run draws on, for the graph's provenance.
+fn unlabeled_sources(config: &TrainConfig) -> Vec<String> {
+    let Some(stc) = &config.stc else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = stc
+        .unlabeled
+        .iter()
+        .map(|p| {
+            p.file_name()
+                .unwrap_or(p.as_os_str())
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    if config.data.label_fraction.is_some() {
+        names.push("face68-train photos with their labels withheld".into());
+    }
+    names
 }
 
 /// The files of a run folder.
@@ -612,6 +637,7 @@ pub fn train(
                 val_faces: data.val.len(),
                 coarse_levels,
                 unlabeled_images: data.unlabeled.len(),
+                unlabeled_sources: unlabeled_sources(config),
             };
             std::fs::write(paths.root.join("config.toml"), config.to_toml())
                 .map_err(io_err(&paths.root))?;

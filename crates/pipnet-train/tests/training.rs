@@ -194,7 +194,10 @@ fn test_stc_rounds_keep_their_pseudo_labels_and_resume_exactly() {
     assert_eq!(maps[3].len(), 68 * 10 * 4 * 4);
     let meta = model.metadata();
     let data = meta.train_data.as_deref().unwrap_or_default();
-    assert!(data.contains("6 unlabeled images"), "{data}");
+    assert!(
+        data.contains("6 unlabeled images from Aaron_Eckhart_0001.jpg"),
+        "{data}"
+    );
 }
 
 #[test]
