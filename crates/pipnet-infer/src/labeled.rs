@@ -62,10 +62,31 @@ pub fn read_pts_folder(dir: &Path) -> Result<Vec<LabeledFace>> {
     Ok(faces)
 }
 
+/// Reads labeled faces from `path`: a folder of images with `.pts` files, or a WFLW list file
+/// whose image paths are relative to `images` (default: the list's folder).
+pub fn read_labeled(path: &Path, images: Option<&Path>) -> Result<Vec<LabeledFace>> {
+    if path.is_dir() {
+        return match images {
+            None => read_pts_folder(path),
+            Some(_) => Err(Error::InvalidInput(format!(
+                "{}: an images folder applies only to a WFLW list file, and this is a folder",
+                path.display()
+            ))),
+        };
+    }
+    let root = images
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).to_path_buf());
+    read_wflw_list(path, &root)
+}
+
 /// Reads a WFLW list (`list_98pt_rect_attr_*.txt`); image paths are relative to `images`.
+/// A face is named `<image path>_<k>` (its k-th face in the list), so the validation split
+/// keeps the faces of one photo together as it does for `.pts` folders.
 pub fn read_wflw_list(list: &Path, images: &Path) -> Result<Vec<LabeledFace>> {
     let text = std::fs::read_to_string(list).map_err(Error::io(list))?;
     let mut faces = Vec::new();
+    let mut per_image = std::collections::HashMap::<String, usize>::new();
     for (i, line) in text
         .lines()
         .enumerate()
@@ -73,11 +94,29 @@ pub fn read_wflw_list(list: &Path, images: &Path) -> Result<Vec<LabeledFace>> {
     {
         let record = parse_wflw_line(line, i + 1)
             .map_err(|e| Error::InvalidInput(format!("{}: {e}", list.display())))?;
+        let image = images.join(&record.image);
+        if !image.is_file() {
+            return Err(Error::InvalidInput(format!(
+                "{} line {}: image {} not found (pass the folder the list's image paths are \
+                 relative to)",
+                list.display(),
+                i + 1,
+                image.display()
+            )));
+        }
+        let k = per_image.entry(record.image.clone()).or_default();
+        *k += 1;
         faces.push(LabeledFace {
-            image: images.join(&record.image),
-            name: format!("{}#{}", record.image, i + 1),
+            image,
+            name: format!("{}_{k}", record.image),
             points: record.points,
         });
+    }
+    if faces.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "{}: no faces in the list",
+            list.display()
+        )));
     }
     Ok(faces)
 }
@@ -162,5 +201,63 @@ mod tests {
         .unwrap();
         let err = read_pts_folder(dir.path()).unwrap_err().to_string();
         assert!(err.contains("b.pts: no image"), "{err}");
+    }
+
+    #[test]
+    fn test_wflw_list_names_faces_per_photo_and_checks_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = dir.path().join("WFLW_images");
+        std::fs::create_dir_all(images.join("51--Dresses")).unwrap();
+        std::fs::write(images.join("51--Dresses/a_1.jpg"), b"").unwrap();
+        std::fs::write(images.join("51--Dresses/b_2.jpg"), b"").unwrap();
+        let line = |image: &str, x0: f32| {
+            let mut fields: Vec<String> = (0..98)
+                .flat_map(|i| [x0 + i as f32, 2.0 * i as f32])
+                .map(|v| v.to_string())
+                .collect();
+            fields.extend(
+                ["1", "2", "200", "220", "0", "0", "0", "0", "0", "0", image].map(String::from),
+            );
+            fields.join(" ")
+        };
+        let list = dir.path().join("list_98pt_rect_attr_train.txt");
+        let text = [
+            line("51--Dresses/a_1.jpg", 10.0),
+            String::new(),
+            line("51--Dresses/b_2.jpg", 20.0),
+            line("51--Dresses/a_1.jpg", 30.0),
+        ]
+        .join("\n");
+        std::fs::write(&list, &text).unwrap();
+        let faces = read_labeled(&list, Some(&images)).unwrap();
+        let names: Vec<_> = faces.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "51--Dresses/a_1.jpg_1",
+                "51--Dresses/b_2.jpg_1",
+                "51--Dresses/a_1.jpg_2"
+            ]
+        );
+        // WFLW coordinates are already 0-based: read as written.
+        assert_eq!(faces[2].points[3], [33.0, 6.0]);
+        assert_eq!(faces[1].image, images.join("51--Dresses/b_2.jpg"));
+        // Both faces of a_1.jpg land on the same side of any split.
+        for seed in 0..20 {
+            let (_, val) = split_validation(faces.clone(), 0.5, seed);
+            let a = val.iter().filter(|f| f.name.contains("a_1.jpg")).count();
+            assert!(a == 0 || a == 2, "seed {seed}: {a} of a_1.jpg held out");
+        }
+        // Without the images folder the paths resolve beside the list, where they are not.
+        let err = read_labeled(&list, None).unwrap_err().to_string();
+        assert!(
+            err.contains("line 1: image") && err.contains("not found"),
+            "{err}"
+        );
+        // An images folder given with a .pts folder is a mistake, not ignored.
+        assert!(read_labeled(dir.path(), Some(&images)).is_err());
+        std::fs::write(&list, "").unwrap();
+        let err = read_labeled(&list, Some(&images)).unwrap_err().to_string();
+        assert!(err.contains("no faces"), "{err}");
     }
 }

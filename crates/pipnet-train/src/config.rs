@@ -28,8 +28,11 @@ pub struct TrainConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// Folder of images with `.pts` files beside them.
+    /// Folder of images with `.pts` files beside them, or a WFLW annotation list file.
     pub labeled: PathBuf,
+    /// With a WFLW list: the folder its image paths are relative to (default: the list's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<PathBuf>,
     #[serde(default = "default_scheme")]
     pub scheme: String,
     /// Share of photos held out for validation (seeded by `split_seed`).
@@ -205,6 +208,7 @@ impl TrainConfig {
         let stc_paths = config.stc.iter_mut().flat_map(|s| s.unlabeled.iter_mut());
         for p in [&mut config.data.labeled, &mut config.train.out]
             .into_iter()
+            .chain(config.data.images.as_mut())
             .chain(stc_paths)
         {
             if p.is_relative() {

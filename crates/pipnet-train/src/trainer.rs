@@ -20,7 +20,7 @@ use pipnet_core::{CropRule, FaceBox, NeighborIndex, Point, Scheme, mean_face};
 use pipnet_infer::eval::{EvalCrops, evaluate};
 use pipnet_infer::folder::image_paths;
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, load_rgb};
-use pipnet_infer::labeled::{LabeledFace, read_pts_folder, split_validation};
+use pipnet_infer::labeled::{LabeledFace, read_labeled, split_validation};
 use pipnet_infer::{LandmarkModel, Pipeline, SessionOptions};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -266,8 +266,22 @@ impl PhotoCache {
 /// `label_fraction`, so that choice is independent of the validation split.
 const LABEL_FRACTION_SEED: u64 = 0x5eed_1abe;
 
-fn load_data(config: &TrainConfig) -> Result<Data> {
-    let all = read_pts_folder(&config.data.labeled)?;
+fn load_data(config: &TrainConfig, scheme: Scheme) -> Result<Data> {
+    let all = read_labeled(&config.data.labeled, config.data.images.as_deref())?;
+    if let Some(face) = all
+        .iter()
+        .find(|f| f.points.len() != scheme.num_landmarks())
+    {
+        return Err(Error::Spec(format!(
+            "{}: face {} has {} points, but data.scheme {:?} has {}: set data.scheme to the \
+             data's layout",
+            config.data.labeled.display(),
+            face.name,
+            face.points.len(),
+            config.data.scheme,
+            scheme.num_landmarks()
+        )));
+    }
     let (mut train, val) = split_validation(all, config.data.val_fraction, config.data.split_seed);
     let mut unlabeled_photos = Vec::new();
     if let Some(fraction) = config.data.label_fraction {
@@ -575,7 +589,7 @@ pub fn train(
     let spec = config.network.spec(scheme.num_landmarks());
     let device = training_device(&config.train.device)?;
     let rule = CropRule::default();
-    let data = load_data(config)?;
+    let data = load_data(config, scheme)?;
     on_event(Event::Loaded {
         train_faces: data.train.len(),
         val_faces: data.val.len(),
@@ -856,12 +870,14 @@ fn write_metrics(path: &Path, history: &[EpochRecord]) -> Result<()> {
 }
 
 /// Training throughput of `spec` on `device`: images per second of forward + backward + Adam
-/// over `steps` batches of random input (after one warm-up step).
+/// on batches of random input, after one warm-up step, over at least `min_steps` batches and
+/// `min_seconds` (a few batches of a small network last too short to measure).
 pub fn bench_training(
     spec: &NetworkSpec,
     device_name: &str,
     batch: usize,
-    steps: usize,
+    min_steps: usize,
+    min_seconds: f64,
 ) -> Result<f64> {
     let device = training_device(device_name)?;
     let mut model = PipNet::seeded(spec, 0, &device, 0)?;
@@ -875,8 +891,8 @@ pub fn bench_training(
     let random = |shape: [usize; 4]| {
         Tensor::<4>::random(shape, burn::tensor::Distribution::Default, &device)
     };
-    let mut elapsed = 0.0;
-    for step in 0..=steps {
+    let (mut elapsed, mut steps, mut warmed_up) = (0.0, 0, false);
+    while steps < min_steps || elapsed < min_seconds {
         let targets = TargetBatch {
             cls: random([batch, l, g, g]),
             off_x: random([batch, l, g, g]),
@@ -894,9 +910,11 @@ pub fn bench_training(
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optimizer.step(1e-4, model.clone(), grads);
         model.sync()?;
-        if step > 0 {
+        if warmed_up {
             elapsed += start.elapsed().as_secs_f64();
+            steps += 1;
         }
+        warmed_up = true;
     }
     Ok((batch * steps) as f64 / elapsed.max(1e-9))
 }

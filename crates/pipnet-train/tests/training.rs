@@ -30,6 +30,7 @@ fn tiny_config(out: &Path, epochs: usize) -> TrainConfig {
     TrainConfig {
         data: DataConfig {
             labeled: labeled_faces(),
+            images: None,
             scheme: "300w-68".into(),
             val_fraction: 0.01,
             split_seed: 1,
@@ -247,4 +248,72 @@ fn test_exported_graph_matches_the_burn_network() {
             "{name}: burn and ONNX Runtime differ by {worst}"
         );
     }
+}
+
+/// A WFLW-style list of 98 points per face, made from real faces and their 68 points (plus the
+/// midpoints of 30 neighbouring pairs): the list reader, the 98-point scheme and the trainer
+/// end to end, without WFLW itself.
+#[test]
+fn test_trains_from_a_wflw_list() {
+    let _turn = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let faces = pipnet_infer::labeled::read_pts_folder(&labeled_faces()).unwrap();
+    let lines: Vec<String> = faces[..12]
+        .iter()
+        .map(|face| {
+            let p = &face.points;
+            let extra =
+                (0..30).map(|i| [(p[i][0] + p[i + 1][0]) / 2.0, (p[i][1] + p[i + 1][1]) / 2.0]);
+            let mut fields: Vec<String> = p
+                .iter()
+                .copied()
+                .chain(extra)
+                .flat_map(|[x, y]| [x.to_string(), y.to_string()])
+                .collect();
+            fields.extend(["0", "0", "1", "1", "0", "0", "0", "0", "0", "0"].map(String::from));
+            fields.push(
+                face.image
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+            fields.join(" ")
+        })
+        .collect();
+    let list = dir.path().join("list_98pt_rect_attr_train.txt");
+    std::fs::write(&list, lines.join("\n")).unwrap();
+
+    let mut config = tiny_config(&dir.path().join("run"), 2);
+    config.data.labeled = list;
+    config.data.images = Some(labeled_faces());
+    config.data.val_fraction = 0.25;
+    config.augment.flip_probability = 0.0;
+    let err = train(&config, false, |_| {}).unwrap_err().to_string();
+    assert!(
+        err.contains("has 98 points") && err.contains("300w-68"),
+        "{err}"
+    );
+
+    config.data.scheme = "wflw-98".into();
+    let mut loaded = (0, 0);
+    let state = train(&config, false, |event| {
+        if let Event::Loaded {
+            train_faces,
+            val_faces,
+        } = event
+        {
+            loaded = (train_faces, val_faces);
+        }
+    })
+    .unwrap();
+    assert_eq!(loaded.0 + loaded.1, 12);
+    assert!(loaded.0 > 0 && loaded.1 > 0, "{loaded:?}");
+    assert!(state.history.iter().all(|r| r.val_nme.is_finite()));
+    let model = LandmarkModel::load(
+        &dir.path().join("run/last.onnx"),
+        &SessionOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(model.metadata().num_landmarks(), 98);
 }

@@ -8,12 +8,12 @@ use anyhow::Context;
 use pipnet_core::BoxCalibration;
 use pipnet_infer::eval::{detect_labeled, landmark_box};
 use pipnet_infer::image_io::DEFAULT_MAX_PIXELS;
-use pipnet_infer::labeled::{read_pts_folder, split_validation};
+use pipnet_infer::labeled::split_validation;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A folder of images with `.pts` files beside them.
-    data: PathBuf,
+    #[command(flatten)]
+    data: super::LabeledArgs,
     /// Fit on the training part of this split (the validation part is left for `pipnet eval`).
     #[arg(long, value_parser = super::parse_split, default_value = "0.1:1")]
     split: (f64, u64),
@@ -26,7 +26,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (fraction, seed) = args.split;
-    let faces = split_validation(read_pts_folder(&args.data)?, fraction, seed).0;
+    let faces = split_validation(args.data.read()?, fraction, seed).0;
     let mut detector = args.detector.load(&Default::default())?;
     let found = detect_labeled(&mut detector, &faces, 0.3, DEFAULT_MAX_PIXELS)?;
     let pairs = faces

@@ -7,15 +7,15 @@ use anyhow::Context;
 use pipnet_core::metrics::{Summary, ced_curve};
 use pipnet_infer::eval::{EvalCrops, FaceResult, detect_labeled, evaluate};
 use pipnet_infer::image_io::DEFAULT_MAX_PIXELS;
-use pipnet_infer::labeled::{read_pts_folder, split_validation};
+use pipnet_infer::labeled::split_validation;
 use pipnet_infer::{Device, Pipeline, SessionOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// The landmark model.
     model: PathBuf,
-    /// A folder of images with `.pts` files beside them.
-    data: PathBuf,
+    #[command(flatten)]
+    data: super::LabeledArgs,
     /// Evaluate only the validation split of a training config (`val_fraction`, `split_seed`),
     /// e.g. `--split 0.1:1` for the default split.
     #[arg(long, value_parser = super::parse_split)]
@@ -52,7 +52,7 @@ fn print_summary(label: &str, summary: &Summary) {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut faces = read_pts_folder(&args.data)?;
+    let mut faces = args.data.read()?;
     if let Some((fraction, seed)) = args.split {
         faces = split_validation(faces, fraction, seed).1;
     }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use pipnet_infer::detect::{DetectorSettings, FaceDetector};
+use pipnet_infer::labeled::{LabeledFace, read_labeled};
 use pipnet_infer::runtime::Runtime;
 use pipnet_infer::session::GraphSource;
 use pipnet_infer::{Device, LandmarkModel, SessionOptions};
@@ -80,6 +81,22 @@ impl DetectorArgs {
             ),
         };
         detector.context("failed to load the face detector")
+    }
+}
+
+/// Labeled faces on disk, as `pipnet eval` and `pipnet calibrate` read them.
+#[derive(clap::Args)]
+pub struct LabeledArgs {
+    /// A folder of images with `.pts` files beside them, or a WFLW annotation list file.
+    data: PathBuf,
+    /// With a WFLW list: the folder its image paths are relative to (default: the list's).
+    #[arg(long, value_name = "DIR")]
+    images: Option<PathBuf>,
+}
+
+impl LabeledArgs {
+    pub fn read(&self) -> anyhow::Result<Vec<LabeledFace>> {
+        Ok(read_labeled(&self.data, self.images.as_deref())?)
     }
 }
 

@@ -68,7 +68,7 @@ fn bench(device: &str) -> anyhow::Result<ExitCode> {
             num_landmarks: 68,
             num_neighbors: 10,
         };
-        let rate = pipnet_train::trainer::bench_training(&spec, device, 16, 3)?;
+        let rate = pipnet_train::trainer::bench_training(&spec, device, 16, 3, 10.0)?;
         println!("| {name} | {rate:.1} | {torch:.0} | {:.2} |", rate / torch);
     }
     Ok(ExitCode::SUCCESS)
