@@ -171,18 +171,18 @@ fn unlabeled_sources(config: &TrainConfig) -> Vec<String> {
     let Some(stc) = &config.stc else {
         return Vec::new();
     };
-    let mut names: Vec<String> = stc
-        .unlabeled
-        .iter()
-        .map(|p| {
-            p.file_name()
-                .unwrap_or(p.as_os_str())
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
+    let name = |p: &Path| {
+        p.file_name()
+            .unwrap_or(p.as_os_str())
+            .to_string_lossy()
+            .into_owned()
+    };
+    let mut names: Vec<String> = stc.unlabeled.iter().map(|p| name(p)).collect();
     if config.data.label_fraction.is_some() {
-        names.push("face68-train photos with their labels withheld".into());
+        names.push(format!(
+            "{} photos with their labels withheld",
+            name(&config.data.labeled)
+        ));
     }
     names
 }
