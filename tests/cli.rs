@@ -797,3 +797,101 @@ fn test_bench_reports_stages_and_ratios_against_the_python_reference() {
     );
     assert!(report["python_error"].is_null(), "{report}");
 }
+
+/// `pipnet data 300w` on a small 300-W tree built from real faces: an LFPW-style photo (a
+/// face68-train crop pasted unscaled into a larger canvas) is cut back to exactly that crop,
+/// points included; a malformed `.pts` stops the run with its file named.
+#[test]
+fn test_data_300w_rebuilds_face68_crops_and_names_bad_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::repo_root().join("../shared/data/face68-train");
+    // afw_1051618982_1: 500x500, cut at scale 1 without touching its photo's edges.
+    let face = image::open(data.join("afw_1051618982_1.jpg"))
+        .unwrap()
+        .to_rgb8();
+    let pts = std::fs::read_to_string(data.join("afw_1051618982_1.pts")).unwrap();
+    let points = pipnet_core::formats::parse_pts(&pts).unwrap();
+    let src = tmp.path().join("300w");
+    let lfpw = src.join("lfpw/trainset");
+    std::fs::create_dir_all(&lfpw).unwrap();
+    let mut canvas = RgbImage::from_pixel(1400, 1100, Rgb([90, 90, 90]));
+    image::imageops::replace(&mut canvas, &face, 300, 200);
+    canvas.save(lfpw.join("image_0007.png")).unwrap();
+    let shifted: Vec<[f32; 2]> = points
+        .iter()
+        .map(|p| [p[0] + 300.0, p[1] + 200.0])
+        .collect();
+    std::fs::write(
+        lfpw.join("image_0007.pts"),
+        pipnet_core::formats::format_pts(&shifted),
+    )
+    .unwrap();
+    let afw = src.join("afw");
+    std::fs::create_dir_all(&afw).unwrap();
+    let other = real_photos().remove(1);
+    std::fs::copy(&other, afw.join("4711_1.jpg")).unwrap();
+    std::fs::copy(other.with_extension("pts"), afw.join("4711_1.pts")).unwrap();
+
+    let out = tmp.path().join("out");
+    let (code, stdout, stderr) =
+        run_pipnet(&["data", "300w", src.to_str().unwrap(), out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("2 faces written"), "{stdout}");
+    let rebuilt = image::open(out.join("lfpw_0007_1.jpg")).unwrap().to_rgb8();
+    assert_eq!(rebuilt.dimensions(), face.dimensions());
+    let mean_diff = rebuilt
+        .as_raw()
+        .iter()
+        .zip(face.as_raw())
+        .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
+        .sum::<f64>()
+        / face.as_raw().len() as f64;
+    assert!(
+        mean_diff < 3.0,
+        "re-encoded crop differs by {mean_diff} per value"
+    );
+    let moved = std::fs::read_to_string(out.join("lfpw_0007_1.pts")).unwrap();
+    let moved = pipnet_core::formats::parse_pts(&moved).unwrap();
+    for (a, b) in moved.iter().zip(&points) {
+        assert!(
+            (a[0] - b[0]).abs() < 2e-3 && (a[1] - b[1]).abs() < 2e-3,
+            "{a:?} vs {b:?}"
+        );
+    }
+    assert!(out.join("afw_4711_1.jpg").is_file() && out.join("afw_4711_1.pts").is_file());
+    let manifest = std::fs::read_to_string(out.join("manifest.tsv")).unwrap();
+    assert_eq!(manifest.lines().count(), 3, "{manifest}");
+    assert!(
+        manifest.contains("lfpw_0007_1\t500\t500\tlfpw/trainset/image_0007.png\t300\t200\t1"),
+        "{manifest}"
+    );
+
+    // A malformed .pts: a clear error that names the file, exit code 2.
+    let helen = src.join("helen/trainset");
+    std::fs::create_dir_all(&helen).unwrap();
+    std::fs::copy(&other, helen.join("1_1.jpg")).unwrap();
+    std::fs::write(
+        helen.join("1_1.pts"),
+        "version: 1\nn_points: 68\n{\n1 2\n}\n",
+    )
+    .unwrap();
+    let (code, _, stderr) =
+        run_pipnet(&["data", "300w", src.to_str().unwrap(), out.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("1_1.pts") && stderr.contains("1 points, header says 68"),
+        "{stderr}"
+    );
+    // No 300-W folder at all.
+    let (code, _, stderr) = run_pipnet(&[
+        "data",
+        "300w",
+        tmp.path().to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("none of the 300-W training folders"),
+        "{stderr}"
+    );
+}

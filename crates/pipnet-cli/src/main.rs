@@ -31,6 +31,9 @@ enum Command {
     Calibrate(cmd::calibrate::Args),
     /// Time each pipeline stage, and compare with the Python reference pipeline.
     Bench(cmd::bench::Args),
+    /// Prepare training data (`pipnet data 300w SRC OUT`).
+    #[command(subcommand)]
+    Data(cmd::data::Command),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => cmd::eval::run(args),
         Command::Calibrate(args) => cmd::calibrate::run(args),
         Command::Bench(args) => cmd::bench::run(args),
+        Command::Data(command) => cmd::data::run(command),
     };
     match result {
         Ok(code) => code,

@@ -199,8 +199,111 @@ impl FaceCrop {
     }
 }
 
+/// How `face68-train` was cut from the 300-W photos: a square `context` times the landmark
+/// box's longer side, centred on the box, widened to whole pixels (`floor` of the start, `ceil`
+/// of the end), clipped to the photo (so crops at an edge are not square), then scaled down so
+/// the longer side is at most `max_side` pixels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DatasetCrop {
+    /// Top-left pixel of the cut in the photo.
+    pub x0: u32,
+    pub y0: u32,
+    /// Size of the cut in the photo.
+    pub width: u32,
+    pub height: u32,
+    /// Size of the saved crop.
+    pub out_width: u32,
+    pub out_height: u32,
+}
+
+impl DatasetCrop {
+    /// The cut for a face whose 0-based `points` lie in a `photo_width` x `photo_height` photo.
+    pub fn around(
+        points: &[Point],
+        photo_width: u32,
+        photo_height: u32,
+        context: f32,
+        max_side: u32,
+    ) -> Result<Self> {
+        let b = FaceBox::around(points)?;
+        let side = context * b.width().max(b.height());
+        let [cx, cy] = b.center();
+        let clip = |v: f32, limit: u32| v.clamp(0.0, limit as f32) as u32;
+        let (x0, x1) = (
+            clip((cx - side / 2.0).floor(), photo_width),
+            clip((cx + side / 2.0).ceil(), photo_width),
+        );
+        let (y0, y1) = (
+            clip((cy - side / 2.0).floor(), photo_height),
+            clip((cy + side / 2.0).ceil(), photo_height),
+        );
+        if x1 <= x0 || y1 <= y0 {
+            return Err(Error::Invalid {
+                what: "dataset crop",
+                detail: format!(
+                    "the face's landmark box {:?} lies outside the {photo_width}x{photo_height} \
+                     photo",
+                    <[f32; 4]>::from(b)
+                ),
+            });
+        }
+        let (width, height) = (x1 - x0, y1 - y0);
+        let scale = (max_side as f32 / width.max(height) as f32).min(1.0);
+        let size = |v: u32| ((v as f32 * scale).round() as u32).max(1);
+        Ok(Self {
+            x0,
+            y0,
+            width,
+            height,
+            out_width: size(width),
+            out_height: size(height),
+        })
+    }
+
+    /// The scale from photo to saved crop (1 when the cut was small enough).
+    pub fn scale(&self) -> f32 {
+        self.out_width.max(self.out_height) as f32 / self.width.max(self.height) as f32
+    }
+
+    /// A 0-based photo point in the saved crop, pixel centres kept exact:
+    /// `x' = (x - x0 + 0.5) * sx - 0.5` with `sx` = saved width / cut width (`y` likewise).
+    pub fn to_crop(&self, p: Point) -> Point {
+        let sx = self.out_width as f32 / self.width as f32;
+        let sy = self.out_height as f32 / self.height as f32;
+        [
+            (p[0] - self.x0 as f32 + 0.5) * sx - 0.5,
+            (p[1] - self.y0 as f32 + 0.5) * sy - 0.5,
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn test_dataset_crop_matches_face68_manifest_rows() {
+        // A face whose landmark box is 200 x 100 at (400, 300): side 2.2 * 200 = 440 around
+        // the centre (500, 350): [280, 720) x [130, 570), under 512 so unscaled.
+        let points = [[400.0, 300.0], [600.0, 400.0]];
+        let c = DatasetCrop::around(&points, 1000, 1000, 2.2, 512).unwrap();
+        assert_eq!((c.x0, c.y0, c.width, c.height), (280, 130, 440, 440));
+        assert_eq!((c.out_width, c.out_height), (440, 440));
+        assert_eq!(c.to_crop([400.0, 300.0]), [120.0, 170.0]);
+        // Clipped at the photo's right edge: not square.
+        let c = DatasetCrop::around(&points, 700, 1000, 2.2, 512).unwrap();
+        assert_eq!((c.x0, c.width), (280, 420));
+        // Too large: scaled so the longer side is 512, points moved by pixel centres.
+        let big = [[0.0, 0.0], [1000.0, 500.0]];
+        let c = DatasetCrop::around(&big, 4000, 4000, 2.2, 512).unwrap();
+        assert_eq!((c.x0, c.width, c.out_width), (0, 1600, 512));
+        assert!((c.scale() - 0.32).abs() < 1e-6);
+        let p = c.to_crop([-0.5 + c.x0 as f32, 0.0]);
+        assert!(
+            (p[0] + 0.5).abs() < 1e-5,
+            "the left pixel edge stays the left edge: {p:?}"
+        );
+        assert!(DatasetCrop::around(&points, 100, 100, 2.2, 512).is_err());
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -454,8 +454,71 @@ mod simd {
     }
 }
 
+/// Horizontal-flip test-time averaging for one face: `points` are its landmarks from the crop,
+/// `mirrored` those the model found in the same crop mirrored left to right. Point `i` of the
+/// face is point `perm[i]` of the mirrored one (the scheme's flip permutation) at `x -> 1 - x`:
+/// crop pixel `u` has its centre at `(u + 0.5) / S`, so reversing the pixel columns maps
+/// normalised `x` to `1 - x`. Positions and scores become the mean of both passes.
+pub fn average_with_mirror(points: &mut [Landmark], mirrored: &[Landmark], perm: &[usize]) {
+    debug_assert!(points.len() == mirrored.len() && points.len() == perm.len());
+    for (p, &from) in points.iter_mut().zip(perm) {
+        let m = mirrored[from];
+        p.x = 0.5 * (p.x + 1.0 - m.x);
+        p.y = 0.5 * (p.y + m.y);
+        p.score = 0.5 * (p.score + m.score);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn test_mirror_average_unflips_through_the_permutation() {
+        // Three points: 0 and 2 swap under the flip, 1 maps to itself.
+        let perm = [2, 1, 0];
+        let face = [
+            Landmark {
+                x: 0.2,
+                y: 0.3,
+                score: 0.9,
+            },
+            Landmark {
+                x: 0.5,
+                y: 0.6,
+                score: 0.8,
+            },
+            Landmark {
+                x: 0.7,
+                y: 0.3,
+                score: 0.7,
+            },
+        ];
+        // What a perfect model sees in the mirrored crop: the left point (0) now lies at
+        // 1 - 0.2 on the right, where point 2 used to be, and is labeled 2.
+        let mirrored: Vec<Landmark> = (0..3)
+            .map(|i| {
+                let p = face[perm[i]];
+                Landmark { x: 1.0 - p.x, ..p }
+            })
+            .collect();
+        let mut points = face;
+        average_with_mirror(&mut points, &mirrored, &perm);
+        for (a, b) in points.iter().zip(&face) {
+            assert!(
+                (a.x - b.x).abs() < 1e-6 && (a.y - b.y).abs() < 1e-6,
+                "{a:?} vs {b:?}"
+            );
+        }
+        // A mirrored pass that is off by +0.1 in (mirrored) x moves the mean by -0.05.
+        let shifted: Vec<Landmark> = mirrored
+            .iter()
+            .map(|p| Landmark { x: p.x + 0.1, ..*p })
+            .collect();
+        let mut points = face;
+        average_with_mirror(&mut points, &shifted, &perm);
+        assert!((points[0].x - (face[0].x - 0.05)).abs() < 1e-6);
+        assert!((points[1].score - 0.8).abs() < 1e-6);
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -16,8 +16,8 @@ pub mod metrics;
 pub mod scheme;
 
 pub use contract::{ModelMetadata, OutputForm, TensorSpec, check_io};
-pub use crop::{CropRule, FaceBox, FaceCrop};
-pub use decode::{Decoder, Landmark, PipMaps, decode_pip, decode_pip_scalar};
+pub use crop::{CropRule, DatasetCrop, FaceBox, FaceCrop};
+pub use decode::{Decoder, Landmark, PipMaps, average_with_mirror, decode_pip, decode_pip_scalar};
 pub use detection::{BoxCalibration, Detection};
 pub use meanface::{NeighborIndex, mean_face};
 pub use scheme::Scheme;

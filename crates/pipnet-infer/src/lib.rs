@@ -3,9 +3,10 @@
 //! Data flow: [`image_io`] (decode, EXIF, colour) -> crop ([`pipnet_core::FaceCrop`]) ->
 //! [`preprocess`] (resize + normalise into the input tensor) -> [`model`] (session run, PIP
 //! decode + merge) -> back-projection to image pixels. [`runtime`] provides the ONNX Runtime
-//! library itself.
+//! library itself; [`dataset`] rebuilds the training data's layout from 300-W.
 
 pub mod bench;
+pub mod dataset;
 pub mod detect;
 pub mod error;
 pub mod eval;

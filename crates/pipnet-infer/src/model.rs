@@ -7,11 +7,11 @@ use image::RgbImage;
 use ort::session::Session;
 use ort::value::TensorRef;
 use pipnet_core::contract::{ModelMetadata, OutputForm, check_io};
-use pipnet_core::{Decoder, FaceCrop, Landmark, PipMaps, Point};
+use pipnet_core::{Decoder, FaceCrop, Landmark, PipMaps, Point, average_with_mirror};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::preprocess::{Normalization, write_crop};
+use crate::preprocess::{Normalization, mirror_crops, write_crop};
 use crate::runtime::{Runtime, runtime};
 use crate::session::{GraphSource, OpenedSession, open_session, tensor_specs};
 
@@ -106,6 +106,8 @@ pub struct LandmarkModel {
     norm: Normalization,
     decoder: Decoder,
     batch_size: usize,
+    /// Also run each crop mirrored and average (see [`Self::set_flip_average`]).
+    flip_average: bool,
     /// Reused input buffer, `[batch, 3, S, S]`.
     input: Vec<f32>,
 }
@@ -161,6 +163,7 @@ impl LandmarkModel {
             provider,
             fallback,
             batch_size,
+            flip_average: false,
             input: Vec::new(),
             meta,
         })
@@ -187,6 +190,17 @@ impl LandmarkModel {
 
     pub fn batch_size(&self) -> usize {
         self.batch_size
+    }
+
+    /// Horizontal-flip test-time averaging: [`Self::landmarks`] also runs every crop mirrored
+    /// and averages the two results through the scheme's flip permutation (twice the
+    /// inference work).
+    pub fn set_flip_average(&mut self, on: bool) {
+        self.flip_average = on;
+    }
+
+    pub fn flip_average(&self) -> bool {
+        self.flip_average
     }
 
     /// Runs a prepared `[batch, 3, S, S]` input and hands the named outputs to `read`.
@@ -321,16 +335,34 @@ impl LandmarkModel {
         Ok(landmarks)
     }
 
-    /// Landmarks for each `(image, crop)`, run in batches of [`Self::batch_size`].
+    /// Landmarks for each `(image, crop)`, run in batches of [`Self::batch_size`] (with flip
+    /// averaging, each batch also holds the mirrored crops).
     pub fn landmarks(&mut self, faces: &[(&RgbImage, FaceCrop)]) -> Result<Vec<FaceLandmarks>> {
         let l = self.meta.num_landmarks();
+        let per_crop = 3 * self.meta.input_size * self.meta.input_size;
+        let perm = self
+            .flip_average
+            .then(|| self.meta.scheme.flip_permutation());
         let mut result = Vec::with_capacity(faces.len());
         for chunk in faces.chunks(self.batch_size) {
+            let n = chunk.len();
             let mut input = std::mem::take(&mut self.input);
             self.prepare(chunk, &mut input);
-            let decoded = self.run_prepared(&input, chunk.len());
+            if perm.is_some() {
+                input.extend_from_within(..n * per_crop);
+                mirror_crops(&mut input[n * per_crop..], self.meta.input_size);
+            }
+            let decoded = self.run_prepared(&input, if perm.is_some() { 2 * n } else { n });
             self.input = input;
-            for ((_, crop), points) in chunk.iter().zip(decoded?.chunks_exact(l)) {
+            let mut decoded = decoded?;
+            if let Some(perm) = &perm {
+                let (points, mirrored) = decoded.split_at_mut(n * l);
+                for (face, flipped) in points.chunks_exact_mut(l).zip(mirrored.chunks_exact(l)) {
+                    average_with_mirror(face, flipped, perm);
+                }
+                decoded.truncate(n * l);
+            }
+            for ((_, crop), points) in chunk.iter().zip(decoded.chunks_exact(l)) {
                 result.push(FaceLandmarks {
                     crop: *crop,
                     in_image: points.iter().map(|p| crop.to_image([p.x, p.y])).collect(),

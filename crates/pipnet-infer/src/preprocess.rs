@@ -119,6 +119,14 @@ fn write_upright_crop(
     }
 }
 
+/// Mirrors `[N, 3, S, S]` crops left to right in place (reverses every row), for test-time
+/// flip averaging.
+pub fn mirror_crops(input: &mut [f32], size: usize) {
+    for row in input.chunks_exact_mut(size) {
+        row.reverse();
+    }
+}
+
 /// The general case: step through the image along each output row.
 fn write_rotated_crop(
     image: &RgbImage,

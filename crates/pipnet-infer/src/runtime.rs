@@ -283,50 +283,95 @@ pub fn fetch_library() -> Result<PathBuf> {
         })?;
     let target = cached_library_path()
         .ok_or_else(|| Error::Runtime(format!("no cache folder (HOME unset); {HOW_TO_PROVIDE}")))?;
+    let requirement = format!("onnxruntime=={ORT_VERSION}");
+    let pin = PinnedMember {
+        requirement: &requirement,
+        platform: Some(wheel.platform),
+        wheel: wheel.file,
+        wheel_sha256: wheel.sha256,
+        member: WHEEL_MEMBER,
+        member_sha256: None,
+    };
+    fetch_wheel_member(&pin, &target, HOW_TO_PROVIDE)
+}
+
+/// One file inside a wheel on PyPI, pinned by the wheel's SHA-256 (and the file's own, where
+/// known).
+#[derive(Debug, Clone, Copy)]
+pub struct PinnedMember<'a> {
+    /// What pip is asked for (`name==version`).
+    pub requirement: &'a str,
+    /// pip's `--platform` for a binary wheel (downloaded as CPython 3.11's); `None` for a pure
+    /// Python wheel.
+    pub platform: Option<&'a str>,
+    /// The wheel's file name and SHA-256.
+    pub wheel: &'a str,
+    pub wheel_sha256: &'a str,
+    /// Path of the file inside the wheel, and its SHA-256 if pinned.
+    pub member: &'a str,
+    pub member_sha256: Option<&'a str>,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Refuses a file whose SHA-256 is not `expected`.
+pub fn check_sha256(path: &Path, expected: &str) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(Error::io(path))?;
+    let digest = sha256_hex(&bytes);
+    if digest != expected {
+        return Err(Error::Runtime(format!(
+            "{} has SHA-256 {digest}, expected {expected}: refusing to use it",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Downloads `pin`'s wheel with pip (no dependencies), checks its SHA-256, and extracts the
+/// member to `target` (through a temporary file in the same folder and a rename, so a
+/// concurrent or interrupted fetch never leaves a partial file). `how` says how else to
+/// provide the file, for the error messages.
+pub fn fetch_wheel_member(pin: &PinnedMember, target: &Path, how: &str) -> Result<PathBuf> {
     let folder = target.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(folder).map_err(Error::io(folder))?;
     let staging = tempfile::tempdir_in(folder).map_err(Error::io(folder))?;
 
     let mut pip = pip_command();
-    pip.args(["download", "--no-deps", "--only-binary=:all:"])
-        .args(["--python-version", "3.11", "--implementation", "cp"])
-        .args([
-            "--platform",
-            wheel.platform,
-            "--disable-pip-version-check",
-            "-q",
-        ])
-        .arg("-d")
-        .arg(staging.path())
-        .arg(format!("onnxruntime=={ORT_VERSION}"));
-    run_pip(
-        &mut pip,
-        &format!("pip download onnxruntime=={ORT_VERSION}"),
-        HOW_TO_PROVIDE,
-    )?;
-    let wheel_path = staging.path().join(wheel.file);
+    pip.args(["download", "--no-deps", "--disable-pip-version-check", "-q"]);
+    if let Some(platform) = pin.platform {
+        pip.args(["--only-binary=:all:", "--python-version", "3.11"])
+            .args(["--implementation", "cp", "--platform", platform]);
+    }
+    pip.arg("-d").arg(staging.path()).arg(pin.requirement);
+    run_pip(&mut pip, &format!("pip download {}", pin.requirement), how)?;
+    let wheel_path = staging.path().join(pin.wheel);
     let bytes = std::fs::read(&wheel_path).map_err(Error::io(&wheel_path))?;
-    let digest: String = Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    if digest != wheel.sha256 {
+    let digest = sha256_hex(&bytes);
+    if digest != pin.wheel_sha256 {
         return Err(Error::Runtime(format!(
             "{} has SHA-256 {digest}, expected {}: refusing to use it",
-            wheel.file, wheel.sha256
+            pin.wheel, pin.wheel_sha256
         )));
     }
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))
-        .map_err(|e| Error::Runtime(format!("{} is not a valid wheel: {e}", wheel.file)))?;
+        .map_err(|e| Error::Runtime(format!("{} is not a valid wheel: {e}", pin.wheel)))?;
     let mut member = archive
-        .by_name(WHEEL_MEMBER)
-        .map_err(|e| Error::Runtime(format!("{} lacks {WHEEL_MEMBER}: {e}", wheel.file)))?;
-    let extracted = staging.path().join("libonnxruntime.so");
+        .by_name(pin.member)
+        .map_err(|e| Error::Runtime(format!("{} lacks {}: {e}", pin.wheel, pin.member)))?;
+    let extracted = staging.path().join("member");
     let mut out = std::fs::File::create(&extracted).map_err(Error::io(&extracted))?;
     std::io::copy(&mut member, &mut out).map_err(Error::io(&extracted))?;
     out.sync_all().map_err(Error::io(&extracted))?;
-    std::fs::rename(&extracted, &target).map_err(Error::io(&target))?;
-    Ok(target)
+    if let Some(expected) = pin.member_sha256 {
+        check_sha256(&extracted, expected)?;
+    }
+    std::fs::rename(&extracted, target).map_err(Error::io(target))?;
+    Ok(target.to_path_buf())
 }
 
 /// Whether a missing library may be fetched (`PIPNET_OFFLINE=1` forbids it).

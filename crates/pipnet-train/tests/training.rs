@@ -10,6 +10,7 @@ use pipnet_train::augment::Augmentation;
 use pipnet_train::config::{
     DataConfig, NetworkConfig, Schedule, StcConfig, TrainConfig, TrainOptions,
 };
+use pipnet_train::network::BackboneWeights;
 use pipnet_train::stc::{load_pseudo_labels, round_path};
 use pipnet_train::trainer::{Event, export_checkpoint, load_network, load_state, train};
 
@@ -42,6 +43,7 @@ fn tiny_config(out: &Path, epochs: usize) -> TrainConfig {
             widths: [8, 16, 16, 32],
             last_stage_stride: 1,
             num_neighbors: 10,
+            ..Default::default()
         },
         train: TrainOptions {
             epochs,
@@ -89,8 +91,11 @@ fn all_weights(checkpoint: &Path) -> Vec<f32> {
     let state = load_state(checkpoint).unwrap();
     let net = load_network(checkpoint, &state, &Device::flex()).unwrap();
     let w = net.to_weights(&state.spec).unwrap();
-    let mut values = w.stem.weight.clone();
-    for stage in &w.stages {
+    let BackboneWeights::Resnet18 { stem, stages } = &w.backbone else {
+        panic!("the tiny network is a ResNet");
+    };
+    let mut values = stem.weight.clone();
+    for stage in stages {
         for block in stage {
             values.extend(&block.conv1.weight);
             values.extend(&block.conv2.bias);

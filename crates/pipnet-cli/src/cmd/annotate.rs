@@ -45,6 +45,10 @@ pub struct Args {
     /// pass's landmarks, which is more accurate with detector boxes).
     #[arg(long)]
     no_refine: bool,
+    /// Also run each face crop mirrored and average the two results (twice the landmark
+    /// work; see models/README.md for what it buys).
+    #[arg(long)]
+    flip: bool,
     #[command(flatten)]
     session: super::SessionArgs,
     /// Redo images whose output is already newer than the image.
@@ -73,6 +77,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut pipeline = Pipeline::new(model, detector);
     pipeline.min_face = args.min_face;
     pipeline.refine = !args.no_refine;
+    pipeline.model.set_flip_average(args.flip);
     let job = FolderJob {
         inputs: args.inputs,
         out_dir: args.out.clone(),

@@ -1,4 +1,5 @@
-//! `pipnet eval MODEL DATA [--crops truth|detector] [--refine] [--ced ced.csv] [--plot ced.png]`
+//! `pipnet eval MODEL DATA [--crops truth|detector] [--refine] [--flip] [--ced ced.csv]
+//! [--plot ced.png]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +31,9 @@ pub struct Args {
     /// Run the landmark model a second time on crops re-centred on its first landmarks.
     #[arg(long)]
     refine: bool,
+    /// Also run each crop mirrored and average the two (twice the landmark work).
+    #[arg(long)]
+    flip: bool,
     /// Write the CED curve (NME threshold, share of faces) as CSV.
     #[arg(long)]
     ced: Option<PathBuf>,
@@ -62,7 +66,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let mut pipeline = Pipeline::new(super::load_model(&args.model, &options)?, None);
     pipeline.refine = args.refine;
-    let pass = if args.refine { ", refined" } else { "" };
+    pipeline.model.set_flip_average(args.flip);
+    let pass = match (args.refine, args.flip) {
+        (false, false) => "",
+        (true, false) => ", refined",
+        (false, true) => ", flip-averaged",
+        (true, true) => ", refined, flip-averaged",
+    };
     let evaluate = |pipeline: &mut Pipeline, faces: &[_], crops| {
         evaluate(pipeline, faces, crops, 0.1, DEFAULT_MAX_PIXELS).context("evaluation failed")
     };

@@ -1,6 +1,7 @@
 pub mod annotate;
 pub mod bench;
 pub mod calibrate;
+pub mod data;
 pub mod eval;
 pub mod export;
 pub mod info;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use pipnet_train::Backbone;
 use pipnet_train::config::{StcConfig, TrainConfig};
 use pipnet_train::trainer::{Event, train};
 
@@ -32,37 +33,58 @@ pub struct Args {
     stc: Vec<PathBuf>,
 }
 
-/// The networks of toolchain-notes.md with PyTorch's training rate there (2 threads, batch 16).
-const BENCH_NETWORKS: [(&str, usize, [usize; 4], usize, f64); 3] = [
+/// The networks of toolchain-notes.md with PyTorch's training rate there (2 threads, batch 16):
+/// name, backbone, input, ResNet widths, last stage stride, PyTorch img/s.
+const BENCH_NETWORKS: [(&str, Backbone, usize, [usize; 4], usize, f64); 5] = [
     (
-        "256, full (64..512), stride 32",
+        "ResNet-18 256, full (64..512), stride 32",
+        Backbone::Resnet18,
         256,
         [64, 128, 256, 512],
         2,
         10.0,
     ),
     (
-        "128, full (64..512), stride 16",
+        "ResNet-18 128, full (64..512), stride 16",
+        Backbone::Resnet18,
         128,
         [64, 128, 256, 512],
         1,
         42.0,
     ),
     (
-        "128, half (32..256), stride 16",
+        "ResNet-18 128, half (32..256), stride 16",
+        Backbone::Resnet18,
         128,
         [32, 64, 128, 256],
         1,
         117.0,
+    ),
+    (
+        "MobileNetV2 256, stride 32",
+        Backbone::MobilenetV2,
+        256,
+        [0; 4],
+        2,
+        12.0,
+    ),
+    (
+        "MobileNetV2 128, stride 16",
+        Backbone::MobilenetV2,
+        128,
+        [0; 4],
+        1,
+        45.0,
     ),
 ];
 
 fn bench(device: &str) -> anyhow::Result<ExitCode> {
     println!("| network | burn {device} img/s | PyTorch img/s (toolchain-notes) | ratio |");
     println!("|---|---|---|---|");
-    for (name, input_size, widths, last_stage_stride, torch) in BENCH_NETWORKS {
+    for (name, backbone, input_size, widths, last_stage_stride, torch) in BENCH_NETWORKS {
         let spec = pipnet_train::NetworkSpec {
             input_size,
+            backbone,
             widths,
             last_stage_stride,
             num_landmarks: 68,
