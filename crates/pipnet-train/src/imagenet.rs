@@ -94,54 +94,43 @@ pub fn read_state_dict(path: &Path) -> Result<BTreeMap<String, StateTensor>> {
     Ok(out)
 }
 
-/// Names and shapes of torchvision's `mobilenet_v2()` state dict (width 1.0, 1,000 classes):
-/// what the ImageNet checkpoint must hold. Convolutions are `features.<i>...<j>.weight`; each
-/// BatchNorm has five entries (`weight`, `bias`, `running_mean`, `running_var`,
-/// `num_batches_tracked`).
-pub fn torchvision_mobilenet_v2_shapes() -> Vec<(String, Vec<usize>)> {
-    let mut out = Vec::new();
-    let mut names = Vec::new();
-    let mut add = |conv_name: String, bn_name: String, shape: Vec<usize>| {
-        names.push((conv_name, bn_name, shape));
-    };
-    add(
-        "features.0.0".into(),
-        "features.0.1".into(),
-        vec![32, 3, 3, 3],
-    );
+/// torchvision's names for MobileNetV2's convolutions and their BatchNorms, in network order:
+/// `features.0` (stem), then per block `features.<i>.conv.*` (with an expansion: `conv.0` the
+/// 1x1 expansion, `conv.1` the depthwise convolution, `conv.2` the projection and `conv.3` its
+/// BatchNorm; without, the numbering starts at the depthwise convolution), then `features.18`.
+pub fn torchvision_conv_bn_names() -> Vec<(String, String)> {
+    let mut names = vec![("features.0.0".to_string(), "features.0.1".to_string())];
     for (i, block) in mobilenet_v2_blocks(2).iter().enumerate() {
         let f = format!("features.{}.conv", i + 1);
-        let hidden = block.hidden_channels();
-        // With expansion: conv.0 = 1x1 expand (conv + BN), conv.1 = depthwise, conv.2 = 1x1
-        // projection, conv.3 its BN; without, everything moves down by one.
-        let mut j = 0;
-        if block.expand_ratio != 1 {
-            add(
-                format!("{f}.0.0"),
-                format!("{f}.0.1"),
-                vec![hidden, block.in_channels, 1, 1],
-            );
-            j = 1;
+        let j = usize::from(block.expand_ratio != 1);
+        if j == 1 {
+            names.push((format!("{f}.0.0"), format!("{f}.0.1")));
         }
-        add(
-            format!("{f}.{j}.0"),
-            format!("{f}.{j}.1"),
-            vec![hidden, 1, 3, 3],
-        );
-        add(
-            format!("{f}.{}", j + 1),
-            format!("{f}.{}", j + 2),
-            vec![block.out_channels, hidden, 1, 1],
-        );
+        names.push((format!("{f}.{j}.0"), format!("{f}.{j}.1")));
+        names.push((format!("{f}.{}", j + 1), format!("{f}.{}", j + 2)));
     }
-    add(
-        "features.18.0".into(),
-        "features.18.1".into(),
-        vec![1280, 320, 1, 1],
-    );
-    for (conv_name, bn_name, shape) in names {
+    names.push(("features.18.0".into(), "features.18.1".into()));
+    names
+}
+
+/// Names and shapes of torchvision's `mobilenet_v2()` state dict (width 1.0, 1,000 classes):
+/// what the ImageNet checkpoint must hold. Each BatchNorm has five entries (`weight`, `bias`,
+/// `running_mean`, `running_var`, `num_batches_tracked`).
+pub fn torchvision_mobilenet_v2_shapes() -> Vec<(String, Vec<usize>)> {
+    let mut conv_shapes = vec![vec![32, 3, 3, 3]];
+    for block in mobilenet_v2_blocks(2) {
+        let hidden = block.hidden_channels();
+        if block.expand_ratio != 1 {
+            conv_shapes.push(vec![hidden, block.in_channels, 1, 1]);
+        }
+        conv_shapes.push(vec![hidden, 1, 3, 3]);
+        conv_shapes.push(vec![block.out_channels, hidden, 1, 1]);
+    }
+    conv_shapes.push(vec![1280, 320, 1, 1]);
+    let mut out = Vec::new();
+    for ((conv, bn), shape) in torchvision_conv_bn_names().into_iter().zip(conv_shapes) {
         let c = shape[0];
-        out.push((format!("{conv_name}.weight"), shape));
+        out.push((format!("{conv}.weight"), shape));
         for (p, s) in [
             ("weight", vec![c]),
             ("bias", vec![c]),
@@ -149,7 +138,7 @@ pub fn torchvision_mobilenet_v2_shapes() -> Vec<(String, Vec<usize>)> {
             ("running_var", vec![c]),
             ("num_batches_tracked", vec![]),
         ] {
-            out.push((format!("{bn_name}.{p}"), s));
+            out.push((format!("{bn}.{p}"), s));
         }
     }
     out.push(("classifier.1.weight".into(), vec![1000, 1280]));

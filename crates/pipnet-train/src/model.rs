@@ -16,7 +16,7 @@ use burn::tensor::Slice;
 use burn::tensor::activation::{relu, relu6};
 use burn::tensor::ops::PadMode;
 
-use crate::imagenet::StateTensor;
+use crate::imagenet::{StateTensor, torchvision_conv_bn_names};
 use crate::network::{
     Backbone, BackboneWeights, BasicBlock, ConvLayer, InvertedResidual, MOBILENET_V2_FEATURES,
     MOBILENET_V2_STEM, NetworkSpec, PipNetWeights, mobilenet_v2_blocks,
@@ -35,11 +35,15 @@ pub struct ConvBn {
 
 impl ConvBn {
     fn new(device: &Device, channels: [usize; 2], kernel: usize, stride: usize) -> Self {
-        Self::grouped(device, channels, kernel, stride, 1)
+        Self::with_groups(device, channels, kernel, stride, 1)
     }
 
-    /// A depthwise convolution when `groups` equals the channel count.
-    fn grouped(
+    /// A depthwise convolution: one `kernel x kernel` filter per channel.
+    fn depthwise(device: &Device, channels: usize, kernel: usize, stride: usize) -> Self {
+        Self::with_groups(device, [channels, channels], kernel, stride, channels)
+    }
+
+    fn with_groups(
         device: &Device,
         channels: [usize; 2],
         kernel: usize,
@@ -70,7 +74,8 @@ impl ConvBn {
         let y = if self.groups == 1 {
             self.conv.forward(x)
         } else {
-            depthwise(x, self.conv.weight.val(), self.kernel, self.stride)
+            // Only depthwise convolutions have groups (see `Self::depthwise`).
+            depthwise_conv2d(x, self.conv.weight.val(), self.kernel, self.stride)
         };
         self.bn.forward(y)
     }
@@ -148,7 +153,7 @@ impl ConvBn {
 /// pass computes a grouped convolution's weight gradient one group at a time (slice, convolve,
 /// write back, for each of up to 960 channels), which made MobileNetV2 train at 3 images/s;
 /// written with slices and products, both gradients are plain element-wise work.
-fn depthwise(x: Tensor<4>, weight: Tensor<4>, kernel: usize, stride: usize) -> Tensor<4> {
+fn depthwise_conv2d(x: Tensor<4>, weight: Tensor<4>, kernel: usize, stride: usize) -> Tensor<4> {
     let [_, channels, height, width] = x.dims();
     let pad = kernel / 2;
     let x = x.pad([(pad, pad), (pad, pad)], PadMode::Constant(0.0));
@@ -311,7 +316,7 @@ impl MobileNetV2 {
                 InvertedBlock {
                     expand: (b.expand_ratio != 1)
                         .then(|| ConvBn::new(device, [b.in_channels, hidden], 1, 1)),
-                    depthwise: ConvBn::grouped(device, [hidden, hidden], 3, b.stride, hidden),
+                    depthwise: ConvBn::depthwise(device, hidden, 3, b.stride),
                     project: ConvBn::new(device, [hidden, b.out_channels], 1, 1),
                     residual: b.residual(),
                 }
@@ -332,40 +337,25 @@ impl MobileNetV2 {
         relu6(self.last.forward(x))
     }
 
-    /// Every convolution with torchvision's names for it and its BatchNorm, in order (see
-    /// [`crate::imagenet::torchvision_mobilenet_v2_shapes`]).
-    fn layers_mut(&mut self) -> Vec<(&mut ConvBn, String, String)> {
-        let mut out = vec![(&mut self.stem, "features.0.0".into(), "features.0.1".into())];
-        for (i, block) in self.blocks.iter_mut().enumerate() {
-            let f = format!("features.{}.conv", i + 1);
-            // With an expansion: conv.0 expand, conv.1 depthwise, conv.2 + conv.3 projection;
-            // without, the numbering starts at the depthwise convolution.
-            let j = usize::from(block.expand.is_some());
-            if let Some(expand) = &mut block.expand {
-                out.push((expand, format!("{f}.0.0"), format!("{f}.0.1")));
-            }
-            out.push((
-                &mut block.depthwise,
-                format!("{f}.{j}.0"),
-                format!("{f}.{j}.1"),
-            ));
-            out.push((
-                &mut block.project,
-                format!("{f}.{}", j + 1),
-                format!("{f}.{}", j + 2),
-            ));
+    /// Every convolution, in the order of [`torchvision_conv_bn_names`].
+    fn layers_mut(&mut self) -> Vec<&mut ConvBn> {
+        let mut out = vec![&mut self.stem];
+        for block in &mut self.blocks {
+            out.extend(block.expand.as_mut());
+            out.push(&mut block.depthwise);
+            out.push(&mut block.project);
         }
-        out.push((
-            &mut self.last,
-            "features.18.0".into(),
-            "features.18.1".into(),
-        ));
+        out.push(&mut self.last);
         out
     }
 
     /// Loads torchvision's `features.*` weights (an ImageNet checkpoint's state dict).
     fn load_torch(&mut self, dict: &BTreeMap<String, StateTensor>, device: &Device) -> Result<()> {
-        for (layer, conv, bn) in self.layers_mut() {
+        for (layer, (conv, bn)) in self
+            .layers_mut()
+            .into_iter()
+            .zip(torchvision_conv_bn_names())
+        {
             layer.load_torch(dict, &conv, &bn, device)?;
         }
         Ok(())
@@ -392,8 +382,9 @@ impl MobileNetV2 {
     }
 }
 
-/// The backbone in burn.
+/// The backbone in burn. One per network, so the variants' size difference costs nothing.
 #[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Features {
     Resnet18(ResNet),
     MobilenetV2(MobileNetV2),
@@ -494,7 +485,8 @@ impl PipNet {
         })
     }
 
-    fn features(&self, image: Tensor<4>) -> Tensor<4> {
+    /// The backbone's output: the features the heads read.
+    pub fn features(&self, image: Tensor<4>) -> Tensor<4> {
         match &self.features {
             Features::Resnet18(net) => net.forward(image),
             Features::MobilenetV2(net) => net.forward(image),

@@ -32,8 +32,9 @@ fn test_imagenet_checkpoint_has_torchvision_names_shapes_and_values() {
     let mut want = expected.clone();
     want.sort();
     assert_eq!(got, want);
-    // Values read by an independent reader (Python's pickle + numpy over the same legacy
-    // file): first three values, last value, and the sum of the tensor.
+    // Values read by an independent reader (`read_legacy` of
+    // python-export/tools/mobilenet_v2_features.py: Python's pickle + numpy over the same
+    // legacy file): first three values, last value, and the sum of the tensor.
     let known: [(&str, [f32; 3], f32, f64); 4] = [
         (
             "features.0.0.weight",
@@ -83,6 +84,57 @@ fn spec_128() -> NetworkSpec {
     }
 }
 
+/// The deterministic `[1, 3, 128, 128]` input of the reference below.
+fn reference_input(n: usize) -> Vec<f32> {
+    (0..n * 3 * 128 * 128)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+        .collect()
+}
+
+#[test]
+fn test_pretrained_features_match_an_independent_numpy_forward_pass() {
+    // Figures printed by `python python-export/tools/mobilenet_v2_features.py
+    // mobilenet_v2-b0353104.pth`: torchvision's layout written in numpy (float64), so a wrong
+    // stride, padding, residual or activation here would not agree with it.
+    let device = Device::flex();
+    let mut net = PipNet::seeded(&spec_128(), 0, &device, 3).unwrap();
+    net.load_imagenet(&imagenet(), &device).unwrap();
+    let features = net.valid().features(Tensor::from_data(
+        TensorData::new(reference_input(1), [1, 3, 128, 128]),
+        &device,
+    ));
+    assert_eq!(features.dims(), [1, 1280, 8, 8]);
+    let f = features
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap();
+    let sum: f64 = f.iter().map(|&v| f64::from(v)).sum();
+    let squares: f64 = f.iter().map(|&v| f64::from(v).powi(2)).sum();
+    assert!(
+        (sum - 15502.37695816153).abs() < 1e-4 * 15502.4,
+        "sum {sum}"
+    );
+    assert!(
+        (squares - 19416.575543418723).abs() < 1e-4 * 19416.6,
+        "squares {squares}"
+    );
+    for (c, y, x, want) in [
+        (0, 5, 7, 0.4873714221258354),
+        (248, 3, 5, 0.1993850710476484),
+        (452, 6, 5, 0.16716758226716327),
+        (654, 7, 5, 0.2670284006159562),
+        (873, 6, 7, 0.31038616755849113),
+        (1081, 6, 5, 1.5510066566330545),
+    ] {
+        let got = f64::from(f[c * 64 + y * 8 + x]);
+        assert!(
+            (got - want).abs() < 1e-3,
+            "feature {c} at ({y}, {x}): {got} vs {want}"
+        );
+    }
+}
+
 #[test]
 fn test_pretrained_mobilenet_v2_exports_what_burn_computes() {
     let device = Device::flex();
@@ -91,9 +143,7 @@ fn test_pretrained_mobilenet_v2_exports_what_burn_computes() {
     net.load_imagenet(&imagenet(), &device).unwrap();
     let net = net.valid();
     let n = 2;
-    let input: Vec<f32> = (0..n * 3 * 128 * 128)
-        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
-        .collect();
+    let input = reference_input(n);
     let out = net.forward(Tensor::from_data(
         TensorData::new(input.clone(), [n, 3, 128, 128]),
         &device,
