@@ -2,6 +2,8 @@
 //! without torch, loaded into the burn network, and exported: ONNX Runtime computes what burn
 //! computes.
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use burn::module::Module;
@@ -84,13 +86,6 @@ fn spec_128() -> NetworkSpec {
     }
 }
 
-/// The deterministic `[1, 3, 128, 128]` input of the reference below.
-fn reference_input(n: usize) -> Vec<f32> {
-    (0..n * 3 * 128 * 128)
-        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
-        .collect()
-}
-
 #[test]
 fn test_pretrained_features_match_an_independent_numpy_forward_pass() {
     // Figures printed by `python python-export/tools/mobilenet_v2_features.py
@@ -100,7 +95,7 @@ fn test_pretrained_features_match_an_independent_numpy_forward_pass() {
     let mut net = PipNet::seeded(&spec_128(), 0, &device, 3).unwrap();
     net.load_imagenet(&imagenet(), &device).unwrap();
     let features = net.valid().features(Tensor::from_data(
-        TensorData::new(reference_input(1), [1, 3, 128, 128]),
+        TensorData::new(common::fixed_input(1, 128), [1, 3, 128, 128]),
         &device,
     ));
     assert_eq!(features.dims(), [1, 1280, 8, 8]);
@@ -142,52 +137,14 @@ fn test_pretrained_mobilenet_v2_exports_what_burn_computes() {
     let mut net = PipNet::seeded(&spec, 0, &device, 3).unwrap();
     net.load_imagenet(&imagenet(), &device).unwrap();
     let net = net.valid();
-    let n = 2;
-    let input = reference_input(n);
-    let out = net.forward(Tensor::from_data(
-        TensorData::new(input.clone(), [n, 3, 128, 128]),
-        &device,
-    ));
-    let burn_maps: Vec<Vec<f32>> = [out.cls, out.off_x, out.off_y, out.nb_x, out.nb_y]
-        .into_iter()
-        .map(|t| {
-            t.into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .unwrap()
-        })
-        .collect();
-
     let dir = tempfile::tempdir().unwrap();
     let onnx = dir.path().join("mobilenet.onnx");
     let meta = synthetic_metadata(&spec, Scheme::W300_68).unwrap();
     write_model(&net.to_weights(&spec).unwrap(), &meta, &onnx).unwrap();
-    let mut model = LandmarkModel::load(&onnx, &SessionOptions::default()).unwrap();
-    assert!(
-        model
-            .metadata()
-            .backbone
-            .as_deref()
-            .unwrap_or_default()
-            .starts_with("mobilenetv2")
-    );
-    let ort_maps = model.run_raw(&input, n).unwrap();
-    for (name, (b, o)) in ["cls", "off_x", "off_y", "nb_x", "nb_y"]
-        .iter()
-        .zip(burn_maps.iter().zip(&ort_maps))
-    {
-        assert_eq!(b.len(), o.len(), "{name}");
-        let scale = b.iter().fold(1.0f32, |m, x| m.max(x.abs()));
-        let worst = b
-            .iter()
-            .zip(o)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0f32, f32::max);
-        assert!(
-            worst < 1e-4 * scale,
-            "{name}: burn and ONNX Runtime differ by {worst} (outputs up to {scale})"
-        );
-    }
+    let model = LandmarkModel::load(&onnx, &SessionOptions::default()).unwrap();
+    let backbone = model.metadata().backbone.clone().unwrap_or_default();
+    assert!(backbone.starts_with("mobilenetv2"), "{backbone}");
+    common::assert_graph_matches_network(&net, &onnx, 2, 128);
 }
 
 #[test]

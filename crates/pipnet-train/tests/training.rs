@@ -2,6 +2,8 @@
 //! uninterrupted one (with and without self-training rounds), and the exported graph computes
 //! what the burn network computes.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
@@ -217,42 +219,8 @@ fn test_exported_graph_matches_the_burn_network() {
     assert_eq!(meta.input_size, 64);
 
     let state = load_state(&checkpoint).unwrap();
-    let device = Device::flex();
-    let net = load_network(&checkpoint, &state, &device).unwrap();
-    let input: Vec<f32> = (0..2 * 3 * 64 * 64)
-        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
-        .collect();
-    let out = net.forward(Tensor::from_data(
-        TensorData::new(input.clone(), [2, 3, 64, 64]),
-        &device,
-    ));
-    let burn_maps: Vec<Vec<f32>> = [out.cls, out.off_x, out.off_y, out.nb_x, out.nb_y]
-        .into_iter()
-        .map(|t| {
-            t.into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .unwrap()
-        })
-        .collect();
-
-    let mut model = LandmarkModel::load(&onnx, &SessionOptions::default()).unwrap();
-    let ort_maps = model.run_raw(&input, 2).unwrap();
-    for (name, (b, o)) in ["cls", "off_x", "off_y", "nb_x", "nb_y"]
-        .iter()
-        .zip(burn_maps.iter().zip(&ort_maps))
-    {
-        assert_eq!(b.len(), o.len(), "{name}");
-        let worst = b
-            .iter()
-            .zip(o)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0f32, f32::max);
-        assert!(
-            worst < 1e-4,
-            "{name}: burn and ONNX Runtime differ by {worst}"
-        );
-    }
+    let net = load_network(&checkpoint, &state, &Device::flex()).unwrap();
+    common::assert_graph_matches_network(&net, &onnx, 2, 64);
 }
 
 /// A WFLW-style list of 98 points per face, made from real faces and their 68 points (plus the
