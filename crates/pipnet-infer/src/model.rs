@@ -199,10 +199,6 @@ impl LandmarkModel {
         self.flip_average = on;
     }
 
-    pub fn flip_average(&self) -> bool {
-        self.flip_average
-    }
-
     /// Runs a prepared `[batch, 3, S, S]` input and hands the named outputs to `read`.
     fn run_session<R>(
         session: &mut Session,
