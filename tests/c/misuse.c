@@ -26,8 +26,10 @@ int main(int argc, char **argv) {
 
     expect("create with NULL options", pipnet_create(NULL, &handle), PIPNET_STATUS_NULL_POINTER);
     expect("create with NULL out", pipnet_create(&options, NULL), PIPNET_STATUS_NULL_POINTER);
-    expect("create with NULL model path", pipnet_create(&options, &handle),
-           PIPNET_STATUS_NULL_POINTER);
+    expect("create with NULL model path (the built-in model)", pipnet_create(&options, &handle),
+           PIPNET_STATUS_OK);
+    expect("destroy the built-in model's handle", pipnet_destroy(handle), PIPNET_STATUS_OK);
+    handle = NULL;
     options.landmark_model = argv[2];
     expect("create with a file that is not a model", pipnet_create(&options, &handle),
            PIPNET_STATUS_MODEL_LOAD);

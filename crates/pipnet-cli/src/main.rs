@@ -51,8 +51,42 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("pipnet: error: {err:#}");
+            eprintln!("pipnet: error: {}", error_chain(&err));
             ExitCode::from(2)
         }
+    }
+}
+
+/// The error and its causes joined by ": ", each sentence once: library errors often repeat
+/// their cause in their own message, and printing the chain as is would say it twice.
+fn error_chain(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let message = cause.to_string();
+        if text.contains(&message) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&message);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let io = std::io::Error::other("no metadata key pipnet.format");
+        let err = anyhow::Error::new(io)
+            .context("model m.onnx: no metadata key pipnet.format")
+            .context("failed to load model m.onnx");
+        assert_eq!(
+            error_chain(&err),
+            "failed to load model m.onnx: model m.onnx: no metadata key pipnet.format"
+        );
     }
 }

@@ -1,36 +1,9 @@
 //! The CED curve as a PNG (plotters). Text needs a TrueType font: `PIPNET_FONT`, else the
 //! DejaVu Sans that Debian-based systems ship.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{Context, bail};
 use plotters::prelude::*;
-use plotters::style::{FontStyle, register_font};
-
-const FONT_CANDIDATES: &[&str] = &[
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-];
-
-fn register_sans() -> anyhow::Result<()> {
-    let path = std::env::var_os("PIPNET_FONT")
-        .map(PathBuf::from)
-        .or_else(|| {
-            FONT_CANDIDATES
-                .iter()
-                .map(PathBuf::from)
-                .find(|p| p.is_file())
-        });
-    let Some(path) = path else {
-        bail!("no TrueType font found for the plot: set PIPNET_FONT to a .ttf file");
-    };
-    let bytes = std::fs::read(&path).with_context(|| format!("reading font {}", path.display()))?;
-    // plotters keeps registered fonts for the whole process.
-    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-    register_font("sans-serif", FontStyle::Normal, bytes)
-        .map_err(|_| anyhow::anyhow!("{} is not a usable TrueType font", path.display()))
-}
 
 /// Draws `curves` (label, points of (NME threshold, share of faces)) up to `max_error`.
 pub fn ced_png(
@@ -39,7 +12,8 @@ pub fn ced_png(
     curves: &[(String, Vec<(f32, f32)>)],
     max_error: f32,
 ) -> anyhow::Result<()> {
-    register_sans()?;
+    pipnet_infer::preview::ensure_font()
+        .map_err(|e| anyhow::anyhow!("the plot needs a font: {e}"))?;
     let root = BitMapBackend::new(path, (800, 600)).into_drawing_area();
     let draw = |e: DrawingAreaErrorKind<_>| anyhow::anyhow!("drawing {}: {e:?}", path.display());
     root.fill(&WHITE).map_err(draw)?;

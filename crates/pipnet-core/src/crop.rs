@@ -58,6 +58,42 @@ impl FaceBox {
         self.x1 - self.x0
     }
 
+    /// Checks that a caller's box can be a face in a `width` x `height` image: finite, with
+    /// `x0 < x1` and `y0 < y1`, overlapping the image, and no side over
+    /// [`Self::MAX_SIDE_OVER_IMAGE`] times the image's longer side. Landmarks for anything else
+    /// would be made-up numbers.
+    pub fn check_in_image(&self, width: u32, height: u32) -> Result<()> {
+        let invalid = |detail: String| Error::Invalid {
+            what: "face box",
+            detail: format!(
+                "[{}, {}, {}, {}]: {detail}",
+                self.x0, self.y0, self.x1, self.y1
+            ),
+        };
+        let [x0, y0, x1, y1]: [f32; 4] = (*self).into();
+        if ![x0, y0, x1, y1].iter().all(|v| v.is_finite()) {
+            return Err(invalid("coordinates must be finite numbers".into()));
+        }
+        if x0 >= x1 || y0 >= y1 {
+            return Err(invalid("expected x0 < x1 and y0 < y1".into()));
+        }
+        let (w, h) = (width as f32, height as f32);
+        if x1 <= 0.0 || y1 <= 0.0 || x0 >= w || y0 >= h {
+            return Err(invalid(format!("lies outside the {width}x{height} image")));
+        }
+        let limit = Self::MAX_SIDE_OVER_IMAGE * w.max(h);
+        if self.width().max(self.height()) > limit {
+            return Err(invalid(format!(
+                "is more than {}x the {width}x{height} image",
+                Self::MAX_SIDE_OVER_IMAGE
+            )));
+        }
+        Ok(())
+    }
+
+    /// How much larger than the image a caller's box may be ([`Self::check_in_image`]).
+    pub const MAX_SIDE_OVER_IMAGE: f32 = 4.0;
+
     pub fn height(&self) -> f32 {
         self.y1 - self.y0
     }
@@ -363,6 +399,34 @@ mod tests {
             "{b:?}"
         );
         assert!((b.height() - 200.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn boxes_are_checked_against_the_image() {
+        let ok = FaceBox::from([10.0, 20.0, 60.0, 80.0]);
+        assert!(ok.check_in_image(100, 100).is_ok());
+        // Partly outside is fine: faces at the border are real.
+        assert!(
+            FaceBox::from([-20.0, -20.0, 30.0, 30.0])
+                .check_in_image(100, 100)
+                .is_ok()
+        );
+        let bad = [
+            ([f32::NAN, 0.0, 10.0, 10.0], "finite"),
+            ([0.0, 0.0, f32::INFINITY, 10.0], "finite"),
+            ([50.0, 0.0, 10.0, 10.0], "x0 < x1"),
+            ([0.0, 10.0, 10.0, 10.0], "y0 < y1"),
+            ([100.0, 0.0, 150.0, 50.0], "outside"),
+            ([-50.0, 0.0, 0.0, 50.0], "outside"),
+            ([0.0, 0.0, 1e30, 1e30], "more than 4x"),
+        ];
+        for (b, why) in bad {
+            let err = FaceBox::from(b)
+                .check_in_image(100, 100)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{b:?}: {err}");
+        }
     }
 
     proptest! {

@@ -20,7 +20,7 @@ pub use crop::{CropRule, DatasetCrop, FaceBox, FaceCrop};
 pub use decode::{Decoder, Landmark, PipMaps, average_with_mirror, decode_pip, decode_pip_scalar};
 pub use detection::{BoxCalibration, Detection};
 pub use meanface::{NeighborIndex, mean_face};
-pub use scheme::Scheme;
+pub use scheme::{Contour, Scheme};
 
 /// A 2-D point; the unit (crop-normalised or image pixels) is given by the context.
 pub type Point = [f32; 2];

@@ -65,11 +65,76 @@ impl Scheme {
     }
 }
 
+/// A run of consecutive landmarks drawn as one line (a jaw, a brow, an eye), as people draw the
+/// face of a scheme: `first..=last`, with the last joined back to the first when `closed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Contour {
+    pub first: usize,
+    pub last: usize,
+    pub closed: bool,
+}
+
+const fn open(first: usize, last: usize) -> Contour {
+    Contour {
+        first,
+        last,
+        closed: false,
+    }
+}
+
+const fn closed(first: usize, last: usize) -> Contour {
+    Contour {
+        first,
+        last,
+        closed: true,
+    }
+}
+
+impl Scheme {
+    /// The face's lines: jaw, brows, nose, eyes and lips (points in none, such as WFLW's
+    /// pupils, are drawn as points only).
+    pub fn contours(self) -> &'static [Contour] {
+        match self {
+            Scheme::W300_68 => W300_68_CONTOURS,
+            Scheme::Wflw98 => WFLW98_CONTOURS,
+        }
+    }
+
+    /// The scheme with `n` landmarks, if there is one.
+    pub fn with_landmarks(n: usize) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.num_landmarks() == n)
+    }
+}
+
 impl std::fmt::Display for Scheme {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
 }
+
+const W300_68_CONTOURS: &[Contour] = &[
+    open(0, 16),    // jaw
+    open(17, 21),   // brows
+    open(22, 26),   //
+    open(27, 30),   // nose ridge
+    open(31, 35),   // nostrils
+    closed(36, 41), // eyes
+    closed(42, 47), //
+    closed(48, 59), // outer lips
+    closed(60, 67), // inner lips
+];
+
+const WFLW98_CONTOURS: &[Contour] = &[
+    open(0, 32),    // jaw
+    closed(33, 41), // brows
+    closed(42, 50), //
+    open(51, 54),   // nose ridge
+    open(55, 59),   // nostrils
+    closed(60, 67), // eyes
+    closed(68, 75), //
+    closed(76, 87), // outer lips
+    closed(88, 95), // inner lips
+];
 
 /// Mirror pairs of the iBUG 68-point layout; points not listed (nose ridge, centre of the lips)
 /// map to themselves.
@@ -132,6 +197,33 @@ mod tests {
         for scheme in Scheme::ALL {
             let (a, b) = scheme.normalizer();
             assert_eq!(scheme.flip_permutation()[a], b);
+        }
+    }
+
+    #[test]
+    fn test_contours_are_disjoint_and_mirror_onto_contours() {
+        for scheme in Scheme::ALL {
+            let mut seen = vec![false; scheme.num_landmarks()];
+            for c in scheme.contours() {
+                assert!(c.first < c.last && c.last < scheme.num_landmarks(), "{c:?}");
+                for i in c.first..=c.last {
+                    assert!(!seen[i], "{scheme}: {i} in two contours");
+                    seen[i] = true;
+                }
+            }
+            // A mirrored face draws the same lines: each contour's points flip into one contour.
+            let perm = scheme.flip_permutation();
+            let owner = |i: usize| {
+                scheme
+                    .contours()
+                    .iter()
+                    .position(|c| (c.first..=c.last).contains(&i))
+            };
+            for c in scheme.contours() {
+                let targets: Vec<_> = (c.first..=c.last).map(|i| owner(perm[i])).collect();
+                assert!(targets.windows(2).all(|w| w[0] == w[1]), "{scheme}: {c:?}");
+            }
+            assert_eq!(Scheme::with_landmarks(scheme.num_landmarks()), Some(scheme));
         }
     }
 

@@ -67,7 +67,8 @@ pub const PIPNET_DEVICE_AUTO: u32 = 2;
 /// Options for `pipnet_create`.
 #[repr(C)]
 pub struct PipnetOptions {
-    /// Path of the landmark model (UTF-8, NUL-terminated). Required.
+    /// Path of the landmark model (UTF-8, NUL-terminated); NULL: the model built into the
+    /// library (the shipped default).
     pub landmark_model: *const c_char,
     /// Path of a BlazeFace detector graph with its `.json` settings beside it, or NULL for the
     /// built-in detector.
@@ -330,7 +331,6 @@ pub unsafe extern "C" fn pipnet_create(
         non_null(options, "options")?;
         non_null(out, "out")?;
         let options = unsafe { &*options };
-        let model_path = unsafe { path_arg(options.landmark_model, "options.landmark_model")? };
         let device = match options.device {
             PIPNET_DEVICE_CPU => Device::Cpu,
             PIPNET_DEVICE_CUDA => Device::Cuda,
@@ -353,7 +353,12 @@ pub unsafe extern "C" fn pipnet_create(
             threads: (options.threads > 0).then_some(options.threads as usize),
             batch_size: None,
         };
-        let model = LandmarkModel::load(model_path, &session)?;
+        let model = if options.landmark_model.is_null() {
+            LandmarkModel::builtin(&session)?
+        } else {
+            let path = unsafe { path_arg(options.landmark_model, "options.landmark_model")? };
+            LandmarkModel::load(path, &session)?
+        };
         let detector = if options.detector_model.is_null() {
             FaceDetector::builtin(&session)?
         } else {

@@ -105,6 +105,8 @@ pub struct FolderJob {
     /// Redo images whose output is already newer than the image.
     pub force: bool,
     pub max_pixels: u64,
+    /// Only this shard's images ([`Shard`]); `None`: all of them.
+    pub shard: Option<Shard>,
 }
 
 /// One image that could not be annotated.
@@ -139,13 +141,25 @@ fn is_image(path: &Path) -> bool {
 }
 
 /// The image files of `inputs` (files, or folders walked recursively), each folder's sorted by
-/// relative path: the same walk as [`annotate_folder`].
+/// relative path: the same walk as [`annotate_folder`], except that here the first entry the
+/// walk cannot read is an error.
 pub fn image_paths(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    Ok(collect(inputs)?.into_iter().map(|item| item.path).collect())
+    let (items, failures) = walk_inputs(inputs);
+    if let Some(first) = failures.into_iter().next() {
+        return Err(Error::InvalidInput(format!(
+            "{}: {}",
+            first.image, first.error
+        )));
+    }
+    Ok(items.into_iter().map(|item| item.path).collect())
 }
 
-fn collect(inputs: &[PathBuf]) -> Result<Vec<Item>> {
+/// The images of `inputs`, and a failure for every input or folder entry the walk could not
+/// read (a missing input, a symbolic link loop or a broken link, an unreadable folder): those
+/// are reported, never a reason to stop.
+fn walk_inputs(inputs: &[PathBuf]) -> (Vec<Item>, Vec<Failure>) {
     let mut items = Vec::new();
+    let mut failures = Vec::new();
     for input in inputs {
         if input.is_file() {
             let name = input.file_name().map(|n| n.to_string_lossy().into_owned());
@@ -156,33 +170,170 @@ fn collect(inputs: &[PathBuf]) -> Result<Vec<Item>> {
             continue;
         }
         if !input.is_dir() {
-            return Err(Error::Io {
-                path: input.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
+            failures.push(Failure {
+                image: input.display().to_string(),
+                error: "no such file or folder".into(),
             });
+            continue;
         }
         let mut found: Vec<Item> = Vec::new();
         for entry in walkdir::WalkDir::new(input).follow_links(true) {
-            let entry = entry.map_err(|e| Error::Io {
-                path: e.path().unwrap_or(input).to_path_buf(),
-                source: e.into(),
-            })?;
-            if entry.file_type().is_file() && is_image(entry.path()) {
-                let rel = entry.path().strip_prefix(input).unwrap_or(entry.path());
-                let parts: Vec<String> = rel
-                    .components()
-                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                    .collect();
-                found.push(Item {
-                    path: entry.path().to_path_buf(),
-                    name: parts.join("/"),
-                });
+            match entry {
+                Ok(entry) if entry.file_type().is_file() && is_image(entry.path()) => {
+                    found.push(Item {
+                        path: entry.path().to_path_buf(),
+                        name: relative_name(input, entry.path()),
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => failures.push(Failure {
+                    image: e
+                        .path()
+                        .map_or_else(|| input.display().to_string(), |p| relative_name(input, p)),
+                    error: walk_error_text(&e),
+                }),
             }
         }
         found.sort_by(|a, b| a.name.cmp(&b.name));
         items.extend(found);
     }
-    Ok(items)
+    (items, failures)
+}
+
+/// `path` relative to the input folder `root`, `/`-separated: the name outputs are keyed by.
+fn relative_name(root: &Path, path: &Path) -> String {
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    let parts: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    parts.join("/")
+}
+
+/// What went wrong reading one folder entry, without the path (the failure names it).
+fn walk_error_text(e: &walkdir::Error) -> String {
+    if let Some(ancestor) = e.loop_ancestor() {
+        return format!(
+            "symbolic link loop (points back to {}); skipped",
+            ancestor.display()
+        );
+    }
+    match e.io_error() {
+        Some(io) if io.kind() == std::io::ErrorKind::NotFound => {
+            "broken symbolic link or vanished file; skipped".into()
+        }
+        Some(io) => format!("cannot read this entry: {io}; skipped"),
+        None => format!("{e}; skipped"),
+    }
+}
+
+/// A deterministic slice of a folder run, for N processes (cluster array jobs) that together
+/// cover a folder exactly once: image `name` belongs to shard `index` of `count` when a hash of
+/// its relative path is `index` modulo `count`. The hash (SHA-256) is the same on every machine
+/// and in every run, so resuming a shard finds its own images again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// 0-based.
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Shard {
+    pub fn new(index: u32, count: u32) -> Result<Self> {
+        if count == 0 || index >= count {
+            return Err(Error::InvalidInput(format!(
+                "shard {index}/{count}: expected K/N with N >= 1 and 0 <= K < N"
+            )));
+        }
+        Ok(Self { index, count })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(name.as_bytes());
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&digest[..8]);
+        u64::from_le_bytes(head) % u64::from(self.count) == u64::from(self.index)
+    }
+
+    /// The shard a cluster scheduler gave this process, from its environment (`var` looks a
+    /// variable up): a Slurm job array (`SLURM_ARRAY_TASK_ID`, `..._COUNT`, and `..._MIN`,
+    /// `..._STEP` for arrays that do not start at 0 or step by more than 1), or a Kubernetes
+    /// Indexed Job (`JOB_COMPLETION_INDEX`, with `count` since Kubernetes does not expose the
+    /// number of completions). `None` outside both.
+    pub fn from_scheduler(
+        var: impl Fn(&str) -> Option<String>,
+        count: Option<u32>,
+    ) -> Result<Option<Self>> {
+        let number = |key: &str| -> Result<Option<u32>> {
+            var(key)
+                .map(|v| {
+                    v.trim().parse::<u32>().map_err(|_| {
+                        Error::InvalidInput(format!("{key}={v:?} is not a whole number"))
+                    })
+                })
+                .transpose()
+        };
+        if let Some(id) = number("SLURM_ARRAY_TASK_ID")? {
+            let tasks = match count {
+                Some(n) => n,
+                None => number("SLURM_ARRAY_TASK_COUNT")?.ok_or_else(|| {
+                    Error::InvalidInput(
+                        "SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not: \
+                         give the number of shards with --shard-count"
+                            .into(),
+                    )
+                })?,
+            };
+            let min = number("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
+            let step = number("SLURM_ARRAY_TASK_STEP")?.unwrap_or(1).max(1);
+            let index = id.checked_sub(min).ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}"
+                ))
+            })? / step;
+            return Self::new(index, tasks).map(Some);
+        }
+        if let Some(index) = number("JOB_COMPLETION_INDEX")? {
+            let count = count.ok_or_else(|| {
+                Error::InvalidInput(
+                    "JOB_COMPLETION_INDEX is set (a Kubernetes Indexed Job) but the number of \
+                     shards is not: pass --shard-count N or set PIPNET_SHARD_COUNT to the \
+                     Job's completions"
+                        .into(),
+                )
+            })?;
+            return Self::new(index, count).map(Some);
+        }
+        Ok(None)
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::InvalidInput(format!("shard {s:?}: expected K/N, e.g. 0/4"));
+        let (k, n) = s.split_once('/').ok_or_else(bad)?;
+        Self::new(
+            k.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        )
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// The failure list of a run: `failures.jsonl`, or `failures-K-of-N.jsonl` for a shard, so
+/// shards writing into one output folder never overwrite each other's.
+pub fn failures_path(out_dir: &Path, shard: Option<Shard>) -> PathBuf {
+    out_dir.join(match shard {
+        None => "failures.jsonl".to_string(),
+        Some(s) => format!("failures-{}-of-{}.jsonl", s.index, s.count),
+    })
 }
 
 /// The output of image `name` under `out_dir` that marks it done: the image's relative path
@@ -265,7 +416,12 @@ pub fn annotate_folder(
     job: &FolderJob,
     mut on_image: impl FnMut(&FolderSummary),
 ) -> Result<FolderSummary> {
-    let items = collect(&job.inputs)?;
+    let (mut items, mut unreadable) = walk_inputs(&job.inputs);
+    if let Some(shard) = job.shard {
+        items.retain(|item| shard.contains(&item.name));
+        unreadable.retain(|f| shard.contains(&f.image));
+    }
+    unreadable.extend(unmatched_boxes(&job.faces, &items, job.shard));
     std::fs::create_dir_all(&job.out_dir).map_err(Error::io(&job.out_dir))?;
     remove_stale_temporaries(&job.out_dir);
     let mut summary = FolderSummary {
@@ -284,13 +440,35 @@ pub fn annotate_folder(
     });
     pipeline.detector = detector;
     result?;
+    summary.failures.extend(unreadable);
     let failures: String = summary
         .failures
         .iter()
         .map(|f| serde_json::to_string(f).unwrap_or_default() + "\n")
         .collect();
-    write_atomic(&job.out_dir.join("failures.jsonl"), failures.as_bytes())?;
+    write_atomic(&failures_path(&job.out_dir, job.shard), failures.as_bytes())?;
     Ok(summary)
+}
+
+/// A failure for each entry of a boxes file (of this shard) that names no input image: a typo
+/// there would otherwise go unnoticed.
+fn unmatched_boxes(faces: &FaceSource, items: &[Item], shard: Option<Shard>) -> Vec<Failure> {
+    let FaceSource::Boxes(map) = faces else {
+        return Vec::new();
+    };
+    let names: std::collections::HashSet<&str> = items.iter().map(|i| i.name.as_str()).collect();
+    let mut missing: Vec<Failure> = map
+        .keys()
+        .filter(|key| !names.contains(key.as_str()) && shard.is_none_or(|s| s.contains(key)))
+        .map(|key| Failure {
+            image: key.clone(),
+            error: "the boxes file has an entry for this image, but no input holds it (keys \
+                    are paths relative to their input folder, `/`-separated)"
+                .into(),
+        })
+        .collect();
+    missing.sort_by(|a, b| a.image.cmp(&b.image));
+    missing
 }
 
 /// Loader thread: decode each image and locate its faces, in order. Stops early when the
@@ -451,6 +629,132 @@ fn write_outputs(job: &FolderJob, name: &str, image: &RgbImage, faces: &[Face]) 
                 )?;
             }
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_cover_every_name_exactly_once() {
+        let names: Vec<String> = (0..500).map(|i| format!("dir/{i}.jpg")).collect();
+        let shards: Vec<Shard> = (0..4).map(|k| Shard::new(k, 4).unwrap()).collect();
+        let mut sizes = [0usize; 4];
+        for name in &names {
+            let owners: Vec<usize> = (0..4).filter(|&k| shards[k].contains(name)).collect();
+            assert_eq!(owners.len(), 1, "{name} is in shards {owners:?}");
+            sizes[owners[0]] += 1;
+        }
+        // A hash split, not a round robin: roughly even, never empty at this size.
+        assert!(sizes.iter().all(|&n| (80..=170).contains(&n)), "{sizes:?}");
+        assert!(Shard::new(0, 1).unwrap().contains("anything"));
+    }
+
+    #[test]
+    fn shard_text_is_checked() {
+        assert_eq!(
+            "2/5".parse::<Shard>().unwrap(),
+            Shard { index: 2, count: 5 }
+        );
+        for bad in ["5/5", "1/0", "1", "a/3", "-1/3", ""] {
+            assert!(bad.parse::<Shard>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    fn env<'a>(pairs: &'a [(&str, &str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        |key| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn schedulers_name_the_shard() {
+        let shard = |pairs: &[(&str, &str)], count| Shard::from_scheduler(env(pairs), count);
+        assert_eq!(shard(&[], None).unwrap(), None);
+        let slurm = [
+            ("SLURM_ARRAY_TASK_ID", "3"),
+            ("SLURM_ARRAY_TASK_COUNT", "8"),
+        ];
+        assert_eq!(
+            shard(&slurm, None).unwrap(),
+            Some(Shard { index: 3, count: 8 })
+        );
+        // `--array=1-8` counts from 1; `--array=0-14:2` steps by 2.
+        let from_one = [
+            ("SLURM_ARRAY_TASK_ID", "8"),
+            ("SLURM_ARRAY_TASK_COUNT", "8"),
+            ("SLURM_ARRAY_TASK_MIN", "1"),
+        ];
+        assert_eq!(
+            shard(&from_one, None).unwrap(),
+            Some(Shard { index: 7, count: 8 })
+        );
+        let stepped = [
+            ("SLURM_ARRAY_TASK_ID", "14"),
+            ("SLURM_ARRAY_TASK_COUNT", "8"),
+            ("SLURM_ARRAY_TASK_MIN", "0"),
+            ("SLURM_ARRAY_TASK_STEP", "2"),
+        ];
+        assert_eq!(
+            shard(&stepped, None).unwrap(),
+            Some(Shard { index: 7, count: 8 })
+        );
+        let k8s = [("JOB_COMPLETION_INDEX", "2")];
+        assert_eq!(
+            shard(&k8s, Some(3)).unwrap(),
+            Some(Shard { index: 2, count: 3 })
+        );
+        let err = shard(&k8s, None).unwrap_err().to_string();
+        assert!(err.contains("PIPNET_SHARD_COUNT"), "{err}");
+        assert!(shard(&k8s, Some(2)).is_err(), "index 2 of 2 shards");
+        assert!(shard(&[("SLURM_ARRAY_TASK_ID", "x")], Some(2)).is_err());
+    }
+
+    #[test]
+    fn walk_reports_loops_broken_links_and_missing_inputs_and_goes_on() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("in");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("sub/a.jpg"), b"x").unwrap();
+        std::fs::write(root.join("b.png"), b"x").unwrap();
+        std::fs::write(root.join("notes.txt"), b"x").unwrap();
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(&root, root.join("sub/loop")).unwrap();
+            std::os::unix::fs::symlink(root.join("gone.jpg"), root.join("broken.jpg")).unwrap();
+        }
+        let missing = tmp.path().join("missing");
+        let (items, failures) = walk_inputs(&[root.clone(), missing.clone()]);
+        let names: Vec<&str> = items.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["b.png", "sub/a.jpg"]);
+        let failed: Vec<(&str, &str)> = failures
+            .iter()
+            .map(|f| (f.image.as_str(), f.error.as_str()))
+            .collect();
+        assert!(
+            failed.contains(&(missing.to_str().unwrap(), "no such file or folder")),
+            "{failed:?}"
+        );
+        #[cfg(unix)]
+        {
+            assert!(
+                failed
+                    .iter()
+                    .any(|(image, e)| *image == "sub/loop" && e.contains("loop")),
+                "{failed:?}"
+            );
+            assert!(
+                failed
+                    .iter()
+                    .any(|(image, e)| *image == "broken.jpg" && e.contains("broken")),
+                "{failed:?}"
+            );
+            assert_eq!(failures.len(), 3, "{failed:?}");
         }
     }
 }

@@ -122,6 +122,20 @@ impl std::fmt::Debug for LandmarkModel {
     }
 }
 
+/// The landmark model built into the library, the shipped default (`models/README.md`): what
+/// runs when a caller names no model, so a first run needs no model file.
+pub const BUILTIN_GRAPH: &[u8] = include_bytes!("../../../models/pipnet-r18h-128-face68.onnx");
+
+impl GraphSource<'static> {
+    /// The graph of [`BUILTIN_GRAPH`].
+    pub fn builtin_landmarks() -> Self {
+        GraphSource::Memory {
+            name: Path::new("<built-in pipnet-r18h-128-face68>"),
+            bytes: BUILTIN_GRAPH,
+        }
+    }
+}
+
 impl LandmarkModel {
     /// Loads `path`, builds a session for `options.device`, and checks the graph against the
     /// contract (metadata first, then tensor names, types and shapes).
@@ -130,11 +144,24 @@ impl LandmarkModel {
     }
 
     pub fn load_with_runtime(path: &Path, options: &SessionOptions, rt: &Runtime) -> Result<Self> {
+        Self::open(GraphSource::File(path), options, rt)
+    }
+
+    /// The built-in model ([`BUILTIN_GRAPH`]).
+    pub fn builtin(options: &SessionOptions) -> Result<Self> {
+        let rt = runtime(options.device, |_| {})?;
+        Self::open(GraphSource::builtin_landmarks(), options, rt)
+    }
+
+    /// [`Self::load`] from a file or from memory ([`GraphSource::builtin_landmarks`]).
+    pub fn open(source: GraphSource<'_>, options: &SessionOptions, rt: &Runtime) -> Result<Self> {
+        let path = source.name().to_path_buf();
+        let path = path.as_path();
         let OpenedSession {
             session,
             provider,
             fallback,
-        } = open_session(GraphSource::File(path), options, rt)?;
+        } = open_session(source, options, rt)?;
         let load_err = |message: String| Error::ModelLoad {
             path: path.to_path_buf(),
             message,

@@ -46,7 +46,8 @@ impl Face {
 pub type LocatedFace = (Option<Detection>, FaceCrop);
 
 /// Finds the faces of one image: `detector` (down to `min_face` pixels) for [`Faces::Detect`],
-/// else the crops `faces` declares, made with the model's crop `rule`.
+/// else the crops `faces` declares, made with the model's crop `rule`. A declared box that
+/// cannot be a face in this image ([`FaceBox::check_in_image`]) fails the image.
 pub fn locate(
     detector: Option<&mut FaceDetector>,
     rule: &CropRule,
@@ -56,7 +57,18 @@ pub fn locate(
 ) -> Result<Vec<LocatedFace>> {
     Ok(match faces {
         Faces::WholeImage => vec![(None, FaceCrop::whole_image(image.width(), image.height()))],
-        Faces::LandmarkBoxes(boxes) => boxes.iter().map(|b| (None, rule.crop(b))).collect(),
+        Faces::LandmarkBoxes(boxes) => {
+            let (w, h) = image.dimensions();
+            boxes
+                .iter()
+                .enumerate()
+                .map(|(k, b)| {
+                    b.check_in_image(w, h)
+                        .map_err(|e| Error::InvalidInput(format!("box {}: {e}", k + 1)))?;
+                    Ok((None, rule.crop(b)))
+                })
+                .collect::<Result<_>>()?
+        }
         Faces::Detect => {
             let detector = detector.ok_or_else(|| {
                 Error::InvalidInput(

@@ -1,33 +1,102 @@
 //! Preview images: the photo with each face's box and landmarks drawn, as a JPEG a person can
 //! open to check a run at a glance.
 
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
 use image::RgbImage;
+use pipnet_core::Scheme;
 use pipnet_core::formats::FaceAnnotation;
 use plotters::prelude::*;
+use plotters::style::{FontStyle, register_font};
 
 use crate::error::{Error, Result};
 
-/// Draws boxes (green) and landmarks (red dots) on a copy of `image`; sizes follow the face.
+/// Where a sans-serif TrueType font is found on common Linux systems (Debian's
+/// `fonts-dejavu-core` first).
+const FONT_CANDIDATES: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+];
+
+/// Registers a sans-serif font with plotters, once per process: `PIPNET_FONT`, else DejaVu
+/// Sans. Text (preview scores, plot labels) needs one; the error says how to provide it.
+pub fn ensure_font() -> std::result::Result<(), String> {
+    static REGISTERED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    REGISTERED
+        .get_or_init(|| {
+            let path = std::env::var_os("PIPNET_FONT")
+                .map(PathBuf::from)
+                .or_else(|| {
+                    FONT_CANDIDATES
+                        .iter()
+                        .map(PathBuf::from)
+                        .find(|p| p.is_file())
+                })
+                .ok_or("no TrueType font found: set PIPNET_FONT to a .ttf file")?;
+            let bytes =
+                std::fs::read(&path).map_err(|e| format!("font {}: {e}", path.display()))?;
+            // plotters keeps registered fonts for the whole process.
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            register_font("sans-serif", FontStyle::Normal, bytes)
+                .map_err(|_| format!("{} is not a usable TrueType font", path.display()))
+        })
+        .clone()
+}
+
+/// Draws each face on a copy of `image`: its box (green) with the detector score above it
+/// when a font is there ([`ensure_font`]), the face's contours (jaw, brows, nose, eyes, lips)
+/// as lines when the landmark count is a known scheme's, and the landmarks as red dots. Line
+/// widths and text follow the face's size, so small and large faces both read well.
 pub fn draw(image: &RgbImage, faces: &[FaceAnnotation]) -> Result<RgbImage> {
     let (w, h) = image.dimensions();
+    let with_text = ensure_font().is_ok();
     let mut buf = image.as_raw().clone();
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         let draw_err = |e: String| Error::InvalidInput(format!("drawing the preview: {e}"));
-        let px = |v: f32| v.round() as i32;
+        let px = |p: [f32; 2]| (p[0].round() as i32, p[1].round() as i32);
+        let line_colour = RGBColor(255, 230, 0);
         for face in faces {
             let b = face.face_box;
             let size = b.width().max(b.height());
-            let stroke = ((size / 100.0).round() as u32).clamp(1, 6);
-            let radius = ((size / 80.0).round() as i32).clamp(1, 5);
+            let stroke = ((size / 120.0).round() as u32).clamp(1, 5);
+            let radius = ((size / 90.0).round() as i32).clamp(1, 4);
             root.draw(&Rectangle::new(
-                [(px(b.x0), px(b.y0)), (px(b.x1), px(b.y1))],
+                [px([b.x0, b.y0]), px([b.x1, b.y1])],
                 GREEN.stroke_width(stroke),
             ))
             .map_err(|e| draw_err(e.to_string()))?;
-            for p in &face.landmarks {
-                root.draw(&Circle::new((px(p[0]), px(p[1])), radius, RED.filled()))
+            let points = &face.landmarks;
+            let contours = Scheme::with_landmarks(points.len()).map_or(&[][..], Scheme::contours);
+            for c in contours {
+                let mut line: Vec<(i32, i32)> = (c.first..=c.last).map(|i| px(points[i])).collect();
+                if c.closed {
+                    line.push(px(points[c.first]));
+                }
+                root.draw(&PathElement::new(line, line_colour.stroke_width(stroke)))
                     .map_err(|e| draw_err(e.to_string()))?;
+            }
+            for &p in points {
+                root.draw(&Circle::new(px(p), radius, RED.filled()))
+                    .map_err(|e| draw_err(e.to_string()))?;
+            }
+            if with_text {
+                let height = (size / 7.0).clamp(12.0, 48.0);
+                let style = ("sans-serif", height).into_font().color(&GREEN);
+                // Above the box, or inside its top edge when the box touches the image's top.
+                let y = if b.y0 >= height {
+                    b.y0 - height
+                } else {
+                    b.y0 + 2.0
+                };
+                root.draw(&Text::new(
+                    format!("{:.2}", face.score),
+                    px([b.x0 + 2.0, y]),
+                    style,
+                ))
+                .map_err(|e| draw_err(e.to_string()))?;
             }
         }
         root.present().map_err(|e| draw_err(e.to_string()))?;
@@ -68,5 +137,42 @@ mod tests {
             "background untouched"
         );
         assert!(encode_jpeg(&drawn).unwrap().starts_with(&[0xFF, 0xD8]));
+    }
+
+    #[test]
+    fn draws_the_68_point_face_as_lines_and_the_score() {
+        let image = RgbImage::from_pixel(400, 400, image::Rgb([10, 10, 10]));
+        // Points spread over a circle; only the contours between them can light (200, 300).
+        let mut landmarks: Vec<[f32; 2]> = (0..68)
+            .map(|i| {
+                let a = i as f32 / 68.0 * std::f32::consts::TAU;
+                [200.0 + 150.0 * a.cos(), 200.0 + 150.0 * a.sin()]
+            })
+            .collect();
+        // Eye 36..=41 is closed: 41 -> 36 crosses (200, 300) when they sit either side of it.
+        landmarks[36] = [150.0, 300.0];
+        landmarks[41] = [250.0, 300.0];
+        let face = FaceAnnotation {
+            face_box: FaceBox::from([50.0, 100.0, 350.0, 350.0]),
+            score: 0.87,
+            landmarks,
+            landmark_scores: vec![1.0; 68],
+        };
+        let drawn = draw(&image, &[face]).unwrap();
+        assert_eq!(
+            drawn.get_pixel(200, 300).0,
+            [255, 230, 0],
+            "the eye is closed"
+        );
+        if ensure_font().is_ok() {
+            // The score sits above the box: some green text pixels there.
+            let green = (52..120)
+                .flat_map(|x| (60..100).map(move |y| (x, y)))
+                .filter(|&(x, y)| {
+                    drawn.get_pixel(x, y).0[1] > 150 && drawn.get_pixel(x, y).0[0] < 100
+                })
+                .count();
+            assert!(green > 20, "{green} green pixels above the box");
+        }
     }
 }

@@ -1,12 +1,13 @@
-//! `pipnet annotate DIR|FILES... --model MODEL --out OUT [--format json|csv|pts] [--preview]`
+//! `pipnet annotate DIR|FILES... --out OUT [--model MODEL] [--format json|csv|pts] [--preview]
+//! [--shard K/N]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use pipnet_infer::Pipeline;
-use pipnet_infer::folder::{FaceSource, FolderJob, OutputFormat, annotate_folder};
+use pipnet_infer::folder::{FaceSource, FolderJob, OutputFormat, Shard, annotate_folder};
 use pipnet_infer::image_io::DEFAULT_MAX_PIXELS;
 
 #[derive(clap::Args)]
@@ -14,9 +15,8 @@ pub struct Args {
     /// Images and folders (walked recursively).
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
-    /// The landmark model.
-    #[arg(long)]
-    model: PathBuf,
+    #[command(flatten)]
+    model: super::ModelArgs,
     /// Output folder: per image `<image path>.json` (or `.csv`, or `_<k>.pts` per face), plus
     /// `failures.jsonl`.
     #[arg(long)]
@@ -57,6 +57,34 @@ pub struct Args {
     /// Refuse images with more pixels than this.
     #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
     max_pixels: u64,
+    /// Annotate only shard K (0-based) of N: a fixed split of the images by a hash of their
+    /// path, so N runs (one per machine) cover the inputs exactly once. Without it, a Slurm job
+    /// array or a Kubernetes Indexed Job (with --shard-count) sets it.
+    #[arg(long, value_name = "K/N")]
+    shard: Option<Shard>,
+    /// The number of shards of a Kubernetes Indexed Job (its completions; default:
+    /// $PIPNET_SHARD_COUNT), whose index comes from JOB_COMPLETION_INDEX.
+    #[arg(long, value_name = "N", conflicts_with = "shard")]
+    shard_count: Option<u32>,
+}
+
+/// `--shard`, else the scheduler's array index (see [`Shard::from_scheduler`]).
+fn shard(args: &Args) -> anyhow::Result<Option<Shard>> {
+    if args.shard.is_some() {
+        return Ok(args.shard);
+    }
+    let count = match args.shard_count {
+        Some(n) => Some(n),
+        None => match std::env::var("PIPNET_SHARD_COUNT") {
+            Ok(v) => Some(
+                v.trim()
+                    .parse()
+                    .with_context(|| format!("PIPNET_SHARD_COUNT={v:?} is not a whole number"))?,
+            ),
+            Err(_) => None,
+        },
+    };
+    Ok(Shard::from_scheduler(|key| std::env::var(key).ok(), count)?)
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -64,12 +92,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bail!("--min-face must be a positive number of pixels");
     }
     let options = args.session.options()?;
+    let shard = shard(&args)?;
+    if let Some(shard) = shard {
+        eprintln!("pipnet: shard {shard}: annotating this shard's images only");
+    }
     let faces = match (&args.boxes, args.crops) {
         (Some(path), _) => FaceSource::read_boxes(path)?,
         (None, true) => FaceSource::WholeImageIsFace,
         (None, false) => FaceSource::Detect,
     };
-    let model = super::load_model(&args.model, &options)?;
+    let model = args.model.load(&options)?;
     let detector = match faces {
         FaceSource::Detect => Some(args.detector.load(&options)?),
         _ => None,
@@ -86,6 +118,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         preview: args.preview,
         force: args.force,
         max_pixels: args.max_pixels,
+        shard,
     };
     // Hidden by indicatif when stderr is not a terminal.
     let bar = ProgressBar::new(0).with_style(

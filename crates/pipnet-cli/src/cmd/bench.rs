@@ -1,4 +1,4 @@
-//! `pipnet bench MODEL [--images DIR] [--device ..] [--batch N] [--threads N] [--json]`:
+//! `pipnet bench [--model MODEL] [--images DIR] [--device ..] [--batch N] [--threads N] [--json]`:
 //! per-stage timings, and the same crops through the Python reference pipeline when a Python
 //! with onnxruntime, numpy and Pillow is there.
 
@@ -13,8 +13,8 @@ use serde_json::json;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The landmark model.
-    model: PathBuf,
+    #[command(flatten)]
+    model: super::ModelArgs,
     /// Photos to measure on (a folder, not walked recursively).
     #[arg(long, default_value = "examples/photos")]
     images: PathBuf,
@@ -59,6 +59,15 @@ fn run_python(args: &Args, report: &BenchReport) -> Result<(f64, Vec<Vec<[f64; 2
         .or_else(|| std::env::var_os("PIPNET_PYTHON").map(PathBuf::from))
         .unwrap_or_else(|| "python3".into());
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    // The reference reads a file: the built-in model goes to one for it.
+    let model = match &args.model.model {
+        Some(path) => path.clone(),
+        None => {
+            let path = dir.path().join("model.onnx");
+            std::fs::write(&path, pipnet_infer::model::BUILTIN_GRAPH).map_err(|e| e.to_string())?;
+            path
+        }
+    };
     let crops = dir.path().join("crops.json");
     let sets: Vec<_> = report
         .crop_sets
@@ -72,7 +81,7 @@ fn run_python(args: &Args, report: &BenchReport) -> Result<(f64, Vec<Vec<[f64; 2
     .map_err(|e| e.to_string())?;
     let output = Command::new(&python)
         .args(["-m", "pipnet_export.pipeline"])
-        .arg(&args.model)
+        .arg(&model)
         .arg(&crops)
         .args(["--batch", &report.batch.to_string()])
         .args(["--threads", &args.session.threads.unwrap_or(0).to_string()])
@@ -107,7 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .collect();
     images.sort();
     let options = args.session.options()?;
-    let model = super::load_model(&args.model, &options)?;
+    let model = args.model.load(&options)?;
     let detector = super::DetectorArgs::default().load(&options)?;
     let mut pipeline = Pipeline::new(model, Some(detector));
     let report = bench(&mut pipeline, &images, args.repeat).context("benchmark failed")?;

@@ -1,4 +1,4 @@
-//! `pipnet eval MODEL DATA [--crops truth|detector] [--refine] [--flip] [--ced ced.csv]
+//! `pipnet eval DATA [--model MODEL] [--crops truth|detector] [--refine] [--flip] [--ced ced.csv]
 //! [--plot ced.png]`
 
 use std::path::PathBuf;
@@ -13,8 +13,8 @@ use pipnet_infer::{Device, Pipeline, SessionOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The landmark model.
-    model: PathBuf,
+    #[command(flatten)]
+    model: super::ModelArgs,
     #[command(flatten)]
     data: super::LabeledArgs,
     /// Evaluate only the validation split of a training config (`val_fraction`, `split_seed`),
@@ -64,7 +64,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         device: args.device,
         ..Default::default()
     };
-    let mut pipeline = Pipeline::new(super::load_model(&args.model, &options)?, None);
+    let mut pipeline = Pipeline::new(args.model.load(&options)?, None);
     pipeline.refine = args.refine;
     pipeline.model.set_flip_average(args.flip);
     let pass = match (args.refine, args.flip) {
@@ -118,8 +118,12 @@ fn write_reports(args: &Args, results: &[FaceResult], summary: &Summary) -> anyh
     if let Some(path) = &args.plot {
         let name = args
             .model
-            .file_name()
-            .map_or("model".into(), |n| n.to_string_lossy().into_owned());
+            .model
+            .as_deref()
+            .and_then(|p| p.file_name())
+            .map_or("built-in model".into(), |n| {
+                n.to_string_lossy().into_owned()
+            });
         let label = format!("{name}: NME {:.4}, AUC@0.1 {:.3}", summary.nme, summary.auc);
         crate::plot::ced_png(
             path,

@@ -25,14 +25,37 @@ pub fn runtime(device: Device) -> anyhow::Result<&'static Runtime> {
 
 /// Loads the landmark model, warning when `--device auto` fell back to the CPU.
 pub fn load_model(path: &Path, options: &SessionOptions) -> anyhow::Result<LandmarkModel> {
-    let model = LandmarkModel::load_with_runtime(path, options, runtime(options.device)?)
-        .with_context(|| format!("failed to load model {}", path.display()))?;
+    open_model(GraphSource::File(path), options)
+}
+
+fn open_model(source: GraphSource<'_>, options: &SessionOptions) -> anyhow::Result<LandmarkModel> {
+    let name = source.name().display().to_string();
+    let model = LandmarkModel::open(source, options, runtime(options.device)?)
+        .with_context(|| format!("failed to load model {name}"))?;
     if let Some(reason) = model.device_fallback() {
         eprintln!(
             "pipnet: warning: --device auto: CUDA unavailable, running on the CPU ({reason})"
         );
     }
     Ok(model)
+}
+
+/// Which landmark model runs.
+#[derive(clap::Args)]
+pub struct ModelArgs {
+    /// The landmark model (an ONNX graph with PIPNet metadata); default: the built-in one,
+    /// models/pipnet-r18h-128-face68.onnx.
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    pub fn load(&self, options: &SessionOptions) -> anyhow::Result<LandmarkModel> {
+        match &self.model {
+            Some(path) => load_model(path, options),
+            None => open_model(GraphSource::builtin_landmarks(), options),
+        }
+    }
 }
 
 /// Where and how inference runs.
