@@ -76,7 +76,8 @@ typedef struct PipnetResult PipnetResult;
 
 // Options for `pipnet_create`.
 typedef struct PipnetOptions {
-  // Path of the landmark model (UTF-8, NUL-terminated). Required.
+  // Path of the landmark model (UTF-8, NUL-terminated); NULL: the model built into the
+  // library (the shipped default).
   const char *landmark_model;
   // Path of a BlazeFace detector graph with its `.json` settings beside it, or NULL for the
   // built-in detector.

@@ -327,3 +327,114 @@ fn test_one_handle_from_many_threads_and_many_handles_at_once() {
     });
     assert_eq!(unsafe { pipnet_destroy(shared.0) }, PipnetStatus::Ok);
 }
+
+/// Everything a C caller can get wrong about an image, in one case: its size, stride and pixel
+/// format, and the handle (live, freed, or a pointer that was never one). The buffer is as long
+/// as the declared geometry needs (a C library cannot see a buffer's length: a caller that
+/// lies about it is outside any contract). Each call returns a status.
+#[derive(Debug, Clone)]
+struct AbiCase {
+    width: u32,
+    height: u32,
+    /// Bytes added to (or, when negative, taken from) a tight row.
+    stride_slack: i64,
+    format: u32,
+    handle: u8,
+    crops: bool,
+}
+
+fn abi_case() -> impl proptest::strategy::Strategy<Value = AbiCase> {
+    use proptest::prelude::*;
+    (
+        prop_oneof![0u32..48, Just(u32::MAX)],
+        prop_oneof![0u32..48, Just(u32::MAX)],
+        -4i64..16,
+        0u32..7,
+        0u8..3,
+        any::<bool>(),
+    )
+        .prop_map(
+            |(width, height, stride_slack, format, handle, crops)| AbiCase {
+                width,
+                height,
+                stride_slack,
+                format,
+                handle,
+                crops,
+            },
+        )
+}
+
+#[test]
+fn test_random_sizes_strides_formats_and_handles_get_a_status_never_a_crash() {
+    use proptest::test_runner::{Config, TestRunner};
+    let model = CString::new(shipped_model().display().to_string()).unwrap();
+    let live = create(&model);
+    let freed = create(&model);
+    assert_eq!(unsafe { pipnet_destroy(freed) }, PipnetStatus::Ok);
+    let never_a_handle = std::cell::UnsafeCell::new(0u64);
+    let statuses = std::cell::RefCell::new(std::collections::BTreeMap::new());
+    let mut runner = TestRunner::new(Config::with_cases(300));
+    runner
+        .run(&abi_case(), |case| {
+            let channels = match case.format {
+                PIPNET_PIXEL_RGBA | PIPNET_PIXEL_BGRA => 4,
+                PIPNET_PIXEL_GRAY => 1,
+                _ => 3,
+            };
+            let row = i64::from(case.width.min(48)) * channels;
+            let stride = (row + case.stride_slack).max(0) as usize;
+            // Never allocate for the huge declared sizes: their checks must fail first.
+            let rows = case.height.min(48) as usize;
+            let needed = stride * rows.saturating_sub(1) + row as usize;
+            let pixels = vec![128u8; needed.max(1)];
+            let image = PipnetImage {
+                pixels: pixels.as_ptr(),
+                width: case.width,
+                height: case.height,
+                stride,
+                format: case.format,
+            };
+            let handle = match case.handle {
+                0 => live,
+                1 => freed,
+                _ => never_a_handle.get().cast::<PipnetHandle>(),
+            };
+            let mut result = std::ptr::null_mut();
+            let status = unsafe {
+                if case.crops {
+                    pipnet_landmarks_in_crops(handle, &image, 1, &mut result)
+                } else {
+                    pipnet_detect(handle, &image, &mut result)
+                }
+            };
+            let valid_geometry = case.width > 0
+                && case.height > 0
+                && case.width < 48
+                && case.height < 48
+                && case.format <= PIPNET_PIXEL_GRAY
+                && case.stride_slack >= 0;
+            let expected_ok = case.handle == 0 && valid_geometry;
+            if status == PipnetStatus::Ok {
+                proptest::prop_assert!(expected_ok, "{case:?} succeeded");
+                assert_eq!(unsafe { pipnet_result_free(result) }, PipnetStatus::Ok);
+            } else {
+                proptest::prop_assert!(!expected_ok, "{case:?}: {status:?}");
+                let message = unsafe { std::ffi::CStr::from_ptr(pipnet_last_error()) };
+                proptest::prop_assert!(!message.to_bytes().is_empty(), "{case:?}: no message");
+                proptest::prop_assert!(status != PipnetStatus::Panic, "{case:?}: {message:?}");
+            }
+            *statuses
+                .borrow_mut()
+                .entry(format!("{status:?}"))
+                .or_insert(0) += 1;
+            Ok(())
+        })
+        .unwrap();
+    // The cases reached every kind of answer, not only the first check.
+    let statuses = statuses.into_inner();
+    for status in ["Ok", "InvalidArgument", "StaleHandle"] {
+        assert!(statuses.contains_key(status), "{statuses:?}");
+    }
+    assert_eq!(unsafe { pipnet_destroy(live) }, PipnetStatus::Ok);
+}

@@ -1,4 +1,4 @@
-//! The model contract (model-contract.md, format 1): the metadata every PIPNet graph carries and
+//! The model contract (docs/model-contract.md, format 1): the metadata every PIPNet graph carries and
 //! the input/output tensors it must have. Producers write [`ModelMetadata::to_pairs`]; the
 //! runtime parses with [`ModelMetadata::from_lookup`] and checks tensors with [`check_io`].
 //! Every error names the key or tensor and the rule it breaks.
@@ -154,6 +154,12 @@ impl ModelMetadata {
             ));
         }
         let c = number("pipnet.num_neighbors")?;
+        if c == 0 || c >= l {
+            return Err(meta_err(
+                "pipnet.num_neighbors",
+                format!("{c}: expected 1 to {} (another landmark each)", l - 1),
+            ));
+        }
         let input_size = number("pipnet.input_size")?;
         let stride = number("pipnet.stride")?;
         if stride == 0 {
@@ -359,6 +365,76 @@ mod tests {
         move |k| map.get(k).map(|v| v.to_string())
     }
 
+    /// docs/model-contract.md, the contract as the repository documents it.
+    const CONTRACT_DOC: &str = include_str!("../../../docs/model-contract.md");
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+
+        /// One key at a time set to a random value (numbers, lists, text, or missing): the
+        /// metadata is read or refused with an error naming that key, never a panic.
+        #[test]
+        fn random_metadata_values_are_read_or_refused(
+            which in 0usize..15,
+            value in proptest::option::of(proptest::prop_oneof![
+                "[-+0-9.e,]{0,40}",
+                ".{0,20}",
+                "-?[0-9]{1,25}",
+            ]),
+        ) {
+            let meta = sample_metadata();
+            let mut pairs = meta.to_pairs();
+            let key = [
+                "pipnet.format", "pipnet.num_landmarks", "pipnet.num_neighbors",
+                "pipnet.input_size", "pipnet.stride", "pipnet.mean", "pipnet.std",
+                "pipnet.meanface", "pipnet.neighbors", "pipnet.scheme", "pipnet.crop",
+                "pipnet.outputs", "pipnet.backbone", "pipnet.train_data", "pipnet.metrics",
+            ][which];
+            pairs.retain(|(k, _)| k != key);
+            if let Some(v) = value {
+                pairs.push((key.to_string(), v));
+            }
+            // A value that is valid alone but disagrees with another key may be blamed on
+            // that key: either way the error names a key.
+            if let Err(e) = ModelMetadata::from_lookup(lookup(&pairs)) {
+                proptest::prop_assert!(e.to_string().contains("pipnet."), "{key}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn test_every_key_read_or_written_is_documented() {
+        let meta = sample_metadata();
+        let pairs = meta.to_pairs();
+        let get = lookup(&pairs);
+        let read = std::cell::RefCell::new(Vec::new());
+        ModelMetadata::from_lookup(|key| {
+            read.borrow_mut().push(key.to_string());
+            get(key)
+        })
+        .unwrap();
+        let read = read.into_inner();
+        assert!(read.len() >= 15, "{read:?}");
+        let written = pairs.iter().map(|(k, _)| k.clone());
+        for key in read.iter().cloned().chain(written) {
+            assert!(
+                CONTRACT_DOC.contains(&format!("| `{key}` |")),
+                "docs/model-contract.md has no row for {key}"
+            );
+        }
+        let (input, outputs) = meta.expected_io();
+        for tensor in std::iter::once(input).chain(outputs) {
+            assert!(
+                CONTRACT_DOC.contains(&format!("`{}`", tensor.name)),
+                "docs/model-contract.md does not name tensor {}",
+                tensor.name
+            );
+        }
+        for scheme in Scheme::ALL {
+            assert!(CONTRACT_DOC.contains(&format!("`{}`", scheme.name())));
+        }
+    }
+
     #[test]
     fn test_metadata_round_trips_through_pairs() {
         let meta = sample_metadata();
@@ -379,6 +455,7 @@ mod tests {
                 "scheme 300w-68 has 68",
             ),
             ("pipnet.stride", Some("0".into()), "positive"),
+            ("pipnet.num_neighbors", Some("0".into()), "expected 1 to 67"),
             (
                 "pipnet.input_size",
                 Some("250".into()),

@@ -77,6 +77,9 @@ impl FaceBox {
         if x0 >= x1 || y0 >= y1 {
             return Err(invalid("expected x0 < x1 and y0 < y1".into()));
         }
+        if self.width().max(self.height()) < 1.0 {
+            return Err(invalid("is smaller than a pixel".into()));
+        }
         let (w, h) = (width as f32, height as f32);
         if x1 <= 0.0 || y1 <= 0.0 || x0 >= w || y0 >= h {
             return Err(invalid(format!("lies outside the {width}x{height} image")));
@@ -419,6 +422,7 @@ mod tests {
             ([100.0, 0.0, 150.0, 50.0], "outside"),
             ([-50.0, 0.0, 0.0, 50.0], "outside"),
             ([0.0, 0.0, 1e30, 1e30], "more than 4x"),
+            ([5.0, 5.0, 5.5, 5.5], "smaller than a pixel"),
         ];
         for (b, why) in bad {
             let err = FaceBox::from(b)
@@ -429,7 +433,30 @@ mod tests {
         }
     }
 
+    /// Coordinates as hostile callers write them: anything, or plausible pixels.
+    fn coordinate() -> impl Strategy<Value = f32> {
+        prop_oneof![any::<f32>(), -200.0f32..3000.0]
+    }
+
     proptest! {
+        /// A box that passes the check always makes a finite crop of positive size that
+        /// overlaps the image: nothing downstream sees garbage.
+        #[test]
+        fn checked_boxes_make_sound_crops(
+            b in prop::array::uniform4(coordinate()),
+            w in 1u32..4000,
+            h in 1u32..4000,
+        ) {
+            let face = FaceBox::from(b);
+            if face.check_in_image(w, h).is_ok() {
+                let crop = CropRule::default().crop(&face);
+                prop_assert!(crop.side.is_finite() && crop.side >= 1.0, "{crop:?}");
+                prop_assert!(crop.center.iter().all(|v| v.is_finite()), "{crop:?}");
+                let bounds = crop.bounds();
+                prop_assert!(bounds.x1 > 0.0 && bounds.x0 < w as f32, "{bounds:?}");
+            }
+        }
+
         #[test]
         fn prop_crop_round_trips(
             cx in -500.0f32..500.0, cy in -500.0f32..500.0, side in 1.0f32..1000.0,

@@ -1,4 +1,4 @@
-//! PIP decoding and neighbour-vote merging (model-contract.md, "Decoding and merging").
+//! PIP decoding and neighbour-vote merging (docs/model-contract.md, "Decoding and merging").
 //!
 //! [`decode_pip_scalar`] is the reference: a literal transcription of the contract's steps.
 //! [`Decoder`] is the fast path: the per-landmark arg-max over the `G x G` score map (the bulk

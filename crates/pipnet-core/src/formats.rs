@@ -188,6 +188,63 @@ impl ImageAnnotation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// A valid 68-point `.pts` file.
+    fn pts_text() -> String {
+        let points: Vec<Point> = (0..68).map(|i| [i as f32 + 0.5, 2.0 * i as f32]).collect();
+        format_pts(&points)
+    }
+
+    /// `text` with random characters overwritten and the end cut off.
+    fn mangled(text: String) -> impl Strategy<Value = String> {
+        let len = text.len();
+        (
+            0..=len,
+            prop::collection::vec((0..len.max(1), any::<char>()), 0..6),
+        )
+            .prop_map(move |(keep, edits)| {
+                let mut chars: Vec<char> = text.chars().collect();
+                for (at, c) in edits {
+                    if let Some(slot) = chars.get_mut(at) {
+                        *slot = c;
+                    }
+                }
+                chars.truncate(keep);
+                chars.into_iter().collect()
+            })
+    }
+
+    fn wflw_text() -> String {
+        let mut fields: Vec<String> = (0..196).map(|i| format!("{}.5", i % 90)).collect();
+        fields.extend(["1", "2", "90", "95", "0", "1", "0", "0", "0", "1"].map(String::from));
+        fields.push("dir/a.jpg".into());
+        fields.join(" ")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// `.pts` text, random or a real file damaged: points or a parse error, never a panic.
+        #[test]
+        fn damaged_pts_files_parse_or_fail_cleanly(
+            text in prop_oneof![".{0,200}", mangled(pts_text())],
+        ) {
+            match parse_pts(&text) {
+                Ok(points) => prop_assert!(points.iter().flatten().all(|v| !v.is_nan())),
+                Err(e) => prop_assert!(e.to_string().contains(".pts"), "{e}"),
+            }
+        }
+
+        #[test]
+        fn damaged_wflw_lines_parse_or_fail_cleanly(
+            line in prop_oneof![".{0,200}", mangled(wflw_text())],
+        ) {
+            if let Err(e) = parse_wflw_line(&line, 3) {
+                prop_assert!(e.to_string().contains("line 3"), "{e}");
+            }
+        }
+    }
 
     #[test]
     fn test_csv_has_a_row_per_face_and_quotes_odd_names() {

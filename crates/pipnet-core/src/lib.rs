@@ -1,7 +1,7 @@
 //! Landmark logic with no I/O and no ONNX Runtime: everything that both training and inference
 //! must agree on lives here, so the two cannot drift.
 //!
-//! Modules follow the data flow of `../shared/design/architecture.md`:
+//! Modules follow the data flow:
 //! [`scheme`] (what the points are) -> [`meanface`] (mean face and neighbour index) ->
 //! [`detection`] (detector outputs to face boxes) -> [`crop`] (face box to square crop and back) -> [`decode`] (PIP decode + neighbour-vote merge)
 //! -> [`metrics`] (NME, FR, AUC, CED) and [`formats`] (.pts, WFLW lines, JSON).

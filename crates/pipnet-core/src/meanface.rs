@@ -1,5 +1,5 @@
 //! The mean face and the neighbour index that PIPNet's neighbour regression is built on
-//! (model-contract.md, "Mean face" and "Neighbours").
+//! (docs/model-contract.md, "Metadata": mean face and neighbours).
 
 use crate::{Error, Point, Result};
 

@@ -2,7 +2,7 @@
 
 use crate::{Error, Result};
 
-/// A landmark annotation scheme (model-contract.md, "Landmark schemes").
+/// A landmark annotation scheme (docs/model-contract.md, "Landmark schemes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Scheme {

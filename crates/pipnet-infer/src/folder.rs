@@ -42,7 +42,13 @@ impl FaceSource {
     /// `[x0, y0, x1, y1]` boxes in pixels.
     pub fn read_boxes(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
-        let boxes: HashMap<String, Vec<FaceBox>> = serde_json::from_str(&text).map_err(|e| {
+        Self::boxes_from_json(&text, path)
+    }
+
+    /// [`Self::read_boxes`] on the file's text; `path` names it in errors. The boxes' values
+    /// are checked per image, against the image ([`FaceBox::check_in_image`]).
+    pub fn boxes_from_json(text: &str, path: &Path) -> Result<Self> {
+        let boxes: HashMap<String, Vec<FaceBox>> = serde_json::from_str(text).map_err(|e| {
             Error::InvalidInput(format!(
                 "{}: expected a JSON object mapping image paths to lists of \
                      [x0, y0, x1, y1] boxes: {e}",

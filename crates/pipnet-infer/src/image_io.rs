@@ -14,18 +14,23 @@ pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
 /// Decodes `path` into upright 8-bit RGB. Fails (naming the file) on unreadable, corrupt,
 /// truncated or non-image files and on images with more than `max_pixels` pixels.
 pub fn load_rgb(path: &Path, max_pixels: u64) -> Result<RgbImage> {
+    let bytes = std::fs::read(path).map_err(Error::io(path))?;
+    decode_rgb(&bytes, path, max_pixels)
+}
+
+/// [`load_rgb`] on a file's bytes already in memory; `path` names it in errors.
+pub fn decode_rgb(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<RgbImage> {
     let image_err = |message: String| Error::Image {
         path: path.to_path_buf(),
         message,
     };
-    let bytes = std::fs::read(path).map_err(Error::io(path))?;
-    let reader = ImageReader::new(std::io::Cursor::new(&bytes))
+    let reader = ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(Error::io(path))?;
     match reader.format() {
         None => return Err(image_err("not a recognised image format".into())),
         // The JPEG decoder fills a file cut short with grey instead of failing.
-        Some(image::ImageFormat::Jpeg) if !jpeg_is_complete(&bytes) => {
+        Some(image::ImageFormat::Jpeg) if !jpeg_is_complete(bytes) => {
             return Err(image_err(
                 "truncated JPEG: the file ends before its end-of-image marker".into(),
             ));

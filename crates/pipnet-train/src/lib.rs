@@ -1,5 +1,5 @@
 //! Training PIPNet and writing it as ONNX graphs that follow the pipnet model contract
-//! (`../shared/design/model-contract.md`).
+//! (`docs/model-contract.md`).
 //!
 //! Data flow: [`config`] (train.toml) -> labeled faces (pipnet-infer) -> [`augment`] (random
 //! crops through the runtime's own sampler) -> [`targets`] -> [`model`] (burn) -> [`loss`] ->

@@ -1,4 +1,4 @@
-"""The pipnet ONNX contract (``shared/design/model-contract.md``): metadata keys, mean face and
+"""The pipnet ONNX contract (``docs/model-contract.md``): metadata keys, mean face and
 neighbour indices. numpy only."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""numpy reference of the contract, written from ``model-contract.md`` alone: crop sampling and
+"""numpy reference of the contract, written from ``docs/model-contract.md`` alone: crop sampling and
 normalisation, PIP decoding and the neighbour-vote merge. It is the oracle the Rust runtime is
 tested against (``tests/reference.rs``), so it favours plain loops over speed where the order of
 operations matters.
