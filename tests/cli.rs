@@ -28,8 +28,13 @@ fn run_pipnet(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// Real photos from the labeled data set beside the repo (`../shared/data/face68-train`).
+/// Three real photos from the labeled data set beside the repo (`../shared/data/face68-train`).
 fn real_photos() -> Vec<PathBuf> {
+    face_photos(3)
+}
+
+/// The first `n` photos of `../shared/data/face68-train` (face crops, at most 512 px).
+fn face_photos(n: usize) -> Vec<PathBuf> {
     let dir = common::repo_root().join("../shared/data/face68-train");
     let mut photos: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| {
@@ -42,7 +47,7 @@ fn real_photos() -> Vec<PathBuf> {
         .filter(|p| p.extension().is_some_and(|x| x == "jpg"))
         .collect();
     photos.sort();
-    photos.truncate(3);
+    photos.truncate(n);
     photos
 }
 
@@ -454,8 +459,9 @@ fn test_train_export_eval_round_trip_through_the_cli() {
     let (ced, plot) = (tmp.path().join("ced.csv"), tmp.path().join("ced.png"));
     let (code, stdout, stderr) = run_pipnet(&[
         "eval",
-        model.to_str().unwrap(),
         faces.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
         "--ced",
         ced.to_str().unwrap(),
         "--plot",
@@ -613,69 +619,253 @@ fn test_annotate_sample_photos_with_detector_lists_bad_files_and_resumes() {
     );
 }
 
+/// The outputs of a run so far: each `.json` file under `out` with its modification time.
+fn outputs_with_times(out: &Path) -> std::collections::BTreeMap<PathBuf, std::time::SystemTime> {
+    if !out.exists() {
+        return Default::default();
+    }
+    walk(out)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| {
+            let modified = std::fs::metadata(&p).unwrap().modified().unwrap();
+            (p, modified)
+        })
+        .collect()
+}
+
 #[test]
-fn test_killed_run_leaves_no_partial_output_and_a_rerun_finishes() {
+fn test_kill_9_soak_every_image_once_nothing_redone_no_temporaries() {
     let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("photos");
+    let input = tmp.path().join("faces");
     let out = tmp.path().join("out");
     std::fs::create_dir_all(&input).unwrap();
-    let photo = common::sample_photos().join("2008_002470.jpg");
-    let copies = 40;
-    for i in 0..copies {
-        std::fs::copy(&photo, input.join(format!("copy_{i:02}.jpg"))).unwrap();
+    let photos = face_photos(240);
+    for (i, photo) in photos.iter().enumerate() {
+        std::fs::copy(photo, input.join(format!("face_{i:03}.jpg"))).unwrap();
     }
-    let model = shipped_model();
     let args = [
         "annotate",
         input.to_str().unwrap(),
-        "--model",
-        model.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
+        "--crops",
         "--batch",
         "4",
         "--threads",
         "1",
     ];
-    let mut child = Command::new(pipnet_bin()).args(args).spawn().unwrap();
-    let json_files = || -> Vec<PathBuf> {
-        std::fs::read_dir(&out)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|x| x == "json"))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let start = std::time::Instant::now();
-    while json_files().len() < 3 && start.elapsed().as_secs() < 120 {
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    // Kill -9 at a random moment after a random amount of new work, five times; every output
+    // that existed before a restart must come through it untouched.
+    let mut kept = std::collections::BTreeMap::new();
+    let mut kills = 0;
+    for _ in 0..5 {
+        let before = outputs_with_times(&out);
+        for (path, modified) in &before {
+            if let Some(earlier) = kept.get(path) {
+                assert_eq!(earlier, modified, "{} was redone", path.display());
+            }
+        }
+        kept = before;
+        let target = kept.len() + rand::random_range(1..30);
+        let mut child = Command::new(pipnet_bin()).args(args).spawn().unwrap();
+        let start = std::time::Instant::now();
+        while outputs_with_times(&out).len() < target && start.elapsed().as_secs() < 120 {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(rand::random_range(1..40)));
+        }
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let written = json_files();
-    assert!(written.len() < copies, "the run was killed before the end");
-    for path in &written {
-        let text = std::fs::read_to_string(path).unwrap();
-        assert!(
-            ImageAnnotation::from_json(&text).is_ok(),
-            "partial {}",
-            path.display()
-        );
-    }
+    assert!(
+        kills >= 3,
+        "only {kills} kills landed before the run finished"
+    );
+    let before = outputs_with_times(&out);
+    assert!(before.len() < photos.len(), "the kills left work to do");
 
     let (code, _, stderr) = run_pipnet(&args);
     assert_eq!(code, 0, "{stderr}");
     assert!(
-        stderr.contains(&format!("{} already done", written.len())),
+        stderr.contains(&format!("{} already done", before.len())),
         "{stderr}"
     );
-    assert_eq!(json_files().len(), copies);
-    for entry in walk(&out) {
-        let name = entry.file_name().unwrap().to_string_lossy().into_owned();
-        assert!(!name.starts_with(".tmp"), "stale temporary {name}");
+    let after = outputs_with_times(&out);
+    for (path, modified) in &before {
+        assert_eq!(after.get(path), Some(modified), "{} redone", path.display());
     }
+    // Exactly one complete, parseable output per image, and nothing else left behind.
+    assert_eq!(after.len(), photos.len());
+    for i in 0..photos.len() {
+        let annotation = read_annotation(&out, &format!("face_{i:03}.jpg"));
+        assert_eq!(annotation.faces.len(), 1);
+        assert_eq!(annotation.faces[0].landmarks.len(), 68);
+    }
+    for path in walk(&out) {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.ends_with(".json") || name == "failures.jsonl",
+            "stray file {name}"
+        );
+    }
+}
+
+#[test]
+fn test_shards_cover_the_folder_once_and_agree_with_an_unsharded_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("faces");
+    std::fs::create_dir_all(input.join("sub")).unwrap();
+    let photos = face_photos(14);
+    let mut names = Vec::new();
+    for (i, photo) in photos.iter().enumerate() {
+        let name = if i % 2 == 0 {
+            format!("face_{i:02}.jpg")
+        } else {
+            format!("sub/face_{i:02}.jpg")
+        };
+        std::fs::copy(photo, input.join(&name)).unwrap();
+        names.push(name);
+    }
+    let run = |out: &Path, extra: &[&str], env: &[(&str, &str)]| {
+        let output = Command::new(pipnet_bin())
+            .args(["annotate", input.to_str().unwrap(), "--crops", "--out"])
+            .arg(out)
+            .args(extra)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(0), "{stderr}");
+        stderr
+    };
+    // No --model: the built-in model.
+    let whole = tmp.path().join("whole");
+    run(&whole, &[], &[]);
+    let sharded = tmp.path().join("sharded");
+    let mut counts = Vec::new();
+    for k in 0..3 {
+        let shard = format!("{k}/3");
+        let stderr = if k == 2 {
+            // The same shard as a Slurm array task would see it (`--array=1-3`).
+            let id = (k + 1).to_string();
+            run(
+                &sharded,
+                &[],
+                &[
+                    ("SLURM_ARRAY_TASK_ID", id.as_str()),
+                    ("SLURM_ARRAY_TASK_COUNT", "3"),
+                    ("SLURM_ARRAY_TASK_MIN", "1"),
+                ],
+            )
+        } else {
+            run(&sharded, &["--shard", &shard], &[])
+        };
+        assert!(stderr.contains(&format!("shard {shard}")), "{stderr}");
+        let annotated: usize = stderr
+            .split(" images:")
+            .next()
+            .and_then(|s| s.rsplit(['\n', ' ']).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no image count in {stderr}"));
+        counts.push(annotated);
+        assert!(sharded.join(format!("failures-{k}-of-3.jsonl")).is_file());
+    }
+    assert_eq!(counts.iter().sum::<usize>(), names.len(), "{counts:?}");
+    assert!(!sharded.join("failures.jsonl").exists());
+    for name in &names {
+        let (a, b) = (
+            read_annotation(&whole, name),
+            read_annotation(&sharded, name),
+        );
+        for (p, q) in a.faces[0].landmarks.iter().zip(&b.faces[0].landmarks) {
+            assert!(
+                (p[0] - q[0]).abs() < 1e-3 && (p[1] - q[1]).abs() < 1e-3,
+                "{name}"
+            );
+        }
+    }
+    let json_count = walk(&sharded)
+        .iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .count();
+    assert_eq!(json_count, names.len());
+}
+
+#[cfg(unix)]
+#[test]
+fn test_walk_errors_and_bad_boxes_are_failures_and_the_run_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("photos");
+    std::fs::create_dir_all(input.join("sub")).unwrap();
+    let samples = common::sample_face_boxes();
+    let (file, faces) = &samples[0];
+    for name in ["good.jpg", "inverted.jpg", "outside.jpg", "huge.jpg"] {
+        std::fs::copy(common::sample_photos().join(file), input.join(name)).unwrap();
+    }
+    std::os::unix::fs::symlink(&input, input.join("sub/loop")).unwrap();
+    std::os::unix::fs::symlink(input.join("gone.jpg"), input.join("broken.jpg")).unwrap();
+    let boxes = serde_json::json!({
+        "good.jpg": faces,
+        "inverted.jpg": [[100.0, 100.0, 50.0, 150.0]],
+        "outside.jpg": [[5000.0, 5000.0, 5100.0, 5100.0]],
+        // 1e39 is beyond f32: it reads as infinity.
+        "huge.jpg": [[0.0, 0.0, 1e39, 100.0]],
+        "typo.jpg": [[0.0, 0.0, 10.0, 10.0]],
+    });
+    let boxes_file = tmp.path().join("boxes.json");
+    std::fs::write(&boxes_file, boxes.to_string()).unwrap();
+    let out = tmp.path().join("out");
+    let (code, _, stderr) = run_pipnet(&[
+        "annotate",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--boxes",
+        boxes_file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("1 annotated ({} faces)", faces.len())),
+        "{stderr}"
+    );
+    let failures = std::fs::read_to_string(out.join("failures.jsonl")).unwrap();
+    for (image, reason) in [
+        ("inverted.jpg", "x0 < x1"),
+        ("outside.jpg", "lies outside the"),
+        ("huge.jpg", "finite"),
+        ("typo.jpg", "no input holds it"),
+        ("sub/loop", "symbolic link loop"),
+        ("broken.jpg", "broken symbolic link"),
+    ] {
+        let line = failures
+            .lines()
+            .find(|l| l.contains(&format!("\"image\":\"{image}\"")))
+            .unwrap_or_else(|| panic!("no failure for {image}: {failures}"));
+        assert!(line.contains(reason), "{line}");
+        // Printed once, not once per cause.
+        assert_eq!(stderr.matches(reason).count(), 1, "{stderr}");
+    }
+    assert_eq!(failures.lines().count(), 6, "{failures}");
+}
+
+#[test]
+fn test_an_error_chain_says_each_cause_once() {
+    // The detector graph is valid ONNX without PIPNet metadata.
+    let detector =
+        common::repo_root().join("models/blazeface/face_detection_back_256x256_barracuda.onnx");
+    let (code, _, stderr) = run_pipnet(&["info", detector.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert_eq!(
+        stderr.matches("pipnet.format: missing").count(),
+        1,
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -749,6 +939,7 @@ fn test_bench_reports_stages_and_ratios_against_the_python_reference() {
     let python = common::python();
     let (code, stdout, stderr) = run_pipnet(&[
         "bench",
+        "--model",
         model.to_str().unwrap(),
         "--images",
         photos.to_str().unwrap(),

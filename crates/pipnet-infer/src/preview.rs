@@ -62,7 +62,8 @@ pub fn draw(image: &RgbImage, faces: &[FaceAnnotation]) -> Result<RgbImage> {
             let b = face.face_box;
             let size = b.width().max(b.height());
             let stroke = ((size / 120.0).round() as u32).clamp(1, 5);
-            let radius = ((size / 90.0).round() as i32).clamp(1, 4);
+            // A pixel per point on small faces, so the dots do not hide the lines.
+            let radius = ((size / 120.0).floor() as i32).clamp(0, 4);
             root.draw(&Rectangle::new(
                 [px([b.x0, b.y0]), px([b.x1, b.y1])],
                 GREEN.stroke_width(stroke),
