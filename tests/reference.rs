@@ -167,3 +167,78 @@ fn test_numpy_crop_sampling_agrees_with_rust() {
     assert!(worst < 0.5 / (255.0 * 0.229), "largest difference {worst}");
     assert!(mean < 1e-4, "mean difference {mean}");
 }
+
+/// The INT8 twin (`python -m pipnet_export.quantize`): calibrated on training faces only (its
+/// split rule is the Rust one), it keeps the contract, says `pipnet.precision = int8`, and its
+/// landmarks on real faces stay close to the float graph's.
+#[test]
+fn test_int8_twin_keeps_the_contract_and_the_landmarks() {
+    use pipnet::infer::labeled::{read_labeled, split_validation};
+    let data = common::repo_root().join("../shared/data/face68-train");
+    let faces = read_labeled(&data, None).unwrap();
+    let names: Vec<String> = faces.iter().map(|f| f.name.clone()).collect();
+    let (_, validation) = split_validation(faces, 0.1, 1);
+    let script = "import json, sys\n\
+                  from pipnet_export.quantize import is_validation\n\
+                  names = json.load(sys.stdin)\n\
+                  print(json.dumps([n for n in names if is_validation(n, 0.1, 1)]))";
+    let mut child = Command::new(common::python())
+        .args(["-c", script])
+        .env("PYTHONPATH", common::repo_root().join("python-export/src"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        child.stdin.as_mut().unwrap(),
+        serde_json::to_string(&names).unwrap().as_bytes(),
+    )
+    .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let python_val: Vec<String> = serde_json::from_slice(&output.stdout).unwrap();
+    let rust_val: Vec<String> = validation.iter().map(|f| f.name.clone()).collect();
+    assert_eq!(python_val, rust_val, "the two split rules disagree");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let fp32 = common::repo_root().join("models/pipnet-r18h-128-face68.onnx");
+    let int8 = tmp.path().join("int8.onnx");
+    let output = Command::new(common::python())
+        .args(["-m", "pipnet_export.quantize"])
+        .arg(&fp32)
+        .arg(&data)
+        .args(["--faces", "32", "--out"])
+        .arg(&int8)
+        .env("PYTHONPATH", common::repo_root().join("python-export/src"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let options = SessionOptions::default();
+    let mut float_model = LandmarkModel::load(&fp32, &options).unwrap();
+    let mut int8_model = LandmarkModel::load(&int8, &options).unwrap();
+    assert_eq!(int8_model.metadata().precision.as_deref(), Some("int8"));
+    assert_eq!(float_model.metadata().precision, None);
+    assert!(std::fs::metadata(&int8).unwrap().len() * 3 < std::fs::metadata(&fp32).unwrap().len());
+    let (_, image, crops) = model_and_faces();
+    let jobs: Vec<_> = crops.iter().map(|&c| (&image, c)).collect();
+    let a = float_model.landmarks(&jobs).unwrap();
+    let b = int8_model.landmarks(&jobs).unwrap();
+    for (fa, fb) in a.iter().zip(&b) {
+        let side = fa.crop.side;
+        let mean_shift: f32 = fa
+            .in_image
+            .iter()
+            .zip(&fb.in_image)
+            .map(|(p, q)| ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2)).sqrt())
+            .sum::<f32>()
+            / fa.in_image.len() as f32;
+        // Quantization moves points by a fraction of a percent of the face, not more.
+        assert!(
+            mean_shift < 0.01 * side,
+            "{mean_shift} px on a {side} px crop"
+        );
+    }
+}

@@ -47,6 +47,9 @@ pub struct ModelMetadata {
     pub backbone: Option<String>,
     pub train_data: Option<String>,
     pub metrics: Option<String>,
+    /// Numeric precision of the weights and activations when not float32 (`int8` for the
+    /// quantized twins python-export writes); provenance, the runtime runs either the same way.
+    pub precision: Option<String>,
 }
 
 /// ImageNet channel means, the default normalisation.
@@ -113,6 +116,7 @@ impl ModelMetadata {
             ("pipnet.backbone", &self.backbone),
             ("pipnet.train_data", &self.train_data),
             ("pipnet.metrics", &self.metrics),
+            ("pipnet.precision", &self.precision),
         ] {
             if let Some(v) = value {
                 pairs.push((key, v.clone()));
@@ -232,6 +236,7 @@ impl ModelMetadata {
             backbone: get("pipnet.backbone"),
             train_data: get("pipnet.train_data"),
             metrics: get("pipnet.metrics"),
+            precision: get("pipnet.precision"),
         })
     }
 
@@ -354,6 +359,7 @@ mod tests {
             backbone: Some("resnet18".into()),
             train_data: None,
             metrics: None,
+            precision: Some("int8".into()),
         }
     }
 
@@ -375,7 +381,7 @@ mod tests {
         /// metadata is read or refused with an error naming that key, never a panic.
         #[test]
         fn random_metadata_values_are_read_or_refused(
-            which in 0usize..15,
+            which in 0usize..16,
             value in proptest::option::of(proptest::prop_oneof![
                 "[-+0-9.e,]{0,40}",
                 ".{0,20}",
@@ -389,6 +395,7 @@ mod tests {
                 "pipnet.input_size", "pipnet.stride", "pipnet.mean", "pipnet.std",
                 "pipnet.meanface", "pipnet.neighbors", "pipnet.scheme", "pipnet.crop",
                 "pipnet.outputs", "pipnet.backbone", "pipnet.train_data", "pipnet.metrics",
+                "pipnet.precision",
             ][which];
             pairs.retain(|(k, _)| k != key);
             if let Some(v) = value {

@@ -44,6 +44,7 @@ pub fn synthetic_metadata(spec: &NetworkSpec, scheme: Scheme) -> Result<ModelMet
         backbone: Some(spec.describe()),
         train_data: Some("none (seeded random weights, for tests)".into()),
         metrics: None,
+        precision: None,
     })
 }
 

@@ -147,6 +147,7 @@ impl RunState {
             }),
             train_data: Some(self.train_data()),
             metrics,
+            precision: None,
         })
     }
 }

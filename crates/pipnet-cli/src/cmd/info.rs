@@ -45,6 +45,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ("backbone", &meta.backbone),
         ("train data", &meta.train_data),
         ("metrics", &meta.metrics),
+        ("precision", &meta.precision),
     ] {
         println!("{key:<16} {}", value.as_deref().unwrap_or("-"));
     }

@@ -1,0 +1,151 @@
+"""INT8 twin of a contract graph: ONNX Runtime's static quantization (QDQ format, per-channel
+int8 weights, int8 activations), calibrated on face crops cut from training faces by the model's
+own crop rule, with the contract metadata carried over and ``pipnet.precision = int8`` added.
+
+``python -m pipnet_export.quantize MODEL.onnx DATA --out MODEL.int8.onnx [--faces 300]
+[--split 0.1:1]`` takes the calibration faces from ``DATA`` (images with iBUG ``.pts`` files
+beside them) outside the validation split ``FRACTION:SEED`` of a training config (the same
+rule as ``pipnet eval --split``), so the faces it is measured on stay unseen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .reference import crop_to_tensor
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def is_validation(name: str, fraction: float, seed: int) -> bool:
+    """``pipnet_infer::labeled::split_validation``: FNV-1a over the seed (8 bytes, little
+    endian) and the photo's name (the face name without its ``_<k>`` suffix)."""
+    photo = name.rsplit("_", 1)[0] if "_" in name else name
+    h = 0xCBF29CE484222325
+    for b in seed.to_bytes(8, "little") + photo.encode():
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h / 0xFFFFFFFFFFFFFFFF < fraction
+
+
+def read_pts(path: Path) -> np.ndarray:
+    """The points of an iBUG ``.pts`` file, 0-based (the file's values minus 1)."""
+    lines = path.read_text().split("{", 1)[1].split("}", 1)[0].split()
+    return np.asarray(lines, dtype=np.float64).reshape(-1, 2) - 1.0
+
+
+def parse_crop_rule(text: str) -> tuple[float, float, float]:
+    """``pipnet.crop`` -> (scale, shift_x, shift_y)."""
+    values = dict(part.split("=", 1) for part in text.split(",") if part.strip())
+    return (
+        float(values["landmark_box_scale"]),
+        float(values.get("shift_x", 0.0)),
+        float(values.get("shift_y", 0.0)),
+    )
+
+
+def training_faces(data: Path, fraction: float, seed: int, count: int) -> list[tuple[Path, Path]]:
+    """(image, .pts) pairs outside the validation split, evenly spread over the sorted names."""
+    pairs = []
+    for pts in sorted(data.glob("*.pts")):
+        image = next((pts.with_suffix(s) for s in IMAGE_SUFFIXES if pts.with_suffix(s).is_file()), None)
+        if image is not None and not is_validation(pts.stem, fraction, seed):
+            pairs.append((image, pts))
+    if not pairs:
+        raise SystemExit(f"{data}: no training faces (images with .pts files beside them)")
+    step = max(1, len(pairs) // count)
+    return pairs[::step][:count]
+
+
+def calibration_crops(meta: dict[str, str], faces: list[tuple[Path, Path]]) -> list[np.ndarray]:
+    """Each face cut from its true landmark box by the model's crop rule, as the model sees it."""
+    from PIL import Image
+
+    size = int(meta["pipnet.input_size"])
+    mean = [float(v) for v in meta["pipnet.mean"].split(",")]
+    std = [float(v) for v in meta["pipnet.std"].split(",")]
+    scale, shift_x, shift_y = parse_crop_rule(meta["pipnet.crop"])
+    crops = []
+    for image_path, pts_path in faces:
+        points = read_pts(pts_path)
+        (x0, y0), (x1, y1) = points.min(axis=0), points.max(axis=0)
+        side = scale * max(x1 - x0, y1 - y0)
+        center = ((x0 + x1) / 2 + shift_x * side, (y0 + y1) / 2 + shift_y * side)
+        image = np.asarray(Image.open(image_path).convert("RGB"))
+        crops.append(crop_to_tensor(image, center, side, 0.0, size, mean, std)[None])
+    return crops
+
+
+def quantize(model: Path, out: Path, crops: list[np.ndarray]) -> None:
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Crops(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(crops)
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"image": batch}
+
+    source = onnx.load(str(model))
+    metadata = {p.key: p.value for p in source.metadata_props}
+    if "pipnet.format" not in metadata:
+        raise SystemExit(f"{model}: not a pipnet contract graph (no pipnet.* metadata)")
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        # Our graphs have static shapes but the batch: plain ONNX shape inference suffices.
+        quant_pre_process(str(model), str(prepared), skip_symbolic_shape=True)
+        quantized = Path(tmp) / "int8.onnx"
+        quantize_static(
+            str(prepared),
+            str(quantized),
+            Crops(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QInt8,
+            # The five heads' outputs stay float: the decoder reads them as the contract says.
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+        graph = onnx.load(str(quantized))
+    del graph.metadata_props[:]
+    for key, value in {**metadata, "pipnet.precision": "int8"}.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(graph, full_check=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.tmp")
+    onnx.save(graph, str(partial))
+    os.replace(partial, out)
+
+
+def _main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipnet_export.quantize", description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", type=Path)
+    parser.add_argument("data", type=Path, help="labeled faces: images with .pts files beside them")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--faces", type=int, default=300, help="calibration faces (default 300)")
+    parser.add_argument("--split", default="0.1:1", help="validation split FRACTION:SEED to leave out")
+    args = parser.parse_args(argv)
+    fraction, seed = args.split.split(":")
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(args.model), load_external_data=False).metadata_props}
+    if "pipnet.format" not in meta:
+        print(f"{args.model}: not a pipnet contract graph (no pipnet.* metadata)", file=sys.stderr)
+        return 2
+    faces = training_faces(args.data, float(fraction), int(seed), args.faces)
+    quantize(args.model, args.out, calibration_crops(meta, faces))
+    print(f"{args.out}: int8 (QDQ, per-channel), calibrated on {len(faces)} training faces")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
