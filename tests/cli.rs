@@ -1132,3 +1132,59 @@ fn test_pretrained_run_without_weights_says_how_to_provide_them() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("refusing to use it"), "{stderr}");
 }
+
+#[test]
+fn test_bench_against_dlib_on_the_sample_photos() {
+    // Six labeled faces, so the scoring path runs too.
+    let tmp = tempfile::tempdir().unwrap();
+    let labeled = tmp.path().join("labeled");
+    std::fs::create_dir_all(&labeled).unwrap();
+    for photo in face_photos(6) {
+        std::fs::copy(&photo, labeled.join(photo.file_name().unwrap())).unwrap();
+        let pts = photo.with_extension("pts");
+        std::fs::copy(&pts, labeled.join(pts.file_name().unwrap())).unwrap();
+    }
+    let output = Command::new(pipnet_bin())
+        .args([
+            "bench",
+            "--peer",
+            "dlib",
+            "--json",
+            "--no-python",
+            "--repeat",
+            "1",
+        ])
+        .args(["--threads", "2", "--images"])
+        .arg(common::sample_photos())
+        .arg("--labeled")
+        .arg(&labeled)
+        .env("PIPNET_PYTHON", common::python())
+        .current_dir(common::repo_root())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success()
+        && (stderr.contains("installing dlib into") || stderr.contains("from PyPI failed"))
+    {
+        eprintln!("SKIPPED: dlib could not be installed here: {stderr}");
+        return;
+    }
+    assert!(output.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    for ratio in ["photos_per_s_over_dlib", "faces_per_s_over_dlib"] {
+        let r = report[ratio].as_f64().unwrap();
+        assert!(r.is_finite() && r > 0.0, "{ratio}: {report}");
+    }
+    let peer = &report["peer"];
+    assert_eq!(peer["threads"], 2);
+    for side in ["ours", "dlib"] {
+        assert_eq!(peer[side]["photos"], 9, "{peer}");
+        // The sample photos hold 43 faces; both detectors find most of them.
+        let faces = peer[side]["faces"].as_u64().unwrap();
+        assert!((30..=50).contains(&faces), "{side}: {faces} faces");
+        let scored = &peer[format!("{side}_labeled")];
+        assert_eq!(scored["faces"], 6, "{peer}");
+        let nme = scored["nme"].as_f64().unwrap();
+        assert!(nme > 0.0 && nme < 0.1, "{side}: NME {nme}");
+    }
+}

