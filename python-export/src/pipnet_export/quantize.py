@@ -1,5 +1,6 @@
 """INT8 twin of a contract graph: ONNX Runtime's static quantization (QDQ format, per-channel
-int8 weights, int8 activations), calibrated on face crops cut from training faces by the model's
+int8 weights, uint8 activations: the U8S8 kernels ONNX Runtime runs fastest on x86; int8
+activations measured 20% slower than float32 here), calibrated on face crops cut from training faces by the model's
 own crop rule, with the contract metadata carried over and ``pipnet.precision = int8`` added.
 
 ``python -m pipnet_export.quantize MODEL.onnx DATA --out MODEL.int8.onnx [--faces 300]
@@ -110,9 +111,9 @@ def quantize(model: Path, out: Path, crops: list[np.ndarray]) -> None:
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             weight_type=QuantType.QInt8,
-            activation_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
             # The five heads' outputs stay float: the decoder reads them as the contract says.
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            extra_options={"WeightSymmetric": True},
         )
         graph = onnx.load(str(quantized))
     del graph.metadata_props[:]
