@@ -58,6 +58,10 @@ impl FaceBox {
         self.x1 - self.x0
     }
 
+    pub fn height(&self) -> f32 {
+        self.y1 - self.y0
+    }
+
     /// Checks that a caller's box can be a face in a `width` x `height` image: finite, with
     /// `x0 < x1` and `y0 < y1`, overlapping the image, and no side over
     /// [`Self::MAX_SIDE_OVER_IMAGE`] times the image's longer side. Landmarks for anything else
@@ -77,15 +81,15 @@ impl FaceBox {
         if x0 >= x1 || y0 >= y1 {
             return Err(invalid("expected x0 < x1 and y0 < y1".into()));
         }
-        if self.width().max(self.height()) < 1.0 {
+        let side = self.width().max(self.height());
+        if side < 1.0 {
             return Err(invalid("is smaller than a pixel".into()));
         }
         let (w, h) = (width as f32, height as f32);
         if x1 <= 0.0 || y1 <= 0.0 || x0 >= w || y0 >= h {
             return Err(invalid(format!("lies outside the {width}x{height} image")));
         }
-        let limit = Self::MAX_SIDE_OVER_IMAGE * w.max(h);
-        if self.width().max(self.height()) > limit {
+        if side > Self::MAX_SIDE_OVER_IMAGE * w.max(h) {
             return Err(invalid(format!(
                 "is more than {}x the {width}x{height} image",
                 Self::MAX_SIDE_OVER_IMAGE
@@ -96,10 +100,6 @@ impl FaceBox {
 
     /// How much larger than the image a caller's box may be ([`Self::check_in_image`]).
     pub const MAX_SIDE_OVER_IMAGE: f32 = 4.0;
-
-    pub fn height(&self) -> f32 {
-        self.y1 - self.y0
-    }
 
     pub fn center(&self) -> Point {
         [(self.x0 + self.x1) / 2.0, (self.y0 + self.y1) / 2.0]

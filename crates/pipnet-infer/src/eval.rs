@@ -1,11 +1,12 @@
 //! Accuracy on labeled faces. The 300-W protocol crops each face from its true landmark box
 //! with the model's own crop rule; [`detect_labeled`] instead finds each face with the detector,
-//! which is what annotating real photos does, and is also what the box calibration is fitted on.
+//! which is what annotating real photos does, and is also what the box calibration is fitted on;
+//! [`detector_crops`] crops the faces it found as `annotate` would.
 
 use image::RgbImage;
 use pipnet_core::detection::Detection;
 use pipnet_core::metrics::{Summary, nme};
-use pipnet_core::{FaceBox, FaceCrop, Point};
+use pipnet_core::{CropRule, FaceBox, FaceCrop, Point};
 
 use crate::detect::FaceDetector;
 use crate::error::{Error, Result};
@@ -110,4 +111,37 @@ pub fn detect_labeled(
                 .map(|(_, d)| d))
         })
         .collect()
+}
+
+/// The faces the detector found ([`detect_labeled`]) and their landmark crops, made from each
+/// detection with the model's crop `rule`: what `annotate` would crop. Faces it missed are left
+/// out; `found.len()` against `faces.len()` is the recall.
+#[derive(Debug, Clone, Default)]
+pub struct DetectedFaces {
+    pub found: Vec<LabeledFace>,
+    pub crops: Vec<FaceCrop>,
+    /// Index into the labeled faces of each found face.
+    pub index: Vec<usize>,
+}
+
+/// Finds each labeled face with `detector` and crops it as [`DetectedFaces`] says.
+pub fn detector_crops(
+    detector: &mut FaceDetector,
+    faces: &[LabeledFace],
+    rule: &CropRule,
+    min_iou: f32,
+    max_pixels: u64,
+) -> Result<DetectedFaces> {
+    let mut detected = DetectedFaces::default();
+    for (i, d) in detect_labeled(detector, faces, min_iou, max_pixels)?
+        .into_iter()
+        .enumerate()
+    {
+        if let Some(d) = d {
+            detected.found.push(faces[i].clone());
+            detected.crops.push(detector.crop(&d, rule));
+            detected.index.push(i);
+        }
+    }
+    Ok(detected)
 }

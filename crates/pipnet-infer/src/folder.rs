@@ -265,8 +265,9 @@ impl Shard {
     /// The shard a cluster scheduler gave this process, from its environment (`var` looks a
     /// variable up): a Slurm job array (`SLURM_ARRAY_TASK_ID`, `..._COUNT`, and `..._MIN`,
     /// `..._STEP` for arrays that do not start at 0 or step by more than 1), or a Kubernetes
-    /// Indexed Job (`JOB_COMPLETION_INDEX`, with `count` since Kubernetes does not expose the
-    /// number of completions). `None` outside both.
+    /// Indexed Job (`JOB_COMPLETION_INDEX`; Kubernetes does not expose the number of
+    /// completions, so it comes from `count`, else `PIPNET_SHARD_COUNT`). `count`, else
+    /// `PIPNET_SHARD_COUNT`, also overrides Slurm's count. `None` outside both.
     pub fn from_scheduler(
         var: impl Fn(&str) -> Option<String>,
         count: Option<u32>,
@@ -279,6 +280,10 @@ impl Shard {
                     })
                 })
                 .transpose()
+        };
+        let count = match count {
+            Some(n) => Some(n),
+            None => number("PIPNET_SHARD_COUNT")?,
         };
         if let Some(id) = number("SLURM_ARRAY_TASK_ID")? {
             let tasks = match count {
@@ -715,6 +720,13 @@ mod tests {
             shard(&k8s, Some(3)).unwrap(),
             Some(Shard { index: 2, count: 3 })
         );
+        let with_count = [("JOB_COMPLETION_INDEX", "2"), ("PIPNET_SHARD_COUNT", "5")];
+        assert_eq!(
+            shard(&with_count, None).unwrap(),
+            Some(Shard { index: 2, count: 5 })
+        );
+        let bad_count = [("JOB_COMPLETION_INDEX", "0"), ("PIPNET_SHARD_COUNT", "x")];
+        assert!(shard(&bad_count, None).is_err());
         let err = shard(&k8s, None).unwrap_err().to_string();
         assert!(err.contains("PIPNET_SHARD_COUNT"), "{err}");
         assert!(shard(&k8s, Some(2)).is_err(), "index 2 of 2 shards");

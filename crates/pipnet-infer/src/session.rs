@@ -59,11 +59,11 @@ pub fn open_session(
         return Err(load_err("no such file".into()));
     }
     let build = |with_cuda: bool| -> Result<Session> {
+        // All graph optimisations (ONNX Runtime's default, set so it stays so): levels 0-2
+        // ran both graphs about half as fast (`pipnet bench`, README "Benchmarks"). Memory
+        // patterns and a saved pre-optimised graph were measured too and bought nothing.
         // No spin-waiting between runs: the crop sampler and the image decoder need those
         // cores while the session is idle.
-        // All graph optimisations (ONNX Runtime's default, set so it stays so): levels 0-2
-        // ran both graphs about half as fast (`pipnet bench`, models/README.md). Memory
-        // patterns and a saved pre-optimised graph were measured too and bought nothing.
         let mut builder = Session::builder(&rt.environment)
             .map_err(|e| load_err(format!("session options: {e}")))?
             .with_optimization_level(ort::session::builder::GraphOptimizationLevel::Level3)

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
 use pipnet_infer::Pipeline;
 use pipnet_infer::folder::{FaceSource, FolderJob, OutputFormat, Shard, annotate_folder};
@@ -73,18 +73,10 @@ fn shard(args: &Args) -> anyhow::Result<Option<Shard>> {
     if args.shard.is_some() {
         return Ok(args.shard);
     }
-    let count = match args.shard_count {
-        Some(n) => Some(n),
-        None => match std::env::var("PIPNET_SHARD_COUNT") {
-            Ok(v) => Some(
-                v.trim()
-                    .parse()
-                    .with_context(|| format!("PIPNET_SHARD_COUNT={v:?} is not a whole number"))?,
-            ),
-            Err(_) => None,
-        },
-    };
-    Ok(Shard::from_scheduler(|key| std::env::var(key).ok(), count)?)
+    Ok(Shard::from_scheduler(
+        |key| std::env::var(key).ok(),
+        args.shard_count,
+    )?)
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {

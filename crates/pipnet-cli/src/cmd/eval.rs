@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use pipnet_core::metrics::{Summary, ced_curve};
-use pipnet_infer::eval::{EvalCrops, FaceResult, detect_labeled, evaluate};
+use pipnet_infer::eval::{EvalCrops, FaceResult, detector_crops, evaluate};
 use pipnet_infer::image_io::DEFAULT_MAX_PIXELS;
 use pipnet_infer::labeled::split_validation;
 use pipnet_infer::{Device, Pipeline, SessionOptions};
@@ -78,22 +78,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let (results, summary) = if args.crops == "detector" {
         let mut detector = args.detector.load(&options)?;
-        let found = detect_labeled(&mut detector, &faces, 0.3, DEFAULT_MAX_PIXELS)?;
         let rule = pipeline.model.metadata().crop;
-        let (detected, crops): (Vec<_>, Vec<_>) = faces
-            .iter()
-            .zip(&found)
-            .filter_map(|(face, d)| d.map(|d| (face.clone(), detector.crop(&d, &rule))))
-            .unzip();
+        let detected = detector_crops(&mut detector, &faces, &rule, 0.3, DEFAULT_MAX_PIXELS)?;
         println!(
             "detector recall {}/{} = {:.4} (IoU > 0.3 with the landmark box)",
-            detected.len(),
+            detected.found.len(),
             faces.len(),
-            detected.len() as f64 / faces.len().max(1) as f64
+            detected.found.len() as f64 / faces.len().max(1) as f64
         );
-        let (_, truth) = evaluate(&mut pipeline, &detected, EvalCrops::TrueBox)?;
+        let (_, truth) = evaluate(&mut pipeline, &detected.found, EvalCrops::TrueBox)?;
         print_summary(&format!("crops from the true landmark box{pass}"), &truth);
-        let (results, summary) = evaluate(&mut pipeline, &detected, EvalCrops::Given(&crops))?;
+        let crops = EvalCrops::Given(&detected.crops);
+        let (results, summary) = evaluate(&mut pipeline, &detected.found, crops)?;
         print_summary(&format!("crops from the detector{pass}"), &summary);
         (results, summary)
     } else {

@@ -10,7 +10,7 @@ use pipnet_core::Scheme;
 use pipnet_core::metrics::{Summary, nme};
 use pipnet_infer::Pipeline;
 use pipnet_infer::bench::{Throughput, bench_photos};
-use pipnet_infer::eval::{EvalCrops, detect_labeled, evaluate, landmark_box};
+use pipnet_infer::eval::{EvalCrops, detector_crops, evaluate, landmark_box};
 use pipnet_infer::image_io::DEFAULT_MAX_PIXELS;
 use pipnet_infer::labeled::{LabeledFace, read_labeled, split_validation};
 use serde_json::{Value, json};
@@ -126,24 +126,14 @@ fn nmes_of_ours(
         .detector
         .as_mut()
         .context("the pipeline has no face detector")?;
-    let found = detect_labeled(detector, faces, 0.3, DEFAULT_MAX_PIXELS)?;
-    let (detected, crops): (Vec<_>, Vec<_>) = faces
-        .iter()
-        .zip(&found)
-        .filter_map(|(face, d)| d.map(|d| (face.clone(), detector.crop(&d, &rule))))
-        .unzip();
-    let (results, _) = evaluate(
-        pipeline,
-        &detected,
-        EvalCrops::Given(&crops),
-        0.1,
-        DEFAULT_MAX_PIXELS,
-    )?;
-    let mut results = results.into_iter();
-    Ok(found
-        .iter()
-        .map(|d| d.and_then(|_| results.next()).map(|r| r.nme))
-        .collect())
+    let detected = detector_crops(detector, faces, &rule, 0.3, DEFAULT_MAX_PIXELS)?;
+    let crops = EvalCrops::Given(&detected.crops);
+    let (results, _) = evaluate(pipeline, &detected.found, crops, 0.1, DEFAULT_MAX_PIXELS)?;
+    let mut nmes = vec![None; faces.len()];
+    for (&i, r) in detected.index.iter().zip(results) {
+        nmes[i] = Some(r.nme);
+    }
+    Ok(nmes)
 }
 
 /// NME of dlib's points against the truth, None where its detector missed the face.
