@@ -9,9 +9,10 @@ use std::time::Instant;
 use image::RgbImage;
 use pipnet_core::{FaceCrop, Landmark, PipMaps};
 
+use crate::detect::FaceDetector;
 use crate::error::{Error, Result};
 use crate::image_io::load_rgb;
-use crate::pipeline::{Faces, Pipeline};
+use crate::pipeline::{Faces, LocatedFace, Pipeline, fan_out, loader_detectors, locate};
 
 /// Timings of one stage, in seconds, one sample per image or per batch.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -208,7 +209,8 @@ pub struct Throughput {
     pub faces_per_second: f64,
 }
 
-/// Times `repeat` passes of the whole pipeline over `images` after one warm-up pass.
+/// Times `repeat` passes of the whole pipeline over `images` after one warm-up pass. Photos
+/// are decoded and their faces found on one thread per core, as `annotate` does.
 pub fn bench_photos(
     pipeline: &mut Pipeline,
     images: &[PathBuf],
@@ -217,28 +219,55 @@ pub fn bench_photos(
     if images.is_empty() {
         return Err(Error::InvalidInput("no images to benchmark".into()));
     }
-    let group = pipeline.model.batch_size();
-    let pass = |pipeline: &mut Pipeline| -> Result<usize> {
-        let mut faces = 0;
-        for paths in images.chunks(group) {
-            let decoded: Vec<RgbImage> = paths
-                .iter()
-                .map(|p| load_rgb(p, crate::image_io::DEFAULT_MAX_PIXELS))
-                .collect::<Result<_>>()?;
-            let jobs: Vec<(&RgbImage, &Faces)> = decoded
-                .iter()
-                .map(|image| (image, &Faces::Detect))
-                .collect();
-            faces += pipeline.faces(&jobs)?.iter().map(Vec::len).sum::<usize>();
-        }
-        Ok(faces)
+    let mut detector = pipeline.detector.take();
+    let per_core = match &detector {
+        Some(d) => d.per_core(),
+        None => Ok(Vec::new()),
     };
-    let faces = pass(pipeline)?;
-    let mut seconds = Vec::new();
-    for _ in 0..repeat.max(1) {
-        timed(&mut seconds, || pass(pipeline))?;
-    }
-    let seconds = median(seconds);
+    let result = per_core.and_then(|mut per_core| {
+        let mut pass = || -> Result<usize> {
+            let detectors = loader_detectors(detector.as_mut(), &mut per_core);
+            let (rule, min_face) = (pipeline.model.metadata().crop, pipeline.min_face);
+            let load = |path: &PathBuf, detector: Option<&mut FaceDetector>| {
+                let image = load_rgb(path, crate::image_io::DEFAULT_MAX_PIXELS)?;
+                let found = locate(detector, &rule, min_face, &image, &Faces::Detect)?;
+                Ok((image, found))
+            };
+            let group = pipeline.model.batch_size();
+            fan_out(images.iter().collect(), detectors, group, load, |receive| {
+                let mut faces = 0;
+                let mut pending: Vec<(RgbImage, Vec<LocatedFace>)> = Vec::new();
+                let mut run = |pending: &mut Vec<(RgbImage, Vec<LocatedFace>)>| -> Result<()> {
+                    let images: Vec<&RgbImage> = pending.iter().map(|(image, _)| image).collect();
+                    let located: Vec<&[LocatedFace]> =
+                        pending.iter().map(|(_, f)| f.as_slice()).collect();
+                    faces += pipeline
+                        .landmarks_of(&images, &located)?
+                        .iter()
+                        .map(Vec::len)
+                        .sum::<usize>();
+                    pending.clear();
+                    Ok(())
+                };
+                for loaded in receive {
+                    pending.push(loaded?);
+                    if pending.len() == group {
+                        run(&mut pending)?;
+                    }
+                }
+                run(&mut pending)?;
+                Ok(faces)
+            })
+        };
+        let faces = pass()?;
+        let mut seconds = Vec::new();
+        for _ in 0..repeat.max(1) {
+            timed(&mut seconds, &mut pass)?;
+        }
+        Ok((faces, median(seconds)))
+    });
+    pipeline.detector = detector;
+    let (faces, seconds) = result?;
     Ok(Throughput {
         photos: images.len(),
         faces,

@@ -19,10 +19,10 @@ use pipnet_core::detection::{
 use pipnet_core::{CropRule, FaceCrop};
 
 use crate::error::{Error, Result};
-use crate::model::SessionOptions;
+use crate::model::{Device, SessionOptions};
 use crate::preprocess::{Normalization, write_crop};
 use crate::runtime::{Runtime, runtime};
-use crate::session::{GraphSource, OpenedSession, open_session};
+use crate::session::{GraphSource, OpenedSession, OwnedGraph, open_session};
 
 /// The detector built into the library: BlazeFace's full-range ("back") 256x256 graph.
 pub const BUILTIN_GRAPH: &[u8] =
@@ -85,6 +85,10 @@ pub fn settings_path(graph: &Path) -> PathBuf {
 pub struct FaceDetector {
     session: Session,
     name: PathBuf,
+    /// The graph, options and library it was opened with, for [`FaceDetector::per_core`].
+    graph: OwnedGraph,
+    options: SessionOptions,
+    rt: &'static Runtime,
     provider: &'static str,
     size: usize,
     settings: DetectorSettings,
@@ -124,7 +128,11 @@ impl FaceDetector {
         Self::load_with_runtime(path, options, runtime(options.device, |_| {})?)
     }
 
-    pub fn load_with_runtime(path: &Path, options: &SessionOptions, rt: &Runtime) -> Result<Self> {
+    pub fn load_with_runtime(
+        path: &Path,
+        options: &SessionOptions,
+        rt: &'static Runtime,
+    ) -> Result<Self> {
         let settings =
             DetectorSettings::read(&settings_path(path)).map_err(|e| Error::ModelLoad {
                 path: path.to_path_buf(),
@@ -140,7 +148,7 @@ impl FaceDetector {
         source: GraphSource<'_>,
         settings: DetectorSettings,
         options: &SessionOptions,
-        rt: &Runtime,
+        rt: &'static Runtime,
     ) -> Result<Self> {
         let name = source.name().to_path_buf();
         let OpenedSession {
@@ -171,12 +179,43 @@ impl FaceDetector {
         Ok(Self {
             session,
             name,
+            graph: source.into(),
+            options: options.clone(),
+            rt,
             provider,
             size,
             settings,
             chw: vec![0.0; 3 * size * size],
             nhwc: vec![0.0; 3 * size * size],
         })
+    }
+
+    /// One single-threaded session of this detector per core it was given (its `threads`,
+    /// else every core), to run photos side by side: one BlazeFace run barely uses a second
+    /// core, so this is how a folder run scales with cores. Empty when that is one core or
+    /// the graph runs on CUDA.
+    pub fn per_core(&self) -> Result<Vec<FaceDetector>> {
+        let cores = self.options.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        if cores < 2 || self.provider != "CPUExecutionProvider" {
+            return Ok(Vec::new());
+        }
+        let options = SessionOptions {
+            device: Device::Cpu,
+            threads: Some(1),
+            ..self.options.clone()
+        };
+        (0..cores)
+            .map(|_| {
+                Self::open(
+                    self.graph.source(),
+                    self.settings.clone(),
+                    &options,
+                    self.rt,
+                )
+            })
+            .collect()
     }
 
     pub fn settings(&self) -> &DetectorSettings {

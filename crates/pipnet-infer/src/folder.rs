@@ -2,21 +2,22 @@
 //! landmark model, write each image's outputs atomically, and record every failure without
 //! stopping.
 //!
-//! Two threads overlap the work: a loader decodes images and runs the face detector while the
-//! caller's thread runs landmark batches and writes. A bounded channel between them keeps
-//! memory flat however large the folder is.
+//! Loader threads (one per core when faces are detected, each with a detector session of its
+//! own) decode images and find their faces while the caller's thread runs landmark batches
+//! and writes. A bounded channel between them keeps memory flat however large the folder is.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::Receiver;
 
 use image::RgbImage;
 use pipnet_core::FaceBox;
 use pipnet_core::formats::{FaceAnnotation, ImageAnnotation, format_pts};
 
+use crate::detect::FaceDetector;
 use crate::error::{Error, Result};
 use crate::image_io::load_rgb;
-use crate::pipeline::{Face, Faces, LocatedFace, Pipeline, locate};
+use crate::pipeline::{Face, Faces, LocatedFace, Pipeline, fan_out, loader_detectors, locate};
 use crate::preview;
 
 /// File extensions treated as images when walking a folder.
@@ -443,15 +444,24 @@ pub fn annotate_folder(
     let rule = pipeline.model.metadata().crop;
     let min_face = pipeline.min_face;
     let mut detector = pipeline.detector.take();
-    let (send, receive) = sync_channel::<Loaded>(batch);
-    let result = std::thread::scope(|scope| {
-        let detector = detector.as_mut();
-        scope.spawn(move || load_all(items, job, detector, &rule, min_face, send));
-        consume(pipeline, job, receive, &mut summary, &mut on_image)
+    let per_core = match &detector {
+        Some(d) if job.faces == FaceSource::Detect && items.len() > 1 => d.per_core(),
+        _ => Ok(Vec::new()),
+    };
+    let result = per_core.and_then(|mut per_core| {
+        let detectors = loader_detectors(detector.as_mut(), &mut per_core);
+        let load = |item, detector: Option<&mut FaceDetector>| {
+            load_one(item, job, detector, &rule, min_face)
+        };
+        fan_out(items, detectors, batch, load, |receive| {
+            consume(pipeline, job, receive, &mut summary, &mut on_image)
+        })
     });
     pipeline.detector = detector;
     result?;
     summary.failures.extend(unreadable);
+    // Loaders finish in no fixed order; the report should not depend on it.
+    summary.failures.sort_by(|a, b| a.image.cmp(&b.image));
     let failures: String = summary
         .failures
         .iter()
@@ -482,34 +492,26 @@ fn unmatched_boxes(faces: &FaceSource, items: &[Item], shard: Option<Shard>) -> 
     missing
 }
 
-/// Loader thread: decode each image and locate its faces, in order. Stops early when the
-/// consumer has gone (an error there ends the run).
-fn load_all(
-    items: Vec<Item>,
+/// On a loader thread: decode one image and locate its faces, unless its output is done.
+fn load_one(
+    item: Item,
     job: &FolderJob,
-    mut detector: Option<&mut crate::detect::FaceDetector>,
+    detector: Option<&mut FaceDetector>,
     rule: &pipnet_core::CropRule,
     min_face: Option<f32>,
-    send: SyncSender<Loaded>,
-) {
-    for item in items {
-        let done = output_path(&job.out_dir, &item.name, job.format);
-        let loaded = if !job.force && is_done(&item.path, &done) {
-            Loaded::Skipped
-        } else {
-            let located = load_rgb(&item.path, job.max_pixels).and_then(|image| {
-                let faces = job.faces.faces_of(&item.name)?;
-                let found = locate(detector.as_deref_mut(), rule, min_face, &image, &faces)?;
-                Ok((image, found))
-            });
-            match located {
-                Ok((image, found)) => Loaded::Ready(item, image, found),
-                Err(e) => Loaded::Failed(item, e),
-            }
-        };
-        if send.send(loaded).is_err() {
-            return;
-        }
+) -> Loaded {
+    let done = output_path(&job.out_dir, &item.name, job.format);
+    if !job.force && is_done(&item.path, &done) {
+        return Loaded::Skipped;
+    }
+    let located = load_rgb(&item.path, job.max_pixels).and_then(|image| {
+        let faces = job.faces.faces_of(&item.name)?;
+        let found = locate(detector, rule, min_face, &image, &faces)?;
+        Ok((image, found))
+    });
+    match located {
+        Ok((image, found)) => Loaded::Ready(item, image, found),
+        Err(e) => Loaded::Failed(item, e),
     }
 }
 

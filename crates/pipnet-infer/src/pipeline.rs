@@ -2,6 +2,9 @@
 //! rule, run every face of every image as one batch, and optionally refine: crop again from the
 //! first pass's landmarks and run once more, which undoes most of the detector box's error.
 
+use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, sync_channel};
+
 use image::RgbImage;
 use pipnet_core::detection::Detection;
 use pipnet_core::{CropRule, FaceBox, FaceCrop};
@@ -81,6 +84,51 @@ pub fn locate(
                 .map(|d| (Some(d), detector.crop(&d, rule)))
                 .collect()
         }
+    })
+}
+
+/// The detector sessions of the loader threads of a run over many photos: one single-threaded
+/// session each when `per_core` has them ([`FaceDetector::per_core`]), else the one
+/// `detector` (or none, when faces are not detected).
+pub(crate) fn loader_detectors<'a>(
+    detector: Option<&'a mut FaceDetector>,
+    per_core: &'a mut [FaceDetector],
+) -> Vec<Option<&'a mut FaceDetector>> {
+    if per_core.is_empty() {
+        vec![detector]
+    } else {
+        per_core.iter_mut().map(Some).collect()
+    }
+}
+
+/// Runs `load` on every item, on one thread per entry of `detectors` (each thread takes the
+/// next unclaimed item and uses its own detector), while `consume` takes the results on the
+/// caller's thread in the order they finish. The channel between them holds `capacity`
+/// results, so memory stays flat however many items there are; when `consume` returns early
+/// the loaders stop at their next result.
+pub(crate) fn fan_out<I: Send, T: Send, R>(
+    items: Vec<I>,
+    detectors: Vec<Option<&mut FaceDetector>>,
+    capacity: usize,
+    load: impl Fn(I, Option<&mut FaceDetector>) -> T + Sync,
+    consume: impl FnOnce(Receiver<T>) -> R,
+) -> R {
+    let queue = Mutex::new(items.into_iter());
+    let (send, receive) = sync_channel(capacity);
+    std::thread::scope(|scope| {
+        for mut detector in detectors {
+            let (send, queue, load) = (send.clone(), &queue, &load);
+            scope.spawn(move || {
+                // A poisoned queue means another loader panicked; stop taking items.
+                while let Some(item) = queue.lock().ok().and_then(|mut q| q.next()) {
+                    if send.send(load(item, detector.as_deref_mut())).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(send);
+        consume(receive)
     })
 }
 
@@ -166,5 +214,46 @@ impl Pipeline {
                     .collect()
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fan_out_loads_every_item_once_on_every_loader() {
+        let items: Vec<u32> = (0..500).collect();
+        let threads = std::sync::Mutex::new(std::collections::HashSet::new());
+        let load = |item: u32, detector: Option<&mut FaceDetector>| {
+            assert!(detector.is_none());
+            threads.lock().unwrap().insert(std::thread::current().id());
+            std::thread::yield_now();
+            item
+        };
+        let mut got: Vec<u32> = fan_out(items.clone(), vec![None, None, None], 2, load, |r| {
+            r.into_iter().collect()
+        });
+        got.sort_unstable();
+        assert_eq!(got, items);
+        assert!(
+            threads.lock().unwrap().len() > 1,
+            "one loader did all the work"
+        );
+    }
+
+    #[test]
+    fn fan_out_stops_the_loaders_when_the_consumer_ends_early() {
+        let loaded = std::sync::atomic::AtomicUsize::new(0);
+        let load = |item: u32, _: Option<&mut FaceDetector>| {
+            loaded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            item
+        };
+        let first = fan_out((0..10_000).collect(), vec![None, None], 4, load, |r| {
+            r.into_iter().take(3).count()
+        });
+        assert_eq!(first, 3);
+        // Each loader may finish one result after the channel (4) is full and closed.
+        assert!(loaded.into_inner() <= 3 + 4 + 2);
     }
 }

@@ -1,7 +1,8 @@
 //! Building an ONNX Runtime session on the requested device: one place for the CUDA / CPU /
 //! auto-fallback rules, shared by the landmark model and the face detector.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ort::ep::ExecutionProviderDispatch;
 use ort::session::Session;
@@ -24,6 +25,34 @@ impl GraphSource<'_> {
         match self {
             GraphSource::File(path) => path,
             GraphSource::Memory { name, .. } => name,
+        }
+    }
+}
+
+/// A [`GraphSource`] that owns its graph, kept to open more sessions of it later.
+#[derive(Debug, Clone)]
+pub enum OwnedGraph {
+    File(PathBuf),
+    Memory { name: PathBuf, bytes: Arc<[u8]> },
+}
+
+impl OwnedGraph {
+    pub fn source(&self) -> GraphSource<'_> {
+        match self {
+            OwnedGraph::File(path) => GraphSource::File(path),
+            OwnedGraph::Memory { name, bytes } => GraphSource::Memory { name, bytes },
+        }
+    }
+}
+
+impl From<GraphSource<'_>> for OwnedGraph {
+    fn from(source: GraphSource<'_>) -> Self {
+        match source {
+            GraphSource::File(path) => OwnedGraph::File(path.to_path_buf()),
+            GraphSource::Memory { name, bytes } => OwnedGraph::Memory {
+                name: name.to_path_buf(),
+                bytes: bytes.into(),
+            },
         }
     }
 }

@@ -36,6 +36,29 @@ fn test_finds_the_hand_drawn_faces_of_the_sample_photos() {
 }
 
 #[test]
+fn test_per_core_sessions_find_what_the_detector_finds() {
+    let options = |threads| SessionOptions {
+        threads: Some(threads),
+        ..SessionOptions::default()
+    };
+    let one = FaceDetector::builtin(&options(1)).unwrap();
+    assert!(
+        one.per_core().unwrap().is_empty(),
+        "one core needs no copies"
+    );
+    let mut three = FaceDetector::builtin(&options(3)).unwrap();
+    let mut copies = three.per_core().unwrap();
+    assert_eq!(copies.len(), 3);
+    let image = sample(&common::sample_face_boxes()[0].0);
+    let found = three.detect(&image, None).unwrap();
+    assert!(!found.is_empty());
+    for copy in &mut copies {
+        assert_eq!(copy.detect(&image, None).unwrap(), found);
+        assert_eq!(copy.settings(), three.settings());
+    }
+}
+
+#[test]
 fn test_small_faces_in_a_large_photo_need_the_tiles() {
     // The nine sample photos side by side in a 1500 x 1500 mosaic: faces of 30-60 px.
     let mut mosaic = RgbImage::new(1500, 1500);
