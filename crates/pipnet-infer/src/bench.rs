@@ -224,16 +224,16 @@ pub fn bench_photos(
         Some(d) => d.per_core(),
         None => Ok(Vec::new()),
     };
+    let (rule, min_face) = (pipeline.model.metadata().crop, pipeline.min_face);
+    let group = pipeline.model.batch_size();
+    let load = |path: &PathBuf, detector: Option<&mut FaceDetector>| {
+        let image = load_rgb(path, crate::image_io::DEFAULT_MAX_PIXELS)?;
+        let found = locate(detector, &rule, min_face, &image, &Faces::Detect)?;
+        Ok((image, found))
+    };
     let result = per_core.and_then(|mut per_core| {
         let mut pass = || -> Result<usize> {
             let detectors = loader_detectors(detector.as_mut(), &mut per_core);
-            let (rule, min_face) = (pipeline.model.metadata().crop, pipeline.min_face);
-            let load = |path: &PathBuf, detector: Option<&mut FaceDetector>| {
-                let image = load_rgb(path, crate::image_io::DEFAULT_MAX_PIXELS)?;
-                let found = locate(detector, &rule, min_face, &image, &Faces::Detect)?;
-                Ok((image, found))
-            };
-            let group = pipeline.model.batch_size();
             fan_out(images.iter().collect(), detectors, group, load, |receive| {
                 let mut faces = 0;
                 let mut pending: Vec<(RgbImage, Vec<LocatedFace>)> = Vec::new();

@@ -413,7 +413,7 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// What the loader thread hands over for one image.
+/// What a loader thread hands over for one image.
 enum Loaded {
     Skipped,
     Failed(Item, Error),
