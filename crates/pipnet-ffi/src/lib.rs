@@ -228,6 +228,14 @@ unsafe fn path_arg<'a>(ptr: *const c_char, name: &str) -> Result<&'a Path, Failu
     Ok(Path::new(text))
 }
 
+/// [`path_arg`], with NULL meaning none.
+unsafe fn optional_path_arg<'a>(ptr: *const c_char, name: &str) -> Result<Option<&'a Path>, Failure> {
+    if ptr.is_null() {
+        return Ok(None);
+    }
+    unsafe { path_arg(ptr, name) }.map(Some)
+}
+
 fn handle_arg<'a>(handle: *const PipnetHandle) -> Result<&'a PipnetHandle, Failure> {
     non_null(handle, "handle")?;
     if !is_live(handle) {
@@ -351,21 +359,14 @@ pub unsafe extern "C" fn pipnet_create(
         let session = SessionOptions {
             device,
             threads: (options.threads > 0).then_some(options.threads as usize),
-            batch_size: None,
+            ..Default::default()
         };
-        let model = if options.landmark_model.is_null() {
-            LandmarkModel::builtin(&session)?
-        } else {
-            let path = unsafe { path_arg(options.landmark_model, "options.landmark_model")? };
-            LandmarkModel::load(path, &session)?
-        };
-        let detector = if options.detector_model.is_null() {
-            FaceDetector::builtin(&session)?
-        } else {
-            let path = unsafe { path_arg(options.detector_model, "options.detector_model")? };
-            FaceDetector::load(path, &session)?
-        };
-        let mut pipeline = Pipeline::new(model, Some(detector));
+        // NULL: the built-in graph.
+        let landmark_model =
+            unsafe { optional_path_arg(options.landmark_model, "options.landmark_model")? };
+        let detector =
+            unsafe { optional_path_arg(options.detector_model, "options.detector_model")? };
+        let mut pipeline = Pipeline::open(landmark_model, detector, true, &session)?;
         pipeline.min_face = (options.min_face > 0.0).then_some(options.min_face);
         pipeline.refine = options.refine != 0;
         let handle = register(PipnetHandle {

@@ -19,7 +19,7 @@ use pipnet_core::detection::{
 use pipnet_core::{CropRule, FaceCrop};
 
 use crate::error::{Error, Result};
-use crate::model::{Device, SessionOptions};
+use crate::options::{Device, SessionOptions};
 use crate::preprocess::{Normalization, write_crop};
 use crate::runtime::{Runtime, runtime};
 use crate::session::{GraphSource, OpenedSession, OwnedGraph, open_session};
@@ -118,14 +118,14 @@ impl FaceDetector {
             source,
             DetectorSettings::builtin(),
             options,
-            runtime(options.device, |_| {})?,
+            runtime(options, |_| {})?,
         )
     }
 
     /// A BlazeFace graph from a file, with the settings stored beside it
     /// ([`settings_path`]).
     pub fn load(path: &Path, options: &SessionOptions) -> Result<Self> {
-        Self::load_with_runtime(path, options, runtime(options.device, |_| {})?)
+        Self::load_with_runtime(path, options, runtime(options, |_| {})?)
     }
 
     pub fn load_with_runtime(

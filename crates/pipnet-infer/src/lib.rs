@@ -14,6 +14,7 @@ pub mod folder;
 pub mod image_io;
 pub mod labeled;
 pub mod model;
+pub mod options;
 pub mod pipeline;
 pub mod preprocess;
 pub mod preview;
@@ -21,6 +22,7 @@ pub mod runtime;
 pub mod session;
 
 pub use error::{Error, ErrorKind, Result};
-pub use model::{Device, FaceLandmarks, LandmarkModel, SessionOptions};
+pub use model::{FaceLandmarks, LandmarkModel};
+pub use options::{Device, OrtLibrary, SessionOptions};
 pub use pipeline::{Face, Faces, Pipeline};
 pub use pipnet_core as core;

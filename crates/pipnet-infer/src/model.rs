@@ -11,54 +11,10 @@ use pipnet_core::{Decoder, FaceCrop, Landmark, PipMaps, Point, average_with_mirr
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::options::SessionOptions;
 use crate::preprocess::{Normalization, mirror_crops, write_crop};
 use crate::runtime::{Runtime, runtime};
 use crate::session::{GraphSource, OpenedSession, open_session, tensor_specs};
-
-/// Where inference runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Device {
-    #[default]
-    Cpu,
-    /// ONNX Runtime's CUDA execution provider; fails if it cannot be used.
-    Cuda,
-    /// CUDA when it works, otherwise the CPU (the fallback is reported, never silent).
-    Auto,
-}
-
-impl std::fmt::Display for Device {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Device::Cpu => "cpu",
-            Device::Cuda => "cuda",
-            Device::Auto => "auto",
-        })
-    }
-}
-
-impl std::str::FromStr for Device {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "cpu" => Ok(Device::Cpu),
-            "cuda" => Ok(Device::Cuda),
-            "auto" => Ok(Device::Auto),
-            other => Err(Error::InvalidInput(format!(
-                "unknown device {other:?} (expected cpu, cuda or auto)"
-            ))),
-        }
-    }
-}
-
-/// How to build a session.
-#[derive(Debug, Clone, Default)]
-pub struct SessionOptions {
-    pub device: Device,
-    /// Intra-op threads; `None` lets ONNX Runtime use every core.
-    pub threads: Option<usize>,
-    /// Crops per `Session::run`.
-    pub batch_size: Option<usize>,
-}
 
 /// Landmarks of one face crop.
 #[derive(Debug, Clone, PartialEq)]
@@ -140,7 +96,7 @@ impl LandmarkModel {
     /// Loads `path`, builds a session for `options.device`, and checks the graph against the
     /// contract (metadata first, then tensor names, types and shapes).
     pub fn load(path: &Path, options: &SessionOptions) -> Result<Self> {
-        Self::load_with_runtime(path, options, runtime(options.device, |_| {})?)
+        Self::load_with_runtime(path, options, runtime(options, |_| {})?)
     }
 
     pub fn load_with_runtime(path: &Path, options: &SessionOptions, rt: &Runtime) -> Result<Self> {
@@ -149,7 +105,7 @@ impl LandmarkModel {
 
     /// The built-in model ([`BUILTIN_GRAPH`]).
     pub fn builtin(options: &SessionOptions) -> Result<Self> {
-        let rt = runtime(options.device, |_| {})?;
+        let rt = runtime(options, |_| {})?;
         Self::open(GraphSource::builtin_landmarks(), options, rt)
     }
 

@@ -2,6 +2,7 @@
 //! rule, run every face of every image as one batch, and optionally refine: crop again from the
 //! first pass's landmarks and run once more, which undoes most of the detector box's error.
 
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, sync_channel};
 
@@ -12,6 +13,7 @@ use pipnet_core::{CropRule, FaceBox, FaceCrop};
 use crate::detect::FaceDetector;
 use crate::error::{Error, Result};
 use crate::model::{FaceLandmarks, LandmarkModel};
+use crate::options::SessionOptions;
 
 /// Where the faces of an image come from.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,6 +153,26 @@ impl Pipeline {
             min_face: None,
             refine: false,
         }
+    }
+
+    /// Opens the landmark model and, when `detect` is set, the face detector: the graph files
+    /// named, else the built-in ones.
+    pub fn open(
+        landmark_model: Option<&Path>,
+        detector: Option<&Path>,
+        detect: bool,
+        options: &SessionOptions,
+    ) -> Result<Self> {
+        let model = match landmark_model {
+            Some(path) => LandmarkModel::load(path, options)?,
+            None => LandmarkModel::builtin(options)?,
+        };
+        let detector = match (detect, detector) {
+            (false, _) => None,
+            (true, Some(path)) => Some(FaceDetector::load(path, options)?),
+            (true, None) => Some(FaceDetector::builtin(options)?),
+        };
+        Ok(Self::new(model, detector))
     }
 
     /// Finds the faces of one image (detections, or the crops `faces` declares).

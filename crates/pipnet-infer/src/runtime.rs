@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::model::Device;
+use crate::options::{Device, OrtLibrary, SessionOptions};
 
 /// The ONNX Runtime release this crate is pinned to (ort 2.0.0-rc.15 targets 1.31+).
 pub const ORT_VERSION: &str = "1.32.0";
@@ -432,15 +432,32 @@ impl Runtime {
 
 static RUNTIME: OnceLock<std::result::Result<Runtime, String>> = OnceLock::new();
 
-/// Loads ONNX Runtime once per process (locating, or fetching when allowed) and returns it.
-/// The first caller's `device` picks the build: the GPU build for `Cuda` (fetched if missing),
-/// for `Auto` when it is already cached, else the CPU build. `on_fetch` is called with what is
+/// Loads ONNX Runtime once per process and returns it. The first caller's options pick the
+/// library: an [`OrtLibrary::File`] as given; else the provisioned build, the GPU build for
+/// `Cuda` (fetched if missing), for `Auto` when it is already cached, else the CPU build.
+/// Asking for a file other than the one loaded is an error. `on_fetch` is called with what is
 /// about to be fetched, so a CLI can tell the user why it waits.
-pub fn runtime(device: Device, on_fetch: impl FnOnce(&str)) -> Result<&'static Runtime> {
-    RUNTIME
-        .get_or_init(|| load(device, on_fetch).map_err(|e| e.to_string()))
+pub fn runtime(options: &SessionOptions, on_fetch: impl FnOnce(&str)) -> Result<&'static Runtime> {
+    let rt = RUNTIME
+        .get_or_init(|| load(options, on_fetch).map_err(|e| e.to_string()))
         .as_ref()
-        .map_err(|e| Error::Runtime(e.trim_start_matches("ONNX Runtime library: ").to_string()))
+        .map_err(|e| Error::Runtime(e.trim_start_matches("ONNX Runtime library: ").to_string()))?;
+    if let OrtLibrary::File(wanted) = &options.library
+        && !same_file(wanted, &rt.library)
+    {
+        return Err(Error::Runtime(format!(
+            "this process already loaded {} ({}); one process loads one library, so {} \
+             cannot be used as well",
+            rt.library.display(),
+            rt.build,
+            wanted.display()
+        )));
+    }
+    Ok(rt)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
 }
 
 /// The library for `device`, and which build it is.
@@ -480,8 +497,17 @@ fn choose_library(device: Device, on_fetch: impl FnOnce(&str)) -> Result<(PathBu
     }
 }
 
-fn load(device: Device, on_fetch: impl FnOnce(&str)) -> Result<Runtime> {
-    let (library, build) = choose_library(device, on_fetch)?;
+fn load(options: &SessionOptions, on_fetch: impl FnOnce(&str)) -> Result<Runtime> {
+    let (library, build) = match &options.library {
+        OrtLibrary::File(path) if path.is_file() => (path.clone(), "given library".to_string()),
+        OrtLibrary::File(path) => {
+            return Err(Error::Runtime(format!(
+                "{} is not a file; point to a libonnxruntime shared library (1.31 or newer)",
+                path.display()
+            )));
+        }
+        OrtLibrary::Provisioned => choose_library(options.device, on_fetch)?,
+    };
     let preloaded = match gpu_install_dir().filter(|dir| library == dir.join(GPU_LIBRARY)) {
         Some(install) => preload_gpu_libraries(&install)?,
         None => Vec::new(),

@@ -10,7 +10,7 @@ use ort::value::{TensorElementType, ValueType};
 use pipnet_core::TensorSpec;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{Device, SessionOptions};
+use crate::options::{Device, SessionOptions};
 use crate::runtime::Runtime;
 
 /// Where a graph comes from: a file, or bytes built into the binary (named for messages).

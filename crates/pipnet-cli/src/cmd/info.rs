@@ -49,7 +49,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     ] {
         println!("{key:<16} {}", value.as_deref().unwrap_or("-"));
     }
-    let runtime = super::runtime(options.device)?;
+    let runtime = super::runtime(&options)?;
     println!(
         "onnx runtime     {} ({})",
         runtime.build,

@@ -17,9 +17,9 @@ use pipnet_infer::runtime::Runtime;
 use pipnet_infer::session::GraphSource;
 use pipnet_infer::{Device, LandmarkModel, SessionOptions};
 
-/// Loads ONNX Runtime (the build `device` needs), saying so when it has to be fetched.
-pub fn runtime(device: Device) -> anyhow::Result<&'static Runtime> {
-    Ok(pipnet_infer::runtime::runtime(device, |what| {
+/// Loads ONNX Runtime (the build `options.device` needs), saying so when it has to be fetched.
+pub fn runtime(options: &SessionOptions) -> anyhow::Result<&'static Runtime> {
+    Ok(pipnet_infer::runtime::runtime(options, |what| {
         eprintln!("pipnet: ONNX Runtime not found; fetching {what} from PyPI with pip (once)")
     })?)
 }
@@ -31,7 +31,7 @@ pub fn load_model(path: &Path, options: &SessionOptions) -> anyhow::Result<Landm
 
 fn open_model(source: GraphSource<'_>, options: &SessionOptions) -> anyhow::Result<LandmarkModel> {
     let name = source.name().display().to_string();
-    let model = LandmarkModel::open(source, options, runtime(options.device)?)
+    let model = LandmarkModel::open(source, options, runtime(options)?)
         .with_context(|| format!("failed to load model {name}"))?;
     if let Some(reason) = model.device_fallback() {
         eprintln!(
@@ -80,6 +80,7 @@ impl SessionArgs {
             device: self.device,
             threads: self.threads,
             batch_size: Some(self.batch),
+            ..Default::default()
         })
     }
 }
@@ -95,7 +96,7 @@ pub struct DetectorArgs {
 
 impl DetectorArgs {
     pub fn load(&self, options: &SessionOptions) -> anyhow::Result<FaceDetector> {
-        let rt = runtime(options.device)?;
+        let rt = runtime(options)?;
         let detector = match &self.graph {
             Some(path) => FaceDetector::load_with_runtime(path, options, rt),
             None => FaceDetector::open(

@@ -1,0 +1,192 @@
+"""Facial landmarks with PIPNet, run by pipnet's Rust pipeline.
+
+>>> import pipnet
+>>> faces = pipnet.Pipeline()(pipnet.load_image("photo.jpg"))
+>>> faces[0].landmarks.shape
+(68, 2)
+
+Images are numpy ``uint8`` arrays: ``HxWx3`` RGB, ``HxW`` gray or ``HxWx4`` RGBA (a path is read
+the way ``pipnet annotate`` reads it, EXIF orientation applied). Landmarks are ``float32`` image
+pixels (0-based pixel centres). ONNX Runtime is the library the ``onnxruntime`` wheel installed,
+unless ``ORT_DYLIB_PATH`` names another one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+from . import _native
+from ._native import PipnetError, __version__
+
+__all__ = ["Face", "Pipeline", "PipnetError", "annotate", "info", "load_image", "__version__"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@functools.lru_cache(maxsize=None)
+def _onnxruntime_library() -> Optional[str]:
+    """The shared library of the installed ``onnxruntime`` package; None when ORT_DYLIB_PATH
+    is set (pipnet then loads that file)."""
+    if os.environ.get("ORT_DYLIB_PATH"):
+        return None
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec is None or not spec.submodule_search_locations:
+        raise PipnetError(
+            "the onnxruntime package is not installed: `pip install onnxruntime` "
+            "(pipnet runs its graphs with that package's library)"
+        )
+    capi = Path(next(iter(spec.submodule_search_locations))) / "capi"
+    found = sorted(capi.glob("libonnxruntime.so*")) + sorted(capi.glob("libonnxruntime*.dylib"))
+    found += sorted(capi.glob("onnxruntime.dll"))
+    if not found:
+        raise PipnetError(f"no ONNX Runtime library in {capi}; reinstall onnxruntime")
+    return str(found[0])
+
+
+def _path(path: Optional[PathLike]) -> Optional[str]:
+    return None if path is None else os.fspath(path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Face:
+    """One face: its box and score (the detector's; for a given box, the box and 1.0) and its
+    landmarks in image pixels."""
+
+    box: np.ndarray
+    """``(4,)`` float32: x0, y0, x1, y1."""
+    score: float
+    landmarks: np.ndarray
+    """``(L, 2)`` float32: x, y per landmark, in the model's scheme order (300-W's 68 points)."""
+    landmark_scores: np.ndarray
+    """``(L,)`` float32: the score map's value at each landmark's cell (0..1)."""
+
+    @classmethod
+    def _from_native(cls, native: tuple) -> "Face":
+        box, score, landmarks, landmark_scores = native
+        return cls(np.asarray(box, dtype=np.float32), float(score), landmarks, landmark_scores)
+
+
+def load_image(path: PathLike) -> np.ndarray:
+    """Reads an image file as ``annotate`` does (EXIF orientation applied, gray, 16-bit and
+    palette images converted) into an ``HxWx3`` uint8 RGB array."""
+    return _native.load_image(os.fspath(path))
+
+
+def _image(image: Any) -> Any:
+    return load_image(image) if isinstance(image, (str, os.PathLike)) else image
+
+
+class Pipeline:
+    """A landmark model with its face detector, loaded once. Calls from several threads are
+    safe (they take turns on the model) and release the GIL while they run.
+
+    ``model`` and ``detector`` are ONNX graph files (None: the built-in ones); ``device`` is
+    ``"cpu"``, ``"cuda"`` or ``"auto"``; ``threads`` are ONNX Runtime's intra-op threads (None:
+    every core); ``min_face`` the smallest face searched for in pixels (None: 40); ``refine``
+    runs a second landmark pass on crops re-centred on the first; ``flip`` averages each crop
+    with its mirror image (twice the landmark work).
+    """
+
+    def __init__(
+        self,
+        model: Optional[PathLike] = None,
+        *,
+        device: str = "cpu",
+        threads: Optional[int] = None,
+        batch: Optional[int] = None,
+        min_face: Optional[float] = None,
+        refine: bool = True,
+        flip: bool = False,
+        detector: Optional[PathLike] = None,
+    ) -> None:
+        self._native = _native.Pipeline(
+            _path(model),
+            device,
+            threads,
+            batch,
+            min_face,
+            refine,
+            flip,
+            _path(detector),
+            _onnxruntime_library(),
+        )
+
+    def __call__(self, image: Any) -> list[Face]:
+        """Same as :meth:`detect`."""
+        return self.detect(image)
+
+    def detect(self, image: Any) -> list[Face]:
+        """Every face the detector finds in ``image`` (an array or a path), with landmarks."""
+        return [Face._from_native(f) for f in self._native.detect(_image(image))]
+
+    def landmarks(self, image: Any, boxes: Any) -> list[Face]:
+        """Landmarks for known faces: ``boxes`` is ``N x 4`` tight landmark boxes
+        ``[x0, y0, x1, y1]`` in pixels (the 300-W protocol), one face per box, in order."""
+        boxes = np.asarray(boxes, dtype=np.float32)
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"boxes must be an N x 4 array of [x0, y0, x1, y1], got {boxes.shape}")
+        faces = self._native.landmarks(_image(image), boxes.tolist())
+        return [Face._from_native(f) for f in faces]
+
+    @property
+    def info(self) -> dict:
+        """The landmark model's metadata (the PIPNet contract keys, plus num_landmarks, grid
+        and the execution provider its session uses)."""
+        return self._native.info()
+
+
+def info(model: Optional[PathLike] = None) -> dict:
+    """The metadata of a landmark model file (None: the built-in model)."""
+    return _native.info(_path(model), _onnxruntime_library())
+
+
+def annotate(
+    inputs: Union[PathLike, Sequence[PathLike]],
+    out: PathLike,
+    *,
+    model: Optional[PathLike] = None,
+    device: str = "cpu",
+    threads: Optional[int] = None,
+    batch: Optional[int] = None,
+    min_face: Optional[float] = None,
+    refine: bool = True,
+    flip: bool = False,
+    detector: Optional[PathLike] = None,
+    format: str = "json",
+    preview: bool = False,
+    crops: bool = False,
+    boxes: Optional[PathLike] = None,
+    force: bool = False,
+) -> dict:
+    """``pipnet annotate``: annotates image files and folders (walked recursively) into ``out``,
+    one file per image (``json``, ``csv`` or ``pts``), atomically; a rerun skips images already
+    done (``force`` redoes them). Unreadable images are listed in ``out/failures.jsonl`` and in
+    the returned summary: ``{"images", "annotated", "skipped", "faces", "failures": [(image,
+    error), ...]}``."""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    return _native.annotate(
+        [os.fspath(p) for p in inputs],
+        os.fspath(out),
+        _path(model),
+        device,
+        threads,
+        batch,
+        min_face,
+        refine,
+        flip,
+        _path(detector),
+        format,
+        preview,
+        crops,
+        _path(boxes),
+        force,
+        _onnxruntime_library(),
+    )

@@ -1,0 +1,401 @@
+//! `pipnet._native`, the extension module under the `pipnet` Python package
+//! (`python/pipnet/__init__.py` is the public face). Images come in as numpy `uint8` arrays,
+//! landmarks go out as `float32` arrays, and every pipeline run releases the GIL. The Python
+//! layer finds the `onnxruntime` wheel's library and passes it in as `ort_library`.
+
+use std::borrow::Cow;
+use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
+
+use image::RgbImage;
+use numpy::ndarray::{Array1, Array2, Array3};
+use numpy::{
+    IntoPyArray, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray,
+    PyUntypedArrayMethods, dtype,
+};
+use pipnet_infer::folder::{FaceSource, FolderJob, OutputFormat, annotate_folder};
+use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, PixelFormat, load_rgb, rgb_from_buffer};
+use pipnet_infer::{
+    Device, ErrorKind, Face, Faces, LandmarkModel, OrtLibrary, Pipeline as RustPipeline,
+    SessionOptions,
+};
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+create_exception!(
+    _native,
+    PipnetError,
+    PyException,
+    "A pipnet operation failed: ONNX Runtime, a model, an image or a file (the message says \
+     which and what to do)."
+);
+
+/// Caller mistakes (shapes, sizes, option values) are `ValueError`s; the rest `PipnetError`.
+fn py_err(e: pipnet_infer::Error) -> PyErr {
+    match e.kind() {
+        ErrorKind::InvalidInput => PyValueError::new_err(e.to_string()),
+        _ => PipnetError::new_err(e.to_string()),
+    }
+}
+
+fn session_options(
+    device: &str,
+    threads: Option<usize>,
+    batch: Option<usize>,
+    ort_library: Option<PathBuf>,
+) -> PyResult<SessionOptions> {
+    if threads == Some(0) || batch == Some(0) {
+        return Err(PyValueError::new_err(
+            "threads and batch must be at least 1 (or None for the default)",
+        ));
+    }
+    Ok(SessionOptions {
+        device: device.parse::<Device>().map_err(py_err)?,
+        threads,
+        batch_size: batch,
+        library: ort_library.map_or(OrtLibrary::Provisioned, OrtLibrary::File),
+    })
+}
+
+/// Copies a numpy image (`HxWx3` RGB, `HxW` gray or `HxWx4` RGBA, `uint8`) into an RGB image.
+/// Arrays not in C order (slices, transposes, Fortran order) are copied into C order first.
+fn rgb_image(image: &Bound<'_, PyAny>) -> PyResult<RgbImage> {
+    let py = image.py();
+    let array = image.cast::<PyUntypedArray>().map_err(|_| {
+        let kind = image
+            .get_type()
+            .name()
+            .map_or_else(|_| "?".into(), |n| n.to_string());
+        PyTypeError::new_err(format!(
+            "image must be a numpy array (HxWx3 RGB uint8), got {kind}"
+        ))
+    })?;
+    if !array.dtype().is_equiv_to(&dtype::<u8>(py)) {
+        return Err(PyTypeError::new_err(format!(
+            "image must be uint8, got {}; convert with np.clip(image, 0, 255).astype(np.uint8)",
+            array.dtype()
+        )));
+    }
+    let shape = array.shape().to_vec();
+    let format = match shape.as_slice() {
+        [_, _] => PixelFormat::Gray,
+        [_, _, 3] => PixelFormat::Rgb,
+        [_, _, 4] => PixelFormat::Rgba,
+        _ => {
+            return Err(PyValueError::new_err(format!(
+                "image must have shape HxWx3 (RGB), HxW (gray) or HxWx4 (RGBA), got {shape:?}"
+            )));
+        }
+    };
+    let array = array.cast::<PyArrayDyn<u8>>()?.readonly();
+    // `as_slice` also accepts Fortran order, which would be read transposed: only C order is
+    // borrowed as it is.
+    let pixels = match array.as_slice() {
+        Ok(slice) if array.is_c_contiguous() => Cow::Borrowed(slice),
+        _ => Cow::Owned(array.as_array().iter().copied().collect()),
+    };
+    let (height, width) = (shape[0], shape[1]);
+    rgb_from_buffer(
+        &pixels,
+        width,
+        height,
+        width * format.channels(),
+        format,
+        DEFAULT_MAX_PIXELS,
+    )
+    .map_err(py_err)
+}
+
+/// One face as `(box, score, landmarks L x 2, landmark scores L)`.
+type PyFace<'py> = (
+    [f32; 4],
+    f32,
+    Bound<'py, numpy::PyArray2<f32>>,
+    Bound<'py, numpy::PyArray1<f32>>,
+);
+
+fn py_face(py: Python<'_>, face: Face) -> PyFace<'_> {
+    let points = &face.landmarks.in_image;
+    let landmarks = Array2::from_shape_vec((points.len(), 2), points.concat())
+        .expect("one row of two per landmark");
+    (
+        face.face_box().into(),
+        face.score(),
+        landmarks.into_pyarray(py),
+        Array1::from(face.landmarks.scores()).into_pyarray(py),
+    )
+}
+
+/// What a model is (scheme, input, grid, provenance), and its raw `metadata_props` under
+/// `"metadata"`.
+fn model_info<'py>(py: Python<'py>, model: &LandmarkModel) -> PyResult<Bound<'py, PyDict>> {
+    let meta = model.metadata();
+    let info = PyDict::new(py);
+    info.set_item("scheme", meta.scheme.name())?;
+    info.set_item("num_landmarks", meta.num_landmarks())?;
+    info.set_item("num_neighbors", meta.num_neighbors())?;
+    info.set_item("input_size", meta.input_size)?;
+    info.set_item("stride", meta.stride)?;
+    info.set_item("grid", meta.grid())?;
+    info.set_item("mean", meta.mean)?;
+    info.set_item("std", meta.std)?;
+    info.set_item("crop", meta.crop.to_metadata())?;
+    info.set_item("backbone", &meta.backbone)?;
+    info.set_item("train_data", &meta.train_data)?;
+    info.set_item("metrics", &meta.metrics)?;
+    info.set_item("precision", &meta.precision)?;
+    info.set_item("execution_provider", model.execution_provider())?;
+    let pairs = PyDict::new(py);
+    for (key, value) in meta.to_pairs() {
+        pairs.set_item(key, value)?;
+    }
+    info.set_item("metadata", pairs)?;
+    Ok(info)
+}
+
+/// What `Pipeline(...)` and `annotate(...)` are given to build a pipeline.
+struct Settings {
+    /// Graph files; `None`: the built-in ones.
+    model: Option<PathBuf>,
+    detector: Option<PathBuf>,
+    options: SessionOptions,
+    min_face: Option<f32>,
+    refine: bool,
+    flip: bool,
+}
+
+impl Settings {
+    /// Loads the models (the detector only when `detect`), with the GIL released.
+    fn open(&self, py: Python<'_>, detect: bool) -> PyResult<RustPipeline> {
+        if self.min_face.is_some_and(|m| !(m.is_finite() && m > 0.0)) {
+            return Err(PyValueError::new_err(
+                "min_face must be a positive number of pixels (or None)",
+            ));
+        }
+        let mut pipeline = py
+            .detach(|| {
+                RustPipeline::open(
+                    self.model.as_deref(),
+                    self.detector.as_deref(),
+                    detect,
+                    &self.options,
+                )
+            })
+            .map_err(py_err)?;
+        pipeline.min_face = self.min_face;
+        pipeline.refine = self.refine;
+        pipeline.model.set_flip_average(self.flip);
+        Ok(pipeline)
+    }
+}
+
+/// A landmark model with its face detector, loaded once and run on many images.
+#[pyclass(module = "pipnet._native")]
+struct Pipeline {
+    inner: Mutex<RustPipeline>,
+}
+
+impl Pipeline {
+    /// Runs `f` on the pipeline with the GIL released; calls from several threads take turns.
+    fn run<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut RustPipeline) -> pipnet_infer::Result<T> + Send,
+    ) -> PyResult<T> {
+        py.detach(|| {
+            // A panic inside a run poisons the lock; the pipeline holds no state a run leaves
+            // half-written, so the next call may go on.
+            let mut pipeline = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&mut pipeline)
+        })
+        .map_err(py_err)
+    }
+
+    fn faces<'py>(
+        &self,
+        py: Python<'py>,
+        image: &Bound<'py, PyAny>,
+        faces: Faces,
+    ) -> PyResult<Vec<PyFace<'py>>> {
+        let image = rgb_image(image)?;
+        let found = self.run(py, |p| p.faces(&[(&image, &faces)]))?;
+        Ok(found
+            .into_iter()
+            .flatten()
+            .map(|face| py_face(py, face))
+            .collect())
+    }
+}
+
+#[pymethods]
+impl Pipeline {
+    #[new]
+    #[pyo3(signature = (model=None, device="cpu", threads=None, batch=None, min_face=None,
+        refine=true, flip=false, detector=None, ort_library=None))]
+    #[allow(clippy::too_many_arguments)] // Python keyword arguments
+    fn new(
+        py: Python<'_>,
+        model: Option<PathBuf>,
+        device: &str,
+        threads: Option<usize>,
+        batch: Option<usize>,
+        min_face: Option<f32>,
+        refine: bool,
+        flip: bool,
+        detector: Option<PathBuf>,
+        ort_library: Option<PathBuf>,
+    ) -> PyResult<Self> {
+        let settings = Settings {
+            model,
+            detector,
+            options: session_options(device, threads, batch, ort_library)?,
+            min_face,
+            refine,
+            flip,
+        };
+        Ok(Self {
+            inner: Mutex::new(settings.open(py, true)?),
+        })
+    }
+
+    /// Faces found by the detector, with landmarks.
+    fn detect<'py>(
+        &self,
+        py: Python<'py>,
+        image: &Bound<'py, PyAny>,
+    ) -> PyResult<Vec<PyFace<'py>>> {
+        self.faces(py, image, Faces::Detect)
+    }
+
+    /// Landmarks for known tight landmark boxes (`[x0, y0, x1, y1]` in pixels, the 300-W
+    /// protocol), one face per box, in order.
+    fn landmarks<'py>(
+        &self,
+        py: Python<'py>,
+        image: &Bound<'py, PyAny>,
+        boxes: Vec<[f32; 4]>,
+    ) -> PyResult<Vec<PyFace<'py>>> {
+        let boxes = boxes.into_iter().map(Into::into).collect();
+        self.faces(py, image, Faces::LandmarkBoxes(boxes))
+    }
+
+    /// The landmark model's contract metadata.
+    fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let pipeline = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        model_info(py, &pipeline.model)
+    }
+}
+
+/// Reads an image file as `annotate` does (EXIF orientation applied, any colour type converted)
+/// into an `HxWx3` uint8 array.
+#[pyfunction]
+fn load_image(py: Python<'_>, path: PathBuf) -> PyResult<Bound<'_, numpy::PyArray3<u8>>> {
+    let image = py
+        .detach(|| load_rgb(&path, DEFAULT_MAX_PIXELS))
+        .map_err(py_err)?;
+    let (width, height) = image.dimensions();
+    let pixels = Array3::from_shape_vec((height as usize, width as usize, 3), image.into_raw())
+        .expect("an RGB image holds height x width x 3 bytes");
+    Ok(pixels.into_pyarray(py))
+}
+
+/// The metadata of a model file (the built-in model when `model` is None).
+#[pyfunction]
+#[pyo3(signature = (model=None, ort_library=None))]
+fn info(
+    py: Python<'_>,
+    model: Option<PathBuf>,
+    ort_library: Option<PathBuf>,
+) -> PyResult<Bound<'_, PyDict>> {
+    let options = session_options("cpu", Some(1), None, ort_library)?;
+    let model = py
+        .detach(|| match &model {
+            Some(path) => LandmarkModel::load(path, &options),
+            None => LandmarkModel::builtin(&options),
+        })
+        .map_err(py_err)?;
+    model_info(py, &model)
+}
+
+/// `pipnet annotate` as a function: writes one output per image into `out` (resuming a run
+/// that stopped) and returns the summary as a dict.
+#[pyfunction]
+#[pyo3(signature = (inputs, out, model=None, device="cpu", threads=None, batch=None,
+    min_face=None, refine=true, flip=false, detector=None, format="json", preview=false,
+    crops=false, boxes=None, force=false, ort_library=None))]
+#[allow(clippy::too_many_arguments)] // Python keyword arguments
+fn annotate<'py>(
+    py: Python<'py>,
+    inputs: Vec<PathBuf>,
+    out: PathBuf,
+    model: Option<PathBuf>,
+    device: &str,
+    threads: Option<usize>,
+    batch: Option<usize>,
+    min_face: Option<f32>,
+    refine: bool,
+    flip: bool,
+    detector: Option<PathBuf>,
+    format: &str,
+    preview: bool,
+    crops: bool,
+    boxes: Option<PathBuf>,
+    force: bool,
+    ort_library: Option<PathBuf>,
+) -> PyResult<Bound<'py, PyDict>> {
+    if crops && boxes.is_some() {
+        return Err(PyValueError::new_err("crops and boxes exclude each other"));
+    }
+    let faces = match (&boxes, crops) {
+        (Some(path), _) => FaceSource::read_boxes(path).map_err(py_err)?,
+        (None, true) => FaceSource::WholeImageIsFace,
+        (None, false) => FaceSource::Detect,
+    };
+    let settings = Settings {
+        model,
+        detector,
+        options: session_options(device, threads, batch, ort_library)?,
+        min_face,
+        refine,
+        flip,
+    };
+    let mut pipeline = settings.open(py, faces == FaceSource::Detect)?;
+    let job = FolderJob {
+        inputs,
+        out_dir: out,
+        faces,
+        format: format.parse::<OutputFormat>().map_err(py_err)?,
+        preview,
+        force,
+        max_pixels: DEFAULT_MAX_PIXELS,
+        shard: None,
+    };
+    let summary = py
+        .detach(|| annotate_folder(&mut pipeline, &job, |_| {}))
+        .map_err(py_err)?;
+    let result = PyDict::new(py);
+    result.set_item("images", summary.images)?;
+    result.set_item("annotated", summary.annotated)?;
+    result.set_item("skipped", summary.skipped)?;
+    result.set_item("faces", summary.faces)?;
+    let failures: Vec<(String, String)> = summary
+        .failures
+        .into_iter()
+        .map(|f| (f.image, f.error))
+        .collect();
+    result.set_item("failures", failures)?;
+    Ok(result)
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Pipeline>()?;
+    m.add_function(wrap_pyfunction!(info, m)?)?;
+    m.add_function(wrap_pyfunction!(load_image, m)?)?;
+    m.add_function(wrap_pyfunction!(annotate, m)?)?;
+    m.add("PipnetError", m.py().get_type::<PipnetError>())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

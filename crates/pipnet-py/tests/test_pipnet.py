@@ -1,0 +1,212 @@
+"""The `pipnet` Python package against the Rust API, run by tests/python.rs (`cargo test`), which
+builds the package with maturin and passes the Rust results in PIPNET_RUST_FACES."""
+
+import json
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pipnet
+
+PHOTOS = Path(os.environ["PIPNET_SAMPLE_PHOTOS"])
+RUST_FACES = json.loads(Path(os.environ["PIPNET_RUST_FACES"]).read_text())
+MODELS = PHOTOS.parent.parent / "models"
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    return pipnet.Pipeline()
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return pipnet.load_image(PHOTOS / sorted(RUST_FACES)[0])
+
+
+def assert_same_faces(got, want, rtol=1e-5):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g.box, w.box, rtol=rtol)
+        np.testing.assert_allclose(g.landmarks, w.landmarks, rtol=rtol)
+        np.testing.assert_allclose(g.landmark_scores, w.landmark_scores, rtol=rtol)
+        assert g.score == pytest.approx(w.score, rel=rtol)
+
+
+def test_landmarks_equal_the_rust_api_on_every_sample_photo(pipeline):
+    total = 0
+    for file, want in RUST_FACES.items():
+        faces = pipeline(pipnet.load_image(PHOTOS / file))
+        assert len(faces) == len(want), file
+        for face, w in zip(faces, want):
+            np.testing.assert_allclose(face.box, w["box"], rtol=1e-5)
+            np.testing.assert_allclose(face.landmarks, w["landmarks"], rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(face.landmark_scores, w["landmark_scores"], atol=1e-5)
+            assert face.score == pytest.approx(w["score"], abs=1e-5)
+        total += len(faces)
+    assert total >= 40  # the README's 43 faces, give or take a detector change
+
+
+def test_faces_have_numpy_fields_in_image_pixels(pipeline, photo):
+    faces = pipeline.detect(photo)
+    assert faces
+    height, width, _ = photo.shape
+    for face in faces:
+        assert face.box.shape == (4,) and face.box.dtype == np.float32
+        assert face.landmarks.shape == (68, 2) and face.landmarks.dtype == np.float32
+        assert face.landmark_scores.shape == (68,)
+        assert 0.0 < face.score <= 1.0
+        x0, y0, x1, y1 = face.box
+        inside = (
+            (face.landmarks[:, 0] > x0 - (x1 - x0))
+            & (face.landmarks[:, 0] < x1 + (x1 - x0))
+            & (face.landmarks[:, 1] > y0 - (y1 - y0))
+            & (face.landmarks[:, 1] < y1 + (y1 - y0))
+        )
+        assert inside.all(), "landmarks far outside their face's box"
+        assert (face.landmarks >= -1).all() and (face.landmarks[:, 0] <= width).all()
+
+
+def test_a_path_is_read_like_load_image(pipeline, photo):
+    assert_same_faces(pipeline(PHOTOS / sorted(RUST_FACES)[0]), pipeline(photo))
+
+
+def test_gray_and_rgba_images_equal_their_rgb_forms(pipeline, photo):
+    gray = photo.mean(axis=2).astype(np.uint8)
+    assert_same_faces(pipeline(gray), pipeline(np.stack([gray] * 3, axis=2)))
+    rgba = np.dstack([photo, np.full(photo.shape[:2], 255, np.uint8)])
+    assert_same_faces(pipeline(rgba), pipeline(photo))
+
+
+def test_non_contiguous_arrays_are_copied_not_misread(pipeline, photo):
+    mirrored = photo[:, ::-1]
+    assert not mirrored.flags["C_CONTIGUOUS"]
+    assert_same_faces(pipeline(mirrored), pipeline(np.ascontiguousarray(mirrored)))
+    fortran = np.asfortranarray(photo)
+    assert_same_faces(pipeline(fortran), pipeline(photo))
+
+
+def test_known_boxes_give_one_face_each_in_order(pipeline, photo):
+    found = pipeline(photo)
+    boxes = np.array(
+        [np.r_[f.landmarks.min(axis=0), f.landmarks.max(axis=0)] for f in found[:3]]
+    )
+    faces = pipeline.landmarks(photo, boxes)
+    assert len(faces) == len(boxes)
+    for face, detected, box in zip(faces, found, boxes):
+        assert face.score == 1.0
+        # Both end on the same face: within a tenth of its size.
+        size = box[2] - box[0]
+        assert np.abs(face.landmarks - detected.landmarks).mean() < 0.1 * size
+    assert pipeline.landmarks(photo, np.zeros((0, 4))) == []
+
+
+@pytest.mark.parametrize(
+    "image, error, message",
+    [
+        (np.zeros((64, 64, 3), np.float32), TypeError, "uint8"),
+        ([[0, 0, 0]], TypeError, "numpy array"),
+        (np.zeros((64, 64, 2), np.uint8), ValueError, "shape"),
+        (np.zeros(64, np.uint8), ValueError, "shape"),
+        (np.zeros((0, 64, 3), np.uint8), ValueError, "empty"),
+    ],
+)
+def test_bad_images_are_refused_with_a_clear_error(pipeline, image, error, message):
+    with pytest.raises(error, match=message):
+        pipeline(image)
+
+
+def test_bad_boxes_and_options_are_value_errors(pipeline, photo):
+    with pytest.raises(ValueError, match="N x 4"):
+        pipeline.landmarks(photo, [1, 2, 3, 4])
+    with pytest.raises(ValueError, match="box 1"):
+        pipeline.landmarks(photo, [[10, 10, 5000, 5000]])
+    with pytest.raises(ValueError, match="device"):
+        pipnet.Pipeline(device="tpu")
+    with pytest.raises(ValueError, match="threads"):
+        pipnet.Pipeline(threads=0)
+    with pytest.raises(ValueError, match="min_face"):
+        pipnet.Pipeline(min_face=float("nan"))
+
+
+def test_bad_files_raise_pipnet_errors_that_name_them(tmp_path):
+    not_a_model = tmp_path / "model.onnx"
+    not_a_model.write_bytes(b"not a graph")
+    with pytest.raises(pipnet.PipnetError, match="model.onnx"):
+        pipnet.Pipeline(model=not_a_model)
+    with pytest.raises(pipnet.PipnetError, match="missing.onnx"):
+        pipnet.info(tmp_path / "missing.onnx")
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes((PHOTOS / sorted(RUST_FACES)[0]).read_bytes()[:500])
+    with pytest.raises(pipnet.PipnetError, match="broken.jpg"):
+        pipnet.load_image(broken)
+
+
+def test_info_describes_the_builtin_and_a_model_file(pipeline):
+    builtin = pipnet.info()
+    assert builtin["scheme"] == "300w-68" and builtin["num_landmarks"] == 68
+    assert builtin["grid"] == builtin["input_size"] // builtin["stride"]
+    assert builtin["metadata"]["pipnet.scheme"] == "300w-68"
+    assert pipeline.info["metadata"] == builtin["metadata"]
+    int8 = pipnet.info(MODELS / "pipnet-r18h-128-face68-int8.onnx")
+    assert int8["precision"] is not None and builtin["precision"] is None
+
+
+def test_threads_share_one_pipeline(pipeline):
+    images = [pipnet.load_image(PHOTOS / f) for f in sorted(RUST_FACES)[:4]]
+    serial = [pipeline(image) for image in images]
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(pipeline, images * 2))
+    for got, want in zip(parallel, serial * 2):
+        assert_same_faces(got, want)
+
+
+def test_the_gil_is_released_while_a_folder_is_annotated(tmp_path):
+    ticks = 0
+    done = threading.Event()
+
+    def count():
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            time.sleep(0.001)
+
+    counter = threading.Thread(target=count)
+    counter.start()
+    start = time.perf_counter()
+    try:
+        summary = pipnet.annotate(PHOTOS, tmp_path / "out", threads=1)
+    finally:
+        done.set()
+        counter.join()
+    seconds = time.perf_counter() - start
+    assert summary["annotated"] == len(RUST_FACES)
+    # Held GIL: the counter would stall for the whole run. Released: it ticks throughout
+    # (each tick sleeps 1 ms; allow a loaded machine a tenth of the ideal rate).
+    assert ticks > 0.1 * seconds * 1000, (ticks, seconds)
+
+
+def test_annotate_writes_every_photo_then_resumes_and_reports_bad_files(pipeline, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for file in sorted(RUST_FACES)[:3]:
+        (photos / file).write_bytes((PHOTOS / file).read_bytes())
+    (photos / "truncated.jpg").write_bytes((PHOTOS / sorted(RUST_FACES)[0]).read_bytes()[:300])
+    out = tmp_path / "out"
+    summary = pipnet.annotate(photos, out)
+    assert summary["images"] == 4 and summary["annotated"] == 3
+    assert [image for image, _ in summary["failures"]] == ["truncated.jpg"]
+    failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert [f["image"] for f in failures] == ["truncated.jpg"]
+    for file in sorted(RUST_FACES)[:3]:
+        written = json.loads((out / f"{file}.json").read_text())
+        want = pipeline(PHOTOS / file)
+        assert len(written["faces"]) == len(want)
+        for w, face in zip(written["faces"], want):
+            np.testing.assert_allclose(w["landmarks"], face.landmarks, rtol=1e-4)
+    again = pipnet.annotate(photos, out)
+    assert again["skipped"] == 3 and again["annotated"] == 0
