@@ -13,6 +13,7 @@ use numpy::{
     IntoPyArray, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray,
     PyUntypedArrayMethods, dtype,
 };
+use pipnet_infer::core::FaceCrop;
 use pipnet_infer::folder::{FaceSource, FolderJob, OutputFormat, annotate_folder};
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, PixelFormat, load_rgb, rgb_from_buffer};
 use pipnet_infer::{
@@ -279,6 +280,39 @@ impl Pipeline {
     ) -> PyResult<Vec<PyFace<'py>>> {
         let boxes = boxes.into_iter().map(Into::into).collect();
         self.faces(py, image, Faces::LandmarkBoxes(boxes))
+    }
+
+    /// Landmarks for the model's input windows themselves: `[cx, cy, side, angle]` squares
+    /// (pixels, radians), with no crop rule and no refinement pass.
+    fn crops<'py>(
+        &self,
+        py: Python<'py>,
+        image: &Bound<'py, PyAny>,
+        crops: Vec<[f32; 4]>,
+    ) -> PyResult<Vec<PyFace<'py>>> {
+        let image = rgb_image(image)?;
+        let mut windows = Vec::with_capacity(crops.len());
+        for (k, &[cx, cy, side, angle]) in crops.iter().enumerate() {
+            if !([cx, cy, angle].iter().all(|v| v.is_finite()) && side.is_finite() && side > 0.0) {
+                return Err(PyValueError::new_err(format!(
+                    "crop {}: [cx, cy, side, angle] must be finite with side > 0, got {:?}",
+                    k + 1,
+                    crops[k]
+                )));
+            }
+            windows.push((&image, FaceCrop::new([cx, cy], side, angle)));
+        }
+        let found = self.run(py, |p| p.model.landmarks(&windows))?;
+        Ok(found
+            .into_iter()
+            .map(|landmarks| {
+                let face = Face {
+                    detection: None,
+                    landmarks,
+                };
+                py_face(py, face)
+            })
+            .collect())
     }
 
     /// The landmark model's contract metadata.

@@ -105,6 +105,18 @@ def test_known_boxes_give_one_face_each_in_order(pipeline, photo):
     assert pipeline.landmarks(photo, np.zeros((0, 4))) == []
 
 
+def test_crops_are_the_model_windows_that_boxes_make(photo):
+    single_pass = pipnet.Pipeline(refine=False)
+    assert single_pass.info["crop"] == "landmark_box_scale=1.1"
+    boxes = np.array([[100.0, 195.0, 135.0, 232.0], [200.5, 40.0, 260.0, 110.0]], np.float32)
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    side = 1.1 * np.max(boxes[:, 2:] - boxes[:, :2], axis=1)
+    crops = np.c_[centre, side, np.zeros(len(boxes))]
+    assert_same_faces(single_pass.crops(photo, crops), single_pass.landmarks(photo, boxes))
+    with pytest.raises(ValueError, match="side > 0"):
+        single_pass.crops(photo, [[10, 10, 0, 0]])
+
+
 @pytest.mark.parametrize(
     "image, error, message",
     [

@@ -2,10 +2,11 @@
 annotate known face crops. ``pipnet bench`` runs it on the same graph and crops as the Rust
 runtime and reports the throughput ratio.
 
-``python -m pipnet_export.pipeline MODEL CROPS.json [--batch N] [--threads N] [--repeat R]``
-where CROPS.json is ``[{"image": path, "crops": [[cx, cy, side, angle], ...]}, ...]``; prints one
+``python -m pipnet_export.pipeline MODEL CROPS.json [--batch N] [--threads N] [--repeat R]
+[--runner onnxruntime|pipnet]`` where CROPS.json is ``[{"image": path, "crops": [[cx, cy, side, angle], ...]}, ...]``; prints one
 JSON object: ``{"faces", "seconds", "faces_per_second", "points"}`` (points of the last repeat,
-image pixels).
+image pixels). ``--runner pipnet`` runs the same crops through the ``pipnet`` Python package
+(pipnet's Rust pipeline from Python) instead, when it is installed.
 """
 
 from __future__ import annotations
@@ -96,6 +97,23 @@ class ReferencePipeline:
         return results
 
 
+class PackagePipeline:
+    """The same crops through the ``pipnet`` package: its image loader and ``Pipeline.crops``."""
+
+    def __init__(self, model: str, threads: int = 0, batch: int = 16):
+        import pipnet
+
+        self.pipnet = pipnet
+        self.pipeline = pipnet.Pipeline(model, threads=threads or None, batch=batch)
+
+    def run(self, items: list[dict], batch: int) -> list[np.ndarray]:
+        results = []
+        for item in items:
+            image = self.pipnet.load_image(item["image"])
+            results.extend(f.landmarks for f in self.pipeline.crops(image, item["crops"]))
+        return results
+
+
 def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipnet_export.pipeline")
     parser.add_argument("model")
@@ -103,10 +121,14 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--runner", choices=["onnxruntime", "pipnet"], default="onnxruntime")
     args = parser.parse_args(argv)
     with open(args.crops) as f:
         items = json.load(f)
-    pipeline = ReferencePipeline(args.model, args.threads)
+    if args.runner == "pipnet":
+        pipeline = PackagePipeline(args.model, args.threads, args.batch)
+    else:
+        pipeline = ReferencePipeline(args.model, args.threads)
     pipeline.run(items[:1], args.batch)  # warm-up
     times = []
     for _ in range(max(1, args.repeat)):

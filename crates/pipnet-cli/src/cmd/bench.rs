@@ -1,7 +1,8 @@
 //! `pipnet bench [--model MODEL] [--images DIR] [--device ..] [--batch N] [--threads N] [--json]
 //! [--peer dlib [--labeled DATA [--split F:S]]]`: per-stage timings, the same crops through the
-//! Python reference pipeline when a Python with onnxruntime, numpy and Pillow is there, and a
-//! peer's whole pipeline beside ours (`peer.rs`).
+//! Python reference pipeline when a Python with onnxruntime, numpy and Pillow is there (and
+//! through the `pipnet` Python package when it is installed there), and a peer's whole
+//! pipeline beside ours (`peer.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -72,8 +73,14 @@ pub fn export_package() -> Option<PathBuf> {
         .find(|p| p.join("pipnet_export").is_dir())
 }
 
-/// The reference pipeline's faces/s and landmarks on the report's crops, or why it could not run.
-fn run_python(args: &Args, report: &BenchReport) -> Result<(f64, Vec<Vec<[f64; 2]>>), String> {
+/// Faces/s and landmarks of `python -m pipnet_export.pipeline --runner RUNNER` on the report's
+/// crops (`onnxruntime`: the Python reference; `pipnet`: the `pipnet` Python package), or why
+/// it could not run.
+fn run_python(
+    args: &Args,
+    report: &BenchReport,
+    runner: &str,
+) -> Result<(f64, Vec<Vec<[f64; 2]>>), String> {
     let package = export_package().ok_or("python-export/src not found (run from the checkout)")?;
     let python = python(args);
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -104,6 +111,7 @@ fn run_python(args: &Args, report: &BenchReport) -> Result<(f64, Vec<Vec<[f64; 2
         .args(["--batch", &report.batch.to_string()])
         .args(["--threads", &args.session.threads.unwrap_or(0).to_string()])
         .args(["--repeat", &args.repeat.max(1).to_string()])
+        .args(["--runner", runner])
         .env("PYTHONPATH", &package)
         .output()
         .map_err(|e| format!("{}: {e}", python.display()))?;
@@ -145,10 +153,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let detector = super::DetectorArgs::default().load(&options)?;
     let mut pipeline = Pipeline::new(model, Some(detector));
     let report = bench(&mut pipeline, &images, args.repeat).context("benchmark failed")?;
-    let python = if args.no_python {
-        Err("skipped (--no-python)".to_string())
-    } else {
-        run_python(&args, &report)
+    let [python, package] = ["onnxruntime", "pipnet"].map(|runner| {
+        if args.no_python {
+            Err("skipped (--no-python)".to_string())
+        } else {
+            run_python(&args, &report, runner)
+        }
+    });
+    let package_over_python = match (&package, &python) {
+        (Ok((ours, _)), Ok((theirs, _))) => Some(ours / theirs),
+        _ => None,
     };
     let throughput_over_python = python
         .as_ref()
@@ -168,6 +182,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         value["throughput_over_python"] = json!(throughput_over_python);
         value["python_faces_per_second"] = json!(python.as_ref().ok().map(|p| p.0));
         value["python_error"] = json!(python.as_ref().err());
+        value["python_package_faces_per_second"] = json!(package.as_ref().ok().map(|p| p.0));
+        value["python_package_error"] = json!(package.as_ref().err());
+        value["python_package_over_python"] = json!(package_over_python);
         value["device"] = json!(pipeline.model.execution_provider());
         if let Some(peer) = &peer {
             value["peer"] = serde_json::to_value(peer)?;
@@ -210,6 +227,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             report.crops_faces_per_second / fps
         ),
         Err(why) => println!("Python reference: not run: {why}"),
+    }
+    match (&package, package_over_python) {
+        (Ok((fps, _)), ratio) => println!(
+            "pipnet Python package (pipnet.load_image + Pipeline.crops), same graph and crops: \
+             {fps:.1} faces/s{}",
+            ratio.map_or(String::new(), |r| format!("; package / Python reference = {r:.2}"))
+        ),
+        (Err(why), _) => println!(
+            "pipnet Python package: not run: {why} (install it with `pip install crates/pipnet-py`)"
+        ),
     }
     if let Some(peer) = &peer {
         print_peer(peer);

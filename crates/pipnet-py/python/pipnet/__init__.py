@@ -79,6 +79,15 @@ def load_image(path: PathLike) -> np.ndarray:
     return _native.load_image(os.fspath(path))
 
 
+def _rows(values: Any, name: str, columns: str) -> list:
+    array = np.asarray(values, dtype=np.float32)
+    if array.size == 0:
+        return []
+    if array.ndim != 2 or array.shape[1] != 4:
+        raise ValueError(f"{name} must be an N x 4 array of [{columns}], got shape {array.shape}")
+    return array.tolist()
+
+
 def _image(image: Any) -> Any:
     return load_image(image) if isinstance(image, (str, os.PathLike)) else image
 
@@ -129,10 +138,14 @@ class Pipeline:
     def landmarks(self, image: Any, boxes: Any) -> list[Face]:
         """Landmarks for known faces: ``boxes`` is ``N x 4`` tight landmark boxes
         ``[x0, y0, x1, y1]`` in pixels (the 300-W protocol), one face per box, in order."""
-        boxes = np.asarray(boxes, dtype=np.float32)
-        if boxes.ndim != 2 or boxes.shape[1] != 4:
-            raise ValueError(f"boxes must be an N x 4 array of [x0, y0, x1, y1], got {boxes.shape}")
-        faces = self._native.landmarks(_image(image), boxes.tolist())
+        faces = self._native.landmarks(_image(image), _rows(boxes, "boxes", "x0, y0, x1, y1"))
+        return [Face._from_native(f) for f in faces]
+
+    def crops(self, image: Any, crops: Any) -> list[Face]:
+        """Landmarks for the model's input windows themselves: ``crops`` is ``N x 4``
+        ``[cx, cy, side, angle]`` squares (pixels, radians), run with no crop rule and no
+        refinement pass (for callers with their own face alignment)."""
+        faces = self._native.crops(_image(image), _rows(crops, "crops", "cx, cy, side, angle"))
         return [Face._from_native(f) for f in faces]
 
     @property
