@@ -229,7 +229,10 @@ unsafe fn path_arg<'a>(ptr: *const c_char, name: &str) -> Result<&'a Path, Failu
 }
 
 /// [`path_arg`], with NULL meaning none.
-unsafe fn optional_path_arg<'a>(ptr: *const c_char, name: &str) -> Result<Option<&'a Path>, Failure> {
+unsafe fn optional_path_arg<'a>(
+    ptr: *const c_char,
+    name: &str,
+) -> Result<Option<&'a Path>, Failure> {
     if ptr.is_null() {
         return Ok(None);
     }

@@ -45,7 +45,10 @@ fn run(command: &mut Command) {
 #[test]
 fn python_package_passes_its_pytest_suite() {
     let python = common::python();
-    let venv = python.parent().and_then(Path::parent).expect("venv of the test python");
+    let venv = python
+        .parent()
+        .and_then(Path::parent)
+        .expect("venv of the test python");
     let package = common::repo_root().join("crates/pipnet-py");
     let dir = tempfile::tempdir().unwrap();
     let reference = dir.path().join("rust-faces.json");

@@ -232,7 +232,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         (Ok((fps, _)), ratio) => println!(
             "pipnet Python package (pipnet.load_image + Pipeline.crops), same graph and crops: \
              {fps:.1} faces/s{}",
-            ratio.map_or(String::new(), |r| format!("; package / Python reference = {r:.2}"))
+            ratio.map_or(String::new(), |r| format!(
+                "; package / Python reference = {r:.2}"
+            ))
         ),
         (Err(why), _) => println!(
             "pipnet Python package: not run: {why} (install it with `pip install crates/pipnet-py`)"
