@@ -156,42 +156,6 @@ fn model_info<'py>(py: Python<'py>, model: &LandmarkModel) -> PyResult<Bound<'py
     Ok(info)
 }
 
-/// What `Pipeline(...)` and `annotate(...)` are given to build a pipeline.
-struct Settings {
-    /// Graph files; `None`: the built-in ones.
-    model: Option<PathBuf>,
-    detector: Option<PathBuf>,
-    options: SessionOptions,
-    min_face: Option<f32>,
-    refine: bool,
-    flip: bool,
-}
-
-impl Settings {
-    /// Loads the models (the detector only when `detect`), with the GIL released.
-    fn open(&self, py: Python<'_>, detect: bool) -> PyResult<RustPipeline> {
-        if self.min_face.is_some_and(|m| !(m.is_finite() && m > 0.0)) {
-            return Err(PyValueError::new_err(
-                "min_face must be a positive number of pixels (or None)",
-            ));
-        }
-        let mut pipeline = py
-            .detach(|| {
-                RustPipeline::open(
-                    self.model.as_deref(),
-                    self.detector.as_deref(),
-                    detect,
-                    &self.options,
-                )
-            })
-            .map_err(py_err)?;
-        pipeline.min_face = self.min_face;
-        pipeline.refine = self.refine;
-        pipeline.model.set_flip_average(self.flip);
-        Ok(pipeline)
-    }
-}
-
 /// A landmark model with its face detector, loaded once and run on many images.
 #[pyclass(module = "pipnet._native")]
 struct Pipeline {
@@ -248,16 +212,20 @@ impl Pipeline {
         detector: Option<PathBuf>,
         ort_library: Option<PathBuf>,
     ) -> PyResult<Self> {
-        let settings = Settings {
-            model,
-            detector,
-            options: session_options(device, threads, batch, ort_library)?,
-            min_face,
-            refine,
-            flip,
-        };
+        if min_face.is_some_and(|m| !(m.is_finite() && m > 0.0)) {
+            return Err(PyValueError::new_err(
+                "min_face must be a positive number of pixels (or None)",
+            ));
+        }
+        let options = session_options(device, threads, batch, ort_library)?;
+        let mut pipeline = py
+            .detach(|| RustPipeline::open(model.as_deref(), detector.as_deref(), true, &options))
+            .map_err(py_err)?;
+        pipeline.min_face = min_face;
+        pipeline.refine = refine;
+        pipeline.model.set_flip_average(flip);
         Ok(Self {
-            inner: Mutex::new(settings.open(py, true)?),
+            inner: Mutex::new(pipeline),
         })
     }
 
@@ -315,6 +283,56 @@ impl Pipeline {
             .collect())
     }
 
+    /// `pipnet annotate` with this pipeline: one output per image into `out` (a rerun resumes)
+    /// and the summary as a dict. `crops`: every image is one face crop; `boxes`: a JSON file of
+    /// tight landmark boxes per image, as `--boxes`.
+    #[pyo3(signature = (inputs, out, format="json", preview=false, crops=false, boxes=None,
+        force=false))]
+    #[allow(clippy::too_many_arguments)] // Python keyword arguments
+    fn annotate<'py>(
+        &self,
+        py: Python<'py>,
+        inputs: Vec<PathBuf>,
+        out: PathBuf,
+        format: &str,
+        preview: bool,
+        crops: bool,
+        boxes: Option<PathBuf>,
+        force: bool,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let faces = match (&boxes, crops) {
+            (Some(_), true) => {
+                return Err(PyValueError::new_err("crops and boxes exclude each other"));
+            }
+            (Some(path), false) => FaceSource::read_boxes(path).map_err(py_err)?,
+            (None, true) => FaceSource::WholeImageIsFace,
+            (None, false) => FaceSource::Detect,
+        };
+        let job = FolderJob {
+            inputs,
+            out_dir: out,
+            faces,
+            format: format.parse::<OutputFormat>().map_err(py_err)?,
+            preview,
+            force,
+            max_pixels: DEFAULT_MAX_PIXELS,
+            shard: None,
+        };
+        let summary = self.run(py, |p| annotate_folder(p, &job, |_| {}))?;
+        let result = PyDict::new(py);
+        result.set_item("images", summary.images)?;
+        result.set_item("annotated", summary.annotated)?;
+        result.set_item("skipped", summary.skipped)?;
+        result.set_item("faces", summary.faces)?;
+        let failures: Vec<(String, String)> = summary
+            .failures
+            .into_iter()
+            .map(|f| (f.image, f.error))
+            .collect();
+        result.set_item("failures", failures)?;
+        Ok(result)
+    }
+
     /// The landmark model's contract metadata.
     fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let pipeline = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
@@ -353,82 +371,11 @@ fn info(
     model_info(py, &model)
 }
 
-/// `pipnet annotate` as a function: writes one output per image into `out` (resuming a run
-/// that stopped) and returns the summary as a dict.
-#[pyfunction]
-#[pyo3(signature = (inputs, out, model=None, device="cpu", threads=None, batch=None,
-    min_face=None, refine=true, flip=false, detector=None, format="json", preview=false,
-    crops=false, boxes=None, force=false, ort_library=None))]
-#[allow(clippy::too_many_arguments)] // Python keyword arguments
-fn annotate<'py>(
-    py: Python<'py>,
-    inputs: Vec<PathBuf>,
-    out: PathBuf,
-    model: Option<PathBuf>,
-    device: &str,
-    threads: Option<usize>,
-    batch: Option<usize>,
-    min_face: Option<f32>,
-    refine: bool,
-    flip: bool,
-    detector: Option<PathBuf>,
-    format: &str,
-    preview: bool,
-    crops: bool,
-    boxes: Option<PathBuf>,
-    force: bool,
-    ort_library: Option<PathBuf>,
-) -> PyResult<Bound<'py, PyDict>> {
-    if crops && boxes.is_some() {
-        return Err(PyValueError::new_err("crops and boxes exclude each other"));
-    }
-    let faces = match (&boxes, crops) {
-        (Some(path), _) => FaceSource::read_boxes(path).map_err(py_err)?,
-        (None, true) => FaceSource::WholeImageIsFace,
-        (None, false) => FaceSource::Detect,
-    };
-    let settings = Settings {
-        model,
-        detector,
-        options: session_options(device, threads, batch, ort_library)?,
-        min_face,
-        refine,
-        flip,
-    };
-    let mut pipeline = settings.open(py, faces == FaceSource::Detect)?;
-    let job = FolderJob {
-        inputs,
-        out_dir: out,
-        faces,
-        format: format.parse::<OutputFormat>().map_err(py_err)?,
-        preview,
-        force,
-        max_pixels: DEFAULT_MAX_PIXELS,
-        shard: None,
-    };
-    let summary = py
-        .detach(|| annotate_folder(&mut pipeline, &job, |_| {}))
-        .map_err(py_err)?;
-    let result = PyDict::new(py);
-    result.set_item("images", summary.images)?;
-    result.set_item("annotated", summary.annotated)?;
-    result.set_item("skipped", summary.skipped)?;
-    result.set_item("faces", summary.faces)?;
-    let failures: Vec<(String, String)> = summary
-        .failures
-        .into_iter()
-        .map(|f| (f.image, f.error))
-        .collect();
-    result.set_item("failures", failures)?;
-    Ok(result)
-}
-
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Pipeline>()?;
     m.add_function(wrap_pyfunction!(info, m)?)?;
     m.add_function(wrap_pyfunction!(load_image, m)?)?;
-    m.add_function(wrap_pyfunction!(annotate, m)?)?;
     m.add("PipnetError", m.py().get_type::<PipnetError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -222,3 +222,18 @@ def test_annotate_writes_every_photo_then_resumes_and_reports_bad_files(pipeline
             np.testing.assert_allclose(w["landmarks"], face.landmarks, rtol=1e-4)
     again = pipnet.annotate(photos, out)
     assert again["skipped"] == 3 and again["annotated"] == 0
+
+
+def test_a_pipeline_annotates_with_its_own_settings(pipeline, tmp_path):
+    photo = PHOTOS / sorted(RUST_FACES)[0]
+    summary = pipeline.annotate(photo, tmp_path, format="csv")
+    assert summary["faces"] == len(RUST_FACES[photo.name])
+    rows = (tmp_path / f"{photo.name}.csv").read_text().splitlines()
+    assert len(rows) == 1 + summary["faces"]  # a header, then a row per face
+    one_face = tmp_path / "face.jpg"
+    one_face.write_bytes(photo.read_bytes())
+    assert pipnet.annotate(one_face, tmp_path / "crops", crops=True)["faces"] == 1
+    with pytest.raises(ValueError, match="exclude"):
+        pipeline.annotate(photo, tmp_path, crops=True, boxes=tmp_path / "boxes.json")
+    with pytest.raises(ValueError, match="format"):
+        pipeline.annotate(photo, tmp_path, format="xml")

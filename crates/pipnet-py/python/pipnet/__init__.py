@@ -28,6 +28,7 @@ from ._native import PipnetError, __version__
 __all__ = ["Face", "Pipeline", "PipnetError", "annotate", "info", "load_image", "__version__"]
 
 PathLike = Union[str, "os.PathLike[str]"]
+_RUN_OPTIONS = ("format", "preview", "crops", "boxes", "force")
 
 
 @functools.lru_cache(maxsize=None)
@@ -148,6 +149,30 @@ class Pipeline:
         faces = self._native.crops(_image(image), _rows(crops, "crops", "cx, cy, side, angle"))
         return [Face._from_native(f) for f in faces]
 
+    def annotate(
+        self,
+        inputs: Union[PathLike, Sequence[PathLike]],
+        out: PathLike,
+        *,
+        format: str = "json",
+        preview: bool = False,
+        crops: bool = False,
+        boxes: Optional[PathLike] = None,
+        force: bool = False,
+    ) -> dict:
+        """``pipnet annotate`` with this pipeline: image files and folders (walked recursively)
+        into ``out``, one file per image (``json``, ``csv`` or ``pts``; ``preview`` adds JPEGs
+        with the landmarks drawn), written atomically; a rerun skips images already done
+        (``force`` redoes them). ``crops``: every image is one face crop; ``boxes``: a JSON file
+        of tight landmark boxes per image (as ``--boxes``). Unreadable images are listed in
+        ``out/failures.jsonl`` and in the summary returned: ``{"images", "annotated",
+        "skipped", "faces", "failures": [(image, error), ...]}``."""
+        if isinstance(inputs, (str, os.PathLike)):
+            inputs = [inputs]
+        return self._native.annotate(
+            [os.fspath(p) for p in inputs], os.fspath(out), format, preview, crops, _path(boxes), force
+        )
+
     @property
     def info(self) -> dict:
         """The landmark model's metadata (the PIPNet contract keys, plus num_landmarks, grid
@@ -160,46 +185,9 @@ def info(model: Optional[PathLike] = None) -> dict:
     return _native.info(_path(model), _onnxruntime_library())
 
 
-def annotate(
-    inputs: Union[PathLike, Sequence[PathLike]],
-    out: PathLike,
-    *,
-    model: Optional[PathLike] = None,
-    device: str = "cpu",
-    threads: Optional[int] = None,
-    batch: Optional[int] = None,
-    min_face: Optional[float] = None,
-    refine: bool = True,
-    flip: bool = False,
-    detector: Optional[PathLike] = None,
-    format: str = "json",
-    preview: bool = False,
-    crops: bool = False,
-    boxes: Optional[PathLike] = None,
-    force: bool = False,
-) -> dict:
-    """``pipnet annotate``: annotates image files and folders (walked recursively) into ``out``,
-    one file per image (``json``, ``csv`` or ``pts``), atomically; a rerun skips images already
-    done (``force`` redoes them). Unreadable images are listed in ``out/failures.jsonl`` and in
-    the returned summary: ``{"images", "annotated", "skipped", "faces", "failures": [(image,
-    error), ...]}``."""
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    return _native.annotate(
-        [os.fspath(p) for p in inputs],
-        os.fspath(out),
-        _path(model),
-        device,
-        threads,
-        batch,
-        min_face,
-        refine,
-        flip,
-        _path(detector),
-        format,
-        preview,
-        crops,
-        _path(boxes),
-        force,
-        _onnxruntime_library(),
-    )
+def annotate(inputs: Union[PathLike, Sequence[PathLike]], out: PathLike, **options: Any) -> dict:
+    """``pipnet annotate`` as a function: :meth:`Pipeline.annotate` on a pipeline made with the
+    options that are :class:`Pipeline`'s (``model``, ``device``, ``threads``, ...); the rest
+    (``format``, ``preview``, ``crops``, ``boxes``, ``force``) go to the run."""
+    run = {key: options.pop(key) for key in _RUN_OPTIONS if key in options}
+    return Pipeline(**options).annotate(inputs, out, **run)
