@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use image::{Rgb, RgbImage};
 use pipnet_core::FaceCrop;
-use pipnet_infer::{ErrorKind, LandmarkModel, SessionOptions};
+use pipnet_infer::runtime::runtime;
+use pipnet_infer::{ErrorKind, LandmarkModel, OrtLibrary, SessionOptions};
 use pipnet_train::emit::emit_model;
 use pipnet_train::network::PipNetWeights;
 use pipnet_train::onnx::ModelProto;
@@ -225,4 +226,28 @@ fn test_a_file_that_is_not_onnx_is_refused() {
     assert!(err.to_string().contains("notes.onnx"), "{err}");
     let err = LandmarkModel::load(&dir.path().join("absent.onnx"), &options(1)).unwrap_err();
     assert!(err.to_string().contains("no such file"), "{err}");
+}
+
+/// One process loads one ONNX Runtime library: asking for the loaded file again is fine, for
+/// another file is an error that says which one is loaded.
+#[test]
+fn test_a_second_library_is_refused_once_one_is_loaded() {
+    let loaded = runtime(&SessionOptions::default(), |_| {}).unwrap();
+    let library = |path: PathBuf| SessionOptions {
+        library: OrtLibrary::File(path),
+        ..Default::default()
+    };
+    let again = runtime(&library(loaded.library.clone()), |_| {}).unwrap();
+    assert_eq!(again.library, loaded.library);
+    let dir = temp_dir();
+    let other = dir.path().join("libonnxruntime.so");
+    std::fs::write(&other, b"another library").unwrap();
+    let err = runtime(&library(other), |_| {}).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Runtime);
+    let message = err.to_string();
+    assert!(
+        message.contains("already loaded")
+            && message.contains(&loaded.library.display().to_string()),
+        "{message}"
+    );
 }
