@@ -133,6 +133,10 @@ and cuDNN libraries are on the loader path";
 const HOW_TO_PROVIDE: &str = "set ORT_DYLIB_PATH to a libonnxruntime shared library (1.31 or \
 newer), or make `python3 -m pip` able to reach PyPI so pipnet can fetch onnxruntime==1.32.0";
 
+/// For a library the caller named (`OrtLibrary::File`), e.g. the `onnxruntime` Python wheel's.
+const HOW_TO_PROVIDE_FILE: &str = "use a libonnxruntime shared library of 1.31 or newer (from \
+Python: pip install -U 'onnxruntime>=1.31')";
+
 /// Where fetched libraries are kept: `$PIPNET_CACHE_DIR`, else `$XDG_CACHE_HOME/pipnet`, else
 /// `~/.cache/pipnet`.
 pub fn cache_dir() -> Option<PathBuf> {
@@ -498,27 +502,29 @@ fn choose_library(device: Device, on_fetch: impl FnOnce(&str)) -> Result<(PathBu
 }
 
 fn load(options: &SessionOptions, on_fetch: impl FnOnce(&str)) -> Result<Runtime> {
-    let (library, build) = match &options.library {
-        OrtLibrary::File(path) if path.is_file() => (path.clone(), "given library".to_string()),
+    let (library, build, how) = match &options.library {
+        OrtLibrary::File(path) if path.is_file() => (
+            path.clone(),
+            "given library".to_string(),
+            HOW_TO_PROVIDE_FILE,
+        ),
         OrtLibrary::File(path) => {
             return Err(Error::Runtime(format!(
-                "{} is not a file; point to a libonnxruntime shared library (1.31 or newer)",
+                "{} is not a file; {HOW_TO_PROVIDE_FILE}",
                 path.display()
             )));
         }
-        OrtLibrary::Provisioned => choose_library(options.device, on_fetch)?,
+        OrtLibrary::Provisioned => {
+            let (library, build) = choose_library(options.device, on_fetch)?;
+            (library, build, HOW_TO_PROVIDE)
+        }
     };
     let preloaded = match gpu_install_dir().filter(|dir| library == dir.join(GPU_LIBRARY)) {
         Some(install) => preload_gpu_libraries(&install)?,
         None => Vec::new(),
     };
     let environment = ort::init_from(&library)
-        .map_err(|e| {
-            Error::Runtime(format!(
-                "loading {}: {e}; {HOW_TO_PROVIDE}",
-                library.display()
-            ))
-        })?
+        .map_err(|e| Error::Runtime(format!("loading {}: {e}; {how}", library.display())))?
         .with_name("pipnet")
         .build()
         .map_err(|e| Error::Runtime(format!("starting {}: {e}", library.display())))?;
