@@ -26,7 +26,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 create_exception!(
-    _native,
+    pipnet,
     PipnetError,
     PyException,
     "A pipnet operation failed: ONNX Runtime, a model, an image or a file (the message says \
