@@ -55,10 +55,11 @@ def _path(path: Optional[PathLike]) -> Optional[str]:
     return None if path is None else os.fspath(path)
 
 
-@dataclasses.dataclass(frozen=True)
+# eq=False: numpy fields have no single truth value, so `face == other` would raise.
+@dataclasses.dataclass(frozen=True, eq=False)
 class Face:
-    """One face: its box and score (the detector's; for a given box, the box and 1.0) and its
-    landmarks in image pixels."""
+    """One face: its box and score (the detector's; for faces from given boxes or crops, the
+    bounds of the last crop the model saw, and 1.0) and its landmarks in image pixels."""
 
     box: np.ndarray
     """``(4,)`` float32: x0, y0, x1, y1."""
