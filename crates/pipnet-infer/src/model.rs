@@ -109,6 +109,14 @@ impl LandmarkModel {
         Self::open(GraphSource::builtin_landmarks(), options, rt)
     }
 
+    /// [`Self::load`] for `Some(path)`, [`Self::builtin`] for `None`.
+    pub fn load_or_builtin(path: Option<&Path>, options: &SessionOptions) -> Result<Self> {
+        match path {
+            Some(path) => Self::load(path, options),
+            None => Self::builtin(options),
+        }
+    }
+
     /// [`Self::load`] from a file or from memory ([`GraphSource::builtin_landmarks`]).
     pub fn open(source: GraphSource<'_>, options: &SessionOptions, rt: &Runtime) -> Result<Self> {
         let path = source.name().to_path_buf();

@@ -163,10 +163,7 @@ impl Pipeline {
         detect: bool,
         options: &SessionOptions,
     ) -> Result<Self> {
-        let model = match landmark_model {
-            Some(path) => LandmarkModel::load(path, options)?,
-            None => LandmarkModel::builtin(options)?,
-        };
+        let model = LandmarkModel::load_or_builtin(landmark_model, options)?;
         let detector = match (detect, detector) {
             (false, _) => None,
             (true, Some(path)) => Some(FaceDetector::load(path, options)?),

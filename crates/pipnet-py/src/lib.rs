@@ -363,10 +363,7 @@ fn info(
 ) -> PyResult<Bound<'_, PyDict>> {
     let options = session_options("cpu", Some(1), None, ort_library)?;
     let model = py
-        .detach(|| match &model {
-            Some(path) => LandmarkModel::load(path, &options),
-            None => LandmarkModel::builtin(&options),
-        })
+        .detach(|| LandmarkModel::load_or_builtin(model.as_deref(), &options))
         .map_err(py_err)?;
     model_info(py, &model)
 }

@@ -73,18 +73,16 @@ pub fn export_package() -> Option<PathBuf> {
         .find(|p| p.join("pipnet_export").is_dir())
 }
 
-/// Faces/s and landmarks of `python -m pipnet_export.pipeline --runner RUNNER` on the report's
-/// crops (`onnxruntime`: the Python reference; `pipnet`: the `pipnet` Python package), or why
-/// it could not run.
-fn run_python(
-    args: &Args,
-    report: &BenchReport,
-    runner: &str,
-) -> Result<(f64, Vec<Vec<[f64; 2]>>), String> {
-    let package = export_package().ok_or("python-export/src not found (run from the checkout)")?;
-    let python = python(args);
+/// What the Python pipelines read, written once for all of them: the graph as a file (the
+/// built-in one is written out) and the report's crops as JSON.
+struct PythonInputs {
+    _dir: tempfile::TempDir,
+    model: PathBuf,
+    crops: PathBuf,
+}
+
+fn python_inputs(args: &Args, report: &BenchReport) -> Result<PythonInputs, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    // The reference reads a file: the built-in model goes to one for it.
     let model = match &args.model.model {
         Some(path) => path.clone(),
         None => {
@@ -104,10 +102,28 @@ fn run_python(
         serde_json::to_string(&sets).map_err(|e| e.to_string())?,
     )
     .map_err(|e| e.to_string())?;
+    Ok(PythonInputs {
+        _dir: dir,
+        model,
+        crops,
+    })
+}
+
+/// Faces/s and landmarks of `python -m pipnet_export.pipeline --runner RUNNER` on the report's
+/// crops (`onnxruntime`: the Python reference; `pipnet`: the `pipnet` Python package), or why
+/// it could not run.
+fn run_python(
+    args: &Args,
+    report: &BenchReport,
+    inputs: &PythonInputs,
+    runner: &str,
+) -> Result<(f64, Vec<Vec<[f64; 2]>>), String> {
+    let package = export_package().ok_or("python-export/src not found (run from the checkout)")?;
+    let python = python(args);
     let output = Command::new(&python)
         .args(["-m", "pipnet_export.pipeline"])
-        .arg(&model)
-        .arg(&crops)
+        .arg(&inputs.model)
+        .arg(&inputs.crops)
         .args(["--batch", &report.batch.to_string()])
         .args(["--threads", &args.session.threads.unwrap_or(0).to_string()])
         .args(["--repeat", &args.repeat.max(1).to_string()])
@@ -153,12 +169,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let detector = super::DetectorArgs::default().load(&options)?;
     let mut pipeline = Pipeline::new(model, Some(detector));
     let report = bench(&mut pipeline, &images, args.repeat).context("benchmark failed")?;
+    let inputs = if args.no_python {
+        Err("skipped (--no-python)".to_string())
+    } else {
+        python_inputs(&args, &report)
+    };
     let [python, package] = ["onnxruntime", "pipnet"].map(|runner| {
-        if args.no_python {
-            Err("skipped (--no-python)".to_string())
-        } else {
-            run_python(&args, &report, runner)
-        }
+        let inputs = inputs.as_ref().map_err(Clone::clone)?;
+        run_python(&args, &report, inputs, runner)
     });
     let package_over_python = match (&package, &python) {
         (Ok((ours, _)), Ok((theirs, _))) => Some(ours / theirs),
