@@ -1188,3 +1188,85 @@ fn test_bench_against_dlib_on_the_sample_photos() {
         assert!(nme > 0.0 && nme < 0.1, "{side}: NME {nme}");
     }
 }
+
+/// The GPU training job of `scripts/gpu-train/` run dry on the CPU, so it cannot rot between
+/// lent GPUs: the shipped GPU config packed (on 12 faces) and trained one epoch with the flex
+/// backend by the very script the device runs (both halves staged in one call); the graph comes
+/// back gzipped and loads.
+#[test]
+fn test_gpu_training_job_runs_dry_on_the_cpu() {
+    let root = common::repo_root();
+    let dir = tempfile::tempdir().unwrap();
+    let data = root.join("../shared/data/face68-train");
+    let shipped = std::fs::read_to_string(root.join("configs/face68-mbv2-256-gpu.toml")).unwrap();
+    let labeled = "labeled = \"../../shared/data/face68-train\"";
+    assert!(
+        shipped.contains(labeled),
+        "the GPU config trains on face68-train"
+    );
+    let config = dir.path().join("gpu.toml");
+    std::fs::write(
+        &config,
+        shipped.replace(
+            labeled,
+            &format!(
+                "labeled = {:?}\nmax_train_faces = 12",
+                data.display().to_string()
+            ),
+        ),
+    )
+    .unwrap();
+    let job = dir.path().join("job");
+    let packed = Command::new("bash")
+        .arg(root.join("scripts/gpu-train/pack.sh"))
+        .args([&job, &config])
+        .env("PIPNET_BIN", pipnet_bin())
+        .env("NO_DEBS", "1")
+        .output()
+        .unwrap();
+    assert!(
+        packed.status.success(),
+        "pack.sh: {}",
+        String::from_utf8_lossy(&packed.stderr)
+    );
+    // The pack holds training faces only, cut to what augmentation reaches at 256 pixels.
+    let faces = pipnet_infer::labeled::read_pts_folder(&job.join("data/faces")).unwrap();
+    assert_eq!(faces.len(), 12);
+    let (_, val) = pipnet_infer::labeled::split_validation(faces.clone(), 0.1, 1);
+    assert!(val.is_empty(), "validation faces were packed: {val:?}");
+    for face in &faces {
+        let (w, h) = image::image_dimensions(&face.image).unwrap();
+        assert!(w.max(h) <= 413, "{}: {w}x{h}", face.image.display());
+    }
+
+    let out = dir.path().join("out");
+    let ran = Command::new("bash")
+        .arg(root.join("scripts/gpu-train/device.sh"))
+        .env("JOB", &job)
+        .env("STAGE", dir.path().join("stage"))
+        .env("OUT", &out)
+        .env("DEVICE", "flex")
+        .env("EPOCHS", "1")
+        .env("PIPNET_BIN", pipnet_bin())
+        .output()
+        .unwrap();
+    let log = std::fs::read_to_string(out.join("train.log")).unwrap_or_default();
+    assert!(ran.status.success(), "run.sh: {log}");
+    assert!(
+        log.contains("training on 12 faces, validating on 0"),
+        "{log}"
+    );
+    let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    assert_eq!(metrics.lines().count(), 2, "header + 1 epoch: {metrics}");
+    let graph = dir.path().join("last.onnx");
+    let unzipped = Command::new("gzip")
+        .arg("-dc")
+        .arg(out.join("last.onnx.gz"))
+        .output()
+        .unwrap();
+    assert!(unzipped.status.success());
+    std::fs::write(&graph, unzipped.stdout).unwrap();
+    let (code, stdout, stderr) = run_pipnet(&["info", graph.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("256"), "{stdout}");
+}

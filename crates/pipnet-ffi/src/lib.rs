@@ -16,9 +16,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use pipnet_infer::detect::FaceDetector;
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, PixelFormat, rgb_from_buffer};
-use pipnet_infer::{Device, ErrorKind, Face, Faces, LandmarkModel, Pipeline, SessionOptions};
+use pipnet_infer::{Device, ErrorKind, Face, Faces, Pipeline, SessionOptions};
 
 /// Bumped whenever a signature or struct layout of this header changes.
 pub const PIPNET_ABI_VERSION: u32 = 1;

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use image::RgbImage;
 use image::codecs::jpeg::JpegEncoder;
 use image::imageops::FilterType;
 use pipnet_core::formats::{format_pts, parse_pts};
@@ -14,6 +15,7 @@ use pipnet_core::{DatasetCrop, Point};
 use crate::error::{Error, Result};
 use crate::folder::write_atomic;
 use crate::image_io::{DEFAULT_MAX_PIXELS, load_rgb};
+use crate::labeled::LabeledFace;
 
 /// The 300-W training subsets: output prefix and folder under the source root.
 pub const SUBSETS_300W: [(&str, &str); 3] = [
@@ -114,22 +116,53 @@ fn rebuild_face(src: &Path, prefix: &str, pts: &Path, out: &Path) -> Result<Stri
     }
     let image_path = image_for(pts)?;
     let photo = load_rgb(&image_path, DEFAULT_MAX_PIXELS)?;
-    let crop = DatasetCrop::around(&points, photo.width(), photo.height(), CONTEXT, MAX_SIDE)
-        .map_err(|e| bad(e.to_string()))?;
-    let cut = image::imageops::crop_imm(&photo, crop.x0, crop.y0, crop.width, crop.height);
-    let face = if (crop.out_width, crop.out_height) == (crop.width, crop.height) {
-        cut.to_image()
-    } else {
-        image::imageops::resize(&*cut, crop.out_width, crop.out_height, FilterType::Lanczos3)
-    };
     let stem = pts
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     let name = output_stem(prefix, &stem);
+    let crop = write_face_cut(&photo, &points, CONTEXT, MAX_SIDE, JPEG_QUALITY, out, &name)
+        .map_err(|e| match e {
+            Error::InvalidInput(detail) => bad(detail),
+            other => other,
+        })?;
+    let source = image_path
+        .strip_prefix(src)
+        .unwrap_or(&image_path)
+        .to_string_lossy()
+        .into_owned();
+    Ok(format!(
+        "train\t{name}\t{}\t{}\t{source}\t{}\t{}\t{}\n",
+        crop.out_width,
+        crop.out_height,
+        crop.x0,
+        crop.y0,
+        crop.scale()
+    ))
+}
+
+/// Cuts the face at `points` (0-based) out of `photo` with [`DatasetCrop`] and writes
+/// `<name>.jpg` and `<name>.pts` (its points moved exactly) into `out`.
+fn write_face_cut(
+    photo: &RgbImage,
+    points: &[Point],
+    context: f32,
+    max_side: u32,
+    quality: u8,
+    out: &Path,
+    name: &str,
+) -> Result<DatasetCrop> {
+    let crop = DatasetCrop::around(points, photo.width(), photo.height(), context, max_side)
+        .map_err(|e| Error::InvalidInput(e.to_string()))?;
+    let cut = image::imageops::crop_imm(photo, crop.x0, crop.y0, crop.width, crop.height);
+    let face = if (crop.out_width, crop.out_height) == (crop.width, crop.height) {
+        cut.to_image()
+    } else {
+        image::imageops::resize(&*cut, crop.out_width, crop.out_height, FilterType::Lanczos3)
+    };
     let jpeg_path = out.join(format!("{name}.jpg"));
     let mut jpeg = Vec::new();
-    face.write_with_encoder(JpegEncoder::new_with_quality(&mut jpeg, JPEG_QUALITY))
+    face.write_with_encoder(JpegEncoder::new_with_quality(&mut jpeg, quality))
         .map_err(|e| Error::Image {
             path: jpeg_path.clone(),
             message: format!("encoding: {e}"),
@@ -146,19 +179,45 @@ fn rebuild_face(src: &Path, prefix: &str, pts: &Path, out: &Path) -> Result<Stri
         &out.join(format!("{name}.pts")),
         format_pts(&moved).as_bytes(),
     )?;
-    let source = image_path
-        .strip_prefix(src)
-        .unwrap_or(&image_path)
-        .to_string_lossy()
-        .into_owned();
-    Ok(format!(
-        "train\t{name}\t{}\t{}\t{source}\t{}\t{}\t{}\n",
-        crop.out_width,
-        crop.out_height,
-        crop.x0,
-        crop.y0,
-        crop.scale()
-    ))
+    Ok(crop)
+}
+
+/// Writes `faces` again as a folder of the same layout, each cut to `context` times its
+/// landmark box and at most `max_side` pixels: a compact copy of a training set for a machine
+/// the full photos cannot travel to. Names are kept, so a validation split of the copy
+/// (which depends on names alone) matches the original's. Returns the bytes written.
+pub fn write_face_crops(
+    faces: &[LabeledFace],
+    out: &Path,
+    context: f32,
+    max_side: u32,
+    quality: u8,
+) -> Result<u64> {
+    std::fs::create_dir_all(out).map_err(Error::io(out))?;
+    let mut bytes = 0;
+    for face in faces {
+        let photo = load_rgb(&face.image, DEFAULT_MAX_PIXELS)?;
+        write_face_cut(
+            &photo,
+            &face.points,
+            context,
+            max_side,
+            quality,
+            out,
+            &face.name,
+        )
+        .map_err(|e| match e {
+            Error::InvalidInput(detail) => {
+                Error::InvalidInput(format!("{}: {detail}", face.image.display()))
+            }
+            other => other,
+        })?;
+        for ext in ["jpg", "pts"] {
+            let path = out.join(format!("{}.{ext}", face.name));
+            bytes += std::fs::metadata(&path).map_err(Error::io(&path))?.len();
+        }
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -46,6 +46,17 @@ impl Default for Augmentation {
     }
 }
 
+impl Augmentation {
+    /// The side of the axis-aligned square, centred on the face's base crop and in units of
+    /// its side, that holds every pixel an augmented crop can sample: the largest crop,
+    /// rotated by the largest angle, moved by the largest shift on both axes.
+    pub fn reach(&self) -> f32 {
+        let side = self.scale.0.max(self.scale.1).max(0.0);
+        let angle = self.rotation_deg.abs().min(45.0).to_radians();
+        side * (angle.cos() + angle.sin() + 2.0 * self.shift.abs())
+    }
+}
+
 /// Everything needed to turn a labeled face into network input.
 #[derive(Debug, Clone)]
 pub struct SampleSpec<'a> {
@@ -145,6 +156,19 @@ mod tests {
     use image::Rgb;
     use pipnet_core::Scheme;
     use rand::SeedableRng;
+
+    #[test]
+    fn test_reach_holds_the_largest_rotated_shifted_crop() {
+        let none = Augmentation {
+            rotation_deg: 0.0,
+            scale: (1.0, 1.0),
+            shift: 0.0,
+            ..Augmentation::default()
+        };
+        assert!((none.reach() - 1.0).abs() < 1e-6);
+        // 1.1 x (cos 30 + sin 30 + 2 x 0.05)
+        assert!((Augmentation::default().reach() - 1.6126).abs() < 1e-3);
+    }
     use rand_chacha::ChaCha8Rng;
 
     fn face_points() -> Vec<Point> {

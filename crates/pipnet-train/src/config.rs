@@ -159,10 +159,15 @@ pub struct TrainOptions {
     pub schedule: Schedule,
     pub seed: u64,
     pub loss: LossWeights,
-    /// burn device: `flex` (CPU) or `cuda` (needs the `cuda` feature).
+    /// burn device: `flex` (CPU) or `wgpu` (Vulkan; needs the `wgpu` feature).
     pub device: String,
     /// Run folder: checkpoint, metrics.csv, best.onnx, last.onnx.
     pub out: PathBuf,
+    /// Wall-clock budget of one sitting, in minutes (a lent GPU's lease): after each epoch the
+    /// run is shortened to the epochs that still fit at the pace of the last one, and the
+    /// learning-rate schedule is stretched over the shorter run, so it still ends annealed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_minutes: Option<f64>,
 }
 
 impl Default for TrainOptions {
@@ -176,6 +181,7 @@ impl Default for TrainOptions {
             loss: LossWeights::default(),
             device: "flex".into(),
             out: PathBuf::from("runs/default"),
+            max_minutes: None,
         }
     }
 }

@@ -30,6 +30,9 @@ pub const MOBILENET_V2_IMAGENET: PinnedMember<'static> = PinnedMember {
 pub const CHECKPOINT_SHA256: &str =
     "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889";
 
+/// The checkpoint's file name, as torchvision names it.
+pub const WEIGHTS_FILE: &str = "mobilenet_v2-b0353104.pth";
+
 /// Environment variable naming a copy of `mobilenet_v2-b0353104.pth` to use instead of the
 /// cache (checked against the same SHA-256).
 pub const WEIGHTS_ENV: &str = "PIPNET_MOBILENET_V2_WEIGHTS";
@@ -49,7 +52,7 @@ pub fn mobilenet_v2_weights_path() -> Result<PathBuf> {
     let target = cache_dir()
         .ok_or_else(|| Error::Spec(format!("no cache folder (HOME unset); {HOW_TO_PROVIDE}")))?
         .join("mobilenet-v2-imagenet")
-        .join("mobilenet_v2-b0353104.pth");
+        .join(WEIGHTS_FILE);
     if target.is_file() {
         // A cached file was checked when it was fetched; check again in case it changed.
         check_sha256(&target, CHECKPOINT_SHA256)?;

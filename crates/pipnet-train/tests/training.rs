@@ -14,6 +14,8 @@ use pipnet_train::config::{
 };
 use pipnet_train::network::BackboneWeights;
 use pipnet_train::stc::{load_pseudo_labels, round_path};
+#[cfg(feature = "wgpu")]
+use pipnet_train::trainer::training_device;
 use pipnet_train::trainer::{Event, export_checkpoint, load_network, load_state, train};
 
 /// burn's CPU backend splits reductions across the shared rayon pool adaptively, so two
@@ -221,6 +223,54 @@ fn test_exported_graph_matches_the_burn_network() {
     let state = load_state(&checkpoint).unwrap();
     let net = load_network(&checkpoint, &state, &Device::flex()).unwrap();
     common::assert_graph_matches_network(&net, &onnx, 2, 64);
+}
+
+/// A time budget that one epoch already spends ends the run there, and the checkpoint
+/// remembers the shortened plan.
+#[test]
+fn test_time_budget_cuts_the_run_short() {
+    let _turn = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_config(dir.path(), 8);
+    config.train.max_minutes = Some(1e-6);
+    let state = train(&config, false, |_| {}).unwrap();
+    assert_eq!(state.epoch, 1);
+    assert_eq!(state.planned_epochs, Some(1));
+    assert_eq!(load_state(&dir.path().join("checkpoint")).unwrap(), state);
+    assert!(dir.path().join("last.onnx").is_file());
+}
+
+/// The wgpu backend (Vulkan) trains the same network: the loss falls, and the graph exported
+/// from its weights computes what the CPU backend and the wgpu backend compute with them. Built
+/// only with `--features wgpu` (`cargo test -p pipnet-train --features wgpu --test training
+/// wgpu`): Debian 12's lavapipe (Mesa 22.3) crashes compiling burn's convolution kernels, so
+/// the default test run, which has no GPU, leaves it out.
+#[cfg(feature = "wgpu")]
+#[test]
+fn test_wgpu_backend_trains_and_exports_what_the_cpu_computes() {
+    let device = match training_device("wgpu") {
+        Ok(device) => device,
+        Err(e) => {
+            eprintln!("SKIPPED test_wgpu_backend_trains_and_exports_what_the_cpu_computes: {e}");
+            return;
+        }
+    };
+    let _turn = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_config(dir.path(), 8);
+    config.train.device = "wgpu".into();
+    let state = train(&config, false, |_| {}).unwrap();
+    let first = state.history.first().unwrap().train_loss;
+    let last = state.history.last().unwrap().train_loss;
+    assert!(last < 0.7 * first, "loss {first} -> {last}");
+    assert!(state.history.iter().all(|r| r.val_nme.is_finite()));
+
+    let checkpoint = dir.path().join("checkpoint");
+    let graph = dir.path().join("last.onnx");
+    let cpu = load_network(&checkpoint, &state, &Device::flex()).unwrap();
+    common::assert_graph_matches_network_on(&cpu, &Device::flex(), 1e-3, &graph, 2, 64);
+    let gpu = load_network(&checkpoint, &state, &device).unwrap();
+    common::assert_graph_matches_network_on(&gpu, &device, 1e-3, &graph, 2, 64);
 }
 
 /// A WFLW-style list of 98 points per face, made from real faces and their 68 points (plus the

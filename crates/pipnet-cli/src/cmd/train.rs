@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use indicatif::{ProgressBar, ProgressStyle};
 use pipnet_train::Backbone;
 use pipnet_train::config::{StcConfig, TrainConfig};
+use pipnet_train::pack::{PackOptions, pack_run};
 use pipnet_train::trainer::{Event, train};
 
 #[derive(clap::Args)]
@@ -17,9 +18,10 @@ pub struct Args {
     /// toolchain-notes.md instead of training.
     #[arg(long)]
     bench: bool,
-    /// burn device for --bench: flex or cuda.
-    #[arg(long, default_value = "flex")]
-    device: String,
+    /// burn device, instead of the config's `train.device`: flex (CPU) or wgpu (a GPU through
+    /// Vulkan; needs pipnet built with `--features wgpu`). With --bench, the device measured.
+    #[arg(long)]
+    device: Option<String>,
     /// Continue from the run folder's checkpoint.
     #[arg(long)]
     resume: bool,
@@ -31,6 +33,21 @@ pub struct Args {
     /// epochs).
     #[arg(long, num_args = 1.., value_name = "UNLABELED_DIR")]
     stc: Vec<PathBuf>,
+    /// Stop within this many minutes: the run is shortened to the epochs that fit (and its
+    /// learning-rate schedule with it). Overrides the config's `train.max_minutes`.
+    #[arg(long)]
+    max_minutes: Option<f64>,
+    /// Instead of training, pack the run for another machine into this folder: the training
+    /// faces cut to what augmentation reaches, the ImageNet weights if used, and a train.toml
+    /// (see scripts/gpu-train/).
+    #[arg(long, value_name = "DIR")]
+    pack: Option<PathBuf>,
+    /// With --pack: packed pixels per network input pixel (below 1 saves bytes, loses detail).
+    #[arg(long, default_value_t = 1.0, requires = "pack")]
+    pack_resolution: f32,
+    /// With --pack: JPEG quality of the packed faces.
+    #[arg(long, default_value_t = 90, requires = "pack", value_parser = clap::value_parser!(u8).range(1..=100))]
+    pack_quality: u8,
 }
 
 /// The networks of toolchain-notes.md with PyTorch's training rate there (2 threads, batch 16):
@@ -98,9 +115,33 @@ fn bench(device: &str) -> anyhow::Result<ExitCode> {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let Some(config_path) = args.config.filter(|_| !args.bench) else {
-        return bench(&args.device);
+        return bench(args.device.as_deref().unwrap_or("flex"));
     };
     let mut config = TrainConfig::load(&config_path)?;
+    if let Some(device) = args.device {
+        config.train.device = device;
+    }
+    if let Some(minutes) = args.max_minutes {
+        config.train.max_minutes = Some(minutes);
+    }
+    if let Some(dir) = args.pack {
+        let options = PackOptions {
+            resolution: args.pack_resolution,
+            jpeg_quality: args.pack_quality,
+        };
+        let pack = pack_run(&config, &dir, options)?;
+        println!(
+            "packed {} training faces ({:.1} MB) into {}; config {}{}",
+            pack.faces,
+            pack.face_bytes as f64 / 1e6,
+            dir.display(),
+            pack.config.display(),
+            pack.weights
+                .map(|w| format!(", ImageNet weights {}", w.display()))
+                .unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Some(epochs) = args.epochs {
         config.train.epochs = epochs;
     }

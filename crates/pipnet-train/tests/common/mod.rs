@@ -14,14 +14,27 @@ pub fn fixed_input(n: usize, size: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Runs `net` (in inference mode) and the graph at `onnx` through ONNX Runtime on the same
-/// fixed input and asserts that every output map agrees to 1e-4 of its scale (at least 1).
+/// Runs `net` (in inference mode, on the flex CPU backend) and the graph at `onnx` through
+/// ONNX Runtime on the same fixed input and asserts that every output map agrees to 1e-4 of its
+/// scale (at least 1).
 pub fn assert_graph_matches_network(net: &PipNet, onnx: &Path, n: usize, size: usize) {
-    let device = Device::flex();
+    assert_graph_matches_network_on(net, &Device::flex(), 1e-4, onnx, n, size);
+}
+
+/// [`assert_graph_matches_network`] with `net` on `device`, to `tolerance` of each map's scale.
+#[allow(dead_code)] // only the wgpu test (built with --features wgpu) passes another device
+pub fn assert_graph_matches_network_on(
+    net: &PipNet,
+    device: &Device,
+    tolerance: f32,
+    onnx: &Path,
+    n: usize,
+    size: usize,
+) {
     let input = fixed_input(n, size);
     let out = net.forward(Tensor::from_data(
         TensorData::new(input.clone(), [n, 3, size, size]),
-        &device,
+        device,
     ));
     let burn_maps: Vec<Vec<f32>> = [out.cls, out.off_x, out.off_y, out.nb_x, out.nb_y]
         .into_iter()
@@ -46,7 +59,7 @@ pub fn assert_graph_matches_network(net: &PipNet, onnx: &Path, n: usize, size: u
             .map(|(x, y)| (x - y).abs())
             .fold(0.0f32, f32::max);
         assert!(
-            worst < 1e-4 * scale,
+            worst < tolerance * scale,
             "{name}: burn and ONNX Runtime differ by {worst} (outputs up to {scale})"
         );
     }
