@@ -121,11 +121,12 @@ fn rebuild_face(src: &Path, prefix: &str, pts: &Path, out: &Path) -> Result<Stri
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     let name = output_stem(prefix, &stem);
-    let crop = write_face_cut(&photo, &points, CONTEXT, MAX_SIDE, JPEG_QUALITY, out, &name)
-        .map_err(|e| match e {
-            Error::InvalidInput(detail) => bad(detail),
-            other => other,
-        })?;
+    let cut = FaceCut {
+        context: CONTEXT,
+        max_side: MAX_SIDE,
+        quality: JPEG_QUALITY,
+    };
+    let crop = cut.write(&photo, &points, pts, out, &name)?;
     let source = image_path
         .strip_prefix(src)
         .unwrap_or(&image_path)
@@ -141,45 +142,60 @@ fn rebuild_face(src: &Path, prefix: &str, pts: &Path, out: &Path) -> Result<Stri
     ))
 }
 
-/// Cuts the face at `points` (0-based) out of `photo` with [`DatasetCrop`] and writes
-/// `<name>.jpg` and `<name>.pts` (its points moved exactly) into `out`.
-fn write_face_cut(
-    photo: &RgbImage,
-    points: &[Point],
+/// How faces are cut out: [`DatasetCrop`]'s context and longest side, and the JPEG quality.
+struct FaceCut {
     context: f32,
     max_side: u32,
     quality: u8,
-    out: &Path,
-    name: &str,
-) -> Result<DatasetCrop> {
-    let crop = DatasetCrop::around(points, photo.width(), photo.height(), context, max_side)
-        .map_err(|e| Error::InvalidInput(e.to_string()))?;
-    let cut = image::imageops::crop_imm(photo, crop.x0, crop.y0, crop.width, crop.height);
-    let face = if (crop.out_width, crop.out_height) == (crop.width, crop.height) {
-        cut.to_image()
-    } else {
-        image::imageops::resize(&*cut, crop.out_width, crop.out_height, FilterType::Lanczos3)
-    };
-    let jpeg_path = out.join(format!("{name}.jpg"));
-    let mut jpeg = Vec::new();
-    face.write_with_encoder(JpegEncoder::new_with_quality(&mut jpeg, quality))
-        .map_err(|e| Error::Image {
-            path: jpeg_path.clone(),
-            message: format!("encoding: {e}"),
-        })?;
-    write_atomic(&jpeg_path, &jpeg)?;
-    let moved: Vec<Point> = points
-        .iter()
-        .map(|&p| {
-            let [x, y] = crop.to_crop(p);
-            [x + 1.0, y + 1.0]
-        })
-        .collect();
-    write_atomic(
-        &out.join(format!("{name}.pts")),
-        format_pts(&moved).as_bytes(),
-    )?;
-    Ok(crop)
+}
+
+impl FaceCut {
+    /// Cuts the face at `points` (0-based) out of `photo` and writes `<name>.jpg` and
+    /// `<name>.pts` (its points moved exactly) into `out`; `source` (the file the face came
+    /// from) is named when the face cannot be cut.
+    fn write(
+        &self,
+        photo: &RgbImage,
+        points: &[Point],
+        source: &Path,
+        out: &Path,
+        name: &str,
+    ) -> Result<DatasetCrop> {
+        let crop = DatasetCrop::around(
+            points,
+            photo.width(),
+            photo.height(),
+            self.context,
+            self.max_side,
+        )
+        .map_err(|e| Error::InvalidInput(format!("{}: {e}", source.display())))?;
+        let cut = image::imageops::crop_imm(photo, crop.x0, crop.y0, crop.width, crop.height);
+        let face = if (crop.out_width, crop.out_height) == (crop.width, crop.height) {
+            cut.to_image()
+        } else {
+            image::imageops::resize(&*cut, crop.out_width, crop.out_height, FilterType::Lanczos3)
+        };
+        let jpeg_path = out.join(format!("{name}.jpg"));
+        let mut jpeg = Vec::new();
+        face.write_with_encoder(JpegEncoder::new_with_quality(&mut jpeg, self.quality))
+            .map_err(|e| Error::Image {
+                path: jpeg_path.clone(),
+                message: format!("encoding: {e}"),
+            })?;
+        write_atomic(&jpeg_path, &jpeg)?;
+        let moved: Vec<Point> = points
+            .iter()
+            .map(|&p| {
+                let [x, y] = crop.to_crop(p);
+                [x + 1.0, y + 1.0]
+            })
+            .collect();
+        write_atomic(
+            &out.join(format!("{name}.pts")),
+            format_pts(&moved).as_bytes(),
+        )?;
+        Ok(crop)
+    }
 }
 
 /// Writes `faces` again as a folder of the same layout, each cut to `context` times its
@@ -194,24 +210,15 @@ pub fn write_face_crops(
     quality: u8,
 ) -> Result<u64> {
     std::fs::create_dir_all(out).map_err(Error::io(out))?;
+    let cut = FaceCut {
+        context,
+        max_side,
+        quality,
+    };
     let mut bytes = 0;
     for face in faces {
         let photo = load_rgb(&face.image, DEFAULT_MAX_PIXELS)?;
-        write_face_cut(
-            &photo,
-            &face.points,
-            context,
-            max_side,
-            quality,
-            out,
-            &face.name,
-        )
-        .map_err(|e| match e {
-            Error::InvalidInput(detail) => {
-                Error::InvalidInput(format!("{}: {detail}", face.image.display()))
-            }
-            other => other,
-        })?;
+        cut.write(&photo, &face.points, &face.image, out, &face.name)?;
         for ext in ["jpg", "pts"] {
             let path = out.join(format!("{}.{ext}", face.name));
             bytes += std::fs::metadata(&path).map_err(Error::io(&path))?.len();

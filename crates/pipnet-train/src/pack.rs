@@ -11,7 +11,7 @@ use pipnet_infer::dataset::write_face_crops;
 
 use crate::config::{Pretrained, TrainConfig};
 use crate::imagenet::{WEIGHTS_FILE, mobilenet_v2_weights_path};
-use crate::trainer::split_labeled;
+use crate::trainer::{io_err, split_labeled};
 use crate::{Error, Result};
 
 /// The packed faces' folder and config inside a pack.
@@ -84,10 +84,7 @@ pub fn pack_run(config: &TrainConfig, out: &Path, options: PackOptions) -> Resul
     let weights = match config.network.pretrained {
         Some(Pretrained::Imagenet) => {
             let to = out.join(WEIGHTS_FILE);
-            std::fs::copy(mobilenet_v2_weights_path()?, &to).map_err(|source| Error::Io {
-                path: to.clone(),
-                source,
-            })?;
+            std::fs::copy(mobilenet_v2_weights_path()?, &to).map_err(io_err(&to))?;
             Some(to)
         }
         None => None,
