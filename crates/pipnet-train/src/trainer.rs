@@ -997,3 +997,28 @@ pub fn bench_training(
     }
     Ok((batch * steps) as f64 / elapsed.max(1e-9))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A resumed run must see the history it saved: serde_json's default float parser is off
+    /// by one ulp for values like these (hence its `float_roundtrip` feature).
+    #[test]
+    fn test_epoch_record_reads_back_bit_for_bit() {
+        let record = EpochRecord {
+            epoch: 1,
+            train_loss: 2.643083,
+            val_nme: 0.6624774,
+            val_failure_rate: 1.0,
+            lr: 0.003,
+            seconds: 18.865084376975894,
+            images_per_second: 9.187391571124515,
+            round: 0,
+        };
+        let json = serde_json::to_string(&record).unwrap();
+        let back: EpochRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.seconds.to_bits(), record.seconds.to_bits());
+        assert_eq!(back, record);
+    }
+}
