@@ -11,7 +11,9 @@ use crate::{Error, Point, Result};
 
 /// An axis-aligned box in image pixels, `[x0, y0, x1, y1]` with `x0 <= x1`, `y0 <= y1`.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(from = "[f32; 4]", into = "[f32; 4]")]
+// Read through f64, so a number beyond f32 becomes an infinite coordinate that the per-image
+// checks reject with that image named, instead of failing the whole file.
+#[serde(from = "[f64; 4]", into = "[f32; 4]")]
 pub struct FaceBox {
     pub x0: f32,
     pub y0: f32,
@@ -22,6 +24,12 @@ pub struct FaceBox {
 impl From<[f32; 4]> for FaceBox {
     fn from([x0, y0, x1, y1]: [f32; 4]) -> Self {
         Self { x0, y0, x1, y1 }
+    }
+}
+
+impl From<[f64; 4]> for FaceBox {
+    fn from(b: [f64; 4]) -> Self {
+        b.map(|v| v as f32).into()
     }
 }
 
@@ -318,6 +326,13 @@ impl DatasetCrop {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn test_a_box_beyond_f32_reads_as_infinite() {
+        let b: super::FaceBox = serde_json::from_str("[1.5, 2, 1e39, 4]").unwrap();
+        assert_eq!((b.x0, b.y0, b.y1), (1.5, 2.0, 4.0));
+        assert_eq!(b.x1, f32::INFINITY);
+    }
+
     #[test]
     fn test_dataset_crop_matches_face68_manifest_rows() {
         // A face whose landmark box is 200 x 100 at (400, 300): side 2.2 * 200 = 440 around
