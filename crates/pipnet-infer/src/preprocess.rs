@@ -141,17 +141,19 @@ fn write_rotated_crop(
     let raw = image.as_raw();
     let t = crop.to_image_transform();
     // Crop pixel (u, v) has centre ((u + 0.5) / S, (v + 0.5) / S) in crop-normalised units; a
-    // similarity moves linearly along a row, so step by the image-space delta of one pixel.
+    // similarity moves linearly along a row: row start + u x the image-space delta of one
+    // pixel (computed, not accumulated, so f32 rounding does not drift across wide crops).
     let m = t.to_homogeneous();
     let inv = 1.0 / size as f32;
     let (dxu, dyu) = (m[(0, 0)] * inv, m[(1, 0)] * inv);
     let black = [0, 1, 2].map(|c| norm.shift[c]);
     for v in 0..size {
         let cv = (v as f32 + 0.5) * inv;
-        let mut x = m[(0, 0)] * 0.5 * inv + m[(0, 1)] * cv + m[(0, 2)];
-        let mut y = m[(1, 0)] * 0.5 * inv + m[(1, 1)] * cv + m[(1, 2)];
+        let x_row = m[(0, 0)] * 0.5 * inv + m[(0, 1)] * cv + m[(0, 2)];
+        let y_row = m[(1, 0)] * 0.5 * inv + m[(1, 1)] * cv + m[(1, 2)];
         for u in 0..size {
             let at = v * size + u;
+            let (x, y) = (x_row + u as f32 * dxu, y_row + u as f32 * dyu);
             let (x0, y0) = (x.floor(), y.floor());
             let (fx, fy) = (x - x0, y - y0);
             let (xi, yi) = (x0 as i64, y0 as i64);
@@ -188,8 +190,6 @@ fn write_rotated_crop(
                     out[c * plane + at] = black[c];
                 }
             }
-            x += dxu;
-            y += dyu;
         }
     }
 }
