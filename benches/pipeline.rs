@@ -26,8 +26,11 @@ fn bench_pipeline(c: &mut Criterion) {
             batch_size: Some(batch),
             ..Default::default()
         };
-        let model = LandmarkModel::load(&root.join("models/pipnet-r18h-128-face68.onnx"), &options)
-            .expect("shipped model");
+        let model = LandmarkModel::load(
+            &root.join("models").join(pipnet_infer::model::BUILTIN_FILE),
+            &options,
+        )
+        .expect("shipped model");
         let detector = FaceDetector::builtin(&options).expect("detector");
         let mut pipeline = Pipeline::new(model, Some(detector));
         let found: Vec<FaceCrop> = pipeline

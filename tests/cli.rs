@@ -480,11 +480,6 @@ fn test_train_export_eval_round_trip_through_the_cli() {
     assert!(image::open(&plot).is_ok(), "the CED plot is a readable PNG");
 }
 
-/// The shipped landmark model.
-fn shipped_model() -> PathBuf {
-    common::repo_root().join("models/pipnet-r18h-128-face68.onnx")
-}
-
 fn faces_boxes(a: &ImageAnnotation) -> Vec<pipnet_core::detection::Detection> {
     a.faces
         .iter()
@@ -516,7 +511,7 @@ fn test_annotate_sample_photos_with_detector_lists_bad_files_and_resumes() {
     std::fs::write(input.join("more/rotated.jpg"), exif_rotated_jpeg(&upright)).unwrap();
     let bad = bad_files(&input, &group);
 
-    let model = shipped_model();
+    let model = common::shipped_model();
     let args = [
         "annotate",
         input.to_str().unwrap(),
@@ -895,7 +890,7 @@ fn test_boxes_file_and_csv_and_pts_outputs() {
             "annotate",
             input.to_str().unwrap(),
             "--model",
-            shipped_model().to_str().unwrap(),
+            common::shipped_model().to_str().unwrap(),
             "--out",
             out.to_str().unwrap(),
             "--boxes",
@@ -934,7 +929,7 @@ fn test_boxes_file_and_csv_and_pts_outputs() {
 
 #[test]
 fn test_bench_reports_stages_and_ratios_against_the_python_reference() {
-    let model = shipped_model();
+    let model = common::shipped_model();
     let photos = common::sample_photos();
     let python = common::python();
     let (code, stdout, stderr) = run_pipnet(&[

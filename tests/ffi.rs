@@ -73,10 +73,6 @@ fn lib_dir() -> PathBuf {
         .clone()
 }
 
-fn shipped_model() -> PathBuf {
-    common::repo_root().join("models/pipnet-r18h-128-face68.onnx")
-}
-
 /// Compiles C (or C++) `sources` into `out` with `extra` flags; panics with the compiler's
 /// output on failure.
 fn compile(compiler: &str, sources: &[PathBuf], out: &Path, extra: &[String]) {
@@ -146,7 +142,8 @@ fn photo_and_expected(dir: &Path) -> (PathBuf, String) {
     std::fs::write(&ppm, bytes).unwrap();
 
     let model =
-        pipnet_infer::LandmarkModel::load(&shipped_model(), &SessionOptions::default()).unwrap();
+        pipnet_infer::LandmarkModel::load(&common::shipped_model(), &SessionOptions::default())
+            .unwrap();
     let detector = pipnet_infer::detect::FaceDetector::builtin(&SessionOptions::default()).unwrap();
     let mut pipeline = Pipeline::new(model, Some(detector));
     pipeline.refine = true;
@@ -170,7 +167,7 @@ fn test_c_example_prints_the_rust_landmarks_with_shared_and_static_library() {
     for (name, link) in [("shared", shared_link()), ("static", static_link())] {
         let exe = tmp.path().join(format!("annotate_{name}"));
         compile("cc", std::slice::from_ref(&source), &exe, &link);
-        let printed = run(&[], &exe, &[&shipped_model(), &ppm]);
+        let printed = run(&[], &exe, &[&common::shipped_model(), &ppm]);
         assert_eq!(printed, expected, "{name} library");
     }
 
@@ -178,7 +175,7 @@ fn test_c_example_prints_the_rust_landmarks_with_shared_and_static_library() {
     let exe = tmp.path().join("minimal");
     let cpp = common::repo_root().join("examples/cpp/minimal.cpp");
     compile("c++", &[cpp], &exe, &shared_link());
-    let printed = run(&[], &exe, &[&shipped_model()]);
+    let printed = run(&[], &exe, &[&common::shipped_model()]);
     assert!(printed.starts_with("300w-68: 68 landmarks"), "{printed}");
 }
 
@@ -193,7 +190,7 @@ fn test_misuse_from_c_gets_error_codes_under_address_sanitizer() {
     let mut flags = vec!["-fsanitize=address,undefined".to_string(), "-g".into()];
     flags.extend(shared_link());
     compile("cc", &[source], &exe, &flags);
-    let printed = run(&[], &exe, &[&shipped_model(), &not_a_model]);
+    let printed = run(&[], &exe, &[&common::shipped_model(), &not_a_model]);
     assert!(printed.ends_with("0 failed\n"), "{printed}");
     assert!(printed.contains("ok destroy twice: status 3"), "{printed}");
 
@@ -204,7 +201,7 @@ fn test_misuse_from_c_gets_error_codes_under_address_sanitizer() {
     let mut flags = vec!["-fsanitize=address,undefined".to_string(), "-g".into()];
     flags.extend(shared_link());
     compile("cc", &[source], &exe, &flags);
-    assert_eq!(run(&[], &exe, &[&shipped_model(), &ppm]), expected);
+    assert_eq!(run(&[], &exe, &[&common::shipped_model(), &ppm]), expected);
 
     // And under valgrind's memcheck where it is installed: invalid reads and writes count,
     // leaks do not (ONNX Runtime keeps process-lifetime allocations), and two reports from
@@ -229,7 +226,7 @@ fn test_misuse_from_c_gets_error_codes_under_address_sanitizer() {
             "--leak-check=no",
             suppressions.as_str(),
         ];
-        let printed = run(&wrapper, &exe, &[&shipped_model(), &not_a_model]);
+        let printed = run(&wrapper, &exe, &[&common::shipped_model(), &not_a_model]);
         assert!(printed.ends_with("0 failed\n"), "{printed}");
     } else {
         eprintln!("valgrind not installed: only the AddressSanitizer runs were made");
@@ -296,7 +293,7 @@ unsafe impl Sync for SharedHandle {}
 
 #[test]
 fn test_one_handle_from_many_threads_and_many_handles_at_once() {
-    let model = CString::new(shipped_model().display().to_string()).unwrap();
+    let model = CString::new(common::shipped_model().display().to_string()).unwrap();
     let photos: Vec<image::RgbImage> = ["2008_002470.jpg", "2007_007763.jpg"]
         .iter()
         .map(|f| load_rgb(&common::sample_photos().join(f), DEFAULT_MAX_PIXELS).unwrap())
@@ -368,7 +365,7 @@ fn abi_case() -> impl proptest::strategy::Strategy<Value = AbiCase> {
 #[test]
 fn test_random_sizes_strides_formats_and_handles_get_a_status_never_a_crash() {
     use proptest::test_runner::{Config, TestRunner};
-    let model = CString::new(shipped_model().display().to_string()).unwrap();
+    let model = CString::new(common::shipped_model().display().to_string()).unwrap();
     let live = create(&model);
     let freed = create(&model);
     assert_eq!(unsafe { pipnet_destroy(freed) }, PipnetStatus::Ok);

@@ -47,11 +47,7 @@ fn floats(v: &Value) -> Vec<f64> {
 /// The shipped model, and the crops of the six faces the detector finds in a sample photo.
 fn model_and_faces() -> (LandmarkModel, image::RgbImage, Vec<FaceCrop>) {
     let options = SessionOptions::default();
-    let model = LandmarkModel::load(
-        &common::repo_root().join("models/pipnet-r18h-128-face68.onnx"),
-        &options,
-    )
-    .unwrap();
+    let model = LandmarkModel::load(&common::shipped_model(), &options).unwrap();
     let photo = common::sample_photos().join("2008_002470.jpg");
     let image = load_rgb(&photo, DEFAULT_MAX_PIXELS).unwrap();
     let mut pipeline = Pipeline::new(model, Some(FaceDetector::builtin(&options).unwrap()));
@@ -160,8 +156,8 @@ fn test_numpy_crop_sampling_agrees_with_rust() {
             total += (f64::from(*a) - b).abs();
         }
     }
-    // Rust steps along rows in f32; the reference computes each position in f64, so sample
-    // positions differ by ~1e-4 pixel. After normalisation one grey level is at least
+    // Rust computes sample positions in f32, the reference in f64, so they differ by ~1e-4
+    // pixel. After normalisation one grey level is at least
     // 1 / (255 * 0.229) = 0.017: no value may be off by half of one, and on average far less.
     let mean = total / tensors.len() as f64;
     assert!(worst < 0.5 / (255.0 * 0.229), "largest difference {worst}");
@@ -200,7 +196,7 @@ fn test_int8_twin_keeps_the_contract_and_the_landmarks() {
     assert_eq!(python_val, rust_val, "the two split rules disagree");
 
     let tmp = tempfile::tempdir().unwrap();
-    let fp32 = common::repo_root().join("models/pipnet-r18h-128-face68.onnx");
+    let fp32 = common::shipped_model();
     let int8 = tmp.path().join("int8.onnx");
     let output = Command::new(common::python())
         .args(["-m", "pipnet_export.quantize"])
@@ -235,9 +231,11 @@ fn test_int8_twin_keeps_the_contract_and_the_landmarks() {
             .map(|(p, q)| ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2)).sqrt())
             .sum::<f32>()
             / fa.in_image.len() as f32;
-        // Quantization moves points by a fraction of a percent of the face, not more.
+        // Quantization moves points by about 1% of the crop (0.8-1.2% measured on these faces
+        // for the MobileNetV2 default, whose depthwise layers quantize less cleanly than a
+        // ResNet's); a broken quantization moves them by many times that.
         assert!(
-            mean_shift < 0.01 * side,
+            mean_shift < 0.02 * side,
             "{mean_shift} px on a {side} px crop"
         );
     }

@@ -26,6 +26,13 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The shipped default landmark model (the graph built into the library).
+pub fn shipped_model() -> PathBuf {
+    repo_root()
+        .join("models")
+        .join(pipnet_infer::model::BUILTIN_FILE)
+}
+
 /// A Python interpreter with `python-export/requirements-test.txt` installed (hash-checked)
 /// in `target/test-python`. Created on first use; a file lock serialises concurrent test
 /// processes.

@@ -78,15 +78,27 @@ impl std::fmt::Debug for LandmarkModel {
     }
 }
 
+/// The shipped default's file name without `.onnx`, as a literal for `include_bytes!`.
+macro_rules! builtin_stem {
+    () => {
+        "pipnet-mbv2-256-face68"
+    };
+}
+
+/// The file of [`BUILTIN_GRAPH`] in the repository's `models/` folder, for tests and benches
+/// that measure the default.
+pub const BUILTIN_FILE: &str = concat!(builtin_stem!(), ".onnx");
+
 /// The landmark model built into the library, the shipped default (`models/README.md`): what
 /// runs when a caller names no model, so a first run needs no model file.
-pub const BUILTIN_GRAPH: &[u8] = include_bytes!("../../../models/pipnet-r18h-128-face68.onnx");
+pub const BUILTIN_GRAPH: &[u8] =
+    include_bytes!(concat!("../../../models/", builtin_stem!(), ".onnx"));
 
 impl GraphSource<'static> {
     /// The graph of [`BUILTIN_GRAPH`].
     pub fn builtin_landmarks() -> Self {
         GraphSource::Memory {
-            name: Path::new("<built-in pipnet-r18h-128-face68>"),
+            name: Path::new(concat!("<built-in ", builtin_stem!(), ">")),
             bytes: BUILTIN_GRAPH,
         }
     }

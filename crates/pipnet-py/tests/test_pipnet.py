@@ -164,7 +164,7 @@ def test_info_describes_the_builtin_and_a_model_file(pipeline):
     assert builtin["grid"] == builtin["input_size"] // builtin["stride"]
     assert builtin["metadata"]["pipnet.scheme"] == "300w-68"
     assert pipeline.info["metadata"] == builtin["metadata"]
-    int8 = pipnet.info(MODELS / "pipnet-r18h-128-face68-int8.onnx")
+    int8 = pipnet.info(MODELS / "pipnet-mbv2-256-face68-int8.onnx")
     assert int8["precision"] is not None and builtin["precision"] is None
 
 

@@ -45,7 +45,7 @@ fn open_model(source: GraphSource<'_>, options: &SessionOptions) -> anyhow::Resu
 #[derive(clap::Args)]
 pub struct ModelArgs {
     /// The landmark model (an ONNX graph with PIPNet metadata); default: the built-in one,
-    /// models/pipnet-r18h-128-face68.onnx.
+    /// models/pipnet-mbv2-256-face68.onnx.
     #[arg(long, value_name = "MODEL")]
     pub model: Option<PathBuf>,
 }
