@@ -243,8 +243,9 @@ fn test_time_budget_cuts_the_run_short() {
 /// The wgpu backend (Vulkan) trains the same network: the loss falls, and the graph exported
 /// from its weights computes what the CPU backend and the wgpu backend compute with them. Built
 /// only with `--features wgpu` (`cargo test -p pipnet-train --features wgpu --test training
-/// wgpu`): Debian 12's lavapipe (Mesa 22.3) crashes compiling burn's convolution kernels, so
-/// the default test run, which has no GPU, leaves it out.
+/// wgpu`): Debian's lavapipe (Mesa 22.3 from bookworm, 25.0 from bookworm-backports)
+/// segfaults inside `vkCreateComputePipelines` on cubecl's kernels, so the default test run,
+/// which has no GPU, leaves it out.
 #[cfg(feature = "wgpu")]
 #[test]
 fn test_wgpu_backend_trains_and_exports_what_the_cpu_computes() {
