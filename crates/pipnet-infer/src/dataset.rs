@@ -126,7 +126,7 @@ fn rebuild_face(src: &Path, prefix: &str, pts: &Path, out: &Path) -> Result<Stri
         max_side: MAX_SIDE,
         quality: JPEG_QUALITY,
     };
-    let crop = cut.write(&photo, &points, pts, out, &name)?;
+    let (crop, _) = cut.write(&photo, &points, pts, out, &name)?;
     let source = image_path
         .strip_prefix(src)
         .unwrap_or(&image_path)
@@ -152,7 +152,7 @@ struct FaceCut {
 impl FaceCut {
     /// Cuts the face at `points` (0-based) out of `photo` and writes `<name>.jpg` and
     /// `<name>.pts` (its points moved exactly) into `out`; `source` (the file the face came
-    /// from) is named when the face cannot be cut.
+    /// from) is named when the face cannot be cut. Returns the crop and the bytes written.
     fn write(
         &self,
         photo: &RgbImage,
@@ -160,7 +160,7 @@ impl FaceCut {
         source: &Path,
         out: &Path,
         name: &str,
-    ) -> Result<DatasetCrop> {
+    ) -> Result<(DatasetCrop, u64)> {
         let crop = DatasetCrop::around(
             points,
             photo.width(),
@@ -190,11 +190,9 @@ impl FaceCut {
                 [x + 1.0, y + 1.0]
             })
             .collect();
-        write_atomic(
-            &out.join(format!("{name}.pts")),
-            format_pts(&moved).as_bytes(),
-        )?;
-        Ok(crop)
+        let pts = format_pts(&moved);
+        write_atomic(&out.join(format!("{name}.pts")), pts.as_bytes())?;
+        Ok((crop, (jpeg.len() + pts.len()) as u64))
     }
 }
 
@@ -218,11 +216,8 @@ pub fn write_face_crops(
     let mut bytes = 0;
     for face in faces {
         let photo = load_rgb(&face.image, DEFAULT_MAX_PIXELS)?;
-        cut.write(&photo, &face.points, &face.image, out, &face.name)?;
-        for ext in ["jpg", "pts"] {
-            let path = out.join(format!("{}.{ext}", face.name));
-            bytes += std::fs::metadata(&path).map_err(Error::io(&path))?.len();
-        }
+        let (_, written) = cut.write(&photo, &face.points, &face.image, out, &face.name)?;
+        bytes += written;
     }
     Ok(bytes)
 }

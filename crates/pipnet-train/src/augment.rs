@@ -156,6 +156,7 @@ mod tests {
     use image::Rgb;
     use pipnet_core::Scheme;
     use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
 
     #[test]
     fn test_reach_holds_the_largest_rotated_shifted_crop() {
@@ -169,7 +170,6 @@ mod tests {
         // 1.1 x (cos 30 + sin 30 + 2 x 0.05)
         assert!((Augmentation::default().reach() - 1.6126).abs() < 1e-3);
     }
-    use rand_chacha::ChaCha8Rng;
 
     fn face_points() -> Vec<Point> {
         crate::seeded::synthetic_mean_face(68)
