@@ -322,8 +322,8 @@ fn test_bad_models_and_devices_get_clear_errors() {
             stderr.contains("warning: --device auto: CUDA unavailable"),
             "{stderr}"
         );
-        // --device cuda fetches the CUDA build (about 2 GB) when it is not cached: offline
-        // here, so the answer is either that refusal or, where it is cached, the provider's.
+        // --device cuda: without a driver, that refusal; with one, the CUDA build (about 2 GB)
+        // is fetched when not cached: offline here, so that refusal or the provider's.
         let output = Command::new(pipnet_bin())
             .args(["info", model.to_str().unwrap(), "--device", "cuda"])
             .env("PIPNET_OFFLINE", "1")
@@ -333,6 +333,7 @@ fn test_bad_models_and_devices_get_clear_errors() {
         assert_eq!(output.status.code(), Some(2));
         assert!(
             stderr.contains("CUDA execution provider unavailable")
+                || stderr.contains("libcuda.so.1")
                 || (stderr.contains("the CUDA build is not cached")
                     && stderr.contains("--device cuda")),
             "{stderr}"
@@ -364,6 +365,7 @@ fn test_missing_runtime_library_is_one_clear_error() {
 }
 
 /// A small network on 8 real labeled faces, training into `dir/run`.
+#[cfg(feature = "train")]
 fn tiny_train_config(dir: &Path, epochs: usize) -> PathBuf {
     let data = common::repo_root().join("../shared/data/face68-train");
     let config = dir.join("train.toml");
@@ -379,6 +381,7 @@ fn tiny_train_config(dir: &Path, epochs: usize) -> PathBuf {
     config
 }
 
+#[cfg(feature = "train")]
 #[test]
 fn test_train_with_stc_labels_unlabeled_folders_in_rounds() {
     let tmp = tempfile::tempdir().unwrap();
@@ -422,6 +425,7 @@ fn test_train_with_stc_labels_unlabeled_folders_in_rounds() {
     }
 }
 
+#[cfg(feature = "train")]
 #[test]
 fn test_train_export_eval_round_trip_through_the_cli() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1084,6 +1088,7 @@ fn test_data_300w_rebuilds_face68_crops_and_names_bad_files() {
 /// Without the cached ImageNet weights and with fetching forbidden, a pretrained run stops
 /// with one clear error that says how to provide the file; a file with the wrong checksum is
 /// refused.
+#[cfg(feature = "train")]
 #[test]
 fn test_pretrained_run_without_weights_says_how_to_provide_them() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1188,6 +1193,7 @@ fn test_bench_against_dlib_on_the_sample_photos() {
 /// lent GPUs: the shipped GPU config packed (on 12 faces) and trained one epoch with the flex
 /// backend by the very script the device runs (both halves staged in one call); the graph comes
 /// back gzipped and loads.
+#[cfg(feature = "train")]
 #[test]
 fn test_gpu_training_job_runs_dry_on_the_cpu() {
     let root = common::repo_root();
@@ -1264,4 +1270,239 @@ fn test_gpu_training_job_runs_dry_on_the_cpu() {
     let (code, stdout, stderr) = run_pipnet(&["info", graph.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("256"), "{stdout}");
+}
+
+/// `pipnet annotate ARGS` with the tiny seeded model on each image as one crop (fast).
+fn annotate_crops(model: &Path, inputs: &[&Path], out: &Path, extra: &[&str]) -> (i32, String) {
+    let mut args: Vec<String> = vec!["annotate".into()];
+    args.extend(inputs.iter().map(|p| p.display().to_string()));
+    args.extend(
+        [
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .map(String::from),
+    );
+    args.push("--crops".into());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let (code, _, stderr) = run_pipnet(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    (code, stderr)
+}
+
+/// A face photo copied to each of `names` under `root`.
+fn photo_copies(root: &Path, names: &[&str]) {
+    let photo = &real_photos()[0];
+    for name in names {
+        let path = root.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        if name.ends_with(".png") {
+            image::open(photo).unwrap().save(&path).unwrap();
+        } else {
+            std::fs::copy(photo, &path).unwrap();
+        }
+    }
+}
+
+#[test]
+fn test_an_output_folder_inside_the_input_is_never_annotated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::seeded_model(tmp.path(), tiny_spec());
+    let nest = tmp.path().join("nest");
+    photo_copies(&nest, &["a.jpg"]);
+    // An older run's output folder inside the input: skipped too.
+    photo_copies(&nest, &["old/a.jpg"]);
+    std::fs::write(nest.join("old/pipnet-run.json"), "{}").unwrap();
+    let out = nest.join("out");
+    for round in 0..3 {
+        let (code, stderr) = annotate_crops(&model, &[&nest], &out, &["--preview"]);
+        assert_eq!(code, 0, "{stderr}");
+        let done = if round == 0 {
+            "1 annotated"
+        } else {
+            "0 annotated"
+        };
+        assert!(
+            stderr.contains(&format!("1 images: {done}")),
+            "round {round}: {stderr}"
+        );
+        assert!(
+            stderr.contains("skipped") && stderr.contains("old"),
+            "{stderr}"
+        );
+    }
+    assert!(out.join("preview/a.jpg").is_file());
+    assert!(
+        !out.join("preview/out").exists(),
+        "previews were walked as photos"
+    );
+    assert!(!out.join("old").exists());
+    // Naming the output folder itself as input is refused, not walked.
+    let (code, stderr) = annotate_crops(&model, &[&out], &tmp.path().join("o2"), &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("holds the outputs of a pipnet run"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn test_inputs_that_would_write_one_output_are_refused_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::seeded_model(tmp.path(), tiny_spec());
+    let (d1, d2) = (tmp.path().join("d1"), tmp.path().join("d2"));
+    photo_copies(&d1, &["a.jpg", "a.png"]);
+    photo_copies(&d2, &["a.jpg"]);
+    let out = tmp.path().join("out");
+    let (code, stderr) = annotate_crops(&model, &[&d1, &d2], &out, &[]);
+    assert_eq!(code, 2, "{stderr}");
+    let (a1, a2) = (d1.join("a.jpg"), d2.join("a.jpg"));
+    assert!(
+        stderr.contains(a1.to_str().unwrap()) && stderr.contains(a2.to_str().unwrap()),
+        "names both: {stderr}"
+    );
+    assert!(!out.join("a.jpg.json").exists(), "nothing written");
+    // The same folder twice is each file once.
+    let (code, stderr) = annotate_crops(&model, &[&d1, &d1], &out, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("2 images: 2 annotated"), "{stderr}");
+    // .pts files are named by stem: a.jpg and a.png would share a_1.pts.
+    let (code, stderr) = annotate_crops(
+        &model,
+        &[&d1],
+        &tmp.path().join("pts"),
+        &["--format", "pts"],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("a.png") && stderr.contains("a_"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn test_a_rerun_with_other_settings_stops_and_force_redoes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::seeded_model(tmp.path(), tiny_spec());
+    let photos = tmp.path().join("photos");
+    photo_copies(&photos, &["a.jpg", "b.jpg"]);
+    let out = tmp.path().join("out");
+    let (code, stderr) = annotate_crops(&model, &[&photos], &out, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let first = read_annotation(&out, "a.jpg");
+    let made_by = first.made_by.clone().expect("outputs say what made them");
+    assert_eq!(made_by.settings.model.name, "seeded.onnx");
+    assert_eq!(made_by.settings.model.sha256.len(), 64);
+    assert_eq!(made_by.settings.faces, "crops");
+    assert!(!made_by.settings.flip);
+
+    // Another option: refused, naming it; nothing rewritten.
+    let (code, stderr) = annotate_crops(&model, &[&photos], &out, &["--flip"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("flip: off before, on now") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert_eq!(read_annotation(&out, "a.jpg"), first);
+    // Another model (other bytes): refused too.
+    let other_model = tmp.path().join("other.onnx");
+    pipnet_train::seeded::write_seeded_model(&other_model, tiny_spec(), 12).unwrap();
+    let (code, stderr) = annotate_crops(&other_model, &[&photos], &out, &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("model: seeded.onnx"), "{stderr}");
+
+    // --force redoes every image with the new settings, and records them.
+    let (code, stderr) = annotate_crops(&model, &[&photos], &out, &["--flip", "--force"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("2 annotated"), "{stderr}");
+    assert!(
+        read_annotation(&out, "a.jpg")
+            .made_by
+            .unwrap()
+            .settings
+            .flip
+    );
+    // Same settings plus previews: the previews are made, not "already done".
+    let (code, stderr) = annotate_crops(&model, &[&photos], &out, &["--flip", "--preview"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("2 annotated"), "{stderr}");
+    assert!(out.join("preview/b.jpg").is_file());
+    let (_, stderr) = annotate_crops(&model, &[&photos], &out, &["--flip", "--preview"]);
+    assert!(
+        stderr.contains("0 annotated (0 faces), 2 already done"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn test_exit_codes_and_allow_failures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::seeded_model(tmp.path(), tiny_spec());
+    let photos = tmp.path().join("photos");
+    photo_copies(&photos, &["a.jpg"]);
+    std::fs::write(photos.join("corrupt.jpg"), b"not a jpeg").unwrap();
+    let out = tmp.path().join("out");
+    let (code, stderr) = annotate_crops(&model, &[&photos], &out, &[]);
+    assert_eq!(code, 1, "an image failed: {stderr}");
+    let (code, stderr) = annotate_crops(&model, &[&photos], &out, &["--allow-failures"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("1 failed"), "still reported: {stderr}");
+    let failures = std::fs::read_to_string(out.join("failures.jsonl")).unwrap();
+    assert!(failures.contains("corrupt.jpg"), "{failures}");
+    // Nothing could run: 2, whatever --allow-failures says.
+    let not_a_model = tmp.path().join("model.onnx");
+    std::fs::write(&not_a_model, "x").unwrap();
+    let (code, stderr) = annotate_crops(&not_a_model, &[&photos], &out, &["--allow-failures"]);
+    assert_eq!(code, 2, "{stderr}");
+    let (code, _, _) = run_pipnet(&["annotate", "--no-such-flag"]);
+    assert_eq!(code, 2);
+}
+
+/// Without the NVIDIA driver, `--device cuda` says so at once and fetches nothing (the CUDA
+/// build is 2.4 GB); `auto` runs on the CPU build with a warning.
+#[test]
+fn test_cuda_without_a_driver_fetches_nothing() {
+    if pipnet_infer::runtime::cuda_driver().is_ok() {
+        eprintln!("an NVIDIA driver is present: nothing to check here");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::seeded_model(tmp.path(), tiny_spec());
+    let cache = tmp.path().join("cache");
+    let output = Command::new(pipnet_bin())
+        .args(["info", model.to_str().unwrap(), "--device", "cuda"])
+        .env("PIPNET_CACHE_DIR", &cache)
+        .env_remove("ORT_DYLIB_PATH")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("libcuda.so.1") && stderr.contains("nothing was fetched"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("fetching"), "{stderr}");
+    assert!(!cache.join("onnxruntime-gpu-1.31.1").exists());
+}
+
+/// The binary carries one copy of each built-in graph (a `const` once put the landmark model in
+/// twice) and, without the `train` feature, no training code.
+#[test]
+fn test_the_binary_holds_each_graph_once() {
+    assert_eq!(common::embedded_graph_copies(pipnet_bin()), [1, 1]);
+    let (code, stdout, _) = run_pipnet(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains(pipnet_infer::model::BUILTIN_FILE),
+        "{stdout}"
+    );
+}
+
+#[cfg(not(feature = "train"))]
+#[test]
+fn test_a_binary_without_training_says_how_to_get_it() {
+    let (code, _, stderr) = run_pipnet(&["train", "--config", "x.toml"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--features train"), "{stderr}");
 }

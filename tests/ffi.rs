@@ -241,7 +241,7 @@ fn create(model: &CString) -> *mut PipnetHandle {
         device: PIPNET_DEVICE_CPU,
         threads: 1,
         min_face: 0.0,
-        refine: 1,
+        no_refine: 0,
     };
     let mut handle = std::ptr::null_mut();
     assert_eq!(

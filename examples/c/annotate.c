@@ -51,11 +51,9 @@ int main(int argc, char **argv) {
         return 1;
     }
 
+    /* All zeros are the defaults (CPU, every core, two landmark passes, built-in detector). */
     PipnetOptions options = {0};
     options.landmark_model = argv[1];
-    options.detector_model = NULL; /* the built-in detector */
-    options.device = PIPNET_DEVICE_CPU;
-    options.refine = 1;
     PipnetHandle *pipnet = NULL;
     if (pipnet_create(&options, &pipnet) != PIPNET_STATUS_OK) {
         fprintf(stderr, "pipnet_create: %s\n", pipnet_last_error());

@@ -82,6 +82,21 @@ pub fn seeded_model(dir: &Path, spec: pipnet_train::NetworkSpec) -> PathBuf {
     path
 }
 
+/// How many times each graph built into the library (landmark model, detector) occurs in the
+/// file at `path`: a chunk from the middle of each graph's bytes, searched in the file.
+pub fn embedded_graph_copies(path: &Path) -> [usize; 2] {
+    let file = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    [
+        pipnet_infer::model::BUILTIN_GRAPH,
+        pipnet_infer::detect::BUILTIN_GRAPH,
+    ]
+    .map(|graph| {
+        let middle = graph.len() / 2;
+        let needle = &graph[middle..middle + 256];
+        file.windows(needle.len()).filter(|w| *w == needle).count()
+    })
+}
+
 /// The sample photo folder of the README (`examples/photos`).
 pub fn sample_photos() -> PathBuf {
     repo_root().join("examples/photos")

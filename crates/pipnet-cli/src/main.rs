@@ -1,5 +1,5 @@
-//! `pipnet`: the command line over pipnet-infer and pipnet-train. Parsing and printing only;
-//! the work happens in the libraries.
+//! `pipnet`: the command line over pipnet-infer and (with the `train` feature) pipnet-train.
+//! Parsing and printing only; the work happens in the libraries.
 
 mod cmd;
 mod plot;
@@ -9,7 +9,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "pipnet", version, about = "PIPNet facial landmark detection")]
+#[command(
+    name = "pipnet",
+    version,
+    long_version = long_version(),
+    about = "PIPNet facial landmark detection"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,9 +27,17 @@ enum Command {
     /// Annotate images or folders of images with landmarks (one JSON per image).
     Annotate(cmd::annotate::Args),
     /// Train a model from a TOML config (resumable).
+    #[cfg(feature = "train")]
     Train(cmd::train::Args),
     /// Write a training checkpoint as a contract ONNX graph.
+    #[cfg(feature = "train")]
     Export(cmd::export::Args),
+    /// Train a model (needs pipnet built with `--features train`).
+    #[cfg(not(feature = "train"))]
+    Train(cmd::NotBuilt),
+    /// Write a training checkpoint as ONNX (needs pipnet built with `--features train`).
+    #[cfg(not(feature = "train"))]
+    Export(cmd::NotBuilt),
     /// Measure a model on labeled faces: NME, FR@0.1, AUC@0.1, CED.
     Eval(cmd::eval::Args),
     /// Fit the face detector's box -> landmark crop map on labeled faces.
@@ -36,13 +49,36 @@ enum Command {
     Data(cmd::data::Command),
 }
 
+/// `--version`: the crate version and the models built into this binary.
+fn long_version() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        format!(
+            "{}\nbuilt-in landmark model: {} (research use only, see models/README.md)\n\
+             built-in face detector: BlazeFace full-range 256x256 (Apache-2.0)\n\
+             training: {}",
+            env!("CARGO_PKG_VERSION"),
+            pipnet_infer::model::BUILTIN_FILE,
+            if cfg!(feature = "train") {
+                "built in (pipnet train, pipnet export)"
+            } else {
+                "not built in (--features train)"
+            }
+        )
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(args) => cmd::info::run(args),
         Command::Annotate(args) => cmd::annotate::run(args),
+        #[cfg(feature = "train")]
         Command::Train(args) => cmd::train::run(args),
+        #[cfg(feature = "train")]
         Command::Export(args) => cmd::export::run(args),
+        #[cfg(not(feature = "train"))]
+        Command::Train(_) | Command::Export(_) => cmd::NotBuilt::error(),
         Command::Eval(args) => cmd::eval::run(args),
         Command::Calibrate(args) => cmd::calibrate::run(args),
         Command::Bench(args) => cmd::bench::run(args),
@@ -52,7 +88,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("pipnet: error: {}", error_chain(&err));
-            ExitCode::from(2)
+            ExitCode::from(cmd::EXIT_ERROR)
         }
     }
 }

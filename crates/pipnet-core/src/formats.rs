@@ -123,13 +123,106 @@ pub fn parse_wflw_line(line: &str, line_no: usize) -> Result<WflwRecord> {
 /// One face in an annotation: its box and landmarks in image pixels (0-based pixel centres).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FaceAnnotation {
+    /// Where the face was found: the detector's box, the given box (`--boxes`) or the crop's
+    /// bounds (`--crops`); not the landmarks' extent.
     #[serde(rename = "box")]
     pub face_box: FaceBox,
-    /// Detector confidence; 1.0 where the box was given rather than detected.
+    /// Detector confidence (0..1); 1.0 where the box was given rather than detected.
     pub score: f32,
     pub landmarks: Vec<Point>,
-    /// The `cls` score of each landmark's winning cell (not normalised).
+    /// The `cls` score of each landmark's winning cell, not normalised: trained towards 1 at
+    /// the landmark's cell and 0 elsewhere, so about 0..1 but it can overshoot (1.25 seen);
+    /// `--flip` averages the two runs' scores.
     pub landmark_scores: Vec<f32>,
+}
+
+/// A graph an output was made with: its file name (or built-in name), the SHA-256 of its
+/// bytes, and the landmark scheme it predicts (detectors: none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GraphId {
+    pub name: String,
+    pub sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+}
+
+/// The settings of a folder run that change its results. Two runs with equal settings produce
+/// the same landmarks, so a rerun may keep the other's outputs; graphs compare by checksum.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSettings {
+    pub model: GraphId,
+    /// How faces were found: `detector`, `boxes` (a boxes file) or `crops` (each image one
+    /// face).
+    pub faces: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detector: Option<GraphId>,
+    /// SHA-256 of the boxes file, with `faces = "boxes"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boxes_sha256: Option<String>,
+    /// Smallest face searched for, in pixels (`None`: the detector's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_face: Option<f32>,
+    pub refine: bool,
+    pub flip: bool,
+}
+
+impl RunSettings {
+    /// What differs between `self` (an earlier run's) and `other`, one phrase each, e.g.
+    /// `flip: off before, on now`; empty when the results would be the same.
+    pub fn differences(&self, other: &RunSettings) -> Vec<String> {
+        let graph = |g: &GraphId| format!("{} (sha256 {:.12})", g.name, g.sha256);
+        let same_graph = |a: &GraphId, b: &GraphId| a.sha256 == b.sha256 && a.scheme == b.scheme;
+        let on_off = |b: bool| if b { "on" } else { "off" };
+        let mut diffs = Vec::new();
+        let mut differ = |what: &str, before: String, now: String| {
+            diffs.push(format!("{what}: {before} before, {now} now"));
+        };
+        if !same_graph(&self.model, &other.model) {
+            differ("model", graph(&self.model), graph(&other.model));
+        }
+        if self.faces != other.faces {
+            differ("faces", self.faces.clone(), other.faces.clone());
+        }
+        let same_detector = match (&self.detector, &other.detector) {
+            (Some(a), Some(b)) => same_graph(a, b),
+            (a, b) => a == b,
+        };
+        if !same_detector {
+            let name = |d: &Option<GraphId>| d.as_ref().map_or("none".into(), graph);
+            differ("detector", name(&self.detector), name(&other.detector));
+        }
+        if self.boxes_sha256 != other.boxes_sha256 {
+            differ(
+                "boxes file",
+                format!("{:?}", self.boxes_sha256),
+                format!("{:?}", other.boxes_sha256),
+            );
+        }
+        if self.min_face != other.min_face {
+            let px = |m: Option<f32>| m.map_or("default".into(), |m| format!("{m} px"));
+            differ("min face", px(self.min_face), px(other.min_face));
+        }
+        if self.refine != other.refine {
+            differ(
+                "refine",
+                on_off(self.refine).into(),
+                on_off(other.refine).into(),
+            );
+        }
+        if self.flip != other.flip {
+            differ("flip", on_off(self.flip).into(), on_off(other.flip).into());
+        }
+        diffs
+    }
+}
+
+/// What made an output: the settings that decide its results, and pipnet's version (recorded,
+/// not compared).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    pub pipnet: String,
+    #[serde(flatten)]
+    pub settings: RunSettings,
 }
 
 /// The JSON document `pipnet annotate` writes for one image.
@@ -139,6 +232,8 @@ pub struct ImageAnnotation {
     pub width: u32,
     pub height: u32,
     pub faces: Vec<FaceAnnotation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub made_by: Option<Provenance>,
 }
 
 impl ImageAnnotation {
@@ -147,13 +242,17 @@ impl ImageAnnotation {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// One CSV row per face: `image,face,score,x0,y0,x1,y1,x_0,y_0,...,x_{L-1},y_{L-1}` with
-    /// a header naming as many points as the first face has.
-    pub fn to_csv(&self) -> String {
-        let points = self.faces.first().map_or(0, |f| f.landmarks.len());
+    /// One CSV row per face, faces numbered from 1:
+    /// `image,face,score,box_x0,box_y0,box_x1,box_y1,x0,y0,...,x{L-1},y{L-1},s0,...,s{L-1}`
+    /// (`s`: landmark scores). The header names `points` landmarks whatever the face count, so
+    /// every file of a run has the same columns.
+    pub fn to_csv(&self, points: usize) -> String {
         let mut csv = String::from("image,face,score,box_x0,box_y0,box_x1,box_y1");
         for i in 0..points {
             csv.push_str(&format!(",x{i},y{i}"));
+        }
+        for i in 0..points {
+            csv.push_str(&format!(",s{i}"));
         }
         csv.push('\n');
         // Quote the image name only when it needs it.
@@ -165,11 +264,19 @@ impl ImageAnnotation {
         for (k, face) in self.faces.iter().enumerate() {
             let b = face.face_box;
             csv.push_str(&format!(
-                "{name},{k},{:.4},{:.2},{:.2},{:.2},{:.2}",
-                face.score, b.x0, b.y0, b.x1, b.y1
+                "{name},{},{:.4},{:.2},{:.2},{:.2},{:.2}",
+                k + 1,
+                face.score,
+                b.x0,
+                b.y0,
+                b.x1,
+                b.y1
             ));
             for p in &face.landmarks {
                 csv.push_str(&format!(",{:.3},{:.3}", p[0], p[1]));
+            }
+            for s in &face.landmark_scores {
+                csv.push_str(&format!(",{s:.4}"));
             }
             csv.push('\n');
         }
@@ -252,21 +359,72 @@ mod tests {
             face_box: FaceBox::from([x, 1.0, x + 10.0, 11.0]),
             score: 0.9,
             landmarks: vec![[x, 2.0], [x + 1.0, 3.0]],
-            landmark_scores: vec![1.0, 1.0],
+            landmark_scores: vec![1.0, 0.5],
         };
         let a = ImageAnnotation {
             image: "a,b.jpg".into(),
             width: 20,
             height: 20,
             faces: vec![face(0.0), face(5.0)],
+            made_by: None,
         };
-        let csv = a.to_csv();
+        let csv = a.to_csv(2);
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines.len(), 3);
-        assert!(lines[0].ends_with(",x0,y0,x1,y1"), "{}", lines[0]);
+        assert!(lines[0].ends_with(",x0,y0,x1,y1,s0,s1"), "{}", lines[0]);
         assert_eq!(
             lines[2],
-            "\"a,b.jpg\",1,0.9000,5.00,1.00,15.00,11.00,5.000,2.000,6.000,3.000"
+            "\"a,b.jpg\",2,0.9000,5.00,1.00,15.00,11.00,5.000,2.000,6.000,3.000,1.0000,0.5000"
+        );
+        // No faces: the same header, no rows.
+        let empty = ImageAnnotation {
+            faces: Vec::new(),
+            ..a
+        };
+        assert_eq!(empty.to_csv(2), format!("{}\n", lines[0]));
+    }
+
+    fn settings() -> RunSettings {
+        RunSettings {
+            model: GraphId {
+                name: "m.onnx".into(),
+                sha256: "ab".repeat(32),
+                scheme: Some("300w-68".into()),
+            },
+            faces: "detector".into(),
+            detector: None,
+            boxes_sha256: None,
+            min_face: None,
+            refine: true,
+            flip: false,
+        }
+    }
+
+    #[test]
+    fn test_run_settings_differences_name_what_changed() {
+        let before = settings();
+        let mut renamed = before.clone();
+        renamed.model.name = "copy.onnx".into();
+        assert!(before.differences(&renamed).is_empty(), "same bytes");
+        let mut now = before.clone();
+        now.flip = true;
+        now.model.sha256 = "cd".repeat(32);
+        now.min_face = Some(80.0);
+        let diffs = before.differences(&now);
+        assert_eq!(diffs.len(), 3, "{diffs:?}");
+        assert!(
+            diffs.iter().any(|d| d == "flip: off before, on now"),
+            "{diffs:?}"
+        );
+        assert!(
+            diffs.iter().any(|d| d.starts_with("model: m.onnx")),
+            "{diffs:?}"
+        );
+        assert!(
+            diffs
+                .iter()
+                .any(|d| d == "min face: default before, 80 px now"),
+            "{diffs:?}"
         );
     }
 
@@ -332,6 +490,10 @@ mod tests {
                 landmarks: vec![[1.0, 2.0]],
                 landmark_scores: vec![0.25],
             }],
+            made_by: Some(Provenance {
+                pipnet: "0.1.0".into(),
+                settings: settings(),
+            }),
         };
         let value: serde_json::Value = serde_json::from_str(&annotation.to_json()).unwrap();
         assert_eq!(
@@ -343,6 +505,8 @@ mod tests {
             serde_json::json!([1.0, 2.0])
         );
         assert_eq!(value["width"], 640);
+        assert_eq!(value["made_by"]["model"]["scheme"], "300w-68");
+        assert_eq!(value["made_by"]["flip"], false);
         assert_eq!(
             ImageAnnotation::from_json(&annotation.to_json()).unwrap(),
             annotation

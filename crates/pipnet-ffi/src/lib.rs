@@ -20,10 +20,10 @@ use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, PixelFormat, rgb_from_buffer};
 use pipnet_infer::{Device, ErrorKind, Face, Faces, Pipeline, SessionOptions};
 
 /// Bumped whenever a signature or struct layout of this header changes.
-pub const PIPNET_ABI_VERSION: u32 = 1;
+pub const PIPNET_ABI_VERSION: u32 = 2;
 
-/// Every function returns one of these; on anything but `PIPNET_OK`, `pipnet_last_error()`
-/// says what went wrong.
+/// Every function returns one of these; on anything but `PIPNET_STATUS_OK`,
+/// `pipnet_last_error()` says what went wrong.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PipnetStatus {
@@ -63,7 +63,9 @@ pub const PIPNET_DEVICE_CPU: u32 = 0;
 pub const PIPNET_DEVICE_CUDA: u32 = 1;
 pub const PIPNET_DEVICE_AUTO: u32 = 2;
 
-/// Options for `pipnet_create`.
+/// Options for `pipnet_create`. All zeros (`PipnetOptions options = {0};`) gives the CLI's
+/// defaults: built-in model and detector, CPU, every core, smallest face 40 px, two landmark
+/// passes.
 #[repr(C)]
 pub struct PipnetOptions {
     /// Path of the landmark model (UTF-8, NUL-terminated); NULL: the model built into the
@@ -78,9 +80,10 @@ pub struct PipnetOptions {
     pub threads: u32,
     /// Smallest face searched for, in pixels; 0 uses the detector's default (40).
     pub min_face: f32,
-    /// Non-zero: second landmark pass on crops re-centred on the first pass (more accurate
-    /// with detector boxes, twice the landmark inference).
-    pub refine: u32,
+    /// Non-zero: one landmark pass only. Zero (the default): a second pass on crops
+    /// re-centred on the first pass's landmarks (more accurate with detector boxes, twice the
+    /// landmark inference), as `pipnet annotate` does without `--no-refine`.
+    pub no_refine: u32,
 }
 
 /// An 8-bit image in the caller's memory; rows are `stride` bytes apart.
@@ -370,7 +373,7 @@ pub unsafe extern "C" fn pipnet_create(
             unsafe { optional_path_arg(options.detector_model, "options.detector_model")? };
         let mut pipeline = Pipeline::open(landmark_model, detector, true, &session)?;
         pipeline.min_face = (options.min_face > 0.0).then_some(options.min_face);
-        pipeline.refine = options.refine != 0;
+        pipeline.refine = options.no_refine == 0;
         let handle = register(PipnetHandle {
             pipeline: Mutex::new(pipeline),
         });
@@ -379,7 +382,7 @@ pub unsafe extern "C" fn pipnet_create(
     })
 }
 
-/// Frees a handle. NULL is a no-op; a handle already destroyed is `PIPNET_STALE_HANDLE`.
+/// Frees a handle. NULL is a no-op; a handle already destroyed is `PIPNET_STATUS_STALE_HANDLE`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pipnet_destroy(handle: *mut PipnetHandle) -> PipnetStatus {
     guard(|| {
@@ -531,7 +534,7 @@ pub unsafe extern "C" fn pipnet_result_face(
     })
 }
 
-/// Frees a result. NULL is a no-op; a result freed twice is `PIPNET_STALE_HANDLE`.
+/// Frees a result. NULL is a no-op; a result freed twice is `PIPNET_STATUS_STALE_HANDLE`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pipnet_result_free(result: *mut PipnetResult) -> PipnetStatus {
     guard(|| {

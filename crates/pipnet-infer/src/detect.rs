@@ -16,6 +16,7 @@ use pipnet_core::detection::{
     BLAZEFACE_LAYERS, BoxCalibration, Detection, cut_by_tile, decode_anchor_layer, search_levels,
     tiles, weighted_nms,
 };
+use pipnet_core::formats::GraphId;
 use pipnet_core::{CropRule, FaceCrop};
 
 use crate::error::{Error, Result};
@@ -25,7 +26,7 @@ use crate::runtime::{Runtime, runtime};
 use crate::session::{GraphSource, OpenedSession, OwnedGraph, open_session};
 
 /// The detector built into the library: BlazeFace's full-range ("back") 256x256 graph.
-pub const BUILTIN_GRAPH: &[u8] =
+pub static BUILTIN_GRAPH: &[u8] =
     include_bytes!("../../../models/blazeface/face_detection_back_256x256_barracuda.onnx");
 /// Its settings, with the box calibration fitted on labeled faces (see `models/README.md`).
 pub const BUILTIN_SETTINGS: &str =
@@ -85,6 +86,7 @@ pub fn settings_path(graph: &Path) -> PathBuf {
 pub struct FaceDetector {
     session: Session,
     name: PathBuf,
+    id: GraphId,
     /// The graph, options and library it was opened with, for [`FaceDetector::per_core`].
     graph: OwnedGraph,
     options: SessionOptions,
@@ -179,6 +181,7 @@ impl FaceDetector {
         Ok(Self {
             session,
             name,
+            id: source.id(None)?,
             graph: source.into(),
             options: options.clone(),
             rt,
@@ -216,6 +219,11 @@ impl FaceDetector {
                 )
             })
             .collect()
+    }
+
+    /// Name and checksum of the graph, for the provenance of outputs.
+    pub fn id(&self) -> &GraphId {
+        &self.id
     }
 
     pub fn settings(&self) -> &DetectorSettings {

@@ -12,7 +12,7 @@ use std::sync::mpsc::Receiver;
 
 use image::RgbImage;
 use pipnet_core::FaceBox;
-use pipnet_core::formats::{FaceAnnotation, ImageAnnotation, format_pts};
+use pipnet_core::formats::{FaceAnnotation, ImageAnnotation, Provenance, RunSettings, format_pts};
 
 use crate::detect::FaceDetector;
 use crate::error::{Error, Result};
@@ -35,7 +35,11 @@ pub enum FaceSource {
     WholeImageIsFace,
     /// Tight landmark boxes per image, keyed by the image's path relative to its input folder
     /// (`/`-separated). An image without an entry is a failure, not an empty result.
-    Boxes(HashMap<String, Vec<FaceBox>>),
+    Boxes {
+        boxes: HashMap<String, Vec<FaceBox>>,
+        /// SHA-256 of the boxes file's text, recorded with the outputs.
+        sha256: String,
+    },
 }
 
 impl FaceSource {
@@ -56,14 +60,26 @@ impl FaceSource {
                 path.display()
             ))
         })?;
-        Ok(FaceSource::Boxes(boxes))
+        Ok(FaceSource::Boxes {
+            boxes,
+            sha256: crate::runtime::sha256_hex(text.as_bytes()),
+        })
+    }
+
+    /// The name outputs record for this source ([`RunSettings::faces`]).
+    fn record_name(&self) -> &'static str {
+        match self {
+            FaceSource::Detect => "detector",
+            FaceSource::WholeImageIsFace => "crops",
+            FaceSource::Boxes { .. } => "boxes",
+        }
     }
 
     fn faces_of(&self, name: &str) -> Result<Faces> {
         match self {
             FaceSource::Detect => Ok(Faces::Detect),
             FaceSource::WholeImageIsFace => Ok(Faces::WholeImage),
-            FaceSource::Boxes(map) => map
+            FaceSource::Boxes { boxes, .. } => boxes
                 .get(name)
                 .map(|b| Faces::LandmarkBoxes(b.clone()))
                 .ok_or_else(|| {
@@ -126,11 +142,15 @@ pub struct Failure {
 /// What a folder run did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FolderSummary {
+    /// Images to do (each file once, however many inputs name it).
     pub images: usize,
     pub annotated: usize,
     pub skipped: usize,
     pub faces: usize,
     pub failures: Vec<Failure>,
+    /// Folders under the inputs that were not walked because they hold a run's outputs (the
+    /// output folder, or one with a [`RUN_RECORD`]).
+    pub output_folders_skipped: Vec<PathBuf>,
 }
 
 /// An image to process: where it is, and the name its output is keyed by.
@@ -151,40 +171,91 @@ fn is_image(path: &Path) -> bool {
 /// relative path: the same walk as [`annotate_folder`], except that here the first entry the
 /// walk cannot read is an error.
 pub fn image_paths(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let (items, failures) = walk_inputs(inputs);
-    if let Some(first) = failures.into_iter().next() {
+    let walk = walk_inputs(inputs, None);
+    if let Some(first) = walk.failures.into_iter().next() {
         return Err(Error::InvalidInput(format!(
             "{}: {}",
             first.image, first.error
         )));
     }
-    Ok(items.into_iter().map(|item| item.path).collect())
+    Ok(walk.items.into_iter().map(|item| item.path).collect())
+}
+
+/// What a walk over the inputs found.
+#[derive(Default)]
+struct Walk {
+    items: Vec<Item>,
+    /// Every input or folder entry the walk could not read, or must not annotate.
+    failures: Vec<Failure>,
+    /// Output folders met on the way and not walked ([`is_output_folder`]).
+    output_folders: Vec<PathBuf>,
+}
+
+/// True when `dir` holds a run's outputs: it is `out_dir` (canonical), or holds a
+/// [`RUN_RECORD`]. A walk never enters one, so a run's previews are never annotated as photos
+/// and an output folder inside the input cannot feed on itself.
+fn is_output_folder(dir: &Path, out_dir: Option<&Path>) -> bool {
+    dir.join(RUN_RECORD).is_file()
+        || out_dir.is_some_and(|out| std::fs::canonicalize(dir).is_ok_and(|c| c == out))
 }
 
 /// The images of `inputs`, and a failure for every input or folder entry the walk could not
-/// read (a missing input, a symbolic link loop or a broken link, an unreadable folder): those
-/// are reported, never a reason to stop.
-fn walk_inputs(inputs: &[PathBuf]) -> (Vec<Item>, Vec<Failure>) {
-    let mut items = Vec::new();
-    let mut failures = Vec::new();
+/// read (a missing input, a symbolic link loop or a broken link, an unreadable folder) or that
+/// lies in an output folder: those are reported, never a reason to stop. `out_dir` is the
+/// run's output folder, canonical.
+fn walk_inputs(inputs: &[PathBuf], out_dir: Option<&Path>) -> Walk {
+    let mut walk = Walk::default();
+    let in_output = |path: &Path| {
+        out_dir.is_some_and(|out| std::fs::canonicalize(path).is_ok_and(|c| c.starts_with(out)))
+    };
     for input in inputs {
         if input.is_file() {
+            if in_output(input) {
+                walk.failures.push(Failure {
+                    image: input.display().to_string(),
+                    error: "lies in the output folder (--out); not annotated".into(),
+                });
+                continue;
+            }
             let name = input.file_name().map(|n| n.to_string_lossy().into_owned());
-            items.push(Item {
+            walk.items.push(Item {
                 path: input.clone(),
                 name: name.unwrap_or_default(),
             });
             continue;
         }
         if !input.is_dir() {
-            failures.push(Failure {
+            walk.failures.push(Failure {
                 image: input.display().to_string(),
                 error: "no such file or folder".into(),
             });
             continue;
         }
+        if is_output_folder(input, out_dir) || in_output(input) {
+            walk.failures.push(Failure {
+                image: input.display().to_string(),
+                error: format!(
+                    "holds the outputs of a pipnet run (it is, or lies in, --out, or holds \
+                     {RUN_RECORD}); not annotated"
+                ),
+            });
+            continue;
+        }
         let mut found: Vec<Item> = Vec::new();
-        for entry in walkdir::WalkDir::new(input).follow_links(true) {
+        let mut skipped = Vec::new();
+        let entries = walkdir::WalkDir::new(input)
+            .follow_links(true)
+            .into_iter()
+            .filter_entry(|entry| {
+                let prune = entry.depth() > 0
+                    && entry.file_type().is_dir()
+                    && is_output_folder(entry.path(), out_dir);
+                if prune {
+                    skipped.push(entry.path().to_path_buf());
+                }
+                !prune
+            });
+        for entry in entries {
             match entry {
                 Ok(entry) if entry.file_type().is_file() && is_image(entry.path()) => {
                     found.push(Item {
@@ -193,7 +264,7 @@ fn walk_inputs(inputs: &[PathBuf]) -> (Vec<Item>, Vec<Failure>) {
                     });
                 }
                 Ok(_) => {}
-                Err(e) => failures.push(Failure {
+                Err(e) => walk.failures.push(Failure {
                     image: e
                         .path()
                         .map_or_else(|| input.display().to_string(), |p| relative_name(input, p)),
@@ -202,9 +273,49 @@ fn walk_inputs(inputs: &[PathBuf]) -> (Vec<Item>, Vec<Failure>) {
             }
         }
         found.sort_by(|a, b| a.name.cmp(&b.name));
-        items.extend(found);
+        walk.items.extend(found);
+        walk.output_folders.extend(skipped);
     }
-    (items, failures)
+    walk
+}
+
+/// Drops images that are the same file as an earlier one (an input named twice, a file and its
+/// folder), and refuses, naming both, two different images that would write the same output:
+/// inputs whose relative paths agree, or (`.pts`, named by stem) `a.jpg` beside `a.png`.
+fn unique_outputs(items: Vec<Item>, job: &FolderJob) -> Result<Vec<Item>> {
+    let mut by_file: HashMap<PathBuf, ()> = HashMap::new();
+    let mut by_output: HashMap<PathBuf, usize> = HashMap::new();
+    let mut kept: Vec<Item> = Vec::with_capacity(items.len());
+    for item in items {
+        let file = std::fs::canonicalize(&item.path).unwrap_or_else(|_| item.path.clone());
+        if by_file.insert(file, ()).is_some() {
+            continue;
+        }
+        let mut outputs = vec![output_stem(&job.out_dir, &item.name, job.format)];
+        if job.preview {
+            outputs.push(preview_path(&job.out_dir, &item.name));
+        }
+        for output in outputs {
+            if let Some(&other) = by_output.get(&output) {
+                let pts_hint = if job.format == OutputFormat::Pts {
+                    " (.pts files are named by the image's name without its extension; \
+                     --format json or csv keep it)"
+                } else {
+                    ""
+                };
+                return Err(Error::InvalidInput(format!(
+                    "{} and {} would both write {}{pts_hint}: annotate them into separate \
+                     --out folders, or rename one; nothing was written",
+                    kept[other].path.display(),
+                    item.path.display(),
+                    output.display()
+                )));
+            }
+            by_output.insert(output, kept.len());
+        }
+        kept.push(item);
+    }
+    Ok(kept)
 }
 
 /// `path` relative to the input folder `root`, `/`-separated: the name outputs are keyed by.
@@ -358,6 +469,18 @@ pub fn output_path(out_dir: &Path, name: &str, format: OutputFormat) -> PathBuf 
     }
 }
 
+/// What names image `name`'s outputs: the output file itself, or for `.pts` the per-face
+/// files' common prefix (`<stem>_`). Two images with the same stem collide.
+fn output_stem(out_dir: &Path, name: &str, format: OutputFormat) -> PathBuf {
+    match format {
+        OutputFormat::Pts => {
+            let stem = name.rsplit_once('.').map_or(name, |(stem, _)| stem);
+            out_dir.join(format!("{stem}_"))
+        }
+        _ => output_path(out_dir, name, format),
+    }
+}
+
 /// The `.pts` file of face `k` (0-based) of image `name`: `<stem>_<k + 1>.pts`, as 300-W names
 /// faces.
 fn pts_path(out_dir: &Path, name: &str, k: usize) -> PathBuf {
@@ -375,6 +498,64 @@ pub fn preview_path(out_dir: &Path, name: &str) -> PathBuf {
     } else {
         dir.join(format!("{name}.jpg"))
     }
+}
+
+/// The file in an output folder that records what made its outputs ([`Provenance`]): a rerun
+/// checks it, and a folder walk never enters a folder that holds one.
+pub const RUN_RECORD: &str = "pipnet-run.json";
+
+/// The settings of `pipeline` and `faces` that decide a run's results.
+pub fn run_settings(pipeline: &Pipeline, faces: &FaceSource) -> RunSettings {
+    let detect = *faces == FaceSource::Detect;
+    RunSettings {
+        model: pipeline.model.id().clone(),
+        faces: faces.record_name().into(),
+        detector: pipeline
+            .detector
+            .as_ref()
+            .filter(|_| detect)
+            .map(|d| d.id().clone()),
+        boxes_sha256: match faces {
+            FaceSource::Boxes { sha256, .. } => Some(sha256.clone()),
+            _ => None,
+        },
+        min_face: pipeline.min_face.filter(|_| detect),
+        refine: pipeline.refine,
+        flip: pipeline.model.flip_average(),
+    }
+}
+
+/// Checks `out_dir`'s [`RUN_RECORD`] against this run's and writes this run's. Outputs made with
+/// other settings are never taken as done: without `force` that stops the run before any work,
+/// saying what differs; with `force` every image is redone anyway.
+fn claim_output_folder(out_dir: &Path, made_by: &Provenance, force: bool) -> Result<()> {
+    let path = out_dir.join(RUN_RECORD);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let before: Provenance = serde_json::from_str(&text).map_err(|e| {
+                Error::InvalidInput(format!(
+                    "{}: not a pipnet run record ({e}); remove it or choose another --out",
+                    path.display()
+                ))
+            })?;
+            let diffs = before.settings.differences(&made_by.settings);
+            if !diffs.is_empty() && !force {
+                return Err(Error::InvalidInput(format!(
+                    "{} holds results made with other settings ({}); rerun with --force to \
+                     redo every image with the new ones, or choose another --out",
+                    out_dir.display(),
+                    diffs.join("; ")
+                )));
+            }
+            if diffs.is_empty() && before.pipnet == made_by.pipnet {
+                return Ok(());
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(&path)(e)),
+    }
+    let text = serde_json::to_string_pretty(made_by).unwrap_or_default() + "\n";
+    write_atomic(&path, text.as_bytes())
 }
 
 /// Removes temporaries a killed run left in `out_dir` (`write_atomic` names them `.tmp*`).
@@ -428,16 +609,26 @@ pub fn annotate_folder(
     job: &FolderJob,
     mut on_image: impl FnMut(&FolderSummary),
 ) -> Result<FolderSummary> {
-    let (mut items, mut unreadable) = walk_inputs(&job.inputs);
+    std::fs::create_dir_all(&job.out_dir).map_err(Error::io(&job.out_dir))?;
+    let out_dir = std::fs::canonicalize(&job.out_dir).map_err(Error::io(&job.out_dir))?;
+    let walk = walk_inputs(&job.inputs, Some(&out_dir));
+    let mut unreadable = walk.failures;
+    // Before the shard split: shards share one output folder.
+    let mut items = unique_outputs(walk.items, job)?;
     if let Some(shard) = job.shard {
         items.retain(|item| shard.contains(&item.name));
         unreadable.retain(|f| shard.contains(&f.image));
     }
     unreadable.extend(unmatched_boxes(&job.faces, &items, job.shard));
-    std::fs::create_dir_all(&job.out_dir).map_err(Error::io(&job.out_dir))?;
+    let made_by = Provenance {
+        pipnet: env!("CARGO_PKG_VERSION").into(),
+        settings: run_settings(pipeline, &job.faces),
+    };
+    claim_output_folder(&job.out_dir, &made_by, job.force)?;
     remove_stale_temporaries(&job.out_dir);
     let mut summary = FolderSummary {
         images: items.len(),
+        output_folders_skipped: walk.output_folders,
         ..Default::default()
     };
     let batch = pipeline.model.batch_size();
@@ -454,7 +645,12 @@ pub fn annotate_folder(
             load_one(item, job, detector, &rule, min_face)
         };
         fan_out(items, detectors, batch, load, |receive| {
-            consume(pipeline, job, receive, &mut summary, &mut on_image)
+            let run = Run {
+                job,
+                made_by: &made_by,
+                points: pipeline.model.metadata().num_landmarks(),
+            };
+            consume(pipeline, &run, receive, &mut summary, &mut on_image)
         })
     });
     pipeline.detector = detector;
@@ -474,7 +670,7 @@ pub fn annotate_folder(
 /// A failure for each entry of a boxes file (of this shard) that names no input image: a typo
 /// there would otherwise go unnoticed.
 fn unmatched_boxes(faces: &FaceSource, items: &[Item], shard: Option<Shard>) -> Vec<Failure> {
-    let FaceSource::Boxes(map) = faces else {
+    let FaceSource::Boxes { boxes: map, .. } = faces else {
         return Vec::new();
     };
     let names: std::collections::HashSet<&str> = items.iter().map(|i| i.name.as_str()).collect();
@@ -501,7 +697,8 @@ fn load_one(
     min_face: Option<f32>,
 ) -> Loaded {
     let done = output_path(&job.out_dir, &item.name, job.format);
-    if !job.force && is_done(&item.path, &done) {
+    let preview_done = !job.preview || is_done(&item.path, &preview_path(&job.out_dir, &item.name));
+    if !job.force && is_done(&item.path, &done) && preview_done {
         return Loaded::Skipped;
     }
     let located = load_rgb(&item.path, job.max_pixels).and_then(|image| {
@@ -515,10 +712,18 @@ fn load_one(
     }
 }
 
+/// A job and what its outputs record as having made them.
+struct Run<'a> {
+    job: &'a FolderJob,
+    made_by: &'a Provenance,
+    /// Landmarks per face (CSV columns).
+    points: usize,
+}
+
 /// Caller's thread: gather images until a batch of faces is ready, run it, write outputs.
 fn consume(
     pipeline: &mut Pipeline,
-    job: &FolderJob,
+    run: &Run<'_>,
     receive: Receiver<Loaded>,
     summary: &mut FolderSummary,
     on_image: &mut impl FnMut(&FolderSummary),
@@ -543,20 +748,20 @@ fn consume(
                 pending_faces += faces.len();
                 pending.push((item, image, faces));
                 if pending_faces >= batch || pending.len() >= batch {
-                    flush(pipeline, job, &mut pending, summary, on_image)?;
+                    flush(pipeline, run, &mut pending, summary, on_image)?;
                     pending_faces = 0;
                 }
             }
         }
     }
-    flush(pipeline, job, &mut pending, summary, on_image)
+    flush(pipeline, run, &mut pending, summary, on_image)
 }
 
 /// Runs the pending images' faces as one batch and writes their outputs. A batch that fails at
 /// inference is retried image by image so one bad input cannot sink its neighbours.
 fn flush(
     pipeline: &mut Pipeline,
-    job: &FolderJob,
+    run: &Run<'_>,
     pending: &mut Vec<(Item, RgbImage, Vec<LocatedFace>)>,
     summary: &mut FolderSummary,
     on_image: &mut impl FnMut(&FolderSummary),
@@ -577,7 +782,7 @@ fn flush(
     };
     for ((item, image, _), result) in pending.drain(..).zip(results) {
         let outcome = result.and_then(|faces| {
-            write_outputs(job, &item.name, &image, &faces)?;
+            write_outputs(run, &item.name, &image, &faces)?;
             Ok(faces.len())
         });
         match outcome {
@@ -597,7 +802,8 @@ fn flush(
 
 /// Writes one image's outputs, each atomically; the file that marks the image done
 /// ([`output_path`]) goes last, so a killed run redoes the image rather than trusting a half.
-fn write_outputs(job: &FolderJob, name: &str, image: &RgbImage, faces: &[Face]) -> Result<()> {
+fn write_outputs(run: &Run<'_>, name: &str, image: &RgbImage, faces: &[Face]) -> Result<()> {
+    let job = run.job;
     let annotation = ImageAnnotation {
         image: name.to_string(),
         width: image.width(),
@@ -611,6 +817,7 @@ fn write_outputs(job: &FolderJob, name: &str, image: &RgbImage, faces: &[Face]) 
                 landmark_scores: f.landmarks.scores(),
             })
             .collect(),
+        made_by: Some(run.made_by.clone()),
     };
     if job.preview {
         let drawn = preview::draw(image, &annotation.faces)?;
@@ -626,7 +833,7 @@ fn write_outputs(job: &FolderJob, name: &str, image: &RgbImage, faces: &[Face]) 
         ),
         OutputFormat::Csv => write_atomic(
             &output_path(&job.out_dir, name, job.format),
-            annotation.to_csv().as_bytes(),
+            annotation.to_csv(run.points).as_bytes(),
         ),
         OutputFormat::Pts => {
             // Later faces first, so face 1 (the done marker) is written last.
@@ -749,7 +956,9 @@ mod tests {
             std::os::unix::fs::symlink(root.join("gone.jpg"), root.join("broken.jpg")).unwrap();
         }
         let missing = tmp.path().join("missing");
-        let (items, failures) = walk_inputs(&[root.clone(), missing.clone()]);
+        let Walk {
+            items, failures, ..
+        } = walk_inputs(&[root.clone(), missing.clone()], None);
         let names: Vec<&str> = items.iter().map(|i| i.name.as_str()).collect();
         assert_eq!(names, ["b.png", "sub/a.jpg"]);
         let failed: Vec<(&str, &str)> = failures
@@ -776,5 +985,78 @@ mod tests {
             );
             assert_eq!(failures.len(), 3, "{failed:?}");
         }
+    }
+
+    #[test]
+    fn walk_skips_the_output_folder_and_folders_holding_a_run_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("in");
+        for dir in ["out/preview", "old", "keep"] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        for file in ["a.jpg", "out/preview/a.jpg", "old/b.jpg", "keep/c.jpg"] {
+            std::fs::write(root.join(file), b"x").unwrap();
+        }
+        std::fs::write(root.join("old").join(RUN_RECORD), b"{}").unwrap();
+        let out = std::fs::canonicalize(root.join("out")).unwrap();
+        let walk = walk_inputs(&[root.clone()], Some(&out));
+        let names: Vec<&str> = walk.items.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["a.jpg", "keep/c.jpg"]);
+        let mut skipped = walk.output_folders.clone();
+        skipped.sort();
+        assert_eq!(skipped, [root.join("old"), root.join("out")]);
+        // The output folder named as an input, or a file in it: failures, not images.
+        let walk = walk_inputs(
+            &[root.join("out"), root.join("out/preview/a.jpg")],
+            Some(&out),
+        );
+        assert!(walk.items.is_empty());
+        assert_eq!(walk.failures.len(), 2, "{:?}", walk.failures);
+    }
+
+    fn job(out: &Path, format: OutputFormat, preview: bool) -> FolderJob {
+        FolderJob {
+            inputs: Vec::new(),
+            out_dir: out.to_path_buf(),
+            faces: FaceSource::Detect,
+            format,
+            preview,
+            force: false,
+            max_pixels: 1,
+            shard: None,
+        }
+    }
+
+    #[test]
+    fn inputs_writing_one_output_are_refused_and_the_same_file_counts_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        for file in ["d1/a.jpg", "d2/a.jpg", "d1/a.png"] {
+            let path = tmp.path().join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, b"x").unwrap();
+        }
+        let out = tmp.path().join("out");
+        let items = |dirs: &[&str]| {
+            let inputs: Vec<PathBuf> = dirs.iter().map(|d| tmp.path().join(d)).collect();
+            walk_inputs(&inputs, None).items
+        };
+        // The same folder twice: each file once.
+        let once = unique_outputs(items(&["d1", "d1"]), &job(&out, OutputFormat::Json, false));
+        assert_eq!(once.unwrap().len(), 2);
+        // d1/a.jpg and d2/a.jpg both want OUT/a.jpg.json.
+        let err = unique_outputs(items(&["d1", "d2"]), &job(&out, OutputFormat::Json, false))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("d1/a.jpg") && err.contains("d2/a.jpg"),
+            "{err}"
+        );
+        assert!(err.contains("a.jpg.json"), "{err}");
+        // a.jpg and a.png: distinct JSON names, one .pts stem.
+        assert!(unique_outputs(items(&["d1"]), &job(&out, OutputFormat::Csv, true)).is_ok());
+        let err = unique_outputs(items(&["d1"]), &job(&out, OutputFormat::Pts, false))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a.jpg") && err.contains("a.png"), "{err}");
     }
 }

@@ -7,6 +7,7 @@ use image::RgbImage;
 use ort::session::Session;
 use ort::value::TensorRef;
 use pipnet_core::contract::{ModelMetadata, OutputForm, check_io};
+use pipnet_core::formats::GraphId;
 use pipnet_core::{Decoder, FaceCrop, Landmark, PipMaps, Point, average_with_mirror};
 use rayon::prelude::*;
 
@@ -56,6 +57,7 @@ pub struct LandmarkModel {
     session: Session,
     meta: ModelMetadata,
     path: PathBuf,
+    id: GraphId,
     provider: &'static str,
     /// Why `Device::Auto` ended on the CPU, if it did.
     fallback: Option<String>,
@@ -91,7 +93,9 @@ pub const BUILTIN_FILE: &str = concat!(builtin_stem!(), ".onnx");
 
 /// The landmark model built into the library, the shipped default (`models/README.md`): what
 /// runs when a caller names no model, so a first run needs no model file.
-pub const BUILTIN_GRAPH: &[u8] =
+// A `static`, not a `const`: a const's bytes are copied into every crate that names it, and the
+// CLI held the 17 MB graph twice.
+pub static BUILTIN_GRAPH: &[u8] =
     include_bytes!(concat!("../../../models/", builtin_stem!(), ".onnx"));
 
 impl GraphSource<'static> {
@@ -158,7 +162,9 @@ impl LandmarkModel {
         )
         .map_err(contract_err)?;
         let batch_size = options.batch_size.unwrap_or(DEFAULT_BATCH).max(1);
+        let id = source.id(Some(meta.scheme.name().to_string()))?;
         Ok(Self {
+            id,
             norm: Normalization::new(meta.mean, meta.std),
             decoder: Decoder::new(meta.neighbors.clone()),
             session,
@@ -178,6 +184,11 @@ impl LandmarkModel {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Name, checksum and scheme of the graph, for the provenance of outputs.
+    pub fn id(&self) -> &GraphId {
+        &self.id
     }
 
     /// The execution provider the session was built with.
@@ -200,6 +211,10 @@ impl LandmarkModel {
     /// inference work).
     pub fn set_flip_average(&mut self, on: bool) {
         self.flip_average = on;
+    }
+
+    pub fn flip_average(&self) -> bool {
+        self.flip_average
     }
 
     /// Runs a prepared `[batch, 3, S, S]` input and hands the named outputs to `read`.

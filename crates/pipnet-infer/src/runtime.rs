@@ -9,8 +9,9 @@
 //! It is fetched only when CUDA is asked for (`Device::Cuda`), installed with pip (hash-checked)
 //! into one cache folder laid out like site-packages. The CUDA provider library has no run path
 //! of its own, so the NVIDIA libraries are loaded first, from that folder, as onnxruntime's
-//! Python package does (`preload_dlls`). `Device::Auto` uses the GPU build when it is already
-//! there and the CPU build otherwise.
+//! Python package does (`preload_dlls`). Neither is tried without the NVIDIA driver
+//! (`libcuda.so.1`): `Device::Cuda` then fails before fetching anything, and `Device::Auto`
+//! uses the GPU build only when it is cached and the driver loads, the CPU build otherwise.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -316,7 +317,7 @@ pub struct PinnedMember<'a> {
     pub member_sha256: Option<&'a str>,
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -434,6 +435,22 @@ impl Runtime {
     }
 }
 
+/// The NVIDIA driver's user-space library, without which no CUDA provider can run.
+const CUDA_DRIVER: &str = "libcuda.so.1";
+
+/// Checks that the NVIDIA driver's library loads; the error says what is missing.
+pub fn cuda_driver() -> Result<()> {
+    // SAFETY: loading the system's NVIDIA driver library runs only its own initialisers; the
+    // CUDA provider loads the same library when it starts.
+    match unsafe { libloading::Library::new(CUDA_DRIVER) } {
+        Ok(_) => Ok(()),
+        Err(e) => Err(Error::Device(format!(
+            "CUDA needs an NVIDIA GPU and its driver, but {CUDA_DRIVER} does not load ({e}); \
+             nothing was fetched. Install the NVIDIA driver, or run on the CPU (--device cpu)"
+        ))),
+    }
+}
+
 static RUNTIME: OnceLock<std::result::Result<Runtime, String>> = OnceLock::new();
 
 /// Loads ONNX Runtime once per process and returns it. The first caller's options pick the
@@ -442,6 +459,13 @@ static RUNTIME: OnceLock<std::result::Result<Runtime, String>> = OnceLock::new()
 /// Asking for a file other than the one loaded is an error. `on_fetch` is called with what is
 /// about to be fetched, so a CLI can tell the user why it waits.
 pub fn runtime(options: &SessionOptions, on_fetch: impl FnOnce(&str)) -> Result<&'static Runtime> {
+    // Checked before the library is chosen (and cached for the process): a machine without the
+    // driver must neither fetch the 2 GB CUDA build nor lose its CPU runtime to this request.
+    let provisioned = options.library == OrtLibrary::Provisioned
+        && std::env::var_os("ORT_DYLIB_PATH").is_none_or(|v| v.is_empty());
+    if provisioned && options.device == Device::Cuda && RUNTIME.get().is_none() {
+        cuda_driver()?;
+    }
     let rt = RUNTIME
         .get_or_init(|| load(options, on_fetch).map_err(|e| e.to_string()))
         .as_ref()
@@ -471,9 +495,9 @@ fn choose_library(device: Device, on_fetch: impl FnOnce(&str)) -> Result<(PathBu
         return Ok((path, "ORT_DYLIB_PATH".into()));
     }
     let gpu_build = format!("onnxruntime-gpu {ORT_GPU_VERSION}");
-    if matches!(device, Device::Cuda | Device::Auto)
-        && let Some(path) = cached_gpu_library()
-    {
+    // `Auto` takes a cached GPU build only where it can run: never because it happens to be there.
+    let usable = device == Device::Cuda || (device == Device::Auto && cuda_driver().is_ok());
+    if usable && let Some(path) = cached_gpu_library() {
         return Ok((path, gpu_build));
     }
     if device == Device::Cuda {

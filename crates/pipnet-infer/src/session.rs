@@ -8,10 +8,11 @@ use ort::ep::ExecutionProviderDispatch;
 use ort::session::Session;
 use ort::value::{TensorElementType, ValueType};
 use pipnet_core::TensorSpec;
+use pipnet_core::formats::GraphId;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::options::{Device, SessionOptions};
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, sha256_hex};
 
 /// Where a graph comes from: a file, or bytes built into the binary (named for messages).
 #[derive(Debug, Clone, Copy)]
@@ -26,6 +27,24 @@ impl GraphSource<'_> {
             GraphSource::File(path) => path,
             GraphSource::Memory { name, .. } => name,
         }
+    }
+
+    /// The graph's name (a file's name without its folder) and the SHA-256 of its bytes:
+    /// what outputs record as having made them.
+    pub fn id(&self, scheme: Option<String>) -> Result<GraphId> {
+        let (name, sha256) = match self {
+            GraphSource::File(path) => {
+                let bytes = std::fs::read(path).map_err(Error::io(*path))?;
+                let name = path.file_name().unwrap_or(path.as_os_str());
+                (name.to_string_lossy().into_owned(), sha256_hex(&bytes))
+            }
+            GraphSource::Memory { name, bytes } => (name.display().to_string(), sha256_hex(bytes)),
+        };
+        Ok(GraphId {
+            name,
+            sha256,
+            scheme,
+        })
     }
 }
 

@@ -90,6 +90,17 @@ def test_non_contiguous_arrays_are_copied_not_misread(pipeline, photo):
     assert_same_faces(pipeline(fortran), pipeline(photo))
 
 
+def test_bgr_arrays_are_read_as_bgr_when_told(pipeline, photo):
+    bgr = np.ascontiguousarray(photo[..., ::-1])
+    assert_same_faces(pipeline(bgr, channels="bgr"), pipeline(photo))
+    bgra = np.dstack([bgr, np.full(photo.shape[:2], 255, np.uint8)])
+    assert_same_faces(pipeline.detect(bgra, channels="bgr"), pipeline(photo))
+    with pytest.raises(ValueError, match="channels"):
+        pipeline(photo, channels="hsv")
+    with pytest.raises(ValueError, match="HxWx3"):
+        pipeline(photo[..., 0], channels="bgr")
+
+
 def test_known_boxes_give_one_face_each_in_order(pipeline, photo):
     found = pipeline(photo)
     boxes = np.array(
@@ -141,6 +152,12 @@ def test_bad_boxes_and_options_are_value_errors(pipeline, photo):
         pipnet.Pipeline(device="tpu")
     with pytest.raises(ValueError, match="threads"):
         pipnet.Pipeline(threads=0)
+    with pytest.raises(ValueError, match="threads must be a whole number >= 1"):
+        pipnet.Pipeline(threads=-1)
+    with pytest.raises(ValueError, match="batch"):
+        pipnet.Pipeline(batch=2**40)
+    with pytest.raises(TypeError, match="threads"):
+        pipnet.Pipeline(threads=1.5)
     with pytest.raises(ValueError, match="min_face"):
         pipnet.Pipeline(min_face=float("nan"))
 

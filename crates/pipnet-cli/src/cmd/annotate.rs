@@ -51,9 +51,14 @@ pub struct Args {
     flip: bool,
     #[command(flatten)]
     session: super::SessionArgs,
-    /// Redo images whose output is already newer than the image.
+    /// Redo images whose output is already newer than the image, and replace the outputs of a
+    /// run with other settings (model, detector, boxes, --min-face, --no-refine, --flip).
     #[arg(long)]
     force: bool,
+    /// Exit 0 when the only failures are images that could not be annotated (they are still
+    /// listed in OUT/failures.jsonl), so a batch scheduler does not retry a run over bad files.
+    #[arg(long)]
+    allow_failures: bool,
     /// Refuse images with more pixels than this.
     #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
     max_pixels: u64,
@@ -128,6 +133,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for failure in &summary.failures {
         eprintln!("pipnet: failed: {}: {}", failure.image, failure.error);
     }
+    for folder in &summary.output_folders_skipped {
+        eprintln!(
+            "pipnet: skipped {}: it holds a run's outputs",
+            folder.display()
+        );
+    }
     eprintln!(
         "{} images: {} annotated ({} faces), {} already done, {} failed in {:.1}s ({:.1} images/s); \
          output in {}",
@@ -140,9 +151,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         summary.annotated as f64 / seconds.max(1e-9),
         args.out.display()
     );
-    Ok(if summary.failures.is_empty() {
+    Ok(if summary.failures.is_empty() || args.allow_failures {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        ExitCode::from(super::EXIT_IMAGES_FAILED)
     })
 }

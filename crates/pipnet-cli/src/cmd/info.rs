@@ -1,4 +1,4 @@
-//! `pipnet info MODEL`
+//! `pipnet info [MODEL]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,8 +7,9 @@ use pipnet_infer::{Device, SessionOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A PIPNet ONNX graph.
-    model: PathBuf,
+    /// A PIPNet ONNX graph (default: the built-in model, and the built-in detector is
+    /// described too).
+    model: Option<PathBuf>,
     /// Execution provider to build the session with: cpu, cuda or auto.
     #[arg(long, default_value = "cpu")]
     device: Device,
@@ -19,10 +20,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         device: args.device,
         ..Default::default()
     };
-    let model = super::load_model(&args.model, &options)?;
+    let model = super::ModelArgs {
+        model: args.model.clone(),
+    }
+    .load(&options)?;
     let meta = model.metadata();
     let (input, outputs) = meta.expected_io();
-    println!("model            {}", args.model.display());
+    println!("model            {}", model.path().display());
+    println!("sha256           {}", model.id().sha256);
     println!(
         "scheme           {} ({} landmarks)",
         meta.scheme,
@@ -60,5 +65,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         runtime.available_providers().join(", ")
     );
     println!("session uses     {}", model.execution_provider());
+    if args.model.is_none() {
+        let detector = super::DetectorArgs::default().load(&options)?;
+        println!("detector         {}", detector.id().name);
+        println!("detector sha256  {}", detector.id().sha256);
+    }
     Ok(ExitCode::SUCCESS)
 }

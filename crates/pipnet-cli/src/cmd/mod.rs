@@ -3,9 +3,11 @@ pub mod bench;
 pub mod calibrate;
 pub mod data;
 pub mod eval;
+#[cfg(feature = "train")]
 pub mod export;
 pub mod info;
 pub mod peer;
+#[cfg(feature = "train")]
 pub mod train;
 
 use std::path::{Path, PathBuf};
@@ -17,6 +19,31 @@ use pipnet_infer::runtime::Runtime;
 use pipnet_infer::session::GraphSource;
 use pipnet_infer::{Device, LandmarkModel, SessionOptions};
 
+/// Exit codes (README "Exit codes"): 0 everything done; 1 some images failed (their reasons in
+/// OUT/failures.jsonl); 2 a usage error or nothing could run (clap's usage errors are 2 too).
+pub const EXIT_IMAGES_FAILED: u8 = 1;
+pub const EXIT_ERROR: u8 = 2;
+
+/// The arguments of a command this build leaves out (`train`, `export` without the `train`
+/// feature): taken as they come, answered with how to get the command.
+#[cfg(not(feature = "train"))]
+#[derive(clap::Args)]
+pub struct NotBuilt {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    args: Vec<String>,
+}
+
+#[cfg(not(feature = "train"))]
+impl NotBuilt {
+    pub fn error() -> anyhow::Result<std::process::ExitCode> {
+        anyhow::bail!(
+            "this pipnet was built without training (`pipnet train`, `pipnet export`), to keep \
+             the annotating binary small; build one with it: cargo build --release -p \
+             pipnet-cli --features train"
+        )
+    }
+}
+
 /// Loads ONNX Runtime (the build `options.device` needs), saying so when it has to be fetched.
 pub fn runtime(options: &SessionOptions) -> anyhow::Result<&'static Runtime> {
     Ok(pipnet_infer::runtime::runtime(options, |what| {
@@ -24,7 +51,7 @@ pub fn runtime(options: &SessionOptions) -> anyhow::Result<&'static Runtime> {
     })?)
 }
 
-/// Loads the landmark model, warning when `--device auto` fell back to the CPU.
+/// Loads a landmark model file, warning when `--device auto` fell back to the CPU.
 pub fn load_model(path: &Path, options: &SessionOptions) -> anyhow::Result<LandmarkModel> {
     open_model(GraphSource::File(path), options)
 }

@@ -6,7 +6,8 @@
 (68, 2)
 
 Images are numpy ``uint8`` arrays: ``HxWx3`` RGB, ``HxW`` gray or ``HxWx4`` RGBA (a path is read
-the way ``pipnet annotate`` reads it, EXIF orientation applied). Landmarks are ``float32`` image
+the way ``pipnet annotate`` reads it, EXIF orientation applied). OpenCV's frames are BGR: pass
+``channels="bgr"``. Landmarks are ``float32`` image
 pixels (0-based pixel centres). ONNX Runtime is the library the ``onnxruntime`` wheel installed,
 unless ``ORT_DYLIB_PATH`` names another one.
 """
@@ -67,7 +68,8 @@ class Face:
     landmarks: np.ndarray
     """``(L, 2)`` float32: x, y per landmark, in the model's scheme order (300-W's 68 points)."""
     landmark_scores: np.ndarray
-    """``(L,)`` float32: the score map's value at each landmark's cell (0..1)."""
+    """``(L,)`` float32: the score map's value at each landmark's cell (trained towards 1 there,
+    0 elsewhere; not normalised, it can exceed 1)."""
 
     @classmethod
     def _from_native(cls, native: tuple) -> "Face":
@@ -90,8 +92,35 @@ def _rows(values: Any, name: str, columns: str) -> list:
     return array.tolist()
 
 
-def _image(image: Any) -> Any:
-    return load_image(image) if isinstance(image, (str, os.PathLike)) else image
+_CHANNELS = ("rgb", "bgr")
+
+
+def _image(image: Any, channels: str = "rgb") -> Any:
+    """A path read with :func:`load_image`, or an array with its colour order made RGB(A)."""
+    if channels not in _CHANNELS:
+        raise ValueError(f"channels must be 'rgb' or 'bgr' (OpenCV's order), got {channels!r}")
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image)
+    if channels == "bgr":
+        array = np.asarray(image)
+        if array.ndim != 3 or array.shape[2] not in (3, 4):
+            raise ValueError(
+                f"channels='bgr' needs an HxWx3 (BGR) or HxWx4 (BGRA) array, got shape {array.shape}"
+            )
+        order = [2, 1, 0, 3][: array.shape[2]]
+        return np.ascontiguousarray(array[..., order])
+    return image
+
+
+def _count(value: Any, name: str) -> Optional[int]:
+    """``None``, or a whole number >= 1 (a clear ValueError instead of an overflow deep down)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a whole number >= 1 or None, got {value!r}")
+    if not 1 <= value <= 2**31 - 1:
+        raise ValueError(f"{name} must be a whole number >= 1 or None, got {value}")
+    return int(value)
 
 
 class Pipeline:
@@ -100,7 +129,8 @@ class Pipeline:
 
     ``model`` and ``detector`` are ONNX graph files (None: the built-in ones); ``device`` is
     ``"cpu"``, ``"cuda"`` or ``"auto"``; ``threads`` are ONNX Runtime's intra-op threads (None:
-    every core); ``min_face`` the smallest face searched for in pixels (None: 40); ``refine``
+    every core) and ``batch`` the faces per run (None: 16), each a whole number >= 1; ``min_face``
+    the smallest face searched for in pixels (None: 40); ``refine``
     runs a second landmark pass on crops re-centred on the first; ``flip`` averages each crop
     with its mirror image (twice the landmark work).
     """
@@ -120,8 +150,8 @@ class Pipeline:
         self._native = _native.Pipeline(
             _path(model),
             device,
-            threads,
-            batch,
+            _count(threads, "threads"),
+            _count(batch, "batch"),
             min_face,
             refine,
             flip,
@@ -129,25 +159,29 @@ class Pipeline:
             _onnxruntime_library(),
         )
 
-    def __call__(self, image: Any) -> list[Face]:
+    def __call__(self, image: Any, *, channels: str = "rgb") -> list[Face]:
         """Same as :meth:`detect`."""
-        return self.detect(image)
+        return self.detect(image, channels=channels)
 
-    def detect(self, image: Any) -> list[Face]:
-        """Every face the detector finds in ``image`` (an array or a path), with landmarks."""
-        return [Face._from_native(f) for f in self._native.detect(_image(image))]
-
-    def landmarks(self, image: Any, boxes: Any) -> list[Face]:
-        """Landmarks for known faces: ``boxes`` is ``N x 4`` tight landmark boxes
-        ``[x0, y0, x1, y1]`` in pixels (the 300-W protocol), one face per box, in order."""
-        faces = self._native.landmarks(_image(image), _rows(boxes, "boxes", "x0, y0, x1, y1"))
+    def detect(self, image: Any, *, channels: str = "rgb") -> list[Face]:
+        """Every face the detector finds in ``image`` (an array or a path), with landmarks.
+        ``channels="bgr"`` for BGR(A) arrays such as OpenCV's."""
+        faces = self._native.detect(_image(image, channels))
         return [Face._from_native(f) for f in faces]
 
-    def crops(self, image: Any, crops: Any) -> list[Face]:
+    def landmarks(self, image: Any, boxes: Any, *, channels: str = "rgb") -> list[Face]:
+        """Landmarks for known faces: ``boxes`` is ``N x 4`` tight landmark boxes
+        ``[x0, y0, x1, y1]`` in pixels (the 300-W protocol), one face per box, in order."""
+        rows = _rows(boxes, "boxes", "x0, y0, x1, y1")
+        faces = self._native.landmarks(_image(image, channels), rows)
+        return [Face._from_native(f) for f in faces]
+
+    def crops(self, image: Any, crops: Any, *, channels: str = "rgb") -> list[Face]:
         """Landmarks for the model's input windows themselves: ``crops`` is ``N x 4``
         ``[cx, cy, side, angle]`` squares (pixels, radians), run with no crop rule and no
         refinement pass (for callers with their own face alignment)."""
-        faces = self._native.crops(_image(image), _rows(crops, "crops", "cx, cy, side, angle"))
+        rows = _rows(crops, "crops", "cx, cy, side, angle")
+        faces = self._native.crops(_image(image, channels), rows)
         return [Face._from_native(f) for f in faces]
 
     def annotate(
