@@ -15,6 +15,17 @@
  * Errors, never crashes: NULL pointers, zero or overflowing sizes, strides shorter than a row,
  * unknown formats, destroyed or twice-freed handles and results, and models that are not
  * PIPNet graphs all return an error status.
+ *
+ * ONNX Runtime: the library loads it at run time, on the first pipnet_create(). It uses
+ * ORT_DYLIB_PATH when set (a libonnxruntime of 1.31 or newer); else the copy cached in
+ * $PIPNET_CACHE_DIR (default $XDG_CACHE_HOME/pipnet or ~/.cache/pipnet); else it fetches the
+ * pinned onnxruntime wheel from PyPI once by running `python3 -m pip download` (PIPNET_PYTHON
+ * names another interpreter), checks its SHA-256 and caches the library. PIPNET_OFFLINE=1
+ * forbids that fetch (pipnet_create then fails with PIPNET_STATUS_RUNTIME). PIPNET_DEVICE_CUDA
+ * needs the NVIDIA driver (libcuda.so.1): without it pipnet_create fails with
+ * PIPNET_STATUS_DEVICE and fetches nothing; with it, the first CUDA handle fetches the GPU
+ * build and its CUDA wheels (about 2.4 GB) into the same cache. Embedders that ship their own
+ * library set ORT_DYLIB_PATH before the first call.
  */
 
 #ifndef PIPNET_H
@@ -24,7 +35,7 @@
 #include <stdint.h>
 
 // Bumped whenever a signature or struct layout of this header changes.
-#define PIPNET_ABI_VERSION 1
+#define PIPNET_ABI_VERSION 2
 
 #define PIPNET_PIXEL_RGB 0
 
@@ -42,8 +53,8 @@
 
 #define PIPNET_DEVICE_AUTO 2
 
-// Every function returns one of these; on anything but `PIPNET_OK`, `pipnet_last_error()`
-// says what went wrong.
+// Every function returns one of these; on anything but `PIPNET_STATUS_OK`,
+// `pipnet_last_error()` says what went wrong.
 typedef enum PipnetStatus {
   PIPNET_STATUS_OK = 0,
   // A required pointer argument was NULL.
@@ -74,7 +85,9 @@ typedef struct PipnetHandle PipnetHandle;
 // Faces found by one call, owned by the caller until `pipnet_result_free`.
 typedef struct PipnetResult PipnetResult;
 
-// Options for `pipnet_create`.
+// Options for `pipnet_create`. All zeros (`PipnetOptions options = {0};`) gives the CLI's
+// defaults: built-in model and detector, CPU, every core, smallest face 40 px, two landmark
+// passes.
 typedef struct PipnetOptions {
   // Path of the landmark model (UTF-8, NUL-terminated); NULL: the model built into the
   // library (the shipped default).
@@ -88,9 +101,13 @@ typedef struct PipnetOptions {
   uint32_t threads;
   // Smallest face searched for, in pixels; 0 uses the detector's default (40).
   float min_face;
-  // Non-zero: second landmark pass on crops re-centred on the first pass (more accurate
-  // with detector boxes, twice the landmark inference).
-  uint32_t refine;
+  // Non-zero: one landmark pass only. Zero (the default): a second pass on crops
+  // re-centred on the first pass's landmarks (more accurate with detector boxes, twice the
+  // landmark inference), as `pipnet annotate` does without `--no-refine`.
+  uint32_t no_refine;
+  // Detected faces whose presence (mean landmark score) is below this are dropped as false
+  // detections. 0: the CLI's default (0.3); a negative value keeps every face.
+  float min_presence;
 } PipnetOptions;
 
 // What `pipnet_model_info` reports.
@@ -123,7 +140,19 @@ typedef struct PipnetFace {
   const float *landmarks;
   // `num_landmarks` landmark scores.
   const float *landmark_scores;
+  // The mean landmark score: low for false detections (see `PipnetOptions::min_presence`).
+  float presence;
 } PipnetFace;
+
+// An aligned face chip: `size` x `size` RGB, and the similarity between chip and image as
+// 2x3 row-major matrices (OpenCV's `warpAffine` layout; pixel centres at integers).
+typedef struct PipnetChip {
+  uint32_t size;
+  // Image pixels -> chip pixels.
+  double to_chip[6];
+  // Chip pixels -> image pixels.
+  double to_image[6];
+} PipnetChip;
 
 #ifdef __cplusplus
 extern "C" {
@@ -142,7 +171,7 @@ const char *pipnet_last_error(void);
 // Loads the landmark model (and the detector) into a new handle, written to `*out`.
 enum PipnetStatus pipnet_create(const struct PipnetOptions *options, struct PipnetHandle **out);
 
-// Frees a handle. NULL is a no-op; a handle already destroyed is `PIPNET_STALE_HANDLE`.
+// Frees a handle. NULL is a no-op; a handle already destroyed is `PIPNET_STATUS_STALE_HANDLE`.
 enum PipnetStatus pipnet_destroy(struct PipnetHandle *handle);
 
 // Fills `*out` with the landmark model's facts.
@@ -168,7 +197,19 @@ enum PipnetStatus pipnet_result_face(const struct PipnetResult *result,
                                      size_t index,
                                      struct PipnetFace *out);
 
-// Frees a result. NULL is a no-op; a result freed twice is `PIPNET_STALE_HANDLE`.
+// Cuts an aligned chip of `face` (a face of a result, or any `PipnetFace` whose landmarks
+// follow a known scheme) out of `image`. `spec` is "arcface112" or "SIZE[:PADDING]" (eyes
+// level, face centred). `chip` receives the size and transforms; the pixels (RGB, `size` x
+// `size` x 3 bytes) go to `pixels` when `capacity` is large enough. Call with `pixels` NULL
+// and `capacity` 0 to learn the size first.
+enum PipnetStatus pipnet_face_chip(const struct PipnetImage *image,
+                                   const struct PipnetFace *face,
+                                   const char *spec,
+                                   uint8_t *pixels,
+                                   size_t capacity,
+                                   struct PipnetChip *chip);
+
+// Frees a result. NULL is a no-op; a result freed twice is `PIPNET_STATUS_STALE_HANDLE`.
 enum PipnetStatus pipnet_result_free(struct PipnetResult *result);
 
 #ifdef __cplusplus

@@ -917,7 +917,9 @@ fn test_boxes_file_and_csv_and_pts_outputs() {
                 let csv = std::fs::read_to_string(out.join(format!("{file}.csv"))).unwrap();
                 let rows: Vec<&str> = csv.lines().collect();
                 assert_eq!(rows.len(), faces.len() + 1, "{csv}");
-                assert_eq!(rows[1].split(',').count(), 7 + 2 * 68);
+                // image, face, score, presence, the box; x and y, then the score, per point.
+                assert_eq!(rows[1].split(',').count(), 8 + 3 * 68);
+                assert_eq!(rows[0].split(',').count(), rows[1].split(',').count());
             } else {
                 for k in 1..=faces.len() {
                     let path = out.join(format!("{stem}_{k}.pts"));
@@ -1505,4 +1507,66 @@ fn test_a_binary_without_training_says_how_to_get_it() {
     let (code, _, stderr) = run_pipnet(&["train", "--config", "x.toml"]);
     assert_eq!(code, 2);
     assert!(stderr.contains("--features train"), "{stderr}");
+}
+
+/// Presence drops the false detection between two faces of a sample photo by default (and
+/// `--min-presence 0` keeps it); `--chips` writes an upright chip per face with its transforms.
+#[test]
+fn test_presence_drops_false_detections_and_chips_are_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photo = common::sample_photos().join("2008_004176.jpg");
+    let run = |out: &str, extra: &[&str]| {
+        let out = tmp.path().join(out);
+        let mut args = vec![
+            "annotate",
+            photo.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let (code, _, stderr) = run_pipnet(&args);
+        assert_eq!(code, 0, "{stderr}");
+        (read_annotation(&out, "2008_004176.jpg"), stderr, out)
+    };
+    let (all, _, _) = run("all", &["--min-presence", "0"]);
+    let (kept, stderr, out) = run("kept", &["--chips", "arcface112"]);
+    let low: Vec<f32> = all
+        .faces
+        .iter()
+        .map(|f| f.presence)
+        .filter(|&p| p < 0.3)
+        .collect();
+    assert_eq!(low.len(), 1, "one false detection in this photo: {low:?}");
+    assert_eq!(kept.faces.len(), all.faces.len() - 1);
+    assert!(stderr.contains("1 detected faces dropped"), "{stderr}");
+    for face in &kept.faces {
+        let mean = face.landmark_scores.iter().sum::<f32>() / 68.0;
+        assert!((face.presence - mean).abs() < 1e-5);
+        let five = face.five_points.expect("68 points have five points");
+        let chip = face.chip.as_ref().expect("a chip per face");
+        let png = image::open(out.join(&chip.file)).unwrap();
+        assert_eq!((png.width(), png.height()), (112, 112));
+        let (l, r) = (
+            chip.chip.to_chip.apply(five[0]),
+            chip.chip.to_chip.apply(five[1]),
+        );
+        let tilt = (r[1] - l[1]).atan2(r[0] - l[0]).to_degrees();
+        assert!(tilt.abs() < 5.0, "eye line at {tilt} degrees in the chip");
+        let back = chip
+            .chip
+            .to_image
+            .apply(chip.chip.to_chip.apply(face.landmarks[0]));
+        assert!((back[0] - face.landmarks[0][0]).abs() < 1e-3);
+    }
+    assert!(out.join("chips/2008_004176.jpg/1.png").is_file());
+    // A bad spec is a usage error.
+    let (code, _, stderr) = run_pipnet(&[
+        "annotate",
+        photo.to_str().unwrap(),
+        "--out",
+        "x",
+        "--chips",
+        "9:x",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
 }

@@ -145,8 +145,10 @@ fn photo_and_expected(dir: &Path) -> (PathBuf, String) {
         pipnet_infer::LandmarkModel::load(&common::shipped_model(), &SessionOptions::default())
             .unwrap();
     let detector = pipnet_infer::detect::FaceDetector::builtin(&SessionOptions::default()).unwrap();
+    // The C example's zero-initialised options: two passes, the default presence threshold.
     let mut pipeline = Pipeline::new(model, Some(detector));
     pipeline.refine = true;
+    pipeline.min_presence = pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
     let faces = pipeline.faces(&[(&image, &Faces::Detect)]).unwrap();
     let mut expected = String::new();
     for face in &faces[0] {
@@ -242,6 +244,7 @@ fn create(model: &CString) -> *mut PipnetHandle {
         threads: 1,
         min_face: 0.0,
         no_refine: 0,
+        min_presence: 0.0,
     };
     let mut handle = std::ptr::null_mut();
     assert_eq!(
@@ -434,4 +437,132 @@ fn test_random_sizes_strides_formats_and_handles_get_a_status_never_a_crash() {
         assert!(statuses.contains_key(status), "{statuses:?}");
     }
     assert_eq!(unsafe { pipnet_destroy(live) }, PipnetStatus::Ok);
+}
+
+/// The C library carries each built-in graph once.
+#[test]
+#[cfg(target_os = "linux")]
+fn test_the_library_holds_each_graph_once() {
+    let library = lib_dir().join("libpipnet_ffi.so");
+    assert_eq!(common::embedded_graph_copies(&library), [1, 1]);
+}
+
+/// Presence and aligned chips through the C ABI, and what a caller can get wrong about them.
+#[test]
+fn test_presence_and_chips_through_the_abi() {
+    let model = CString::new(common::shipped_model().display().to_string()).unwrap();
+    let handle = create(&model);
+    let photo = load_rgb(
+        &common::sample_photos().join("2008_002470.jpg"),
+        DEFAULT_MAX_PIXELS,
+    )
+    .unwrap();
+    let view = PipnetImage {
+        pixels: photo.as_raw().as_ptr(),
+        width: photo.width(),
+        height: photo.height(),
+        stride: photo.width() as usize * 3,
+        format: PIPNET_PIXEL_RGB,
+    };
+    let mut result = std::ptr::null_mut();
+    assert_eq!(
+        unsafe { pipnet_detect(handle, &view, &mut result) },
+        PipnetStatus::Ok
+    );
+    let mut face = std::mem::MaybeUninit::<PipnetFace>::uninit();
+    assert_eq!(
+        unsafe { pipnet_result_face(result, 0, face.as_mut_ptr()) },
+        PipnetStatus::Ok
+    );
+    let face = unsafe { face.assume_init() };
+    let n = face.num_landmarks as usize;
+    let scores = unsafe { std::slice::from_raw_parts(face.landmark_scores, n) };
+    let mean = scores.iter().sum::<f32>() / n as f32;
+    assert!(
+        (face.presence - mean).abs() < 1e-5,
+        "{} vs {mean}",
+        face.presence
+    );
+    assert!(face.presence >= pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE);
+
+    let spec = CString::new("arcface112").unwrap();
+    let mut chip = std::mem::MaybeUninit::<PipnetChip>::uninit();
+    let call = |pixels: *mut u8, capacity: usize, spec: *const std::ffi::c_char, chip| unsafe {
+        pipnet_face_chip(&view, &face, spec, pixels, capacity, chip)
+    };
+    // Size first, then the pixels.
+    assert_eq!(
+        call(std::ptr::null_mut(), 0, spec.as_ptr(), chip.as_mut_ptr()),
+        PipnetStatus::Ok
+    );
+    let info = unsafe { chip.assume_init_read() };
+    assert_eq!(info.size, 112);
+    let mut pixels = vec![0u8; 112 * 112 * 3];
+    assert_eq!(
+        call(
+            pixels.as_mut_ptr(),
+            pixels.len(),
+            spec.as_ptr(),
+            chip.as_mut_ptr()
+        ),
+        PipnetStatus::Ok
+    );
+    assert!(pixels.iter().any(|&v| v > 0), "the chip has pixels");
+    // to_image undoes to_chip.
+    let landmarks = unsafe { std::slice::from_raw_parts(face.landmarks, 2 * n) };
+    let (x, y) = (f64::from(landmarks[0]), f64::from(landmarks[1]));
+    let [a, b, c, d, e, f] = info.to_chip;
+    let (u, v) = (a * x + b * y + c, d * x + e * y + f);
+    let [a, b, c, d, e, f] = info.to_image;
+    assert!((a * u + b * v + c - x).abs() < 1e-3 && (d * u + e * v + f - y).abs() < 1e-3);
+
+    // Misuse: a status, never a crash.
+    assert_eq!(
+        call(pixels.as_mut_ptr(), 100, spec.as_ptr(), chip.as_mut_ptr()),
+        PipnetStatus::InvalidArgument,
+        "capacity under the chip's size"
+    );
+    assert_eq!(
+        call(std::ptr::null_mut(), 10, spec.as_ptr(), chip.as_mut_ptr()),
+        PipnetStatus::NullPointer
+    );
+    assert_eq!(
+        call(
+            pixels.as_mut_ptr(),
+            pixels.len(),
+            std::ptr::null(),
+            chip.as_mut_ptr()
+        ),
+        PipnetStatus::NullPointer
+    );
+    let bad = CString::new("huge").unwrap();
+    assert_eq!(
+        call(
+            pixels.as_mut_ptr(),
+            pixels.len(),
+            bad.as_ptr(),
+            chip.as_mut_ptr()
+        ),
+        PipnetStatus::InvalidArgument
+    );
+    let five = PipnetFace {
+        num_landmarks: 5,
+        ..face
+    };
+    assert_eq!(
+        unsafe {
+            pipnet_face_chip(
+                &view,
+                &five,
+                spec.as_ptr(),
+                std::ptr::null_mut(),
+                0,
+                chip.as_mut_ptr(),
+            )
+        },
+        PipnetStatus::InvalidArgument,
+        "no scheme has 5 points"
+    );
+    assert_eq!(unsafe { pipnet_result_free(result) }, PipnetStatus::Ok);
+    assert_eq!(unsafe { pipnet_destroy(handle) }, PipnetStatus::Ok);
 }

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::chip::FaceChip;
 use crate::crop::FaceBox;
 use crate::{Error, Point, Result};
 
@@ -134,6 +135,25 @@ pub struct FaceAnnotation {
     /// the landmark's cell and 0 elsewhere, so about 0..1 but it can overshoot (1.25 seen);
     /// `--flip` averages the two runs' scores.
     pub landmark_scores: Vec<f32>,
+    /// The mean of `landmark_scores` ([`crate::chip::presence`]): low for false detections.
+    #[serde(default)]
+    pub presence: f32,
+    /// Eye centres, nose tip, mouth corners ([`crate::chip::five_points`]), when the scheme
+    /// has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub five_points: Option<[Point; 5]>,
+    /// The aligned chip written for this face (`--chips`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chip: Option<ChipRecord>,
+}
+
+/// Where a face's chip was written and how it maps to the image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChipRecord {
+    /// Path relative to the output folder.
+    pub file: String,
+    #[serde(flatten)]
+    pub chip: FaceChip,
 }
 
 /// A graph an output was made with: its file name (or built-in name), the SHA-256 of its
@@ -164,6 +184,9 @@ pub struct RunSettings {
     pub min_face: Option<f32>,
     pub refine: bool,
     pub flip: bool,
+    /// Detected faces below this presence were dropped.
+    #[serde(default)]
+    pub min_presence: f32,
 }
 
 impl RunSettings {
@@ -212,6 +235,13 @@ impl RunSettings {
         if self.flip != other.flip {
             differ("flip", on_off(self.flip).into(), on_off(other.flip).into());
         }
+        if self.min_presence != other.min_presence {
+            differ(
+                "min presence",
+                self.min_presence.to_string(),
+                other.min_presence.to_string(),
+            );
+        }
         diffs
     }
 }
@@ -243,11 +273,11 @@ impl ImageAnnotation {
     }
 
     /// One CSV row per face, faces numbered from 1:
-    /// `image,face,score,box_x0,box_y0,box_x1,box_y1,x0,y0,...,x{L-1},y{L-1},s0,...,s{L-1}`
+    /// `image,face,score,presence,box_x0,box_y0,box_x1,box_y1,x0,y0,...,x{L-1},y{L-1},s0,...`
     /// (`s`: landmark scores). The header names `points` landmarks whatever the face count, so
     /// every file of a run has the same columns.
     pub fn to_csv(&self, points: usize) -> String {
-        let mut csv = String::from("image,face,score,box_x0,box_y0,box_x1,box_y1");
+        let mut csv = String::from("image,face,score,presence,box_x0,box_y0,box_x1,box_y1");
         for i in 0..points {
             csv.push_str(&format!(",x{i},y{i}"));
         }
@@ -264,9 +294,10 @@ impl ImageAnnotation {
         for (k, face) in self.faces.iter().enumerate() {
             let b = face.face_box;
             csv.push_str(&format!(
-                "{name},{},{:.4},{:.2},{:.2},{:.2},{:.2}",
+                "{name},{},{:.4},{:.4},{:.2},{:.2},{:.2},{:.2}",
                 k + 1,
                 face.score,
+                face.presence,
                 b.x0,
                 b.y0,
                 b.x1,
@@ -360,6 +391,9 @@ mod tests {
             score: 0.9,
             landmarks: vec![[x, 2.0], [x + 1.0, 3.0]],
             landmark_scores: vec![1.0, 0.5],
+            presence: 0.75,
+            five_points: None,
+            chip: None,
         };
         let a = ImageAnnotation {
             image: "a,b.jpg".into(),
@@ -374,7 +408,7 @@ mod tests {
         assert!(lines[0].ends_with(",x0,y0,x1,y1,s0,s1"), "{}", lines[0]);
         assert_eq!(
             lines[2],
-            "\"a,b.jpg\",2,0.9000,5.00,1.00,15.00,11.00,5.000,2.000,6.000,3.000,1.0000,0.5000"
+            "\"a,b.jpg\",2,0.9000,0.7500,5.00,1.00,15.00,11.00,5.000,2.000,6.000,3.000,1.0000,0.5000"
         );
         // No faces: the same header, no rows.
         let empty = ImageAnnotation {
@@ -397,6 +431,7 @@ mod tests {
             min_face: None,
             refine: true,
             flip: false,
+            min_presence: 0.3,
         }
     }
 
@@ -489,6 +524,9 @@ mod tests {
                 score: 0.5,
                 landmarks: vec![[1.0, 2.0]],
                 landmark_scores: vec![0.25],
+                presence: 0.25,
+                five_points: None,
+                chip: None,
             }],
             made_by: Some(Provenance {
                 pipnet: "0.1.0".into(),

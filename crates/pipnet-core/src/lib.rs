@@ -4,8 +4,10 @@
 //! Modules follow the data flow:
 //! [`scheme`] (what the points are) -> [`meanface`] (mean face and neighbour index) ->
 //! [`detection`] (detector outputs to face boxes) -> [`crop`] (face box to square crop and back) -> [`decode`] (PIP decode + neighbour-vote merge)
-//! -> [`metrics`] (NME, FR, AUC, CED) and [`formats`] (.pts, WFLW lines, JSON).
+//! -> [`chip`] (five points, presence, aligned chips) -> [`metrics`] (NME, FR, AUC, CED) and
+//! [`formats`] (.pts, WFLW lines, JSON).
 
+pub mod chip;
 pub mod contract;
 pub mod crop;
 pub mod decode;
@@ -15,6 +17,7 @@ pub mod meanface;
 pub mod metrics;
 pub mod scheme;
 
+pub use chip::{ChipSpec, FaceChip, Similarity, face_chip, five_points, presence};
 pub use contract::{ModelMetadata, OutputForm, TensorSpec, check_io};
 pub use crop::{CropRule, DatasetCrop, FaceBox, FaceCrop};
 pub use decode::{Decoder, Landmark, PipMaps, average_with_mirror, decode_pip, decode_pip_scalar};

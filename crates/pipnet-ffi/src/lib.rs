@@ -16,7 +16,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use pipnet_infer::core::{ChipSpec, Scheme, face_chip};
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, PixelFormat, rgb_from_buffer};
+use pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
+use pipnet_infer::preprocess::cut_chip;
 use pipnet_infer::{Device, ErrorKind, Face, Faces, Pipeline, SessionOptions};
 
 /// Bumped whenever a signature or struct layout of this header changes.
@@ -84,6 +87,9 @@ pub struct PipnetOptions {
     /// re-centred on the first pass's landmarks (more accurate with detector boxes, twice the
     /// landmark inference), as `pipnet annotate` does without `--no-refine`.
     pub no_refine: u32,
+    /// Detected faces whose presence (mean landmark score) is below this are dropped as false
+    /// detections. 0: the CLI's default (0.3); a negative value keeps every face.
+    pub min_presence: f32,
 }
 
 /// An 8-bit image in the caller's memory; rows are `stride` bytes apart.
@@ -119,6 +125,19 @@ pub struct PipnetFace {
     pub landmarks: *const f32,
     /// `num_landmarks` landmark scores.
     pub landmark_scores: *const f32,
+    /// The mean landmark score: low for false detections (see `PipnetOptions::min_presence`).
+    pub presence: f32,
+}
+
+/// An aligned face chip: `size` x `size` RGB, and the similarity between chip and image as
+/// 2x3 row-major matrices (OpenCV's `warpAffine` layout; pixel centres at integers).
+#[repr(C)]
+pub struct PipnetChip {
+    pub size: u32,
+    /// Image pixels -> chip pixels.
+    pub to_chip: [f64; 6],
+    /// Chip pixels -> image pixels.
+    pub to_image: [f64; 6],
 }
 
 /// A live pipeline. Calls on one handle are serialised by its mutex.
@@ -136,6 +155,7 @@ struct ResultFace {
     score: f32,
     landmarks: Vec<f32>,
     scores: Vec<f32>,
+    presence: f32,
 }
 
 /// Addresses of live handles and results: checked before any dereference.
@@ -308,6 +328,7 @@ fn into_result(faces: Vec<Face>, out: *mut *mut PipnetResult) {
             score: f.score(),
             landmarks: f.landmarks.in_image.iter().flatten().copied().collect(),
             scores: f.landmarks.scores(),
+            presence: f.presence(),
         })
         .collect();
     // `out` was checked for null by the caller of this function.
@@ -355,6 +376,12 @@ pub unsafe extern "C" fn pipnet_create(
                 ));
             }
         };
+        if options.min_presence.is_nan() {
+            return Err(fail(
+                PipnetStatus::InvalidArgument,
+                "min_presence is NaN (0: the default, negative: keep every face)",
+            ));
+        }
         if !(options.min_face.is_finite() && options.min_face >= 0.0) {
             return Err(fail(
                 PipnetStatus::InvalidArgument,
@@ -374,6 +401,10 @@ pub unsafe extern "C" fn pipnet_create(
         let mut pipeline = Pipeline::open(landmark_model, detector, true, &session)?;
         pipeline.min_face = (options.min_face > 0.0).then_some(options.min_face);
         pipeline.refine = options.no_refine == 0;
+        pipeline.min_presence = match options.min_presence {
+            0.0 => DEFAULT_MIN_PRESENCE,
+            p => p.max(0.0),
+        };
         let handle = register(PipnetHandle {
             pipeline: Mutex::new(pipeline),
         });
@@ -528,8 +559,76 @@ pub unsafe extern "C" fn pipnet_result_face(
                 num_landmarks: face.scores.len() as u32,
                 landmarks: face.landmarks.as_ptr(),
                 landmark_scores: face.scores.as_ptr(),
+                presence: face.presence,
             }
         };
+        Ok(())
+    })
+}
+
+/// Cuts an aligned chip of `face` (a face of a result, or any `PipnetFace` whose landmarks
+/// follow a known scheme) out of `image`. `spec` is "arcface112" or "SIZE[:PADDING]" (eyes
+/// level, face centred). `chip` receives the size and transforms; the pixels (RGB, `size` x
+/// `size` x 3 bytes) go to `pixels` when `capacity` is large enough. Call with `pixels` NULL
+/// and `capacity` 0 to learn the size first.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pipnet_face_chip(
+    image: *const PipnetImage,
+    face: *const PipnetFace,
+    spec: *const c_char,
+    pixels: *mut u8,
+    capacity: usize,
+    chip: *mut PipnetChip,
+) -> PipnetStatus {
+    guard(|| {
+        non_null(image, "image")?;
+        non_null(face, "face")?;
+        non_null(spec, "spec")?;
+        non_null(chip, "chip")?;
+        let invalid = |m: String| fail(PipnetStatus::InvalidArgument, m);
+        let spec = unsafe { CStr::from_ptr(spec) }
+            .to_str()
+            .map_err(|_| invalid("spec is not UTF-8".into()))?;
+        let spec: ChipSpec = spec
+            .parse()
+            .map_err(|e: pipnet_infer::core::Error| invalid(e.to_string()))?;
+        let face = unsafe { &*face };
+        let scheme = Scheme::with_landmarks(face.num_landmarks as usize).ok_or_else(|| {
+            invalid(format!(
+                "no landmark scheme has {} points",
+                face.num_landmarks
+            ))
+        })?;
+        non_null(face.landmarks, "face->landmarks")?;
+        let flat =
+            unsafe { std::slice::from_raw_parts(face.landmarks, 2 * face.num_landmarks as usize) };
+        let landmarks: Vec<[f32; 2]> = flat.chunks_exact(2).map(|p| [p[0], p[1]]).collect();
+        let found = face_chip(spec, scheme, &landmarks).map_err(|e| invalid(e.to_string()))?;
+        let flat6 = |s: pipnet_infer::core::Similarity| {
+            let [[a, b, c], [d, e, f]] = s.0;
+            [a, b, c, d, e, f]
+        };
+        unsafe {
+            *chip = PipnetChip {
+                size: found.size,
+                to_chip: flat6(found.to_chip),
+                to_image: flat6(found.to_image),
+            }
+        };
+        if pixels.is_null() && capacity == 0 {
+            return Ok(());
+        }
+        non_null(pixels.cast_const(), "pixels")?;
+        let needed = 3 * (found.size as usize).pow(2);
+        if capacity < needed {
+            return Err(invalid(format!(
+                "capacity {capacity} is under the chip's {needed} bytes ({0} x {0} x 3)",
+                found.size
+            )));
+        }
+        let rgb = unsafe { image_arg(&*image)? };
+        let cut = cut_chip(&rgb, &found);
+        unsafe { std::ptr::copy_nonoverlapping(cut.as_raw().as_ptr(), pixels, needed) };
         Ok(())
     })
 }

@@ -241,11 +241,10 @@ pub fn bench_photos(
                     let images: Vec<&RgbImage> = pending.iter().map(|(image, _)| image).collect();
                     let located: Vec<&[LocatedFace]> =
                         pending.iter().map(|(_, f)| f.as_slice()).collect();
-                    faces += pipeline
-                        .landmarks_of(&images, &located)?
-                        .iter()
-                        .map(Vec::len)
-                        .sum::<usize>();
+                    for mut found in pipeline.landmarks_of(&images, &located)? {
+                        pipeline.drop_absent(&mut found);
+                        faces += found.len();
+                    }
                     pending.clear();
                     Ok(())
                 };

@@ -20,6 +20,8 @@ pub struct FaceResult {
     pub name: String,
     pub nme: f32,
     pub predicted: Vec<Point>,
+    /// Mean landmark score ([`pipnet_core::presence`]).
+    pub presence: f32,
 }
 
 /// How each labeled face is cropped for evaluation.
@@ -76,6 +78,7 @@ pub fn evaluate(
             results.push(FaceResult {
                 name: face.name.clone(),
                 nme: error,
+                presence: pipnet_core::presence(&found.scores()),
                 predicted: found.in_image,
             });
         }

@@ -12,12 +12,16 @@ use std::sync::mpsc::Receiver;
 
 use image::RgbImage;
 use pipnet_core::FaceBox;
-use pipnet_core::formats::{FaceAnnotation, ImageAnnotation, Provenance, RunSettings, format_pts};
+use pipnet_core::formats::{
+    ChipRecord, FaceAnnotation, ImageAnnotation, Provenance, RunSettings, format_pts,
+};
+use pipnet_core::{ChipSpec, Scheme, face_chip, five_points};
 
 use crate::detect::FaceDetector;
 use crate::error::{Error, Result};
 use crate::image_io::load_rgb;
 use crate::pipeline::{Face, Faces, LocatedFace, Pipeline, fan_out, loader_detectors, locate};
+use crate::preprocess::cut_chip;
 use crate::preview;
 
 /// File extensions treated as images when walking a folder.
@@ -130,6 +134,8 @@ pub struct FolderJob {
     pub max_pixels: u64,
     /// Only this shard's images ([`Shard`]); `None`: all of them.
     pub shard: Option<Shard>,
+    /// Also write an aligned chip per face ([`chips_dir`]).
+    pub chips: Option<ChipSpec>,
 }
 
 /// One image that could not be annotated.
@@ -147,6 +153,8 @@ pub struct FolderSummary {
     pub annotated: usize,
     pub skipped: usize,
     pub faces: usize,
+    /// Detected faces dropped for a presence under the pipeline's `min_presence`.
+    pub faces_dropped: usize,
     pub failures: Vec<Failure>,
     /// Folders under the inputs that were not walked because they hold a run's outputs (the
     /// output folder, or one with a [`RUN_RECORD`]).
@@ -522,6 +530,8 @@ pub fn run_settings(pipeline: &Pipeline, faces: &FaceSource) -> RunSettings {
         min_face: pipeline.min_face.filter(|_| detect),
         refine: pipeline.refine,
         flip: pipeline.model.flip_average(),
+        // Given boxes and crops are never dropped.
+        min_presence: if detect { pipeline.min_presence } else { 0.0 },
     }
 }
 
@@ -556,6 +566,11 @@ fn claim_output_folder(out_dir: &Path, made_by: &Provenance, force: bool) -> Res
     }
     let text = serde_json::to_string_pretty(made_by).unwrap_or_default() + "\n";
     write_atomic(&path, text.as_bytes())
+}
+
+/// The folder of image `name`'s chips: `chips/<name>/`, one `<k>.png` per face (k from 1).
+pub fn chips_dir(out_dir: &Path, name: &str) -> PathBuf {
+    out_dir.join("chips").join(name)
 }
 
 /// Removes temporaries a killed run left in `out_dir` (`write_atomic` names them `.tmp*`).
@@ -648,7 +663,7 @@ pub fn annotate_folder(
             let run = Run {
                 job,
                 made_by: &made_by,
-                points: pipeline.model.metadata().num_landmarks(),
+                scheme: pipeline.model.metadata().scheme,
             };
             consume(pipeline, &run, receive, &mut summary, &mut on_image)
         })
@@ -698,7 +713,8 @@ fn load_one(
 ) -> Loaded {
     let done = output_path(&job.out_dir, &item.name, job.format);
     let preview_done = !job.preview || is_done(&item.path, &preview_path(&job.out_dir, &item.name));
-    if !job.force && is_done(&item.path, &done) && preview_done {
+    let chips_done = job.chips.is_none() || chips_dir(&job.out_dir, &item.name).is_dir();
+    if !job.force && is_done(&item.path, &done) && preview_done && chips_done {
         return Loaded::Skipped;
     }
     let located = load_rgb(&item.path, job.max_pixels).and_then(|image| {
@@ -716,8 +732,7 @@ fn load_one(
 struct Run<'a> {
     job: &'a FolderJob,
     made_by: &'a Provenance,
-    /// Landmarks per face (CSV columns).
-    points: usize,
+    scheme: Scheme,
 }
 
 /// Caller's thread: gather images until a batch of faces is ready, run it, write outputs.
@@ -781,7 +796,8 @@ fn flush(
         Err(e) => vec![Err(e)],
     };
     for ((item, image, _), result) in pending.drain(..).zip(results) {
-        let outcome = result.and_then(|faces| {
+        let outcome = result.and_then(|mut faces| {
+            summary.faces_dropped += pipeline.drop_absent(&mut faces);
             write_outputs(run, &item.name, &image, &faces)?;
             Ok(faces.len())
         });
@@ -804,7 +820,7 @@ fn flush(
 /// ([`output_path`]) goes last, so a killed run redoes the image rather than trusting a half.
 fn write_outputs(run: &Run<'_>, name: &str, image: &RgbImage, faces: &[Face]) -> Result<()> {
     let job = run.job;
-    let annotation = ImageAnnotation {
+    let mut annotation = ImageAnnotation {
         image: name.to_string(),
         width: image.width(),
         height: image.height(),
@@ -815,10 +831,23 @@ fn write_outputs(run: &Run<'_>, name: &str, image: &RgbImage, faces: &[Face]) ->
                 score: f.score(),
                 landmarks: f.landmarks.in_image.clone(),
                 landmark_scores: f.landmarks.scores(),
+                presence: f.presence(),
+                five_points: five_points(run.scheme, &f.landmarks.in_image).ok(),
+                chip: None,
             })
             .collect(),
         made_by: Some(run.made_by.clone()),
     };
+    if let Some(spec) = job.chips {
+        write_chips(
+            &job.out_dir,
+            name,
+            image,
+            spec,
+            run.scheme,
+            &mut annotation.faces,
+        )?;
+    }
     if job.preview {
         let drawn = preview::draw(image, &annotation.faces)?;
         write_atomic(
@@ -833,7 +862,7 @@ fn write_outputs(run: &Run<'_>, name: &str, image: &RgbImage, faces: &[Face]) ->
         ),
         OutputFormat::Csv => write_atomic(
             &output_path(&job.out_dir, name, job.format),
-            annotation.to_csv(run.points).as_bytes(),
+            annotation.to_csv(run.scheme.num_landmarks()).as_bytes(),
         ),
         OutputFormat::Pts => {
             // Later faces first, so face 1 (the done marker) is written last.
@@ -851,6 +880,31 @@ fn write_outputs(run: &Run<'_>, name: &str, image: &RgbImage, faces: &[Face]) ->
             Ok(())
         }
     }
+}
+
+/// Writes each face's chip to `chips/<name>/<k>.png` and records it in the face; the folder is
+/// made even for an image without faces, since it marks the chips done.
+fn write_chips(
+    out_dir: &Path,
+    name: &str,
+    image: &RgbImage,
+    spec: ChipSpec,
+    scheme: Scheme,
+    faces: &mut [FaceAnnotation],
+) -> Result<()> {
+    let dir = chips_dir(out_dir, name);
+    for (k, face) in faces.iter_mut().enumerate() {
+        let chip = face_chip(spec, scheme, &face.landmarks)
+            .map_err(|e| Error::InvalidInput(format!("chip of face {}: {e}", k + 1)))?;
+        let mut png = Vec::new();
+        cut_chip(image, &chip)
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .map_err(|e| Error::InvalidInput(format!("encoding chip {}: {e}", k + 1)))?;
+        let file = format!("chips/{name}/{}.png", k + 1);
+        write_atomic(&out_dir.join(&file), &png)?;
+        face.chip = Some(ChipRecord { file, chip });
+    }
+    std::fs::create_dir_all(&dir).map_err(Error::io(&dir))
 }
 
 #[cfg(test)]
@@ -999,7 +1053,7 @@ mod tests {
         }
         std::fs::write(root.join("old").join(RUN_RECORD), b"{}").unwrap();
         let out = std::fs::canonicalize(root.join("out")).unwrap();
-        let walk = walk_inputs(&[root.clone()], Some(&out));
+        let walk = walk_inputs(std::slice::from_ref(&root), Some(&out));
         let names: Vec<&str> = walk.items.iter().map(|i| i.name.as_str()).collect();
         assert_eq!(names, ["a.jpg", "keep/c.jpg"]);
         let mut skipped = walk.output_folders.clone();
@@ -1024,6 +1078,7 @@ mod tests {
             force: false,
             max_pixels: 1,
             shard: None,
+            chips: None,
         }
     }
 

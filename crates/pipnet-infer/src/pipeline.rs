@@ -45,7 +45,16 @@ impl Face {
     pub fn score(&self) -> f32 {
         self.detection.map_or(1.0, |d| d.score)
     }
+
+    /// Face presence, the mean landmark score ([`pipnet_core::presence`]).
+    pub fn presence(&self) -> f32 {
+        pipnet_core::presence(&self.landmarks.scores())
+    }
 }
+
+/// The smallest presence a detected face may have to be kept (`--min-presence`), chosen on
+/// the validation split and on face-free crops (`models/README.md`, "Face presence").
+pub const DEFAULT_MIN_PRESENCE: f32 = 0.3;
 
 /// A face to run the landmark model on: the detection it came from (if any) and its crop.
 pub type LocatedFace = (Option<Detection>, FaceCrop);
@@ -143,6 +152,9 @@ pub struct Pipeline {
     pub min_face: Option<f32>,
     /// Second landmark pass on crops re-centred on the first pass's landmarks.
     pub refine: bool,
+    /// Detected faces whose presence is below this are dropped as false detections (faces
+    /// the caller gave are always kept); 0 keeps all.
+    pub min_presence: f32,
 }
 
 impl Pipeline {
@@ -152,6 +164,7 @@ impl Pipeline {
             detector,
             min_face: None,
             refine: false,
+            min_presence: 0.0,
         }
     }
 
@@ -205,7 +218,19 @@ impl Pipeline {
         }
         let images: Vec<&RgbImage> = images.iter().map(|(image, _)| *image).collect();
         let located: Vec<&[LocatedFace]> = located.iter().map(Vec::as_slice).collect();
-        self.landmarks_of(&images, &located)
+        let mut found = self.landmarks_of(&images, &located)?;
+        for faces in &mut found {
+            self.drop_absent(faces);
+        }
+        Ok(found)
+    }
+
+    /// Drops the detected faces whose presence is below [`Self::min_presence`]; returns how
+    /// many.
+    pub fn drop_absent(&self, faces: &mut Vec<Face>) -> usize {
+        let before = faces.len();
+        faces.retain(|f| f.detection.is_none() || f.presence() >= self.min_presence);
+        before - faces.len()
     }
 
     /// Runs the landmark stage on faces already located in `images` (one list per image).

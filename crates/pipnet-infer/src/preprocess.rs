@@ -2,7 +2,7 @@
 //! straight into the `[3, S, S]` planes of the input tensor with the model's normalisation.
 
 use image::RgbImage;
-use pipnet_core::FaceCrop;
+use pipnet_core::{FaceChip, FaceCrop};
 
 /// Per-channel normalisation folded into one multiply-add: `v * scale[c] + shift[c]` equals
 /// `(v / 255 - mean[c]) / std[c]`.
@@ -117,6 +117,22 @@ fn write_upright_crop(
             *b = sample(2);
         }
     }
+}
+
+/// Cuts an aligned face chip ([`pipnet_core::face_chip`]) out of `image` as 8-bit RGB: the
+/// model input's bilinear sampler, so pixels outside the image are black here too.
+pub fn cut_chip(image: &RgbImage, chip: &FaceChip) -> RgbImage {
+    let size = chip.size as usize;
+    let mut planes = vec![0.0f32; 3 * size * size];
+    // mean 0, std 1/255: the sampled values stay in 0..255.
+    let identity = Normalization::new([0.0; 3], [1.0 / 255.0; 3]);
+    write_crop(image, &chip.crop(), size, &identity, &mut planes);
+    let plane = size * size;
+    let pixels = (0..plane)
+        .flat_map(|i| [0, 1, 2].map(|c| planes[c * plane + i].round().clamp(0.0, 255.0) as u8))
+        .collect();
+    // `size * size * 3` bytes by construction.
+    RgbImage::from_raw(chip.size, chip.size, pixels).unwrap_or_default()
 }
 
 /// Mirrors `[N, 3, S, S]` crops left to right in place (reverses every row), for test-time
@@ -286,5 +302,34 @@ mod tests {
         for v in &out {
             assert!((v * 255.0 - 50.0).abs() < 1e-3, "{v}");
         }
+    }
+
+    #[test]
+    fn a_chip_shows_the_image_pixels_it_maps_to() {
+        let image = RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 3, y as u8 * 5, 7]));
+        // Chip pixel (u, v) is image pixel (u + 10, v + 20).
+        let to_chip = pipnet_core::Similarity([[1.0, 0.0, -10.0], [0.0, 1.0, -20.0]]);
+        let chip = FaceChip {
+            size: 16,
+            to_chip,
+            to_image: to_chip.inverse(),
+            residual: 0.0,
+        };
+        let cut = cut_chip(&image, &chip);
+        assert_eq!(cut.dimensions(), (16, 16));
+        for (u, v) in [(0, 0), (15, 3), (7, 15)] {
+            assert_eq!(
+                cut.get_pixel(u, v),
+                image.get_pixel(u + 10, v + 20),
+                "({u}, {v})"
+            );
+        }
+        // Past the image's bottom edge: black.
+        let below = FaceChip {
+            to_chip: pipnet_core::Similarity([[1.0, 0.0, 0.0], [0.0, 1.0, -40.0]]),
+            to_image: pipnet_core::Similarity([[1.0, 0.0, 0.0], [0.0, 1.0, 40.0]]),
+            ..chip
+        };
+        assert_eq!(cut_chip(&image, &below).get_pixel(3, 15).0, [0, 0, 0]);
     }
 }

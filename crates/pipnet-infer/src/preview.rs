@@ -47,7 +47,8 @@ pub fn ensure_font() -> std::result::Result<(), String> {
 
 /// Draws each face on a copy of `image`: its box (green) with the detector score above it
 /// when a font is there ([`ensure_font`]), the face's contours (jaw, brows, nose, eyes, lips)
-/// as lines when the landmark count is a known scheme's, and the landmarks as red dots. Line
+/// as lines with round joins when the landmark count is a known scheme's, and the landmarks as
+/// red dots. Line
 /// widths and text follow the face's size, so small and large faces both read well.
 pub fn draw(image: &RgbImage, faces: &[FaceAnnotation]) -> Result<RgbImage> {
     let (w, h) = image.dimensions();
@@ -76,8 +77,22 @@ pub fn draw(image: &RgbImage, faces: &[FaceAnnotation]) -> Result<RgbImage> {
                 if c.closed {
                     line.push(px(points[c.first]));
                 }
-                root.draw(&PathElement::new(line, line_colour.stroke_width(stroke)))
+                // Segment by segment with round joins: a polyline stroked with miter joins
+                // shoots a spike far past a corner where the contour turns back on itself
+                // (a turned face's mouth corner).
+                for segment in line.windows(2) {
+                    root.draw(&PathElement::new(
+                        segment.to_vec(),
+                        line_colour.stroke_width(stroke),
+                    ))
                     .map_err(|e| draw_err(e.to_string()))?;
+                }
+                if stroke > 1 {
+                    for &p in &line {
+                        let joint = Circle::new(p, stroke.div_ceil(2), line_colour.filled());
+                        root.draw(&joint).map_err(|e| draw_err(e.to_string()))?;
+                    }
+                }
             }
             for &p in points {
                 root.draw(&Circle::new(px(p), radius, RED.filled()))
@@ -128,6 +143,9 @@ mod tests {
             score: 1.0,
             landmarks: vec![[15.0, 15.0]],
             landmark_scores: vec![1.0],
+            presence: 1.0,
+            five_points: None,
+            chip: None,
         };
         let drawn = draw(&image, &[face]).unwrap();
         assert_eq!(drawn.get_pixel(5, 15).0, [0, 255, 0], "box edge is green");
@@ -158,6 +176,9 @@ mod tests {
             score: 0.87,
             landmarks,
             landmark_scores: vec![1.0; 68],
+            presence: 1.0,
+            five_points: None,
+            chip: None,
         };
         let drawn = draw(&image, &[face]).unwrap();
         assert_eq!(
@@ -175,5 +196,74 @@ mod tests {
                 .count();
             assert!(green > 20, "{green} green pixels above the box");
         }
+    }
+
+    #[test]
+    fn a_contour_that_turns_back_lights_nothing_far_from_it() {
+        let image = RgbImage::from_pixel(800, 600, image::Rgb([10, 10, 10]));
+        // The outer lip (48..=59, closed) comes down to (490, 300), runs right to the mouth
+        // corner (500, 300) and turns straight back to (490, 301) before heading down: a miter
+        // join there reaches about d / sin(3 degrees) back along the corner's bisector, far
+        // from every drawn segment.
+        let mut landmarks = vec![[100.0f32, 500.0]; 68];
+        let lip = [
+            [400.0, 100.0],
+            [450.0, 150.0],
+            [490.0, 200.0],
+            [490.0, 300.0],
+            [500.0, 300.0],
+            [490.0, 301.0],
+            [490.0, 420.0],
+            [450.0, 450.0],
+            [420.0, 450.0],
+            [400.0, 400.0],
+            [380.0, 300.0],
+            [390.0, 150.0],
+        ];
+        landmarks[48..=59].copy_from_slice(&lip);
+        let face = FaceAnnotation {
+            face_box: FaceBox::from([0.0, 0.0, 600.0, 600.0]),
+            score: 0.9,
+            landmarks: landmarks.clone(),
+            landmark_scores: vec![1.0; 68],
+            presence: 1.0,
+            five_points: None,
+            chip: None,
+        };
+        let stroke = 5.0; // 600 px box / 120
+        let drawn = draw(&image, &[face]).unwrap();
+        let mut segments = Vec::new();
+        for c in Scheme::W300_68.contours() {
+            let mut line: Vec<[f32; 2]> = (c.first..=c.last).map(|i| landmarks[i]).collect();
+            if c.closed {
+                line.push(landmarks[c.first]);
+            }
+            segments.extend(line.windows(2).map(|w| (w[0], w[1])));
+        }
+        let distance = |p: [f32; 2], (a, b): ([f32; 2], [f32; 2])| {
+            let (dx, dy) = (b[0] - a[0], b[1] - a[1]);
+            let len = (dx * dx + dy * dy).max(1e-9);
+            let t = (((p[0] - a[0]) * dx + (p[1] - a[1]) * dy) / len).clamp(0.0, 1.0);
+            (p[0] - a[0] - t * dx).hypot(p[1] - a[1] - t * dy)
+        };
+        let far: Vec<(u32, u32)> = (0..800)
+            .flat_map(|x| (0..600).map(move |y| (x, y)))
+            .filter(|&(x, y)| drawn.get_pixel(x, y).0 == [255, 230, 0])
+            .filter(|&(x, y)| {
+                let p = [x as f32, y as f32];
+                segments.iter().all(|&s| distance(p, s) > stroke + 2.0)
+            })
+            .collect();
+        assert!(
+            far.is_empty(),
+            "{} contour pixels far from the contour, e.g. {:?}",
+            far.len(),
+            far.first()
+        );
+        assert_eq!(
+            drawn.get_pixel(490, 250).0,
+            [255, 230, 0],
+            "the lip is drawn"
+        );
     }
 }

@@ -13,9 +13,11 @@ use numpy::{
     IntoPyArray, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray,
     PyUntypedArrayMethods, dtype,
 };
-use pipnet_infer::core::FaceCrop;
+use pipnet_infer::core::{ChipSpec, FaceCrop, Scheme, five_points};
 use pipnet_infer::folder::{FaceSource, FolderJob, OutputFormat, annotate_folder};
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, PixelFormat, load_rgb, rgb_from_buffer};
+use pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
+use pipnet_infer::preprocess::cut_chip;
 use pipnet_infer::{
     Device, ErrorKind, Face, Faces, LandmarkModel, OrtLibrary, Pipeline as RustPipeline,
     SessionOptions,
@@ -109,12 +111,13 @@ fn rgb_image(image: &Bound<'_, PyAny>) -> PyResult<RgbImage> {
     .map_err(py_err)
 }
 
-/// One face as `(box, score, landmarks L x 2, landmark scores L)`.
+/// One face as `(box, score, landmarks L x 2, landmark scores L, presence)`.
 type PyFace<'py> = (
     [f32; 4],
     f32,
     Bound<'py, numpy::PyArray2<f32>>,
     Bound<'py, numpy::PyArray1<f32>>,
+    f32,
 );
 
 fn py_face(py: Python<'_>, face: Face) -> PyFace<'_> {
@@ -126,6 +129,7 @@ fn py_face(py: Python<'_>, face: Face) -> PyFace<'_> {
         face.score(),
         landmarks.into_pyarray(py),
         Array1::from(face.landmarks.scores()).into_pyarray(py),
+        face.presence(),
     )
 }
 
@@ -198,7 +202,7 @@ impl Pipeline {
 impl Pipeline {
     #[new]
     #[pyo3(signature = (model=None, device="cpu", threads=None, batch=None, min_face=None,
-        refine=true, flip=false, detector=None, ort_library=None))]
+        refine=true, flip=false, detector=None, ort_library=None, min_presence=None))]
     #[allow(clippy::too_many_arguments)] // Python keyword arguments
     fn new(
         py: Python<'_>,
@@ -211,10 +215,17 @@ impl Pipeline {
         flip: bool,
         detector: Option<PathBuf>,
         ort_library: Option<PathBuf>,
+        min_presence: Option<f32>,
     ) -> PyResult<Self> {
         if min_face.is_some_and(|m| !(m.is_finite() && m > 0.0)) {
             return Err(PyValueError::new_err(
                 "min_face must be a positive number of pixels (or None)",
+            ));
+        }
+        let min_presence = min_presence.unwrap_or(DEFAULT_MIN_PRESENCE);
+        if !(min_presence.is_finite() && min_presence >= 0.0) {
+            return Err(PyValueError::new_err(
+                "min_presence must be a number >= 0 (0 keeps every face)",
             ));
         }
         let options = session_options(device, threads, batch, ort_library)?;
@@ -223,6 +234,7 @@ impl Pipeline {
             .map_err(py_err)?;
         pipeline.min_face = min_face;
         pipeline.refine = refine;
+        pipeline.min_presence = min_presence;
         pipeline.model.set_flip_average(flip);
         Ok(Self {
             inner: Mutex::new(pipeline),
@@ -287,7 +299,7 @@ impl Pipeline {
     /// and the summary as a dict. `crops`: every image is one face crop; `boxes`: a JSON file of
     /// tight landmark boxes per image, as `--boxes`.
     #[pyo3(signature = (inputs, out, format="json", preview=false, crops=false, boxes=None,
-        force=false))]
+        force=false, chips=None))]
     #[allow(clippy::too_many_arguments)] // Python keyword arguments
     fn annotate<'py>(
         &self,
@@ -299,7 +311,12 @@ impl Pipeline {
         crops: bool,
         boxes: Option<PathBuf>,
         force: bool,
+        chips: Option<&str>,
     ) -> PyResult<Bound<'py, PyDict>> {
+        let chips = chips
+            .map(|spec| spec.parse::<ChipSpec>())
+            .transpose()
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
         let faces = match (&boxes, crops) {
             (Some(_), true) => {
                 return Err(PyValueError::new_err("crops and boxes exclude each other"));
@@ -317,6 +334,7 @@ impl Pipeline {
             force,
             max_pixels: DEFAULT_MAX_PIXELS,
             shard: None,
+            chips,
         };
         let summary = self.run(py, |p| annotate_folder(p, &job, |_| {}))?;
         let result = PyDict::new(py);
@@ -324,6 +342,7 @@ impl Pipeline {
         result.set_item("annotated", summary.annotated)?;
         result.set_item("skipped", summary.skipped)?;
         result.set_item("faces", summary.faces)?;
+        result.set_item("faces_dropped", summary.faces_dropped)?;
         let failures: Vec<(String, String)> = summary
             .failures
             .into_iter()
@@ -353,6 +372,41 @@ fn load_image(py: Python<'_>, path: PathBuf) -> PyResult<Bound<'_, numpy::PyArra
     Ok(pixels.into_pyarray(py))
 }
 
+/// An aligned chip of a face with `landmarks` (L x 2, the scheme picked by L) in `image`:
+/// `(chip HxWx3 uint8, image-to-chip 2x3, chip-to-image 2x3, five points 5 x 2)`.
+#[pyfunction]
+#[allow(clippy::type_complexity)] // a Python tuple
+fn face_chip<'py>(
+    py: Python<'py>,
+    image: &Bound<'py, PyAny>,
+    landmarks: Vec<[f32; 2]>,
+    spec: &str,
+) -> PyResult<(
+    Bound<'py, numpy::PyArray3<u8>>,
+    [[f64; 3]; 2],
+    [[f64; 3]; 2],
+    [[f32; 2]; 5],
+)> {
+    let value_err = |e: pipnet_infer::core::Error| PyValueError::new_err(e.to_string());
+    let spec: ChipSpec = spec.parse().map_err(value_err)?;
+    let scheme = Scheme::with_landmarks(landmarks.len()).ok_or_else(|| {
+        PyValueError::new_err(format!("no landmark scheme has {} points", landmarks.len()))
+    })?;
+    let image = rgb_image(image)?;
+    let five = five_points(scheme, &landmarks).map_err(value_err)?;
+    let chip = pipnet_infer::core::face_chip(spec, scheme, &landmarks).map_err(value_err)?;
+    let cut = py.detach(|| cut_chip(&image, &chip));
+    let side = chip.size as usize;
+    let pixels = Array3::from_shape_vec((side, side, 3), cut.into_raw())
+        .expect("a chip holds size x size x 3 bytes");
+    Ok((
+        pixels.into_pyarray(py),
+        chip.to_chip.0,
+        chip.to_image.0,
+        five,
+    ))
+}
+
 /// The metadata of a model file (the built-in model when `model` is None).
 #[pyfunction]
 #[pyo3(signature = (model=None, ort_library=None))]
@@ -373,6 +427,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Pipeline>()?;
     m.add_function(wrap_pyfunction!(info, m)?)?;
     m.add_function(wrap_pyfunction!(load_image, m)?)?;
+    m.add_function(wrap_pyfunction!(face_chip, m)?)?;
     m.add("PipnetError", m.py().get_type::<PipnetError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -101,6 +101,30 @@ def test_bgr_arrays_are_read_as_bgr_when_told(pipeline, photo):
         pipeline(photo[..., 0], channels="bgr")
 
 
+def test_faces_have_presence_and_upright_chips(pipeline, photo):
+    faces = pipeline(photo)
+    for face in faces:
+        assert face.presence == pytest.approx(float(face.landmark_scores.mean()), rel=1e-5)
+    assert len(pipnet.Pipeline(min_presence=0)(photo)) >= len(faces)
+    assert pipnet.Pipeline(min_presence=10)(photo) == []
+    with pytest.raises(ValueError, match="min_presence"):
+        pipnet.Pipeline(min_presence=-1)
+    face = faces[0]
+    chip = face.chip(photo)
+    assert chip.image.shape == (112, 112, 3) and chip.image.dtype == np.uint8
+    points = np.c_[face.landmarks, np.ones(len(face.landmarks))]
+    in_chip = points @ chip.to_chip.T
+    back = np.c_[in_chip, np.ones(len(in_chip))] @ chip.to_image.T
+    np.testing.assert_allclose(back, face.landmarks, atol=1e-3)
+    eyes = np.c_[chip.five_points[:2], np.ones(2)] @ chip.to_chip.T
+    tilt = np.degrees(np.arctan2(eyes[1, 1] - eyes[0, 1], eyes[1, 0] - eyes[0, 0]))
+    assert abs(tilt) < 3, tilt
+    bgr = face.chip(np.ascontiguousarray(photo[..., ::-1]), "64:0.1", channels="bgr")
+    np.testing.assert_array_equal(bgr.image, face.chip(photo, "64:0.1").image[..., ::-1])
+    with pytest.raises(ValueError, match="chip spec"):
+        face.chip(photo, "huge")
+
+
 def test_known_boxes_give_one_face_each_in_order(pipeline, photo):
     found = pipeline(photo)
     boxes = np.array(

@@ -7,8 +7,10 @@ use std::process::ExitCode;
 use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
 use pipnet_infer::Pipeline;
+use pipnet_infer::core::ChipSpec;
 use pipnet_infer::folder::{FaceSource, FolderJob, OutputFormat, Shard, annotate_folder};
 use pipnet_infer::image_io::DEFAULT_MAX_PIXELS;
+use pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -49,6 +51,15 @@ pub struct Args {
     /// work; see models/README.md for what it buys).
     #[arg(long)]
     flip: bool,
+    /// Drop detected faces whose presence (mean landmark score) is below this: false
+    /// detections such as ears; 0 keeps all. Given boxes and crops are always kept.
+    #[arg(long, default_value_t = DEFAULT_MIN_PRESENCE)]
+    min_presence: f32,
+    /// Also write an aligned chip per face, `OUT/chips/<image path>/<k>.png`: `arcface112`
+    /// (InsightFace's five-point template) or `SIZE[:PADDING]` (eyes level, face centred,
+    /// PADDING of the face's size on each side; default 0.25). Transforms go in the JSON.
+    #[arg(long, value_name = "SPEC")]
+    chips: Option<ChipSpec>,
     #[command(flatten)]
     session: super::SessionArgs,
     /// Redo images whose output is already newer than the image, and replace the outputs of a
@@ -88,6 +99,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.min_face.is_some_and(|m| m.is_nan() || m <= 0.0) {
         bail!("--min-face must be a positive number of pixels");
     }
+    if !(args.min_presence.is_finite() && args.min_presence >= 0.0) {
+        bail!("--min-presence must be a number >= 0 (0 keeps every face)");
+    }
     let options = args.session.options()?;
     let shard = shard(&args)?;
     if let Some(shard) = shard {
@@ -106,6 +120,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut pipeline = Pipeline::new(model, detector);
     pipeline.min_face = args.min_face;
     pipeline.refine = !args.no_refine;
+    pipeline.min_presence = args.min_presence;
     pipeline.model.set_flip_average(args.flip);
     let job = FolderJob {
         inputs: args.inputs,
@@ -116,6 +131,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         force: args.force,
         max_pixels: args.max_pixels,
         shard,
+        chips: args.chips,
     };
     // Hidden by indicatif when stderr is not a terminal.
     let bar = ProgressBar::new(0).with_style(
@@ -137,6 +153,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!(
             "pipnet: skipped {}: it holds a run's outputs",
             folder.display()
+        );
+    }
+    if summary.faces_dropped > 0 {
+        eprintln!(
+            "pipnet: {} detected faces dropped for a presence under {} (--min-presence 0 keeps \
+             them)",
+            summary.faces_dropped, args.min_presence
         );
     }
     eprintln!(

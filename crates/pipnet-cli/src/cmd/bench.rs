@@ -112,12 +112,15 @@ fn python_inputs(args: &Args, report: &BenchReport) -> Result<PythonInputs, Stri
 /// Faces/s and landmarks of `python -m pipnet_export.pipeline --runner RUNNER` on the report's
 /// crops (`onnxruntime`: the Python reference; `pipnet`: the `pipnet` Python package), or why
 /// it could not run.
+/// Seconds per pass, and the landmarks of each crop.
+type PythonRun = (f64, Vec<Vec<[f64; 2]>>);
+
 fn run_python(
     args: &Args,
     report: &BenchReport,
     inputs: &PythonInputs,
     runner: &str,
-) -> Result<(f64, Vec<Vec<[f64; 2]>>), String> {
+) -> Result<PythonRun, String> {
     let package = export_package().ok_or("python-export/src not found (run from the checkout)")?;
     let python = python(args);
     let output = Command::new(&python)

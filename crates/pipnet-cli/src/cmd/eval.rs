@@ -9,6 +9,7 @@ use pipnet_core::metrics::{Summary, ced_curve};
 use pipnet_infer::eval::{EvalCrops, FaceResult, detector_crops, evaluate};
 use pipnet_infer::image_io::DEFAULT_MAX_PIXELS;
 use pipnet_infer::labeled::split_validation;
+use pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
 use pipnet_infer::{Device, Pipeline, SessionOptions};
 
 #[derive(clap::Args)]
@@ -91,6 +92,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let crops = EvalCrops::Given(&detected.crops);
         let (results, summary) = evaluate(&mut pipeline, &detected.found, crops)?;
         print_summary(&format!("crops from the detector{pass}"), &summary);
+        let lost = results
+            .iter()
+            .filter(|r| r.presence < DEFAULT_MIN_PRESENCE)
+            .count();
+        let lowest = results
+            .iter()
+            .map(|r| r.presence)
+            .fold(f32::INFINITY, f32::min);
+        println!(
+            "presence: lowest {lowest:.3}; {lost} of {} found faces under annotate's \
+             --min-presence {DEFAULT_MIN_PRESENCE} (recall with it {:.4})",
+            results.len(),
+            (results.len() - lost) as f64 / faces.len().max(1) as f64
+        );
         (results, summary)
     } else {
         let (results, summary) = evaluate(&mut pipeline, &faces, EvalCrops::TrueBox)?;

@@ -2,7 +2,7 @@
 //! with the same number of threads, and optionally both scored on the same labeled faces, each
 //! with its own face detector. dlib runs in Python (`python-export`'s `peer_dlib`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
@@ -68,7 +68,7 @@ pub struct PeerReport {
 }
 
 /// The labeled faces of `data` (the `split` validation side only, when given).
-fn labeled_faces(data: &PathBuf, split: Option<(f64, u64)>) -> anyhow::Result<Vec<LabeledFace>> {
+fn labeled_faces(data: &Path, split: Option<(f64, u64)>) -> anyhow::Result<Vec<LabeledFace>> {
     let faces = read_labeled(data, None)?;
     Ok(match split {
         Some((fraction, seed)) => split_validation(faces, fraction, seed).1,
@@ -88,6 +88,7 @@ pub fn compare_with_dlib(
         None => Vec::new(),
     };
     pipeline.refine = true;
+    pipeline.min_presence = pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
     let ours = bench_photos(pipeline, images, args.repeat).context("timing our pipeline")?;
     let answer = run_dlib(args, images, threads, &labeled)?;
     let dlib: Throughput = serde_json::from_value(answer["timing"].clone())
@@ -160,22 +161,6 @@ fn nmes_of_points(
         .context("scoring dlib's landmarks")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn common_faces_are_scored_alike() {
-        let ours = [Some(0.02), None, Some(0.04), Some(0.2)];
-        let theirs = [Some(0.03), Some(0.01), None, Some(0.1)];
-        let (a, b) = score_both(&ours, &theirs);
-        assert_eq!((a.found, b.found, a.faces, a.common), (3, 3, 4, 2));
-        assert!((a.nme_on_common - 0.11).abs() < 1e-6, "{a:?}");
-        assert!((b.nme_on_common - 0.065).abs() < 1e-6, "{b:?}");
-        assert!((a.failure_rate - 1.0 / 3.0).abs() < 1e-6, "{a:?}");
-    }
-}
-
 /// Runs `python -m pipnet_export.peer_dlib` and returns its answer.
 fn run_dlib(
     args: &super::bench::Args,
@@ -217,4 +202,20 @@ fn run_dlib(
         );
     }
     serde_json::from_slice(&output.stdout).context("reading peer_dlib's answer")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_faces_are_scored_alike() {
+        let ours = [Some(0.02), None, Some(0.04), Some(0.2)];
+        let theirs = [Some(0.03), Some(0.01), None, Some(0.1)];
+        let (a, b) = score_both(&ours, &theirs);
+        assert_eq!((a.found, b.found, a.faces, a.common), (3, 3, 4, 2));
+        assert!((a.nme_on_common - 0.11).abs() < 1e-6, "{a:?}");
+        assert!((b.nme_on_common - 0.065).abs() < 1e-6, "{b:?}");
+        assert!((a.failure_rate - 1.0 / 3.0).abs() < 1e-6, "{a:?}");
+    }
 }

@@ -52,7 +52,8 @@ pub struct Args {
 
 /// The networks of toolchain-notes.md with PyTorch's training rate there (2 threads, batch 16):
 /// name, backbone, input, ResNet widths, last stage stride, PyTorch img/s.
-const BENCH_NETWORKS: [(&str, Backbone, usize, [usize; 4], usize, f64); 5] = [
+type BenchNetwork = (&'static str, Backbone, usize, [usize; 4], usize, f64);
+const BENCH_NETWORKS: [BenchNetwork; 5] = [
     (
         "ResNet-18 256, full (64..512), stride 32",
         Backbone::Resnet18,

@@ -26,10 +26,10 @@ import numpy as np
 from . import _native
 from ._native import PipnetError, __version__
 
-__all__ = ["Face", "Pipeline", "PipnetError", "annotate", "info", "load_image", "__version__"]
+__all__ = ["Chip", "Face", "Pipeline", "PipnetError", "annotate", "info", "load_image", "__version__"]
 
 PathLike = Union[str, "os.PathLike[str]"]
-_RUN_OPTIONS = ("format", "preview", "crops", "boxes", "force")
+_RUN_OPTIONS = ("format", "preview", "crops", "boxes", "force", "chips")
 
 
 @functools.lru_cache(maxsize=None)
@@ -70,11 +70,43 @@ class Face:
     landmark_scores: np.ndarray
     """``(L,)`` float32: the score map's value at each landmark's cell (trained towards 1 there,
     0 elsewhere; not normalised, it can exceed 1)."""
+    presence: float
+    """The mean landmark score: low for false detections (``Pipeline(min_presence=...)``)."""
 
     @classmethod
     def _from_native(cls, native: tuple) -> "Face":
-        box, score, landmarks, landmark_scores = native
-        return cls(np.asarray(box, dtype=np.float32), float(score), landmarks, landmark_scores)
+        box, score, landmarks, landmark_scores, presence = native
+        return cls(
+            np.asarray(box, dtype=np.float32),
+            float(score),
+            landmarks,
+            landmark_scores,
+            float(presence),
+        )
+
+    def chip(self, image: Any, spec: str = "arcface112", *, channels: str = "rgb") -> "Chip":
+        """The face cut out of ``image`` upright: ``spec`` is ``"arcface112"`` (InsightFace's
+        five-point template, 112x112) or ``"SIZE[:PADDING]"`` (eyes level, face centred)."""
+        pixels, to_chip, to_image, five = _native.face_chip(
+            _image(image, channels), self.landmarks.tolist(), spec
+        )
+        if channels == "bgr":
+            pixels = np.ascontiguousarray(pixels[..., ::-1])
+        return Chip(pixels, np.array(to_chip), np.array(to_image), np.array(five, np.float32))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Chip:
+    """An aligned face chip and how it maps to the image it came from."""
+
+    image: np.ndarray
+    """``(S, S, 3)`` uint8, in the colour order of the image it was cut from."""
+    to_chip: np.ndarray
+    """``(2, 3)`` float64 similarity, image pixels -> chip pixels (``cv2.warpAffine``'s layout)."""
+    to_image: np.ndarray
+    """``(2, 3)`` float64, chip pixels -> image pixels (its inverse)."""
+    five_points: np.ndarray
+    """``(5, 2)`` float32 image pixels: eye centres, nose tip, mouth corners."""
 
 
 def load_image(path: PathLike) -> np.ndarray:
@@ -132,7 +164,8 @@ class Pipeline:
     every core) and ``batch`` the faces per run (None: 16), each a whole number >= 1; ``min_face``
     the smallest face searched for in pixels (None: 40); ``refine``
     runs a second landmark pass on crops re-centred on the first; ``flip`` averages each crop
-    with its mirror image (twice the landmark work).
+    with its mirror image (twice the landmark work); detected faces whose presence is under
+    ``min_presence`` are dropped (None: the CLI's default; 0 keeps all).
     """
 
     def __init__(
@@ -146,6 +179,7 @@ class Pipeline:
         refine: bool = True,
         flip: bool = False,
         detector: Optional[PathLike] = None,
+        min_presence: Optional[float] = None,
     ) -> None:
         self._native = _native.Pipeline(
             _path(model),
@@ -157,6 +191,7 @@ class Pipeline:
             flip,
             _path(detector),
             _onnxruntime_library(),
+            min_presence,
         )
 
     def __call__(self, image: Any, *, channels: str = "rgb") -> list[Face]:
@@ -194,6 +229,7 @@ class Pipeline:
         crops: bool = False,
         boxes: Optional[PathLike] = None,
         force: bool = False,
+        chips: Optional[str] = None,
     ) -> dict:
         """``pipnet annotate`` with this pipeline: image files and folders (walked recursively)
         into ``out``, one file per image (``json``, ``csv`` or ``pts``; ``preview`` adds JPEGs
@@ -205,7 +241,14 @@ class Pipeline:
         if isinstance(inputs, (str, os.PathLike)):
             inputs = [inputs]
         return self._native.annotate(
-            [os.fspath(p) for p in inputs], os.fspath(out), format, preview, crops, _path(boxes), force
+            [os.fspath(p) for p in inputs],
+            os.fspath(out),
+            format,
+            preview,
+            crops,
+            _path(boxes),
+            force,
+            chips,
         )
 
     @property
