@@ -21,13 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         faces += 1;
         let image = load_rgb(&face.image, DEFAULT_MAX_PIXELS)?;
         let (w, h) = (image.width() as f32, image.height() as f32);
-        // .pts files are 1-based.
-        let points: Vec<[f32; 2]> = face
-            .points
-            .iter()
-            .map(|p| [p[0] - 1.0, p[1] - 1.0])
-            .collect();
-        let b = FaceBox::around(&points)?;
+        let b = FaceBox::around(&face.points)?;
         let grow = 0.2 * b.width().max(b.height());
         let (x0, y0) = ((b.x0 - grow).max(0.0), (b.y0 - grow).max(0.0));
         let (x1, y1) = ((b.x1 + grow).min(w), (b.y1 + grow).min(h));

@@ -85,6 +85,9 @@ typedef struct PipnetHandle PipnetHandle;
 // Faces found by one call, owned by the caller until `pipnet_result_free`.
 typedef struct PipnetResult PipnetResult;
 
+// A live tracker: faces followed over video frames. Calls on one tracker are serialised.
+typedef struct PipnetTracker PipnetTracker;
+
 // Options for `pipnet_create`. All zeros (`PipnetOptions options = {0};`) gives the CLI's
 // defaults: built-in model and detector, CPU, every core, smallest face 40 px, two landmark
 // passes.
@@ -142,6 +145,12 @@ typedef struct PipnetFace {
   const float *landmark_scores;
   // The mean landmark score: low for false detections (see `PipnetOptions::min_presence`).
   float presence;
+  // From `pipnet_tracker_track`: the face's track id (stable across frames, from 1);
+  // 0 from the other calls.
+  uint64_t id;
+  // `num_landmarks` (x, y) pairs as measured: from `pipnet_tracker_track` with smoothing,
+  // `landmarks` holds the smoothed points and this the raw ones; otherwise the same points.
+  const float *raw_landmarks;
 } PipnetFace;
 
 // An aligned face chip: `size` x `size` RGB, and the similarity between chip and image as
@@ -153,6 +162,21 @@ typedef struct PipnetChip {
   // Chip pixels -> image pixels.
   double to_image[6];
 } PipnetChip;
+
+// Options for `pipnet_tracker_create`; all zeros (or NULL) are the defaults of
+// `pipnet track`.
+typedef struct PipnetTrackerOptions {
+  // Run the detector every this many frames (new faces); 0: 10.
+  uint32_t detect_every;
+  // End a track after this many frames unseen; 0: 5.
+  uint32_t max_missed;
+  // Non-zero: no One Euro smoothing.
+  uint32_t no_smooth;
+  // One Euro cutoff at rest, Hz; 0: 1.0.
+  float min_cutoff;
+  // One Euro speed coefficient; 0: 0.05.
+  float beta;
+} PipnetTrackerOptions;
 
 #ifdef __cplusplus
 extern "C" {
@@ -208,6 +232,26 @@ enum PipnetStatus pipnet_face_chip(const struct PipnetImage *image,
                                    uint8_t *pixels,
                                    size_t capacity,
                                    struct PipnetChip *chip);
+
+// A tracker over the pipeline `options` describe (as `pipnet_create`), with `tracking`
+// (NULL: the defaults), written to `*out`.
+enum PipnetStatus pipnet_tracker_create(const struct PipnetOptions *options,
+                                        const struct PipnetTrackerOptions *tracking,
+                                        struct PipnetTracker **out);
+
+// The faces of the next frame of a video, seen at `time` seconds (frames in order); face ids
+// stay the same while a face is followed. The new result goes to `*out`.
+enum PipnetStatus pipnet_tracker_track(const struct PipnetTracker *tracker,
+                                       const struct PipnetImage *image,
+                                       double time,
+                                       struct PipnetResult **out);
+
+// Forgets every face the tracker follows (a new video; ids go on counting).
+enum PipnetStatus pipnet_tracker_reset(const struct PipnetTracker *tracker);
+
+// Frees a tracker. NULL is a no-op; a tracker destroyed twice is
+// `PIPNET_STATUS_STALE_HANDLE`.
+enum PipnetStatus pipnet_tracker_destroy(struct PipnetTracker *tracker);
 
 // Frees a result. NULL is a no-op; a result freed twice is `PIPNET_STATUS_STALE_HANDLE`.
 enum PipnetStatus pipnet_result_free(struct PipnetResult *result);

@@ -1570,3 +1570,68 @@ fn test_presence_drops_false_detections_and_chips_are_written() {
     ]);
     assert_eq!(code, 2, "{stderr}");
 }
+
+/// `pipnet track` on a folder of frames made from a real photo: one line per frame, one id,
+/// smoothed and raw points; CSV too; a missing input and a folder without frames are errors.
+#[test]
+fn test_track_follows_a_face_through_a_frame_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::repo_root().join("../shared/data/face68-train");
+    let face = &pipnet_infer::labeled::read_labeled(&data, None).unwrap()[3];
+    let photo = pipnet_infer::image_io::load_rgb(&face.image, 1 << 26).unwrap();
+    let frames = tmp.path().join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    for (t, (frame, _)) in common::synthetic_video(&photo, &face.points, 12, 256, 1.0, 4.0, 9)
+        .iter()
+        .enumerate()
+    {
+        frame.save(frames.join(format!("f{t:03}.png"))).unwrap();
+    }
+    let out = tmp.path().join("out");
+    let (code, _, stderr) = run_pipnet(&[
+        "track",
+        frames.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--preview",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("12 frames: 12 faces, 1 ids"), "{stderr}");
+    let text = std::fs::read_to_string(out.join("landmarks.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 12);
+    for (t, line) in lines.iter().enumerate() {
+        assert_eq!(line["frame"], t);
+        assert_eq!(line["image"], format!("f{t:03}.png"));
+        let faces = line["faces"].as_array().unwrap();
+        assert_eq!(faces.len(), 1);
+        assert_eq!(faces[0]["id"], 1);
+        assert_eq!(faces[0]["landmarks"].as_array().unwrap().len(), 68);
+        assert_eq!(faces[0]["raw_landmarks"].as_array().unwrap().len(), 68);
+    }
+    assert!(out.join("preview/000011.jpg").is_file());
+
+    let (code, _, stderr) = run_pipnet(&[
+        "track",
+        frames.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--format",
+        "csv",
+        "--no-smooth",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let csv = std::fs::read_to_string(out.join("landmarks.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 13, "a header and a row per frame");
+    assert!(csv.starts_with("frame,time,id,score,presence,box_x0"));
+
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    for input in [empty, tmp.path().join("missing.mp4")] {
+        let (code, _, stderr) = run_pipnet(&["track", input.to_str().unwrap(), "--out", "o"]);
+        assert_eq!(code, 2, "{stderr}");
+    }
+}

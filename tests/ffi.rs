@@ -566,3 +566,112 @@ fn test_presence_and_chips_through_the_abi() {
     assert_eq!(unsafe { pipnet_result_free(result) }, PipnetStatus::Ok);
     assert_eq!(unsafe { pipnet_destroy(handle) }, PipnetStatus::Ok);
 }
+
+/// The tracker through the C ABI: one id along a moving face, smoothed and raw points, reset,
+/// and what a caller can get wrong (a tracker where a handle goes and back, double destroy,
+/// NULL and NaN arguments).
+#[test]
+fn test_tracker_through_the_abi() {
+    let data = common::repo_root().join("../shared/data/face68-train");
+    let face = &pipnet_infer::labeled::read_labeled(&data, None).unwrap()[3];
+    let photo = load_rgb(&face.image, DEFAULT_MAX_PIXELS).unwrap();
+    let video = common::synthetic_video(&photo, &face.points, 6, 256, 1.0, 4.0, 5);
+    let options = PipnetOptions {
+        landmark_model: std::ptr::null(),
+        detector_model: std::ptr::null(),
+        device: PIPNET_DEVICE_CPU,
+        threads: 1,
+        min_face: 0.0,
+        no_refine: 0,
+        min_presence: 0.0,
+    };
+    let mut tracker = std::ptr::null_mut();
+    assert_eq!(
+        unsafe { pipnet_tracker_create(&options, std::ptr::null(), &mut tracker) },
+        PipnetStatus::Ok
+    );
+    let track = |frame: &image::RgbImage, time: f64| -> Vec<(u64, f32, f32)> {
+        let view = PipnetImage {
+            pixels: frame.as_raw().as_ptr(),
+            width: frame.width(),
+            height: frame.height(),
+            stride: frame.width() as usize * 3,
+            format: PIPNET_PIXEL_RGB,
+        };
+        let mut result = std::ptr::null_mut();
+        assert_eq!(
+            unsafe { pipnet_tracker_track(tracker, &view, time, &mut result) },
+            PipnetStatus::Ok
+        );
+        let mut count = 0;
+        unsafe { pipnet_result_count(result, &mut count) };
+        let faces = (0..count)
+            .map(|i| {
+                let mut face = std::mem::MaybeUninit::<PipnetFace>::uninit();
+                unsafe { pipnet_result_face(result, i, face.as_mut_ptr()) };
+                let face = unsafe { face.assume_init() };
+                let (smooth, raw) = unsafe { (*face.landmarks, *face.raw_landmarks) };
+                (face.id, smooth, raw)
+            })
+            .collect();
+        assert_eq!(unsafe { pipnet_result_free(result) }, PipnetStatus::Ok);
+        faces
+    };
+    let mut moved_apart = false;
+    for (t, (frame, _)) in video.iter().enumerate() {
+        let faces = track(frame, t as f64 / 30.0);
+        assert_eq!(faces.len(), 1, "frame {t}");
+        assert_eq!(faces[0].0, 1, "frame {t}");
+        moved_apart |= faces[0].1 != faces[0].2;
+    }
+    assert!(
+        moved_apart,
+        "smoothed points differ from the raw ones somewhere"
+    );
+    assert_eq!(unsafe { pipnet_tracker_reset(tracker) }, PipnetStatus::Ok);
+    assert_eq!(track(&video[0].0, 0.0)[0].0, 2, "ids go on after a reset");
+
+    // Misuse.
+    let view = PipnetImage {
+        pixels: video[0].0.as_raw().as_ptr(),
+        width: 256,
+        height: 256,
+        stride: 256 * 3,
+        format: PIPNET_PIXEL_RGB,
+    };
+    let mut result = std::ptr::null_mut();
+    assert_eq!(
+        unsafe { pipnet_tracker_track(tracker, std::ptr::null(), 0.0, &mut result) },
+        PipnetStatus::NullPointer
+    );
+    assert_eq!(
+        unsafe { pipnet_tracker_track(tracker, &view, f64::NAN, &mut result) },
+        PipnetStatus::InvalidArgument
+    );
+    assert_eq!(
+        unsafe { pipnet_destroy(tracker.cast()) },
+        PipnetStatus::StaleHandle,
+        "a tracker is not a handle"
+    );
+    assert_eq!(unsafe { pipnet_tracker_destroy(tracker) }, PipnetStatus::Ok);
+    assert_eq!(
+        unsafe { pipnet_tracker_destroy(tracker) },
+        PipnetStatus::StaleHandle
+    );
+    assert_eq!(
+        unsafe { pipnet_tracker_track(tracker, &view, 1.0, &mut result) },
+        PipnetStatus::StaleHandle
+    );
+    let bad = PipnetTrackerOptions {
+        detect_every: 0,
+        max_missed: 0,
+        no_smooth: 0,
+        min_cutoff: -1.0,
+        beta: 0.0,
+    };
+    let mut other = std::ptr::null_mut();
+    assert_eq!(
+        unsafe { pipnet_tracker_create(&options, &bad, &mut other) },
+        PipnetStatus::InvalidArgument
+    );
+}

@@ -97,6 +97,64 @@ pub fn embedded_graph_copies(path: &Path) -> [usize; 2] {
     })
 }
 
+/// A video made from one labeled photo: frame `t` is a `size` x `size` view of the photo through
+/// a similarity that drifts smoothly with `t` (`motion` 0: a still camera; 1: shifts of about
+/// 15% of the view, scale changes of 15%, turns of 0.3 radians), plus `noise` (grey levels,
+/// uniform, seeded). Returns each frame with the face's true landmarks in it.
+pub fn synthetic_video(
+    photo: &image::RgbImage,
+    landmarks: &[[f32; 2]],
+    frames: usize,
+    size: u32,
+    motion: f32,
+    noise: f32,
+    seed: u64,
+) -> Vec<(image::RgbImage, Vec<[f32; 2]>)> {
+    use pipnet_infer::core::{FaceBox, FaceChip, Similarity};
+    let b = FaceBox::around(landmarks).expect("landmarks");
+    let centre = b.center();
+    let side = 2.5 * b.width().max(b.height());
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut uniform = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    (0..frames)
+        .map(|t| {
+            let phase = |period: f32| (std::f32::consts::TAU * t as f32 / period).sin();
+            let angle = f64::from(motion * 0.3 * phase(60.0));
+            let scale = f64::from(side * (1.0 + motion * 0.15 * phase(45.0))) / f64::from(size);
+            let shift = [
+                motion * side * 0.15 * phase(50.0),
+                motion * side * 0.15 * phase(70.0),
+            ];
+            let (a, c) = (scale * angle.cos(), scale * angle.sin());
+            let half = (f64::from(size) - 1.0) / 2.0;
+            let tx = f64::from(centre[0] + shift[0]) - (a * half - c * half);
+            let ty = f64::from(centre[1] + shift[1]) - (c * half + a * half);
+            let to_image = Similarity([[a, -c, tx], [c, a, ty]]);
+            let chip = FaceChip {
+                size,
+                to_chip: to_image.inverse(),
+                to_image,
+                residual: 0.0,
+            };
+            let mut frame = pipnet_infer::preprocess::cut_chip(photo, &chip);
+            for v in frame.iter_mut() {
+                *v = (f32::from(*v) + noise * uniform())
+                    .round()
+                    .clamp(0.0, 255.0) as u8;
+            }
+            let truth = landmarks.iter().map(|&p| chip.to_chip.apply(p)).collect();
+            (frame, truth)
+        })
+        .collect()
+}
+
 /// The sample photo folder of the README (`examples/photos`).
 pub fn sample_photos() -> PathBuf {
     repo_root().join("examples/photos")

@@ -42,6 +42,8 @@ enum Command {
     Eval(cmd::eval::Args),
     /// Fit the face detector's box -> landmark crop map on labeled faces.
     Calibrate(cmd::calibrate::Args),
+    /// Landmarks on a video or a folder of frames, with face ids and smoothing.
+    Track(cmd::track::Args),
     /// Time each pipeline stage, and compare with the Python reference pipeline.
     Bench(cmd::bench::Args),
     /// Prepare training data (`pipnet data 300w SRC OUT`).
@@ -81,6 +83,7 @@ fn main() -> ExitCode {
         Command::Train(_) | Command::Export(_) => cmd::NotBuilt::error(),
         Command::Eval(args) => cmd::eval::run(args),
         Command::Calibrate(args) => cmd::calibrate::run(args),
+        Command::Track(args) => cmd::track::run(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::Data(command) => cmd::data::run(command),
     };

@@ -112,6 +112,16 @@ impl FaceBox {
     pub fn center(&self) -> Point {
         [(self.x0 + self.x1) / 2.0, (self.y0 + self.y1) / 2.0]
     }
+
+    /// Intersection over union of the two boxes (0 when either is empty).
+    pub fn iou(&self, other: &Self) -> f32 {
+        let (a, b) = (self, other);
+        let iw = (a.x1.min(b.x1) - a.x0.max(b.x0)).max(0.0);
+        let ih = (a.y1.min(b.y1) - a.y0.max(b.y0)).max(0.0);
+        let inter = iw * ih;
+        let union = a.width() * a.height() + b.width() * b.height() - inter;
+        if union > 0.0 { inter / union } else { 0.0 }
+    }
 }
 
 /// How a square crop is made from a face box: side = `scale * max(w, h)`, centre = box centre

@@ -36,12 +36,7 @@ impl Detection {
 
     /// Intersection over union of the two boxes (0 when either is empty).
     pub fn iou(&self, other: &Self) -> f32 {
-        let (a, b) = (&self.face_box, &other.face_box);
-        let iw = (a.x1.min(b.x1) - a.x0.max(b.x0)).max(0.0);
-        let ih = (a.y1.min(b.y1) - a.y0.max(b.y0)).max(0.0);
-        let inter = iw * ih;
-        let union = a.width() * a.height() + b.width() * b.height() - inter;
-        if union > 0.0 { inter / union } else { 0.0 }
+        self.face_box.iou(&other.face_box)
     }
 }
 

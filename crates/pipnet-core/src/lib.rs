@@ -4,8 +4,8 @@
 //! Modules follow the data flow:
 //! [`scheme`] (what the points are) -> [`meanface`] (mean face and neighbour index) ->
 //! [`detection`] (detector outputs to face boxes) -> [`crop`] (face box to square crop and back) -> [`decode`] (PIP decode + neighbour-vote merge)
-//! -> [`chip`] (five points, presence, aligned chips) -> [`metrics`] (NME, FR, AUC, CED) and
-//! [`formats`] (.pts, WFLW lines, JSON).
+//! -> [`chip`] (five points, presence, aligned chips) -> [`smooth`] (One Euro filter over video
+//! frames) -> [`metrics`] (NME, FR, AUC, CED) and [`formats`] (.pts, WFLW lines, JSON).
 
 pub mod chip;
 pub mod contract;
@@ -16,6 +16,7 @@ pub mod formats;
 pub mod meanface;
 pub mod metrics;
 pub mod scheme;
+pub mod smooth;
 
 pub use chip::{ChipSpec, FaceChip, Similarity, face_chip, five_points, presence};
 pub use contract::{ModelMetadata, OutputForm, TensorSpec, check_io};

@@ -9,6 +9,7 @@
 
 #![allow(clippy::missing_safety_doc)] // the header documents each function's contract
 
+use std::any::TypeId;
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::ffi::{CStr, CString, c_char};
@@ -16,10 +17,12 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use pipnet_infer::core::smooth::OneEuroSettings;
 use pipnet_infer::core::{ChipSpec, Scheme, face_chip};
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, PixelFormat, rgb_from_buffer};
 use pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
 use pipnet_infer::preprocess::cut_chip;
+use pipnet_infer::tracker::{Tracker, TrackerSettings};
 use pipnet_infer::{Device, ErrorKind, Face, Faces, Pipeline, SessionOptions};
 
 /// Bumped whenever a signature or struct layout of this header changes.
@@ -127,6 +130,28 @@ pub struct PipnetFace {
     pub landmark_scores: *const f32,
     /// The mean landmark score: low for false detections (see `PipnetOptions::min_presence`).
     pub presence: f32,
+    /// From `pipnet_tracker_track`: the face's track id (stable across frames, from 1);
+    /// 0 from the other calls.
+    pub id: u64,
+    /// `num_landmarks` (x, y) pairs as measured: from `pipnet_tracker_track` with smoothing,
+    /// `landmarks` holds the smoothed points and this the raw ones; otherwise the same points.
+    pub raw_landmarks: *const f32,
+}
+
+/// Options for `pipnet_tracker_create`; all zeros (or NULL) are the defaults of
+/// `pipnet track`.
+#[repr(C)]
+pub struct PipnetTrackerOptions {
+    /// Run the detector every this many frames (new faces); 0: 10.
+    pub detect_every: u32,
+    /// End a track after this many frames unseen; 0: 5.
+    pub max_missed: u32,
+    /// Non-zero: no One Euro smoothing.
+    pub no_smooth: u32,
+    /// One Euro cutoff at rest, Hz; 0: 1.0.
+    pub min_cutoff: f32,
+    /// One Euro speed coefficient; 0: 0.05.
+    pub beta: f32,
 }
 
 /// An aligned face chip: `size` x `size` RGB, and the similarity between chip and image as
@@ -156,28 +181,56 @@ struct ResultFace {
     landmarks: Vec<f32>,
     scores: Vec<f32>,
     presence: f32,
+    id: u64,
+    /// Measured points when `landmarks` are smoothed ones; empty: the same as `landmarks`.
+    raw: Vec<f32>,
 }
 
-/// Addresses of live handles and results: checked before any dereference.
-static LIVE: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
+impl ResultFace {
+    fn new(face: &Face, id: u64, smoothed: Option<&[[f32; 2]]>) -> Self {
+        let flat = |p: &[[f32; 2]]| p.iter().flatten().copied().collect::<Vec<f32>>();
+        let measured = flat(&face.landmarks.in_image);
+        let (landmarks, raw) = match smoothed {
+            Some(points) => (flat(points), measured),
+            None => (measured, Vec::new()),
+        };
+        Self {
+            face_box: face.face_box().into(),
+            score: face.score(),
+            landmarks,
+            scores: face.landmarks.scores(),
+            presence: face.presence(),
+            id,
+            raw,
+        }
+    }
+}
 
-fn live() -> MutexGuard<'static, Option<HashSet<usize>>> {
+/// Addresses of live handles, trackers and results, with their type: checked before any
+/// dereference, so a tracker passed where a handle is expected is an error, not a bad cast.
+static LIVE: Mutex<Option<HashSet<(usize, TypeId)>>> = Mutex::new(None);
+
+fn live() -> MutexGuard<'static, Option<HashSet<(usize, TypeId)>>> {
     // The set stays consistent even if a holder panicked: insert/remove are single steps.
     LIVE.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn register<T>(value: T) -> *mut T {
+fn register<T: 'static>(value: T) -> *mut T {
     let ptr = Box::into_raw(Box::new(value));
-    live().get_or_insert_with(HashSet::new).insert(ptr as usize);
+    live()
+        .get_or_insert_with(HashSet::new)
+        .insert((ptr as usize, TypeId::of::<T>()));
     ptr
 }
 
-fn is_live<T>(ptr: *const T) -> bool {
-    live().as_ref().is_some_and(|s| s.contains(&(ptr as usize)))
+fn is_live<T: 'static>(ptr: *const T) -> bool {
+    let key = (ptr as usize, TypeId::of::<T>());
+    live().as_ref().is_some_and(|s| s.contains(&key))
 }
 
-fn unregister<T>(ptr: *mut T) -> Option<Box<T>> {
-    let removed = live().as_mut().is_some_and(|s| s.remove(&(ptr as usize)));
+fn unregister<T: 'static>(ptr: *mut T) -> Option<Box<T>> {
+    let key = (ptr as usize, TypeId::of::<T>());
+    let removed = live().as_mut().is_some_and(|s| s.remove(&key));
     // Only pointers made by `register` are in the set, and each is removed once.
     removed.then(|| unsafe { Box::from_raw(ptr) })
 }
@@ -321,16 +374,7 @@ unsafe fn image_arg(image: &PipnetImage) -> Result<image::RgbImage, Failure> {
 }
 
 fn into_result(faces: Vec<Face>, out: *mut *mut PipnetResult) {
-    let faces = faces
-        .into_iter()
-        .map(|f| ResultFace {
-            face_box: f.face_box().into(),
-            score: f.score(),
-            landmarks: f.landmarks.in_image.iter().flatten().copied().collect(),
-            scores: f.landmarks.scores(),
-            presence: f.presence(),
-        })
-        .collect();
+    let faces = faces.iter().map(|f| ResultFace::new(f, 0, None)).collect();
     // `out` was checked for null by the caller of this function.
     unsafe { *out = register(PipnetResult { faces }) };
 }
@@ -355,6 +399,50 @@ pub extern "C" fn pipnet_last_error() -> *const c_char {
     LAST_ERROR.with(|e| e.borrow().as_ptr())
 }
 
+/// The pipeline `options` describe (checked for null by the caller).
+unsafe fn open_pipeline(options: &PipnetOptions) -> Result<Pipeline, Failure> {
+    let device = match options.device {
+        PIPNET_DEVICE_CPU => Device::Cpu,
+        PIPNET_DEVICE_CUDA => Device::Cuda,
+        PIPNET_DEVICE_AUTO => Device::Auto,
+        other => {
+            return Err(fail(
+                PipnetStatus::InvalidArgument,
+                format!("unknown device {other}"),
+            ));
+        }
+    };
+    if options.min_presence.is_nan() {
+        return Err(fail(
+            PipnetStatus::InvalidArgument,
+            "min_presence is NaN (0: the default, negative: keep every face)",
+        ));
+    }
+    if !(options.min_face.is_finite() && options.min_face >= 0.0) {
+        return Err(fail(
+            PipnetStatus::InvalidArgument,
+            "min_face must be a non-negative number of pixels",
+        ));
+    }
+    let session = SessionOptions {
+        device,
+        threads: (options.threads > 0).then_some(options.threads as usize),
+        ..Default::default()
+    };
+    // NULL: the built-in graph.
+    let landmark_model =
+        unsafe { optional_path_arg(options.landmark_model, "options.landmark_model")? };
+    let detector = unsafe { optional_path_arg(options.detector_model, "options.detector_model")? };
+    let mut pipeline = Pipeline::open(landmark_model, detector, true, &session)?;
+    pipeline.min_face = (options.min_face > 0.0).then_some(options.min_face);
+    pipeline.refine = options.no_refine == 0;
+    pipeline.min_presence = match options.min_presence {
+        0.0 => DEFAULT_MIN_PRESENCE,
+        p => p.max(0.0),
+    };
+    Ok(pipeline)
+}
+
 /// Loads the landmark model (and the detector) into a new handle, written to `*out`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pipnet_create(
@@ -364,47 +452,7 @@ pub unsafe extern "C" fn pipnet_create(
     guard(|| {
         non_null(options, "options")?;
         non_null(out, "out")?;
-        let options = unsafe { &*options };
-        let device = match options.device {
-            PIPNET_DEVICE_CPU => Device::Cpu,
-            PIPNET_DEVICE_CUDA => Device::Cuda,
-            PIPNET_DEVICE_AUTO => Device::Auto,
-            other => {
-                return Err(fail(
-                    PipnetStatus::InvalidArgument,
-                    format!("unknown device {other}"),
-                ));
-            }
-        };
-        if options.min_presence.is_nan() {
-            return Err(fail(
-                PipnetStatus::InvalidArgument,
-                "min_presence is NaN (0: the default, negative: keep every face)",
-            ));
-        }
-        if !(options.min_face.is_finite() && options.min_face >= 0.0) {
-            return Err(fail(
-                PipnetStatus::InvalidArgument,
-                "min_face must be a non-negative number of pixels",
-            ));
-        }
-        let session = SessionOptions {
-            device,
-            threads: (options.threads > 0).then_some(options.threads as usize),
-            ..Default::default()
-        };
-        // NULL: the built-in graph.
-        let landmark_model =
-            unsafe { optional_path_arg(options.landmark_model, "options.landmark_model")? };
-        let detector =
-            unsafe { optional_path_arg(options.detector_model, "options.detector_model")? };
-        let mut pipeline = Pipeline::open(landmark_model, detector, true, &session)?;
-        pipeline.min_face = (options.min_face > 0.0).then_some(options.min_face);
-        pipeline.refine = options.no_refine == 0;
-        pipeline.min_presence = match options.min_presence {
-            0.0 => DEFAULT_MIN_PRESENCE,
-            p => p.max(0.0),
-        };
+        let pipeline = unsafe { open_pipeline(&*options)? };
         let handle = register(PipnetHandle {
             pipeline: Mutex::new(pipeline),
         });
@@ -560,6 +608,12 @@ pub unsafe extern "C" fn pipnet_result_face(
                 landmarks: face.landmarks.as_ptr(),
                 landmark_scores: face.scores.as_ptr(),
                 presence: face.presence,
+                id: face.id,
+                raw_landmarks: if face.raw.is_empty() {
+                    face.landmarks.as_ptr()
+                } else {
+                    face.raw.as_ptr()
+                },
             }
         };
         Ok(())
@@ -630,6 +684,136 @@ pub unsafe extern "C" fn pipnet_face_chip(
         let cut = cut_chip(&rgb, &found);
         unsafe { std::ptr::copy_nonoverlapping(cut.as_raw().as_ptr(), pixels, needed) };
         Ok(())
+    })
+}
+
+/// A live tracker: faces followed over video frames. Calls on one tracker are serialised.
+pub struct PipnetTracker {
+    tracker: Mutex<Tracker>,
+}
+
+fn tracker_arg<'a>(tracker: *const PipnetTracker) -> Result<&'a PipnetTracker, Failure> {
+    non_null(tracker, "tracker")?;
+    if !is_live(tracker) {
+        return Err(fail(
+            PipnetStatus::StaleHandle,
+            "tracker is not live (destroyed, or never made by pipnet_tracker_create)",
+        ));
+    }
+    // Live trackers point at a `PipnetTracker` from `register`.
+    Ok(unsafe { &*tracker })
+}
+
+/// A tracker over the pipeline `options` describe (as `pipnet_create`), with `tracking`
+/// (NULL: the defaults), written to `*out`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pipnet_tracker_create(
+    options: *const PipnetOptions,
+    tracking: *const PipnetTrackerOptions,
+    out: *mut *mut PipnetTracker,
+) -> PipnetStatus {
+    guard(|| {
+        non_null(options, "options")?;
+        non_null(out, "out")?;
+        let mut settings = TrackerSettings::default();
+        if !tracking.is_null() {
+            let t = unsafe { &*tracking };
+            let or = |v: u32, default: usize| if v == 0 { default } else { v as usize };
+            settings.detect_every = or(t.detect_every, settings.detect_every);
+            settings.max_missed = or(t.max_missed, settings.max_missed);
+            let positive = |v: f32, default: f64| -> Result<f64, Failure> {
+                match v {
+                    0.0 => Ok(default),
+                    v if v.is_finite() && v > 0.0 => Ok(f64::from(v)),
+                    v => Err(fail(
+                        PipnetStatus::InvalidArgument,
+                        format!("smoothing parameter {v} must be positive (0: the default)"),
+                    )),
+                }
+            };
+            let one_euro = OneEuroSettings::default();
+            settings.smoothing = (t.no_smooth == 0)
+                .then(|| -> Result<OneEuroSettings, Failure> {
+                    Ok(OneEuroSettings {
+                        min_cutoff: positive(t.min_cutoff, one_euro.min_cutoff)?,
+                        beta: positive(t.beta, one_euro.beta)?,
+                        ..one_euro
+                    })
+                })
+                .transpose()?;
+        }
+        let pipeline = unsafe { open_pipeline(&*options)? };
+        settings.lost_presence = pipeline.min_presence;
+        let tracker = Tracker::new(pipeline, settings)?;
+        unsafe {
+            *out = register(PipnetTracker {
+                tracker: Mutex::new(tracker),
+            })
+        };
+        Ok(())
+    })
+}
+
+/// The faces of the next frame of a video, seen at `time` seconds (frames in order); face ids
+/// stay the same while a face is followed. The new result goes to `*out`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pipnet_tracker_track(
+    tracker: *const PipnetTracker,
+    image: *const PipnetImage,
+    time: f64,
+    out: *mut *mut PipnetResult,
+) -> PipnetStatus {
+    guard(|| {
+        let tracker = tracker_arg(tracker)?;
+        non_null(image, "image")?;
+        non_null(out, "out")?;
+        if !time.is_finite() {
+            return Err(fail(PipnetStatus::InvalidArgument, "time is not finite"));
+        }
+        let rgb = unsafe { image_arg(&*image)? };
+        let mut tracker = tracker
+            .tracker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let smoothing = tracker.settings.smoothing.is_some();
+        let faces = tracker
+            .track(&rgb, time)?
+            .iter()
+            .map(|t| ResultFace::new(&t.face, t.id, smoothing.then_some(&t.smoothed[..])))
+            .collect();
+        unsafe { *out = register(PipnetResult { faces }) };
+        Ok(())
+    })
+}
+
+/// Forgets every face the tracker follows (a new video; ids go on counting).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pipnet_tracker_reset(tracker: *const PipnetTracker) -> PipnetStatus {
+    guard(|| {
+        let tracker = tracker_arg(tracker)?;
+        let mut tracker = tracker
+            .tracker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        tracker.reset();
+        Ok(())
+    })
+}
+
+/// Frees a tracker. NULL is a no-op; a tracker destroyed twice is
+/// `PIPNET_STATUS_STALE_HANDLE`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pipnet_tracker_destroy(tracker: *mut PipnetTracker) -> PipnetStatus {
+    guard(|| {
+        if tracker.is_null() {
+            return Ok(());
+        }
+        unregister(tracker).map(drop).ok_or_else(|| {
+            fail(
+                PipnetStatus::StaleHandle,
+                "tracker destroyed twice or never created",
+            )
+        })
     })
 }
 

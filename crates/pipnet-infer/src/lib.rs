@@ -3,7 +3,8 @@
 //! Data flow: [`image_io`] (decode, EXIF, colour) -> crop ([`pipnet_core::FaceCrop`]) ->
 //! [`preprocess`] (resize + normalise into the input tensor) -> [`model`] (session run, PIP
 //! decode + merge) -> back-projection to image pixels. [`runtime`] provides the ONNX Runtime
-//! library itself; [`dataset`] rebuilds the training data's layout from 300-W.
+//! library itself; [`dataset`] rebuilds the training data's layout from 300-W; [`tracker`]
+//! follows faces over video frames.
 
 pub mod bench;
 pub mod dataset;
@@ -20,6 +21,7 @@ pub mod preprocess;
 pub mod preview;
 pub mod runtime;
 pub mod session;
+pub mod tracker;
 
 pub use error::{Error, ErrorKind, Result};
 pub use model::{FaceLandmarks, LandmarkModel};

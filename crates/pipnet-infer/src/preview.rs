@@ -51,6 +51,15 @@ pub fn ensure_font() -> std::result::Result<(), String> {
 /// red dots. Line
 /// widths and text follow the face's size, so small and large faces both read well.
 pub fn draw(image: &RgbImage, faces: &[FaceAnnotation]) -> Result<RgbImage> {
+    draw_labelled(image, faces, None)
+}
+
+/// [`draw`], with `labels[k]` (e.g. a track id) written above face `k` instead of its score.
+pub fn draw_labelled(
+    image: &RgbImage,
+    faces: &[FaceAnnotation],
+    labels: Option<&[String]>,
+) -> Result<RgbImage> {
     let (w, h) = image.dimensions();
     let with_text = ensure_font().is_ok();
     let mut buf = image.as_raw().clone();
@@ -59,7 +68,7 @@ pub fn draw(image: &RgbImage, faces: &[FaceAnnotation]) -> Result<RgbImage> {
         let draw_err = |e: String| Error::InvalidInput(format!("drawing the preview: {e}"));
         let px = |p: [f32; 2]| (p[0].round() as i32, p[1].round() as i32);
         let line_colour = RGBColor(255, 230, 0);
-        for face in faces {
+        for (k, face) in faces.iter().enumerate() {
             let b = face.face_box;
             let size = b.width().max(b.height());
             let stroke = ((size / 120.0).round() as u32).clamp(1, 5);
@@ -107,12 +116,11 @@ pub fn draw(image: &RgbImage, faces: &[FaceAnnotation]) -> Result<RgbImage> {
                 } else {
                     b.y0 + 2.0
                 };
-                root.draw(&Text::new(
-                    format!("{:.2}", face.score),
-                    px([b.x0 + 2.0, y]),
-                    style,
-                ))
-                .map_err(|e| draw_err(e.to_string()))?;
+                let text = labels
+                    .and_then(|l| l.get(k).cloned())
+                    .unwrap_or_else(|| format!("{:.2}", face.score));
+                root.draw(&Text::new(text, px([b.x0 + 2.0, y]), style))
+                    .map_err(|e| draw_err(e.to_string()))?;
             }
         }
         root.present().map_err(|e| draw_err(e.to_string()))?;

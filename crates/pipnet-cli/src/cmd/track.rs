@@ -1,0 +1,394 @@
+//! `pipnet track INPUT --out OUT`: landmarks on a video file or a folder of frames, with stable
+//! face ids and smoothing ([`pipnet_infer::tracker`]). Frame sources are this command's edge:
+//! a folder's images sorted by name, or a video decoded by the system's ffmpeg.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+
+use anyhow::{Context, bail};
+use image::RgbImage;
+use indicatif::{ProgressBar, ProgressStyle};
+use pipnet_infer::Pipeline;
+use pipnet_infer::core::formats::FaceAnnotation;
+use pipnet_infer::core::smooth::OneEuroSettings;
+use pipnet_infer::folder::{IMAGE_EXTENSIONS, write_atomic};
+use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, load_rgb};
+use pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
+use pipnet_infer::preview;
+use pipnet_infer::tracker::{TrackedFace, Tracker, TrackerSettings};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A video file (decoded with ffmpeg) or a folder of frames (its images, sorted by name).
+    input: PathBuf,
+    /// Output folder: `landmarks.jsonl` (or `landmarks.csv`), `preview/` with --preview.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    model: super::ModelArgs,
+    #[command(flatten)]
+    detector: super::DetectorArgs,
+    #[command(flatten)]
+    session: super::SessionArgs,
+    /// jsonl (one line per frame) or csv (one row per face and frame).
+    #[arg(long, default_value = "jsonl", value_parser = ["jsonl", "csv"])]
+    format: String,
+    /// Also write each frame with contours and face ids drawn, `OUT/preview/<frame>.jpg`.
+    #[arg(long)]
+    preview: bool,
+    /// Frames per second of a frame folder (a video's own rate is used for video).
+    #[arg(long, default_value_t = 30.0)]
+    fps: f64,
+    /// Run the face detector every this many frames (new faces); held faces need none.
+    #[arg(long, default_value_t = TrackerSettings::default().detect_every)]
+    detect_every: usize,
+    /// End a face's track after this many frames unseen (it then gets a new id).
+    #[arg(long, default_value_t = TrackerSettings::default().max_missed)]
+    max_missed: usize,
+    /// Drop detected faces, and lose held ones, whose presence falls under this.
+    #[arg(long, default_value_t = DEFAULT_MIN_PRESENCE)]
+    min_presence: f32,
+    /// Write the points as measured: no One Euro smoothing.
+    #[arg(long)]
+    no_smooth: bool,
+    /// One Euro filter: cutoff at rest in Hz (lower: steadier still faces, more lag).
+    #[arg(long, default_value_t = OneEuroSettings::default().min_cutoff)]
+    min_cutoff: f64,
+    /// One Euro filter: how fast the cutoff rises with speed (higher: less lag in motion).
+    #[arg(long, default_value_t = OneEuroSettings::default().beta)]
+    beta: f64,
+    /// Smallest face to detect, in pixels (default: the detector's, 40).
+    #[arg(long)]
+    min_face: Option<f32>,
+}
+
+/// Frames from a folder or from ffmpeg, with their time and (for folders) file name.
+enum Frames {
+    Folder {
+        files: Vec<PathBuf>,
+        next: usize,
+        fps: f64,
+    },
+    Video {
+        child: Child,
+        width: u32,
+        height: u32,
+        fps: f64,
+        next: usize,
+    },
+}
+
+struct Frame {
+    image: RgbImage,
+    time: f64,
+    name: Option<String>,
+}
+
+impl Frames {
+    fn open(input: &Path, folder_fps: f64) -> anyhow::Result<Self> {
+        if input.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(input)
+                .with_context(|| format!("reading {}", input.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.is_file()
+                        && p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                            IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())
+                        })
+                })
+                .collect();
+            files.sort();
+            if files.is_empty() {
+                bail!(
+                    "{}: no image files (frames) in this folder",
+                    input.display()
+                );
+            }
+            return Ok(Frames::Folder {
+                files,
+                next: 0,
+                fps: folder_fps,
+            });
+        }
+        if !input.is_file() {
+            bail!("{}: no such video file or frame folder", input.display());
+        }
+        let (width, height, fps) = probe(input)?;
+        let child = Command::new("ffmpeg")
+            .args(["-v", "error", "-nostdin", "-i"])
+            .arg(input)
+            .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| ffmpeg_missing("ffmpeg", e))?;
+        Ok(Frames::Video {
+            child,
+            width,
+            height,
+            fps,
+            next: 0,
+        })
+    }
+
+    fn len(&self) -> Option<usize> {
+        match self {
+            Frames::Folder { files, .. } => Some(files.len()),
+            Frames::Video { .. } => None,
+        }
+    }
+
+    fn next_frame(&mut self) -> anyhow::Result<Option<Frame>> {
+        match self {
+            Frames::Folder { files, next, fps } => {
+                let Some(path) = files.get(*next) else {
+                    return Ok(None);
+                };
+                let image = load_rgb(path, DEFAULT_MAX_PIXELS)?;
+                let frame = Frame {
+                    image,
+                    time: *next as f64 / *fps,
+                    name: path.file_name().map(|n| n.to_string_lossy().into_owned()),
+                };
+                *next += 1;
+                Ok(Some(frame))
+            }
+            Frames::Video {
+                child,
+                width,
+                height,
+                fps,
+                next,
+            } => {
+                let bytes = *width as usize * *height as usize * 3;
+                let mut buf = vec![0u8; bytes];
+                let stdout = child.stdout.as_mut().context("ffmpeg has no output")?;
+                let mut filled = 0;
+                while filled < bytes {
+                    let n = stdout
+                        .read(&mut buf[filled..])
+                        .context("reading ffmpeg's frames")?;
+                    if n == 0 {
+                        break;
+                    }
+                    filled += n;
+                }
+                if filled == 0 {
+                    let status = child.wait()?;
+                    if !status.success() {
+                        let mut err = String::new();
+                        if let Some(mut e) = child.stderr.take() {
+                            e.read_to_string(&mut err).ok();
+                        }
+                        bail!("ffmpeg failed ({status}): {}", err.trim());
+                    }
+                    return Ok(None);
+                }
+                if filled < bytes {
+                    bail!("ffmpeg ended inside frame {next} ({filled} of {bytes} bytes)");
+                }
+                let image = RgbImage::from_raw(*width, *height, buf).context("frame size")?;
+                let frame = Frame {
+                    image,
+                    time: *next as f64 / *fps,
+                    name: None,
+                };
+                *next += 1;
+                Ok(Some(frame))
+            }
+        }
+    }
+}
+
+fn ffmpeg_missing(tool: &str, e: std::io::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "could not run {tool} ({e}): video files are decoded with ffmpeg; install it \
+         (Debian/Ubuntu: apt-get install ffmpeg) or pass a folder of frames"
+    )
+}
+
+/// Width, height and frame rate of the first video stream, from ffprobe.
+fn probe(input: &Path) -> anyhow::Result<(u32, u32, f64)> {
+    let output = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0"])
+        .args([
+            "-show_entries",
+            "stream=width,height,r_frame_rate",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(input)
+        .output()
+        .map_err(|e| ffmpeg_missing("ffprobe", e))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text.lines().next().unwrap_or_default();
+    let fields: Vec<&str> = line.trim().split(',').collect();
+    let parsed = match fields.as_slice() {
+        [w, h, rate] => {
+            let (num, den) = rate.split_once('/').unwrap_or((rate, "1"));
+            let fps = num.parse::<f64>().ok().zip(den.parse::<f64>().ok());
+            w.parse().ok().zip(h.parse().ok()).zip(fps)
+        }
+        _ => None,
+    };
+    match parsed {
+        Some(((w, h), (num, den))) if w > 0 && h > 0 && num > 0.0 && den > 0.0 => {
+            Ok((w, h, num / den))
+        }
+        _ => bail!(
+            "{}: not a video ffprobe can read ({})",
+            input.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ),
+    }
+}
+
+/// A tracked face as the output records it: the smoothed points as `landmarks`, the measured
+/// ones as `raw_landmarks`.
+fn face_json(face: &TrackedFace) -> serde_json::Value {
+    let f = &face.face;
+    let b = f.face_box();
+    serde_json::json!({
+        "id": face.id,
+        "box": [b.x0, b.y0, b.x1, b.y1],
+        "score": f.score(),
+        "presence": f.presence(),
+        "landmarks": face.smoothed,
+        "raw_landmarks": f.landmarks.in_image,
+        "landmark_scores": f.landmarks.scores(),
+    })
+}
+
+fn csv_rows(frame: usize, time: f64, faces: &[TrackedFace], out: &mut String) {
+    for face in faces {
+        let f = &face.face;
+        let b = f.face_box();
+        out.push_str(&format!(
+            "{frame},{time:.4},{},{:.4},{:.4},{:.2},{:.2},{:.2},{:.2}",
+            face.id,
+            f.score(),
+            f.presence(),
+            b.x0,
+            b.y0,
+            b.x1,
+            b.y1
+        ));
+        for p in &face.smoothed {
+            out.push_str(&format!(",{:.3},{:.3}", p[0], p[1]));
+        }
+        out.push('\n');
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if !(args.min_presence.is_finite() && args.min_presence >= 0.0) {
+        bail!("--min-presence must be a number >= 0");
+    }
+    if !(args.fps.is_finite() && args.fps > 0.0) {
+        bail!("--fps must be a positive number");
+    }
+    if args.detect_every == 0 {
+        bail!("--detect-every must be at least 1");
+    }
+    let mut frames = Frames::open(&args.input, args.fps)?;
+    let options = args.session.options()?;
+    let mut pipeline = Pipeline::new(
+        args.model.load(&options)?,
+        Some(args.detector.load(&options)?),
+    );
+    pipeline.refine = true;
+    pipeline.min_face = args.min_face;
+    pipeline.min_presence = args.min_presence;
+    let points = pipeline.model.metadata().num_landmarks();
+    let settings = TrackerSettings {
+        detect_every: args.detect_every,
+        max_missed: args.max_missed,
+        lost_presence: args.min_presence,
+        smoothing: (!args.no_smooth).then_some(OneEuroSettings {
+            min_cutoff: args.min_cutoff,
+            beta: args.beta,
+            ..OneEuroSettings::default()
+        }),
+        ..TrackerSettings::default()
+    };
+    let mut tracker = Tracker::new(pipeline, settings)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+
+    let bar = match frames.len() {
+        Some(n) => ProgressBar::new(n as u64),
+        None => ProgressBar::new_spinner(),
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{pos} frames [{bar:30}] {per_sec} eta {eta} {msg}")?
+            .progress_chars("=> "),
+    );
+    let mut text = String::new();
+    if args.format == "csv" {
+        text.push_str("frame,time,id,score,presence,box_x0,box_y0,box_x1,box_y1");
+        for i in 0..points {
+            text.push_str(&format!(",x{i},y{i}"));
+        }
+        text.push('\n');
+    }
+    let (mut count, mut face_count) = (0usize, 0usize);
+    let mut ids = std::collections::BTreeSet::new();
+    let start = std::time::Instant::now();
+    while let Some(frame) = frames.next_frame()? {
+        let faces = tracker
+            .track(&frame.image, frame.time)
+            .with_context(|| format!("frame {count}"))?;
+        face_count += faces.len();
+        ids.extend(faces.iter().map(|f| f.id));
+        if args.format == "csv" {
+            csv_rows(count, frame.time, &faces, &mut text);
+        } else {
+            let line = serde_json::json!({
+                "frame": count,
+                "image": frame.name,
+                "time": frame.time,
+                "faces": faces.iter().map(face_json).collect::<Vec<_>>(),
+            });
+            text.push_str(&line.to_string());
+            text.push('\n');
+        }
+        if args.preview {
+            let drawn: Vec<FaceAnnotation> = faces
+                .iter()
+                .map(|f| FaceAnnotation {
+                    face_box: f.face.face_box(),
+                    score: f.face.score(),
+                    landmarks: f.smoothed.clone(),
+                    landmark_scores: f.face.landmarks.scores(),
+                    presence: f.face.presence(),
+                    five_points: None,
+                    chip: None,
+                })
+                .collect();
+            let labels: Vec<String> = faces.iter().map(|f| format!("#{}", f.id)).collect();
+            let image = preview::draw_labelled(&frame.image, &drawn, Some(&labels))?;
+            let path = args.out.join("preview").join(format!("{count:06}.jpg"));
+            write_atomic(&path, &preview::encode_jpeg(&image)?)?;
+        }
+        count += 1;
+        bar.inc(1);
+        bar.set_message(format!("{} ids", ids.len()));
+    }
+    bar.finish_and_clear();
+    if count == 0 {
+        bail!("{}: no frames", args.input.display());
+    }
+    let file = args.out.join(format!("landmarks.{}", args.format));
+    write_atomic(&file, text.as_bytes())?;
+    let seconds = start.elapsed().as_secs_f64();
+    let mut stderr = std::io::stderr().lock();
+    writeln!(
+        stderr,
+        "{count} frames: {face_count} faces, {} ids, in {seconds:.1}s ({:.1} frames/s); output in {}",
+        ids.len(),
+        count as f64 / seconds.max(1e-9),
+        file.display()
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
