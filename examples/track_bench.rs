@@ -4,7 +4,8 @@
 //! smoothing. Prints NME, jitter (mean |predicted - true frame-to-frame motion| over the
 //! inter-ocular distance), id switches, lost frames, detector runs and frames/s.
 //!
-//! `cargo run --release --example track_bench -- [FACES] [FRAMES]` (default 8 faces, 60 frames)
+//! `cargo run --release --example track_bench -- [FACES] [FRAMES] [SIZE] [MIN_CUTOFF] [BETA]`
+//! (default 8 faces, 60 frames of 256 x 256, the default One Euro settings)
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -13,6 +14,7 @@ use std::time::Instant;
 
 use pipnet::core::Scheme;
 use pipnet::core::metrics::nme;
+use pipnet::core::smooth::OneEuroSettings;
 use pipnet::infer::image_io::{DEFAULT_MAX_PIXELS, load_rgb};
 use pipnet::infer::labeled::{read_labeled, split_validation};
 use pipnet::infer::pipeline::DEFAULT_MIN_PRESENCE;
@@ -86,22 +88,40 @@ impl Tally {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>());
-    let faces_wanted = args.next().transpose()?.unwrap_or(8);
-    let frames = args.next().transpose()?.unwrap_or(60);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize, default: f64| args.get(i).map_or(Ok(default), |a| a.parse::<f64>());
+    let faces_wanted = arg(0, 8.0)? as usize;
+    let frames = arg(1, 60.0)? as usize;
+    let size = arg(2, 256.0)? as u32;
+    let one_euro = OneEuroSettings {
+        min_cutoff: arg(3, OneEuroSettings::default().min_cutoff)?,
+        beta: arg(4, OneEuroSettings::default().beta)?,
+        ..OneEuroSettings::default()
+    };
     let data = common::repo_root().join("../shared/data/face68-train");
     let (_, val) = split_validation(read_labeled(&data, None)?, 0.1, 1);
     let options = SessionOptions::default();
     let mut pipeline = Pipeline::open(None, None, true, &options)?;
     pipeline.refine = true;
     pipeline.min_presence = DEFAULT_MIN_PRESENCE;
-    let mut tracker = Tracker::new(pipeline, TrackerSettings::default())?;
+    let settings = TrackerSettings {
+        smoothing: Some(one_euro),
+        ..TrackerSettings::default()
+    };
+    let mut tracker = Tracker::new(pipeline, settings)?;
     for (kind, motion, noise) in [("moving", 1.0, 6.0), ("still", 0.0, 8.0)] {
         let mut tallies: [Tally; 3] = Default::default();
         for (k, face) in val.iter().take(faces_wanted).enumerate() {
             let photo = load_rgb(&face.image, DEFAULT_MAX_PIXELS)?;
-            let video =
-                common::synthetic_video(&photo, &face.points, frames, 256, motion, noise, k as u64);
+            let video = common::synthetic_video(
+                &photo,
+                &face.points,
+                frames,
+                size,
+                motion,
+                noise,
+                k as u64,
+            );
             let truth: Vec<Points> = video.iter().map(|(_, t)| t.clone()).collect();
             // Per frame, as annotate runs each photo.
             let start = Instant::now();
@@ -136,7 +156,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 tally.add(&truth, found);
             }
         }
-        println!("\n{kind}: {faces_wanted} validation faces x {frames} frames (256 x 256)\n");
+        println!(
+            "\n{kind}: {faces_wanted} validation faces x {frames} frames ({size} x {size}), One \
+             Euro min cutoff {} Hz, beta {}\n",
+            one_euro.min_cutoff, one_euro.beta
+        );
         println!("| run | NME | jitter | id switches | lost frames | detector runs | frames/s |");
         println!("|---|---|---|---|---|---|---|");
         for (tally, name) in

@@ -150,7 +150,7 @@ pub struct PipnetTrackerOptions {
     pub no_smooth: u32,
     /// One Euro cutoff at rest, Hz; 0: 1.0.
     pub min_cutoff: f32,
-    /// One Euro speed coefficient; 0: 0.05.
+    /// One Euro speed coefficient; 0: 2.0.
     pub beta: f32,
 }
 

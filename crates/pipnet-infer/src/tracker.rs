@@ -14,7 +14,7 @@ use pipnet_core::{FaceBox, FaceCrop, Point};
 
 use crate::error::{Error, Result};
 use crate::model::FaceLandmarks;
-use crate::pipeline::{Face, Faces, Pipeline};
+use crate::pipeline::{Face, Faces, LocatedFace, Pipeline};
 
 /// How faces are followed; the defaults are measured (`models/README.md`, "Video").
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -58,14 +58,61 @@ struct Track {
     id: u64,
     /// The last points seen, where the next frame's crop comes from.
     landmarks: Vec<Point>,
+    /// The points of the frame before, when the face was held on both: the crop moves on by
+    /// the face's last motion.
+    previous: Option<Vec<Point>>,
     /// Frames since the face was last seen (0: seen on the last frame).
     missed: usize,
     smoother: Option<LandmarkSmoother>,
 }
 
 impl Track {
+    fn new(id: u64, landmarks: Vec<Point>) -> Self {
+        Self {
+            id,
+            landmarks,
+            previous: None,
+            missed: 0,
+            smoother: None,
+        }
+    }
+
     fn face_box(&self) -> Option<FaceBox> {
         FaceBox::around(&self.landmarks).ok()
+    }
+
+    /// Where the face should be on the next frame: its last box moved on by its last motion
+    /// (centre and size, the size change limited to a quarter).
+    fn predicted_box(&self) -> Option<FaceBox> {
+        let now = self.face_box()?;
+        let Some(before) = self
+            .previous
+            .as_deref()
+            .and_then(|p| FaceBox::around(p).ok())
+        else {
+            return Some(now);
+        };
+        let (c, b) = (now.center(), before.center());
+        let grow = (now.width().max(now.height()) / before.width().max(before.height()).max(1e-3))
+            .clamp(0.8, 1.25);
+        let (half_w, half_h) = (now.width() * grow / 2.0, now.height() * grow / 2.0);
+        let centre = [2.0 * c[0] - b[0], 2.0 * c[1] - b[1]];
+        Some(FaceBox::from([
+            centre[0] - half_w,
+            centre[1] - half_h,
+            centre[0] + half_w,
+            centre[1] + half_h,
+        ]))
+    }
+
+    /// The face was seen at `points` on this frame.
+    fn seen(&mut self, points: Vec<Point>, held: bool) {
+        let before = std::mem::replace(&mut self.landmarks, points);
+        self.previous = held.then_some(before);
+        self.missed = 0;
+        if !held {
+            self.smoother = None;
+        }
     }
 }
 
@@ -124,7 +171,11 @@ impl Tracker {
             .collect();
         let crops: Vec<(&RgbImage, FaceCrop)> = held
             .iter()
-            .filter_map(|&i| self.tracks[i].face_box().map(|b| (image, rule.crop(&b))))
+            .filter_map(|&i| {
+                self.tracks[i]
+                    .predicted_box()
+                    .map(|b| (image, rule.crop(&b)))
+            })
             .collect();
         let passes = if crops.len() == held.len() {
             self.pipeline.model.landmarks(&crops)?
@@ -154,9 +205,7 @@ impl Tracker {
             track.missed += 1;
         }
         for (i, found) in &kept {
-            let track = &mut self.tracks[*i];
-            track.missed = 0;
-            track.landmarks = found.in_image.clone();
+            self.tracks[*i].seen(found.in_image.clone(), true);
         }
         // Followed, not detected: the face's box is its crop's bounds, its score 1.
         let mut frame_faces: Vec<(usize, Face)> = kept
@@ -175,37 +224,47 @@ impl Tracker {
         let lost = self.tracks.iter().any(|t| t.missed > 0);
         if due || lost || self.tracks.is_empty() {
             self.detector_runs += 1;
-            let found = self.pipeline.faces(&[(image, &Faces::Detect)])?;
-            for face in found.into_iter().flatten() {
-                let Ok(b) = FaceBox::around(&face.landmarks.in_image) else {
+            // Detections over a held face change nothing; the others get landmarks (with the
+            // refinement pass) and take back a lost track they overlap, or start one.
+            let mut fresh: Vec<(Option<usize>, LocatedFace)> = Vec::new();
+            for located in self.pipeline.locate(image, &Faces::Detect)? {
+                let Some(detection) = located.0 else {
                     continue;
                 };
-                let overlap = |t: &Track| t.face_box().map_or(0.0, |tb| b.iou(&tb));
+                let overlap =
+                    |t: &Track| t.face_box().map_or(0.0, |tb| detection.face_box.iou(&tb));
                 let best = (0..self.tracks.len())
                     .map(|i| (i, overlap(&self.tracks[i])))
                     .filter(|&(_, o)| o > self.settings.min_iou)
                     .max_by(|a, b| a.1.total_cmp(&b.1));
                 match best {
-                    // Held this frame already.
                     Some((i, _)) if self.tracks[i].missed == 0 => {}
-                    // A lost face found again: same id, smoothing restarts.
-                    Some((i, _)) => {
-                        let track = &mut self.tracks[i];
-                        track.missed = 0;
-                        track.landmarks = face.landmarks.in_image.clone();
-                        track.smoother = None;
-                        frame_faces.push((i, face));
+                    other => fresh.push((other.map(|(i, _)| i), located)),
+                }
+            }
+            if !fresh.is_empty() {
+                let located: Vec<LocatedFace> = fresh.iter().map(|(_, l)| *l).collect();
+                let mut faces = self.pipeline.landmarks_of(&[image], &[&located])?;
+                let faces = faces.pop().unwrap_or_default();
+                for ((lost_track, _), face) in fresh.into_iter().zip(faces) {
+                    if face.presence() < self.pipeline.min_presence {
+                        continue;
                     }
-                    None => {
-                        self.tracks.push(Track {
-                            id: self.next_id,
-                            landmarks: face.landmarks.in_image.clone(),
-                            missed: 0,
-                            smoother: None,
-                        });
-                        self.next_id += 1;
-                        frame_faces.push((self.tracks.len() - 1, face));
-                    }
+                    let points = face.landmarks.in_image.clone();
+                    let index = match lost_track {
+                        // Taken back already by another detection of this frame: a duplicate.
+                        Some(i) if self.tracks[i].missed == 0 => continue,
+                        Some(i) => {
+                            self.tracks[i].seen(points, false);
+                            i
+                        }
+                        None => {
+                            self.tracks.push(Track::new(self.next_id, points));
+                            self.next_id += 1;
+                            self.tracks.len() - 1
+                        }
+                    };
+                    frame_faces.push((index, face));
                 }
             }
         }

@@ -13,11 +13,13 @@ use numpy::{
     IntoPyArray, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray,
     PyUntypedArrayMethods, dtype,
 };
+use pipnet_infer::core::smooth::OneEuroSettings;
 use pipnet_infer::core::{ChipSpec, FaceCrop, Scheme, five_points};
 use pipnet_infer::folder::{FaceSource, FolderJob, OutputFormat, annotate_folder};
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, PixelFormat, load_rgb, rgb_from_buffer};
 use pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
 use pipnet_infer::preprocess::cut_chip;
+use pipnet_infer::tracker::{Tracker as RustTracker, TrackerSettings};
 use pipnet_infer::{
     Device, ErrorKind, Face, Faces, LandmarkModel, OrtLibrary, Pipeline as RustPipeline,
     SessionOptions,
@@ -121,13 +123,10 @@ type PyFace<'py> = (
 );
 
 fn py_face(py: Python<'_>, face: Face) -> PyFace<'_> {
-    let points = &face.landmarks.in_image;
-    let landmarks = Array2::from_shape_vec((points.len(), 2), points.concat())
-        .expect("one row of two per landmark");
     (
         face.face_box().into(),
         face.score(),
-        landmarks.into_pyarray(py),
+        points_array(py, &face.landmarks.in_image),
         Array1::from(face.landmarks.scores()).into_pyarray(py),
         face.presence(),
     )
@@ -359,6 +358,137 @@ impl Pipeline {
     }
 }
 
+/// One tracked face: `(id, box, score, smoothed landmarks, raw landmarks, scores, presence)`.
+type PyTrackedFace<'py> = (
+    u64,
+    [f32; 4],
+    f32,
+    Bound<'py, numpy::PyArray2<f32>>,
+    Bound<'py, numpy::PyArray2<f32>>,
+    Bound<'py, numpy::PyArray1<f32>>,
+    f32,
+);
+
+fn points_array<'py>(py: Python<'py>, points: &[[f32; 2]]) -> Bound<'py, numpy::PyArray2<f32>> {
+    Array2::from_shape_vec((points.len(), 2), points.concat())
+        .expect("one row of two per landmark")
+        .into_pyarray(py)
+}
+
+/// Faces followed over video frames (`pipnet_infer::tracker`).
+#[pyclass(module = "pipnet._native")]
+struct Tracker {
+    inner: Mutex<RustTracker>,
+}
+
+#[pymethods]
+impl Tracker {
+    #[new]
+    #[pyo3(signature = (model=None, device="cpu", threads=None, min_face=None, min_presence=None,
+        detector=None, ort_library=None, detect_every=10, max_missed=5, smooth=true,
+        min_cutoff=None, beta=None))]
+    #[allow(clippy::too_many_arguments)] // Python keyword arguments
+    fn new(
+        py: Python<'_>,
+        model: Option<PathBuf>,
+        device: &str,
+        threads: Option<usize>,
+        min_face: Option<f32>,
+        min_presence: Option<f32>,
+        detector: Option<PathBuf>,
+        ort_library: Option<PathBuf>,
+        detect_every: usize,
+        max_missed: usize,
+        smooth: bool,
+        min_cutoff: Option<f64>,
+        beta: Option<f64>,
+    ) -> PyResult<Self> {
+        let pipeline = Pipeline::new(
+            py,
+            model,
+            device,
+            threads,
+            None,
+            min_face,
+            true,
+            false,
+            detector,
+            ort_library,
+            min_presence,
+        )?;
+        let pipeline = pipeline
+            .inner
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
+        let defaults = OneEuroSettings::default();
+        let positive = |v: Option<f64>, default: f64, name: &str| match v {
+            None => Ok(default),
+            Some(v) if v.is_finite() && v > 0.0 => Ok(v),
+            Some(v) => Err(PyValueError::new_err(format!(
+                "{name} must be positive, got {v}"
+            ))),
+        };
+        let smoothing = OneEuroSettings {
+            min_cutoff: positive(min_cutoff, defaults.min_cutoff, "min_cutoff")?,
+            beta: positive(beta, defaults.beta, "beta")?,
+            ..defaults
+        };
+        let settings = TrackerSettings {
+            detect_every,
+            max_missed,
+            lost_presence: pipeline.min_presence,
+            smoothing: smooth.then_some(smoothing),
+            ..TrackerSettings::default()
+        };
+        Ok(Self {
+            inner: Mutex::new(RustTracker::new(pipeline, settings).map_err(py_err)?),
+        })
+    }
+
+    /// The faces of the next frame, seen at `time` seconds (frames in order).
+    fn track<'py>(
+        &self,
+        py: Python<'py>,
+        image: &Bound<'py, PyAny>,
+        time: f64,
+    ) -> PyResult<Vec<PyTrackedFace<'py>>> {
+        if !time.is_finite() {
+            return Err(PyValueError::new_err(
+                "time must be a finite number of seconds",
+            ));
+        }
+        let image = rgb_image(image)?;
+        let faces = py
+            .detach(|| {
+                let mut tracker = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+                tracker.track(&image, time)
+            })
+            .map_err(py_err)?;
+        Ok(faces
+            .into_iter()
+            .map(|t| {
+                (
+                    t.id,
+                    t.face.face_box().into(),
+                    t.face.score(),
+                    points_array(py, &t.smoothed),
+                    points_array(py, &t.face.landmarks.in_image),
+                    Array1::from(t.face.landmarks.scores()).into_pyarray(py),
+                    t.face.presence(),
+                )
+            })
+            .collect())
+    }
+
+    /// Forgets every face (a new video); ids go on counting.
+    fn reset(&self) {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reset();
+    }
+}
+
 /// Reads an image file as `annotate` does (EXIF orientation applied, any colour type converted)
 /// into an `HxWx3` uint8 array.
 #[pyfunction]
@@ -425,6 +555,7 @@ fn info(
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Pipeline>()?;
+    m.add_class::<Tracker>()?;
     m.add_function(wrap_pyfunction!(info, m)?)?;
     m.add_function(wrap_pyfunction!(load_image, m)?)?;
     m.add_function(wrap_pyfunction!(face_chip, m)?)?;

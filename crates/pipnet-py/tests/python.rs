@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 fn rust_faces() -> Value {
     let mut pipeline = Pipeline::open(None, None, true, &SessionOptions::default()).unwrap();
     pipeline.refine = true;
+    pipeline.min_presence = pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
     let mut photos = serde_json::Map::new();
     for (file, _) in common::sample_face_boxes() {
         let image = load_rgb(&common::sample_photos().join(&file), DEFAULT_MAX_PIXELS).unwrap();

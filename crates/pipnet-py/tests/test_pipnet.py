@@ -125,6 +125,24 @@ def test_faces_have_presence_and_upright_chips(pipeline, photo):
         face.chip(photo, "huge")
 
 
+def test_a_tracker_keeps_ids_across_frames(photo):
+    tracker = pipnet.Tracker(threads=1)
+    ids = []
+    for t in range(6):
+        frame = np.ascontiguousarray(np.roll(photo, 3 * t, axis=1))
+        faces = tracker(frame[..., ::-1], time=t / 30, channels="bgr")
+        assert all(f.landmarks.shape == (68, 2) and f.raw_landmarks.shape == (68, 2) for f in faces)
+        ids.append(sorted(f.id for f in faces))
+    assert ids[0] and all(frame_ids == ids[0] for frame_ids in ids), ids
+    tracker.reset()
+    after = sorted(f.id for f in tracker(photo, time=1.0))
+    assert min(after) > max(ids[0]), "ids go on after a reset"
+    with pytest.raises(ValueError, match="detect_every"):
+        pipnet.Tracker(detect_every=0)
+    with pytest.raises(ValueError, match="time"):
+        tracker(photo, time=float("nan"))
+
+
 def test_known_boxes_give_one_face_each_in_order(pipeline, photo):
     found = pipeline(photo)
     boxes = np.array(

@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import importlib.util
 import os
+import time as _time
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -26,7 +27,7 @@ import numpy as np
 from . import _native
 from ._native import PipnetError, __version__
 
-__all__ = ["Chip", "Face", "Pipeline", "PipnetError", "annotate", "info", "load_image", "__version__"]
+__all__ = ["Chip", "Face", "Pipeline", "TrackedFace", "Tracker", "PipnetError", "annotate", "info", "load_image", "__version__"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 _RUN_OPTIONS = ("format", "preview", "crops", "boxes", "force", "chips")
@@ -144,14 +145,15 @@ def _image(image: Any, channels: str = "rgb") -> Any:
     return image
 
 
-def _count(value: Any, name: str) -> Optional[int]:
-    """``None``, or a whole number >= 1 (a clear ValueError instead of an overflow deep down)."""
+def _count(value: Any, name: str, minimum: int = 1) -> Optional[int]:
+    """``None``, or a whole number >= ``minimum`` (a clear error instead of an overflow deep
+    down)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be a whole number >= 1 or None, got {value!r}")
-    if not 1 <= value <= 2**31 - 1:
-        raise ValueError(f"{name} must be a whole number >= 1 or None, got {value}")
+        raise TypeError(f"{name} must be a whole number >= {minimum} or None, got {value!r}")
+    if not minimum <= value <= 2**31 - 1:
+        raise ValueError(f"{name} must be a whole number >= {minimum} or None, got {value}")
     return int(value)
 
 
@@ -256,6 +258,79 @@ class Pipeline:
         """The landmark model's metadata (the PIPNet contract keys, plus num_landmarks, grid
         and the execution provider its session uses)."""
         return self._native.info()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TrackedFace:
+    """One face on one video frame: its track ``id`` (stable while the face is followed),
+    ``box``, ``score`` (the detector's on frames it ran, else 1.0), ``landmarks`` (smoothed, when
+    the tracker smooths), ``raw_landmarks`` (as measured), ``landmark_scores`` and ``presence``."""
+
+    id: int
+    box: np.ndarray
+    score: float
+    landmarks: np.ndarray
+    raw_landmarks: np.ndarray
+    landmark_scores: np.ndarray
+    presence: float
+
+
+class Tracker:
+    """Landmarks on video: call it on successive frames; faces keep their ``id`` while they are
+    followed. A held face costs one landmark pass and no detection; the detector runs every
+    ``detect_every`` frames and while a face is lost; a face unseen for more than ``max_missed``
+    frames gets a new id. Points go through a One Euro filter (``smooth``, ``min_cutoff`` Hz,
+    ``beta``). The other options are :class:`Pipeline`'s. The GIL is released while it runs.
+
+    >>> tracker = pipnet.Tracker()
+    >>> for frame in frames:                       # e.g. OpenCV: cap.read() -> BGR
+    ...     for face in tracker(frame, channels="bgr"):
+    ...         print(face.id, face.landmarks[30])
+    """
+
+    def __init__(
+        self,
+        model: Optional[PathLike] = None,
+        *,
+        device: str = "cpu",
+        threads: Optional[int] = None,
+        min_face: Optional[float] = None,
+        min_presence: Optional[float] = None,
+        detector: Optional[PathLike] = None,
+        detect_every: int = 10,
+        max_missed: int = 5,
+        smooth: bool = True,
+        min_cutoff: Optional[float] = None,
+        beta: Optional[float] = None,
+    ) -> None:
+        self._native = _native.Tracker(
+            _path(model),
+            device,
+            _count(threads, "threads"),
+            min_face,
+            min_presence,
+            _path(detector),
+            _onnxruntime_library(),
+            _count(detect_every, "detect_every"),
+            _count(max_missed, "max_missed", minimum=0),
+            smooth,
+            min_cutoff,
+            beta,
+        )
+
+    def __call__(self, frame: Any, time: Optional[float] = None, *, channels: str = "rgb") -> list:
+        """The faces of the next frame. ``time``: the frame's time in seconds (None: now, for a
+        live camera); it must grow from frame to frame."""
+        when = _time.monotonic() if time is None else float(time)
+        faces = self._native.track(_image(frame, channels), when)
+        return [
+            TrackedFace(i, np.asarray(b, np.float32), float(s), lm, raw, sc, float(p))
+            for i, b, s, lm, raw, sc, p in faces
+        ]
+
+    def reset(self) -> None:
+        """Forgets every face (a new video); ids go on counting."""
+        self._native.reset()
 
 
 def info(model: Optional[PathLike] = None) -> dict:
