@@ -7,6 +7,7 @@ use std::process::Command;
 
 use image::{ImageBuffer, ImageEncoder, Luma, Rgb, RgbImage, Rgba};
 use pipnet_core::formats::ImageAnnotation;
+use pipnet_infer::folder::RUN_RECORD;
 use pipnet_train::seeded::tiny_spec;
 
 /// The real `pipnet` binary. These tests are pipnet-cli's integration tests (see its
@@ -618,14 +619,15 @@ fn test_annotate_sample_photos_with_detector_lists_bad_files_and_resumes() {
     );
 }
 
-/// The outputs of a run so far: each `.json` file under `out` with its modification time.
+/// The image outputs of a run so far: each `.json` file under `out` (not the run record) with
+/// its modification time.
 fn outputs_with_times(out: &Path) -> std::collections::BTreeMap<PathBuf, std::time::SystemTime> {
     if !out.exists() {
         return Default::default();
     }
     walk(out)
         .into_iter()
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .filter(|p| p.extension().is_some_and(|x| x == "json") && !p.ends_with(RUN_RECORD))
         .map(|p| {
             let modified = std::fs::metadata(&p).unwrap().modified().unwrap();
             (p, modified)
@@ -792,7 +794,12 @@ fn test_shards_cover_the_folder_once_and_agree_with_an_unsharded_run() {
         .iter()
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .count();
-    assert_eq!(json_count, names.len());
+    assert_eq!(
+        json_count,
+        names.len() + 1,
+        "one per image and the run record"
+    );
+    assert!(sharded.join(RUN_RECORD).is_file());
 }
 
 #[cfg(unix)]
@@ -1315,7 +1322,7 @@ fn test_an_output_folder_inside_the_input_is_never_annotated() {
     photo_copies(&nest, &["a.jpg"]);
     // An older run's output folder inside the input: skipped too.
     photo_copies(&nest, &["old/a.jpg"]);
-    std::fs::write(nest.join("old/pipnet-run.json"), "{}").unwrap();
+    std::fs::write(nest.join("old").join(RUN_RECORD), "{}").unwrap();
     let out = nest.join("out");
     for round in 0..3 {
         let (code, stderr) = annotate_crops(&model, &[&nest], &out, &["--preview"]);

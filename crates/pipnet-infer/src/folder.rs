@@ -509,8 +509,9 @@ pub fn preview_path(out_dir: &Path, name: &str) -> PathBuf {
 }
 
 /// The file in an output folder that records what made its outputs ([`Provenance`]): a rerun
-/// checks it, and a folder walk never enters a folder that holds one.
-pub const RUN_RECORD: &str = "pipnet-run.json";
+/// checks it, and a folder walk never enters a folder that holds one. Hidden, so that
+/// `OUT/*.json` are the images' results only.
+pub const RUN_RECORD: &str = ".pipnet-run.json";
 
 /// The settings of `pipeline` and `faces` that decide a run's results.
 pub fn run_settings(pipeline: &Pipeline, faces: &FaceSource) -> RunSettings {
