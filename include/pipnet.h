@@ -174,7 +174,7 @@ typedef struct PipnetTrackerOptions {
   uint32_t no_smooth;
   // One Euro cutoff at rest, Hz; 0: 1.0.
   float min_cutoff;
-  // One Euro speed coefficient; 0: 0.05.
+  // One Euro speed coefficient; 0: 2.0.
   float beta;
 } PipnetTrackerOptions;
 

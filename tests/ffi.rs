@@ -235,17 +235,22 @@ fn test_misuse_from_c_gets_error_codes_under_address_sanitizer() {
     }
 }
 
-/// Creates a handle through the C ABI.
-fn create(model: &CString) -> *mut PipnetHandle {
-    let options = PipnetOptions {
-        landmark_model: model.as_ptr(),
+/// One-thread CPU options for `model` (NULL: the built-in one), the rest the defaults.
+fn cpu_options(model: *const std::ffi::c_char) -> PipnetOptions {
+    PipnetOptions {
+        landmark_model: model,
         detector_model: std::ptr::null(),
         device: PIPNET_DEVICE_CPU,
         threads: 1,
         min_face: 0.0,
         no_refine: 0,
         min_presence: 0.0,
-    };
+    }
+}
+
+/// Creates a handle through the C ABI.
+fn create(model: &CString) -> *mut PipnetHandle {
+    let options = cpu_options(model.as_ptr());
     let mut handle = std::ptr::null_mut();
     assert_eq!(
         unsafe { pipnet_create(&options, &mut handle) },
@@ -254,15 +259,20 @@ fn create(model: &CString) -> *mut PipnetHandle {
     handle
 }
 
-/// All landmarks of one detect call through the C ABI.
-fn detect_through_abi(handle: *const PipnetHandle, image: &image::RgbImage) -> Vec<f32> {
-    let view = PipnetImage {
+/// A C view of an RGB image (valid while `image` lives).
+fn rgb_view(image: &image::RgbImage) -> PipnetImage {
+    PipnetImage {
         pixels: image.as_raw().as_ptr(),
         width: image.width(),
         height: image.height(),
         stride: image.width() as usize * 3,
         format: PIPNET_PIXEL_RGB,
-    };
+    }
+}
+
+/// All landmarks of one detect call through the C ABI.
+fn detect_through_abi(handle: *const PipnetHandle, image: &image::RgbImage) -> Vec<f32> {
+    let view = rgb_view(image);
     let mut result = std::ptr::null_mut();
     assert_eq!(
         unsafe { pipnet_detect(handle, &view, &mut result) },
@@ -457,13 +467,7 @@ fn test_presence_and_chips_through_the_abi() {
         DEFAULT_MAX_PIXELS,
     )
     .unwrap();
-    let view = PipnetImage {
-        pixels: photo.as_raw().as_ptr(),
-        width: photo.width(),
-        height: photo.height(),
-        stride: photo.width() as usize * 3,
-        format: PIPNET_PIXEL_RGB,
-    };
+    let view = rgb_view(&photo);
     let mut result = std::ptr::null_mut();
     assert_eq!(
         unsafe { pipnet_detect(handle, &view, &mut result) },
@@ -576,28 +580,14 @@ fn test_tracker_through_the_abi() {
     let face = &pipnet_infer::labeled::read_labeled(&data, None).unwrap()[3];
     let photo = load_rgb(&face.image, DEFAULT_MAX_PIXELS).unwrap();
     let video = common::synthetic_video(&photo, &face.points, 6, 256, 1.0, 4.0, 5);
-    let options = PipnetOptions {
-        landmark_model: std::ptr::null(),
-        detector_model: std::ptr::null(),
-        device: PIPNET_DEVICE_CPU,
-        threads: 1,
-        min_face: 0.0,
-        no_refine: 0,
-        min_presence: 0.0,
-    };
+    let options = cpu_options(std::ptr::null());
     let mut tracker = std::ptr::null_mut();
     assert_eq!(
         unsafe { pipnet_tracker_create(&options, std::ptr::null(), &mut tracker) },
         PipnetStatus::Ok
     );
     let track = |frame: &image::RgbImage, time: f64| -> Vec<(u64, f32, f32)> {
-        let view = PipnetImage {
-            pixels: frame.as_raw().as_ptr(),
-            width: frame.width(),
-            height: frame.height(),
-            stride: frame.width() as usize * 3,
-            format: PIPNET_PIXEL_RGB,
-        };
+        let view = rgb_view(frame);
         let mut result = std::ptr::null_mut();
         assert_eq!(
             unsafe { pipnet_tracker_track(tracker, &view, time, &mut result) },
@@ -632,13 +622,7 @@ fn test_tracker_through_the_abi() {
     assert_eq!(track(&video[0].0, 0.0)[0].0, 2, "ids go on after a reset");
 
     // Misuse.
-    let view = PipnetImage {
-        pixels: video[0].0.as_raw().as_ptr(),
-        width: 256,
-        height: 256,
-        stride: 256 * 3,
-        format: PIPNET_PIXEL_RGB,
-    };
+    let view = rgb_view(&video[0].0);
     let mut result = std::ptr::null_mut();
     assert_eq!(
         unsafe { pipnet_tracker_track(tracker, std::ptr::null(), 0.0, &mut result) },
