@@ -1641,4 +1641,51 @@ fn test_track_follows_a_face_through_a_frame_folder() {
         let (code, _, stderr) = run_pipnet(&["track", input.to_str().unwrap(), "--out", "o"]);
         assert_eq!(code, 2, "{stderr}");
     }
+
+    // The same frames as a video file (lossless FFV1 at 30 frames/s), decoded by ffmpeg: the
+    // same face, id and times. `.ci/run` installs ffmpeg; elsewhere this part needs it.
+    let ffmpeg = Command::new("ffmpeg").arg("-version").output();
+    if ffmpeg.is_err() {
+        eprintln!("ffmpeg not installed: the video-file part was not run (apt-get install ffmpeg)");
+        return;
+    }
+    let video = tmp.path().join("clip.mkv");
+    let made = Command::new("ffmpeg")
+        .args(["-v", "error", "-framerate", "30", "-i"])
+        .arg(frames.join("f%03d.png"))
+        .args(["-c:v", "ffv1", "-pix_fmt", "bgr0"])
+        .arg(&video)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let from_video = tmp.path().join("video");
+    let (code, _, stderr) = run_pipnet(&[
+        "track",
+        video.to_str().unwrap(),
+        "--out",
+        from_video.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("12 frames: 12 faces, 1 ids"), "{stderr}");
+    let decoded = std::fs::read_to_string(from_video.join("landmarks.jsonl")).unwrap();
+    for (t, (line, want)) in decoded.lines().zip(&lines).enumerate() {
+        let line: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(line["image"], serde_json::Value::Null);
+        assert!((line["time"].as_f64().unwrap() - t as f64 / 30.0).abs() < 1e-9);
+        let (a, b) = (
+            &line["faces"][0]["landmarks"][30],
+            &want["faces"][0]["landmarks"][30],
+        );
+        for k in 0..2 {
+            let d = a[k].as_f64().unwrap() - b[k].as_f64().unwrap();
+            assert!(
+                d.abs() < 1.0,
+                "frame {t}: nose tip {a} from the video, {b} from the frames"
+            );
+        }
+    }
 }

@@ -116,3 +116,49 @@ fn test_smoothing_calms_a_still_face() {
         "smoothed motion {smooth} against raw {raw}"
     );
 }
+
+/// Two faces whose paths cross: one walks right along the top, the other left below it, and
+/// at the crossing the lower one's view covers the upper face's mouth and chin. Each keeps its
+/// id.
+#[test]
+fn test_two_faces_crossing_paths_keep_their_ids() {
+    let (a, a_points) = labeled(3);
+    let (b, b_points) = labeled(9);
+    let frames = 24;
+    let view = 160;
+    let upper = common::synthetic_video(&a, &a_points, frames, view, 0.0, 2.0, 11);
+    let lower = common::synthetic_video(&b, &b_points, frames, view, 0.0, 2.0, 12);
+    let mut tracker = tracker(TrackerSettings::default());
+    let mut ids_at = Vec::new();
+    for t in 0..frames {
+        let mut canvas = RgbImage::from_pixel(480, 300, image::Rgb([60, 60, 60]));
+        let step = 320 * t as i64 / (frames as i64 - 1);
+        let (ax, bx) = (step, 320 - step);
+        image::imageops::replace(&mut canvas, &upper[t].0, ax, 10);
+        image::imageops::replace(&mut canvas, &lower[t].0, bx, 100);
+        let faces = tracker.track(&canvas, t as f64 / 30.0).unwrap();
+        // Which id sits on which face: the upper face's nose tip is above the lower one's.
+        let mut by_height: Vec<(f32, u64)> = faces
+            .iter()
+            .map(|f| (f.face.landmarks.in_image[30][1], f.id))
+            .collect();
+        by_height.sort_by(|p, q| p.0.total_cmp(&q.0));
+        ids_at.push(by_height.into_iter().map(|(_, id)| id).collect::<Vec<_>>());
+    }
+    let first = ids_at[0].clone();
+    assert_eq!(first.len(), 2, "{ids_at:?}");
+    for (t, ids) in ids_at.iter().enumerate() {
+        // A face may be lost for a frame or two under the other's view, never renamed.
+        for id in ids {
+            assert!(first.contains(id), "frame {t}: new id {id} in {ids_at:?}");
+        }
+        if ids.len() == 2 {
+            assert_eq!(ids, &first, "frame {t}: ids swapped in {ids_at:?}");
+        }
+    }
+    let full = ids_at.iter().filter(|ids| ids.len() == 2).count();
+    assert!(
+        full >= frames - 4,
+        "both faces on {full} of {frames} frames: {ids_at:?}"
+    );
+}
