@@ -209,19 +209,24 @@ fn is_output_folder(dir: &Path, out_dir: Option<&Path>) -> bool {
 
 /// The images of `inputs`, and a failure for every input or folder entry the walk could not
 /// read (a missing input, a symbolic link loop or a broken link, an unreadable folder) or that
-/// lies in an output folder: those are reported, never a reason to stop. `out_dir` is the
-/// run's output folder, canonical.
+/// is a run's output: those are reported, never a reason to stop. `out_dir` is the run's
+/// output folder, canonical. Photos that merely sit below `--out` (`annotate data/photos --out
+/// data`) are fine: only the folders runs write images into (`preview/`, `chips/`) are not.
 fn walk_inputs(inputs: &[PathBuf], out_dir: Option<&Path>) -> Walk {
     let mut walk = Walk::default();
-    let in_output = |path: &Path| {
-        out_dir.is_some_and(|out| std::fs::canonicalize(path).is_ok_and(|c| c.starts_with(out)))
+    let written_by_runs = |path: &Path| {
+        out_dir.is_some_and(|out| {
+            std::fs::canonicalize(path).is_ok_and(|c| {
+                c.starts_with(out.join("preview")) || c.starts_with(out.join("chips"))
+            })
+        })
     };
     for input in inputs {
         if input.is_file() {
-            if in_output(input) {
+            if written_by_runs(input) {
                 walk.failures.push(Failure {
                     image: input.display().to_string(),
-                    error: "lies in the output folder (--out); not annotated".into(),
+                    error: "is a preview or chip of this output folder; not annotated".into(),
                 });
                 continue;
             }
@@ -239,12 +244,12 @@ fn walk_inputs(inputs: &[PathBuf], out_dir: Option<&Path>) -> Walk {
             });
             continue;
         }
-        if is_output_folder(input, out_dir) || in_output(input) {
+        if is_output_folder(input, out_dir) || written_by_runs(input) {
             walk.failures.push(Failure {
                 image: input.display().to_string(),
                 error: format!(
-                    "holds the outputs of a pipnet run (it is, or lies in, --out, or holds \
-                     {RUN_RECORD}); not annotated"
+                    "holds the outputs of a pipnet run (it is --out or its previews or chips, \
+                     or holds {RUN_RECORD}); not annotated"
                 ),
             });
             continue;
@@ -1060,13 +1065,17 @@ mod tests {
         let mut skipped = walk.output_folders.clone();
         skipped.sort();
         assert_eq!(skipped, [root.join("old"), root.join("out")]);
-        // The output folder named as an input, or a file in it: failures, not images.
+        // The output folder named as an input, or a preview in it: failures, not images.
         let walk = walk_inputs(
             &[root.join("out"), root.join("out/preview/a.jpg")],
             Some(&out),
         );
         assert!(walk.items.is_empty());
         assert_eq!(walk.failures.len(), 2, "{:?}", walk.failures);
+        // Photos below the output folder are photos: `annotate in/keep in/a.jpg --out in`.
+        let above = std::fs::canonicalize(&root).unwrap();
+        let walk = walk_inputs(&[root.join("keep"), root.join("a.jpg")], Some(&above));
+        assert_eq!(walk.items.len(), 2, "{:?}", walk.failures);
     }
 
     fn job(out: &Path, format: OutputFormat, preview: bool) -> FolderJob {
