@@ -994,6 +994,19 @@ fn test_bench_reports_stages_and_ratios_against_the_python_reference() {
         "{report}"
     );
     assert!(report["python_error"].is_null(), "{report}");
+    // The video row: the first photo panned over 60 frames, per frame and tracked.
+    let video = &report["video"];
+    assert_eq!(video["frames"], 60, "{report}");
+    assert!(video["faces"].as_u64().unwrap() >= 60, "{video}");
+    let runs = video["tracker_detector_runs"].as_u64().unwrap();
+    assert!(
+        (6..60).contains(&runs),
+        "the tracker detected on {runs} of 60 frames"
+    );
+    assert!(
+        video["tracked_over_per_frame"].as_f64().unwrap() > 0.0,
+        "{video}"
+    );
 }
 
 /// `pipnet data 300w` on a small 300-W tree built from real faces: an LFPW-style photo (a

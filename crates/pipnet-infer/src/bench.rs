@@ -13,6 +13,7 @@ use crate::detect::FaceDetector;
 use crate::error::{Error, Result};
 use crate::image_io::load_rgb;
 use crate::pipeline::{Faces, LocatedFace, Pipeline, fan_out, loader_detectors, locate};
+use crate::tracker::{Tracker, TrackerSettings};
 
 /// Timings of one stage, in seconds, one sample per image or per batch.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -274,6 +275,73 @@ pub fn bench_photos(
         photos_per_second: images.len() as f64 / seconds,
         faces_per_second: faces as f64 / seconds,
     })
+}
+
+/// The video row of `pipnet bench`: frames/s of annotating each frame as a photo (detector and
+/// both landmark passes) against the [`Tracker`] with `settings`, on the same frames.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct VideoReport {
+    pub frames: usize,
+    /// Faces found per frame by the per-frame run, summed.
+    pub faces: usize,
+    pub per_frame_fps: f64,
+    pub tracked_fps: f64,
+    pub tracked_over_per_frame: f64,
+    /// Frames the tracker ran its detector on.
+    pub tracker_detector_runs: usize,
+}
+
+/// A camera panning across `photo`: `frames` windows of four fifths of its size, moving from its
+/// left edge to its right (and down by a tenth) in equal steps.
+pub fn panning_frames(photo: &RgbImage, frames: usize) -> Vec<RgbImage> {
+    let (w, h) = photo.dimensions();
+    let (cw, ch) = (w * 4 / 5, h * 4 / 5);
+    (0..frames)
+        .map(|t| {
+            let f = t as f64 / frames.saturating_sub(1).max(1) as f64;
+            let x = (f * f64::from(w - cw)).round() as u32;
+            let y = (f * f64::from(h - ch) / 2.0).round() as u32;
+            image::imageops::crop_imm(photo, x, y, cw, ch).to_image()
+        })
+        .collect()
+}
+
+/// Times `frames` annotated one by one and tracked (after one warm-up frame each); returns the
+/// report and the pipeline.
+pub fn bench_video(
+    mut pipeline: Pipeline,
+    frames: &[RgbImage],
+    settings: TrackerSettings,
+) -> Result<(VideoReport, Pipeline)> {
+    let first = frames
+        .first()
+        .ok_or_else(|| Error::InvalidInput("no frames to benchmark".into()))?;
+    pipeline.faces(&[(first, &Faces::Detect)])?;
+    let start = Instant::now();
+    let mut faces = 0;
+    for frame in frames {
+        faces += pipeline.faces(&[(frame, &Faces::Detect)])?[0].len();
+    }
+    let per_frame = start.elapsed().as_secs_f64();
+    let mut tracker = Tracker::new(pipeline, settings)?;
+    tracker.track(first, 0.0)?;
+    tracker.reset();
+    let runs_before = tracker.detector_runs();
+    let start = Instant::now();
+    for (t, frame) in frames.iter().enumerate() {
+        tracker.track(frame, t as f64 / 30.0)?;
+    }
+    let tracked = start.elapsed().as_secs_f64();
+    let n = frames.len() as f64;
+    let report = VideoReport {
+        frames: frames.len(),
+        faces,
+        per_frame_fps: n / per_frame,
+        tracked_fps: n / tracked,
+        tracked_over_per_frame: per_frame / tracked,
+        tracker_detector_runs: tracker.detector_runs() - runs_before,
+    };
+    Ok((report, tracker.into_pipeline()))
 }
 
 #[cfg(test)]

@@ -155,6 +155,11 @@ impl Tracker {
         self.detector_runs
     }
 
+    /// The pipeline back, tracks dropped.
+    pub fn into_pipeline(self) -> Pipeline {
+        self.pipeline
+    }
+
     /// Forgets every track (the next frame is detected afresh; ids go on counting).
     pub fn reset(&mut self) {
         self.tracks.clear();

