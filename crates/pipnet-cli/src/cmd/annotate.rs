@@ -162,16 +162,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             summary.faces_dropped, args.min_presence
         );
     }
+    // A rate only when something was annotated: a rerun over finished work has none.
+    let rate = match summary.annotated {
+        0 => String::new(),
+        n => format!(" ({:.1} images/s)", n as f64 / seconds.max(1e-9)),
+    };
     eprintln!(
-        "{} images: {} annotated ({} faces), {} already done, {} failed in {:.1}s ({:.1} images/s); \
-         output in {}",
+        "{} images: {} annotated ({} faces), {} already done, {} failed in {:.1}s{rate}; output \
+         in {}",
         summary.images,
         summary.annotated,
         summary.faces,
         summary.skipped,
         summary.failures.len(),
         seconds,
-        summary.annotated as f64 / seconds.max(1e-9),
         args.out.display()
     );
     Ok(if summary.failures.is_empty() || args.allow_failures {
