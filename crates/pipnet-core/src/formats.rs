@@ -147,6 +147,42 @@ pub struct FaceAnnotation {
     pub chip: Option<ChipRecord>,
 }
 
+/// The CSV columns of one face after a file's own key columns (`image,face` for `annotate`,
+/// `frame,time,id` for `track`): `score,presence,box_x0,box_y0,box_x1,box_y1`, then
+/// `x0,y0,...` for `points` landmarks and, with `scores`, the landmark scores `s0,...`.
+pub fn csv_face_columns(points: usize, scores: bool) -> String {
+    let mut columns = String::from("score,presence,box_x0,box_y0,box_x1,box_y1");
+    for i in 0..points {
+        columns.push_str(&format!(",x{i},y{i}"));
+    }
+    if scores {
+        for i in 0..points {
+            columns.push_str(&format!(",s{i}"));
+        }
+    }
+    columns
+}
+
+impl FaceAnnotation {
+    /// This face's values in the columns of [`csv_face_columns`].
+    pub fn csv_values(&self, scores: bool) -> String {
+        let b = self.face_box;
+        let mut values = format!(
+            "{:.4},{:.4},{:.2},{:.2},{:.2},{:.2}",
+            self.score, self.presence, b.x0, b.y0, b.x1, b.y1
+        );
+        for p in &self.landmarks {
+            values.push_str(&format!(",{:.3},{:.3}", p[0], p[1]));
+        }
+        if scores {
+            for s in &self.landmark_scores {
+                values.push_str(&format!(",{s:.4}"));
+            }
+        }
+        values
+    }
+}
+
 /// Where a face's chip was written and how it maps to the image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChipRecord {
@@ -272,19 +308,11 @@ impl ImageAnnotation {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// One CSV row per face, faces numbered from 1:
-    /// `image,face,score,presence,box_x0,box_y0,box_x1,box_y1,x0,y0,...,x{L-1},y{L-1},s0,...`
-    /// (`s`: landmark scores). The header names `points` landmarks whatever the face count, so
+    /// One CSV row per face, faces numbered from 1: `image,face`, then [`csv_face_columns`]
+    /// with landmark scores. The header names `points` landmarks whatever the face count, so
     /// every file of a run has the same columns.
     pub fn to_csv(&self, points: usize) -> String {
-        let mut csv = String::from("image,face,score,presence,box_x0,box_y0,box_x1,box_y1");
-        for i in 0..points {
-            csv.push_str(&format!(",x{i},y{i}"));
-        }
-        for i in 0..points {
-            csv.push_str(&format!(",s{i}"));
-        }
-        csv.push('\n');
+        let mut csv = format!("image,face,{}\n", csv_face_columns(points, true));
         // Quote the image name only when it needs it.
         let name = if self.image.contains([',', '"', '\n']) {
             format!("\"{}\"", self.image.replace('"', "\"\""))
@@ -292,24 +320,7 @@ impl ImageAnnotation {
             self.image.clone()
         };
         for (k, face) in self.faces.iter().enumerate() {
-            let b = face.face_box;
-            csv.push_str(&format!(
-                "{name},{},{:.4},{:.4},{:.2},{:.2},{:.2},{:.2}",
-                k + 1,
-                face.score,
-                face.presence,
-                b.x0,
-                b.y0,
-                b.x1,
-                b.y1
-            ));
-            for p in &face.landmarks {
-                csv.push_str(&format!(",{:.3},{:.3}", p[0], p[1]));
-            }
-            for s in &face.landmark_scores {
-                csv.push_str(&format!(",{s:.4}"));
-            }
-            csv.push('\n');
+            csv.push_str(&format!("{name},{},{}\n", k + 1, face.csv_values(true)));
         }
         csv
     }

@@ -73,12 +73,14 @@ impl OneEuro {
 /// A One Euro filter per coordinate of a landmark set.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LandmarkSmoother {
+    settings: OneEuroSettings,
     filters: Vec<[OneEuro; 2]>,
 }
 
 impl LandmarkSmoother {
     pub fn new(points: usize, settings: OneEuroSettings) -> Self {
         Self {
+            settings,
             filters: vec![[OneEuro::new(settings); 2]; points],
         }
     }
@@ -87,11 +89,7 @@ impl LandmarkSmoother {
     pub fn smooth(&mut self, points: &[Point], time: f64) -> Vec<Point> {
         if points.len() != self.filters.len() {
             // A different scheme: start over rather than mix points.
-            let settings = self
-                .filters
-                .first()
-                .map_or_else(OneEuroSettings::default, |f| f[0].settings);
-            *self = Self::new(points.len(), settings);
+            *self = Self::new(points.len(), self.settings);
         }
         points
             .iter()

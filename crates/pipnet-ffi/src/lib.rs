@@ -228,6 +228,27 @@ fn is_live<T: 'static>(ptr: *const T) -> bool {
     live().as_ref().is_some_and(|s| s.contains(&key))
 }
 
+/// `ptr` as the live `T` it points at: NULL is `PIPNET_STATUS_NULL_POINTER`, anything
+/// `register` did not make (or that was freed) `PIPNET_STATUS_STALE_HANDLE` with `stale`.
+fn live_arg<'a, T: 'static>(ptr: *const T, name: &str, stale: &str) -> Result<&'a T, Failure> {
+    non_null(ptr, name)?;
+    if !is_live(ptr) {
+        return Err(fail(PipnetStatus::StaleHandle, stale));
+    }
+    // Live pointers point at a `T` from `register`.
+    Ok(unsafe { &*ptr })
+}
+
+/// Frees what `register` made; NULL is a no-op, anything else `stale`.
+fn free<T: 'static>(ptr: *mut T, stale: &str) -> Result<(), Failure> {
+    if ptr.is_null() {
+        return Ok(());
+    }
+    unregister(ptr)
+        .map(drop)
+        .ok_or_else(|| fail(PipnetStatus::StaleHandle, stale))
+}
+
 fn unregister<T: 'static>(ptr: *mut T) -> Option<Box<T>> {
     let key = (ptr as usize, TypeId::of::<T>());
     let removed = live().as_mut().is_some_and(|s| s.remove(&key));
@@ -315,15 +336,11 @@ unsafe fn optional_path_arg<'a>(
 }
 
 fn handle_arg<'a>(handle: *const PipnetHandle) -> Result<&'a PipnetHandle, Failure> {
-    non_null(handle, "handle")?;
-    if !is_live(handle) {
-        return Err(fail(
-            PipnetStatus::StaleHandle,
-            "handle is not live (destroyed, or never made by pipnet_create)",
-        ));
-    }
-    // Live handles point at a `PipnetHandle` from `register`.
-    Ok(unsafe { &*handle })
+    live_arg(
+        handle,
+        "handle",
+        "handle is not live (destroyed, or never made by pipnet_create)",
+    )
 }
 
 fn lock(handle: &PipnetHandle) -> MutexGuard<'_, Pipeline> {
@@ -464,17 +481,7 @@ pub unsafe extern "C" fn pipnet_create(
 /// Frees a handle. NULL is a no-op; a handle already destroyed is `PIPNET_STATUS_STALE_HANDLE`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pipnet_destroy(handle: *mut PipnetHandle) -> PipnetStatus {
-    guard(|| {
-        if handle.is_null() {
-            return Ok(());
-        }
-        unregister(handle).map(drop).ok_or_else(|| {
-            fail(
-                PipnetStatus::StaleHandle,
-                "handle destroyed twice or never created",
-            )
-        })
-    })
+    guard(|| free(handle, "handle destroyed twice or never created"))
 }
 
 /// Fills `*out` with the landmark model's facts.
@@ -557,14 +564,7 @@ pub unsafe extern "C" fn pipnet_landmarks_in_crops(
 }
 
 fn result_arg<'a>(result: *const PipnetResult) -> Result<&'a PipnetResult, Failure> {
-    non_null(result, "result")?;
-    if !is_live(result) {
-        return Err(fail(
-            PipnetStatus::StaleHandle,
-            "result is not live (already freed?)",
-        ));
-    }
-    Ok(unsafe { &*result })
+    live_arg(result, "result", "result is not live (already freed?)")
 }
 
 /// Number of faces in a result, written to `*count`.
@@ -693,15 +693,11 @@ pub struct PipnetTracker {
 }
 
 fn tracker_arg<'a>(tracker: *const PipnetTracker) -> Result<&'a PipnetTracker, Failure> {
-    non_null(tracker, "tracker")?;
-    if !is_live(tracker) {
-        return Err(fail(
-            PipnetStatus::StaleHandle,
-            "tracker is not live (destroyed, or never made by pipnet_tracker_create)",
-        ));
-    }
-    // Live trackers point at a `PipnetTracker` from `register`.
-    Ok(unsafe { &*tracker })
+    live_arg(
+        tracker,
+        "tracker",
+        "tracker is not live (destroyed, or never made by pipnet_tracker_create)",
+    )
 }
 
 /// A tracker over the pipeline `options` describe (as `pipnet_create`), with `tracking`
@@ -743,7 +739,6 @@ pub unsafe extern "C" fn pipnet_tracker_create(
                 .transpose()?;
         }
         let pipeline = unsafe { open_pipeline(&*options)? };
-        settings.lost_presence = pipeline.min_presence;
         let tracker = Tracker::new(pipeline, settings)?;
         unsafe {
             *out = register(PipnetTracker {
@@ -804,31 +799,11 @@ pub unsafe extern "C" fn pipnet_tracker_reset(tracker: *const PipnetTracker) -> 
 /// `PIPNET_STATUS_STALE_HANDLE`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pipnet_tracker_destroy(tracker: *mut PipnetTracker) -> PipnetStatus {
-    guard(|| {
-        if tracker.is_null() {
-            return Ok(());
-        }
-        unregister(tracker).map(drop).ok_or_else(|| {
-            fail(
-                PipnetStatus::StaleHandle,
-                "tracker destroyed twice or never created",
-            )
-        })
-    })
+    guard(|| free(tracker, "tracker destroyed twice or never created"))
 }
 
 /// Frees a result. NULL is a no-op; a result freed twice is `PIPNET_STATUS_STALE_HANDLE`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pipnet_result_free(result: *mut PipnetResult) -> PipnetStatus {
-    guard(|| {
-        if result.is_null() {
-            return Ok(());
-        }
-        unregister(result).map(drop).ok_or_else(|| {
-            fail(
-                PipnetStatus::StaleHandle,
-                "result freed twice or never made",
-            )
-        })
-    })
+    guard(|| free(result, "result freed twice or never made"))
 }

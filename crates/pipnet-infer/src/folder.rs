@@ -6,7 +6,7 @@
 //! own) decode images and find their faces while the caller's thread runs landmark batches
 //! and writes. A bounded channel between them keeps memory flat however large the folder is.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 
@@ -15,7 +15,7 @@ use pipnet_core::FaceBox;
 use pipnet_core::formats::{
     ChipRecord, FaceAnnotation, ImageAnnotation, Provenance, RunSettings, format_pts,
 };
-use pipnet_core::{ChipSpec, Scheme, face_chip, five_points};
+use pipnet_core::{ChipSpec, Scheme, face_chip};
 
 use crate::detect::FaceDetector;
 use crate::error::{Error, Result};
@@ -296,12 +296,12 @@ fn walk_inputs(inputs: &[PathBuf], out_dir: Option<&Path>) -> Walk {
 /// folder), and refuses, naming both, two different images that would write the same output:
 /// inputs whose relative paths agree, or (`.pts`, named by stem) `a.jpg` beside `a.png`.
 fn unique_outputs(items: Vec<Item>, job: &FolderJob) -> Result<Vec<Item>> {
-    let mut by_file: HashMap<PathBuf, ()> = HashMap::new();
+    let mut files: HashSet<PathBuf> = HashSet::new();
     let mut by_output: HashMap<PathBuf, usize> = HashMap::new();
     let mut kept: Vec<Item> = Vec::with_capacity(items.len());
     for item in items {
         let file = std::fs::canonicalize(&item.path).unwrap_or_else(|_| item.path.clone());
-        if by_file.insert(file, ()).is_some() {
+        if !files.insert(file) {
             continue;
         }
         let mut outputs = vec![output_stem(&job.out_dir, &item.name, job.format)];
@@ -486,19 +486,20 @@ pub fn output_path(out_dir: &Path, name: &str, format: OutputFormat) -> PathBuf 
 /// files' common prefix (`<stem>_`). Two images with the same stem collide.
 fn output_stem(out_dir: &Path, name: &str, format: OutputFormat) -> PathBuf {
     match format {
-        OutputFormat::Pts => {
-            let stem = name.rsplit_once('.').map_or(name, |(stem, _)| stem);
-            out_dir.join(format!("{stem}_"))
-        }
+        OutputFormat::Pts => out_dir.join(format!("{}_", pts_stem(name))),
         _ => output_path(out_dir, name, format),
     }
+}
+
+/// Image `name` without its extension: what its `.pts` files are named by.
+fn pts_stem(name: &str) -> &str {
+    name.rsplit_once('.').map_or(name, |(stem, _)| stem)
 }
 
 /// The `.pts` file of face `k` (0-based) of image `name`: `<stem>_<k + 1>.pts`, as 300-W names
 /// faces.
 fn pts_path(out_dir: &Path, name: &str, k: usize) -> PathBuf {
-    let stem = name.rsplit_once('.').map_or(name, |(stem, _)| stem);
-    out_dir.join(format!("{stem}_{}.pts", k + 1))
+    out_dir.join(format!("{}_{}.pts", pts_stem(name), k + 1))
 }
 
 /// The preview JPEG of image `name`: `preview/<name>`, with `.jpg` added unless the name is a
@@ -694,7 +695,7 @@ fn unmatched_boxes(faces: &FaceSource, items: &[Item], shard: Option<Shard>) -> 
     let FaceSource::Boxes { boxes: map, .. } = faces else {
         return Vec::new();
     };
-    let names: std::collections::HashSet<&str> = items.iter().map(|i| i.name.as_str()).collect();
+    let names: HashSet<&str> = items.iter().map(|i| i.name.as_str()).collect();
     let mut missing: Vec<Failure> = map
         .keys()
         .filter(|key| !names.contains(key.as_str()) && shard.is_none_or(|s| s.contains(key)))
@@ -830,18 +831,7 @@ fn write_outputs(run: &Run<'_>, name: &str, image: &RgbImage, faces: &[Face]) ->
         image: name.to_string(),
         width: image.width(),
         height: image.height(),
-        faces: faces
-            .iter()
-            .map(|f| FaceAnnotation {
-                face_box: f.face_box(),
-                score: f.score(),
-                landmarks: f.landmarks.in_image.clone(),
-                landmark_scores: f.landmarks.scores(),
-                presence: f.presence(),
-                five_points: five_points(run.scheme, &f.landmarks.in_image).ok(),
-                chip: None,
-            })
-            .collect(),
+        faces: faces.iter().map(|f| f.annotation(run.scheme)).collect(),
         made_by: Some(run.made_by.clone()),
     };
     if let Some(spec) = job.chips {

@@ -8,7 +8,8 @@ use std::sync::mpsc::{Receiver, sync_channel};
 
 use image::RgbImage;
 use pipnet_core::detection::Detection;
-use pipnet_core::{CropRule, FaceBox, FaceCrop};
+use pipnet_core::formats::FaceAnnotation;
+use pipnet_core::{CropRule, FaceBox, FaceCrop, Scheme, five_points};
 
 use crate::detect::FaceDetector;
 use crate::error::{Error, Result};
@@ -49,6 +50,20 @@ impl Face {
     /// Face presence, the mean landmark score ([`pipnet_core::presence`]).
     pub fn presence(&self) -> f32 {
         pipnet_core::presence(&self.landmarks.scores())
+    }
+
+    /// The face as outputs record it, with its five points where `scheme` has them; no chip.
+    pub fn annotation(&self, scheme: Scheme) -> FaceAnnotation {
+        let scores = self.landmarks.scores();
+        FaceAnnotation {
+            face_box: self.face_box(),
+            score: self.score(),
+            landmarks: self.landmarks.in_image.clone(),
+            presence: pipnet_core::presence(&scores),
+            landmark_scores: scores,
+            five_points: five_points(scheme, &self.landmarks.in_image).ok(),
+            chip: None,
+        }
     }
 }
 

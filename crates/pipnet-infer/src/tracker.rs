@@ -1,12 +1,13 @@
 //! Landmarks on video: faces followed from frame to frame with stable ids.
 //!
-//! A face held from the previous frame is cropped from its landmarks there (the refine crop
-//! rule) and costs one landmark pass, no detection. The detector runs on the first frame, every
-//! `detect_every` frames (to find new faces), and right after a face is lost (its presence
-//! fell under `lost_presence`); detections that overlap a held face are ignored, one that
-//! overlaps a lost face takes it back (same id), the rest start new tracks. A track unseen for
-//! more than `max_missed` frames ends. Each track's points go through a One Euro filter per
-//! coordinate ([`LandmarkSmoother`]), restarted when the track restarts.
+//! A face held from the previous frame is cropped where its landmarks there, moved on by their
+//! last motion, put it (the refine crop rule), and costs one landmark pass, no detection. The
+//! detector runs on the first frame, every `detect_every` frames (to find new faces), and while
+//! a face is lost: its presence fell under the pipeline's `min_presence`, the bar detected faces
+//! must pass too. Detections that overlap a held face are ignored, one that overlaps a lost face
+//! takes it back (same id), the rest start new tracks. A track unseen for more than
+//! `max_missed` frames ends. Each track's points go through a One Euro filter per coordinate
+//! ([`LandmarkSmoother`]), restarted when the track restarts.
 
 use image::RgbImage;
 use pipnet_core::smooth::{LandmarkSmoother, OneEuroSettings};
@@ -23,8 +24,6 @@ pub struct TrackerSettings {
     pub detect_every: usize,
     /// A track not seen for more than this many frames ends; its face gets a new id.
     pub max_missed: usize,
-    /// A held face whose presence falls under this is lost for the frame.
-    pub lost_presence: f32,
     /// Overlap (IoU) at which a detection is the same face as a track.
     pub min_iou: f32,
     /// Smoothing of the points; `None` outputs them as measured.
@@ -36,7 +35,6 @@ impl Default for TrackerSettings {
         Self {
             detect_every: 10,
             max_missed: 5,
-            lost_presence: crate::pipeline::DEFAULT_MIN_PRESENCE,
             min_iou: 0.3,
             smoothing: Some(OneEuroSettings::default()),
         }
@@ -170,7 +168,7 @@ impl Tracker {
     /// in order).
     pub fn track(&mut self, image: &RgbImage, time: f64) -> Result<Vec<TrackedFace>> {
         let rule = self.pipeline.model.metadata().crop;
-        // 1. Held faces: one landmark pass each, from last frame's points.
+        // 1. Held faces: one landmark pass each, where last frame's points and motion put them.
         let held: Vec<usize> = (0..self.tracks.len())
             .filter(|&i| self.tracks[i].missed == 0)
             .collect();
@@ -191,7 +189,7 @@ impl Tracker {
         // A held face whose presence falls is lost for this frame (its track's `missed` goes
         // up below, which calls the detector).
         for (&i, found) in held.iter().zip(passes) {
-            if pipnet_core::presence(&found.scores()) >= self.settings.lost_presence {
+            if pipnet_core::presence(&found.scores()) >= self.pipeline.min_presence {
                 seen.push((i, found));
             }
         }

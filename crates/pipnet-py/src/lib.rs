@@ -436,7 +436,6 @@ impl Tracker {
         let settings = TrackerSettings {
             detect_every,
             max_missed,
-            lost_presence: pipeline.min_presence,
             smoothing: smooth.then_some(smoothing),
             ..TrackerSettings::default()
         };

@@ -10,7 +10,8 @@ use anyhow::{Context, bail};
 use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
 use pipnet_infer::Pipeline;
-use pipnet_infer::core::formats::FaceAnnotation;
+use pipnet_infer::core::Scheme;
+use pipnet_infer::core::formats::{FaceAnnotation, csv_face_columns};
 use pipnet_infer::core::smooth::OneEuroSettings;
 use pipnet_infer::folder::{IMAGE_EXTENSIONS, write_atomic};
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, load_rgb};
@@ -244,41 +245,30 @@ fn probe(input: &Path) -> anyhow::Result<(u32, u32, f64)> {
     }
 }
 
-/// A tracked face as the output records it: the smoothed points as `landmarks`, the measured
-/// ones as `raw_landmarks`.
-fn face_json(face: &TrackedFace) -> serde_json::Value {
-    let f = &face.face;
-    let b = f.face_box();
+/// A tracked face as the output records it (`annotated` is [`annotations`]'s): the smoothed
+/// points as `landmarks`, the measured ones as `raw_landmarks`.
+fn face_json(face: &TrackedFace, annotated: &FaceAnnotation) -> serde_json::Value {
     serde_json::json!({
         "id": face.id,
-        "box": [b.x0, b.y0, b.x1, b.y1],
-        "score": f.score(),
-        "presence": f.presence(),
-        "landmarks": face.smoothed,
-        "raw_landmarks": f.landmarks.in_image,
-        "landmark_scores": f.landmarks.scores(),
+        "box": annotated.face_box,
+        "score": annotated.score,
+        "presence": annotated.presence,
+        "landmarks": annotated.landmarks,
+        "raw_landmarks": face.face.landmarks.in_image,
+        "landmark_scores": annotated.landmark_scores,
     })
 }
 
-fn csv_rows(frame: usize, time: f64, faces: &[TrackedFace], out: &mut String) {
-    for face in faces {
-        let f = &face.face;
-        let b = f.face_box();
-        out.push_str(&format!(
-            "{frame},{time:.4},{},{:.4},{:.4},{:.2},{:.2},{:.2},{:.2}",
-            face.id,
-            f.score(),
-            f.presence(),
-            b.x0,
-            b.y0,
-            b.x1,
-            b.y1
-        ));
-        for p in &face.smoothed {
-            out.push_str(&format!(",{:.3},{:.3}", p[0], p[1]));
-        }
-        out.push('\n');
-    }
+/// The faces as outputs record them, with the smoothed points as landmarks (CSV rows and
+/// previews).
+fn annotations(faces: &[TrackedFace], scheme: Scheme) -> Vec<FaceAnnotation> {
+    faces
+        .iter()
+        .map(|f| FaceAnnotation {
+            landmarks: f.smoothed.clone(),
+            ..f.face.annotation(scheme)
+        })
+        .collect()
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -300,11 +290,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     pipeline.refine = true;
     pipeline.min_face = args.min_face;
     pipeline.min_presence = args.min_presence;
-    let points = pipeline.model.metadata().num_landmarks();
+    let scheme = pipeline.model.metadata().scheme;
     let settings = TrackerSettings {
         detect_every: args.detect_every,
         max_missed: args.max_missed,
-        lost_presence: args.min_presence,
         smoothing: (!args.no_smooth).then_some(OneEuroSettings {
             min_cutoff: args.min_cutoff,
             beta: args.beta,
@@ -326,11 +315,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     let mut text = String::new();
     if args.format == "csv" {
-        text.push_str("frame,time,id,score,presence,box_x0,box_y0,box_x1,box_y1");
-        for i in 0..points {
-            text.push_str(&format!(",x{i},y{i}"));
-        }
-        text.push('\n');
+        let columns = csv_face_columns(scheme.num_landmarks(), false);
+        text.push_str(&format!("frame,time,id,{columns}\n"));
     }
     let (mut count, mut face_count) = (0usize, 0usize);
     let mut ids = std::collections::BTreeSet::new();
@@ -341,33 +327,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("frame {count}"))?;
         face_count += faces.len();
         ids.extend(faces.iter().map(|f| f.id));
+        let annotated = annotations(&faces, scheme);
         if args.format == "csv" {
-            csv_rows(count, frame.time, &faces, &mut text);
+            for (face, a) in faces.iter().zip(&annotated) {
+                let (time, id, values) = (frame.time, face.id, a.csv_values(false));
+                text.push_str(&format!("{count},{time:.4},{id},{values}\n"));
+            }
         } else {
             let line = serde_json::json!({
                 "frame": count,
                 "image": frame.name,
                 "time": frame.time,
-                "faces": faces.iter().map(face_json).collect::<Vec<_>>(),
+                "faces": faces
+                    .iter()
+                    .zip(&annotated)
+                    .map(|(face, a)| face_json(face, a))
+                    .collect::<Vec<_>>(),
             });
             text.push_str(&line.to_string());
             text.push('\n');
         }
         if args.preview {
-            let drawn: Vec<FaceAnnotation> = faces
-                .iter()
-                .map(|f| FaceAnnotation {
-                    face_box: f.face.face_box(),
-                    score: f.face.score(),
-                    landmarks: f.smoothed.clone(),
-                    landmark_scores: f.face.landmarks.scores(),
-                    presence: f.face.presence(),
-                    five_points: None,
-                    chip: None,
-                })
-                .collect();
             let labels: Vec<String> = faces.iter().map(|f| format!("#{}", f.id)).collect();
-            let image = preview::draw_labelled(&frame.image, &drawn, Some(&labels))?;
+            let image = preview::draw_labelled(&frame.image, &annotated, Some(&labels))?;
             let path = args.out.join("preview").join(format!("{count:06}.jpg"));
             write_atomic(&path, &preview::encode_jpeg(&image)?)?;
         }
