@@ -68,24 +68,41 @@ pub struct SampleSpec<'a> {
     pub flip: &'a [usize],
 }
 
-/// Writes the crop of `points`' face into `out` (`[3, S, S]`) and returns the points in
-/// crop-normalised units. With `augment`, the crop and pixels are randomised from `rng`.
-pub fn make_sample(
-    image: &RgbImage,
+/// One draw of the random transforms, independent of the output size: the same augmented
+/// face can be rendered for the student and, larger, for a teacher (distillation).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleDraw {
+    pub crop: FaceCrop,
+    pub flip: bool,
+    pub gray: bool,
+    /// Pixel values (0..1) become `gain * v + offset`.
+    pub gain: f32,
+    pub offset: f32,
+    /// Occluding rectangle `[x0, y0, w, h]` in fractions of the crop, and its colour (0..1).
+    pub occlusion: Option<([f32; 4], [f32; 3])>,
+}
+
+/// Draws the transforms of one sample of `points`' face; without `augment`, the rule's crop
+/// as it is.
+pub fn draw_sample(
     points: &[Point],
-    spec: &SampleSpec<'_>,
+    image_size: (u32, u32),
+    rule: &CropRule,
     augment: Option<&Augmentation>,
     rng: &mut impl Rng,
-    out: &mut [f32],
-) -> Vec<Point> {
-    let s = spec.input_size;
+) -> SampleDraw {
     let base = FaceBox::around(points)
-        .map(|b| spec.rule.crop(&b))
-        .unwrap_or_else(|_| FaceCrop::whole_image(image.width(), image.height()));
-    let norm = Normalization::new(spec.mean, spec.std);
+        .map(|b| rule.crop(&b))
+        .unwrap_or_else(|_| FaceCrop::whole_image(image_size.0, image_size.1));
     let Some(aug) = augment else {
-        write_crop(image, &base, s, &norm, out);
-        return points.iter().map(|&p| base.to_crop(p)).collect();
+        return SampleDraw {
+            crop: base,
+            flip: false,
+            gray: false,
+            gain: 1.0,
+            offset: 0.0,
+            occlusion: None,
+        };
     };
     let uniform = |rng: &mut _, (lo, hi): (f32, f32)| {
         if hi > lo {
@@ -98,17 +115,47 @@ pub fn make_sample(
     let shift = |rng: &mut _| uniform(rng, (-aug.shift, aug.shift)) * side;
     let center = [base.center[0] + shift(rng), base.center[1] + shift(rng)];
     let angle = uniform(rng, (-aug.rotation_deg, aug.rotation_deg)).to_radians();
-    let crop = FaceCrop::new(center, side, angle);
-    write_crop(image, &crop, s, &norm, out);
-    let mut in_crop: Vec<Point> = points.iter().map(|&p| crop.to_crop(p)).collect();
+    let flip = rng.random::<f32>() < aug.flip_probability;
+    let gray = rng.random::<f32>() < aug.grayscale_probability;
+    let gain = uniform(rng, aug.brightness);
+    let offset = uniform(rng, (-aug.brightness_shift, aug.brightness_shift));
+    let occlusion = (rng.random::<f32>() < aug.occlusion_probability).then(|| {
+        let w = uniform(rng, aug.occlusion_size).clamp(0.0, 1.0);
+        let h = uniform(rng, aug.occlusion_size).clamp(0.0, 1.0);
+        let x0 = rng.random::<f32>() * (1.0 - w);
+        let y0 = rng.random::<f32>() * (1.0 - h);
+        ([x0, y0, w, h], [0, 1, 2].map(|_| rng.random::<f32>()))
+    });
+    SampleDraw {
+        crop: FaceCrop::new(center, side, angle),
+        flip,
+        gray,
+        gain,
+        offset,
+        occlusion,
+    }
+}
 
-    if rng.random::<f32>() < aug.flip_probability {
+/// Renders `draw` of `points`' face into `out` (`[3, S, S]`, `S = spec.input_size`) and
+/// returns the points in crop-normalised units (mirrored and permuted when flipped).
+pub fn render_sample(
+    image: &RgbImage,
+    points: &[Point],
+    draw: &SampleDraw,
+    spec: &SampleSpec<'_>,
+    out: &mut [f32],
+) -> Vec<Point> {
+    let s = spec.input_size;
+    let norm = Normalization::new(spec.mean, spec.std);
+    write_crop(image, &draw.crop, s, &norm, out);
+    let mut in_crop: Vec<Point> = points.iter().map(|&p| draw.crop.to_crop(p)).collect();
+    if draw.flip {
         mirror_planes(out, s);
         let mirrored: Vec<Point> = in_crop.iter().map(|p| [1.0 - p[0], p[1]]).collect();
         in_crop = spec.flip.iter().map(|&from| mirrored[from]).collect();
     }
     let plane = s * s;
-    if rng.random::<f32>() < aug.grayscale_probability {
+    if draw.gray {
         // Luma of the de-normalised channels, written back normalised per channel.
         for i in 0..plane {
             let v: [f32; 3] = [0, 1, 2].map(|c| out[c * plane + i] * spec.std[c] + spec.mean[c]);
@@ -119,28 +166,42 @@ pub fn make_sample(
         }
     }
     // Brightness in pixel units, applied in normalised space: v' = a v + b.
-    let a = uniform(rng, aug.brightness);
-    let b = uniform(rng, (-aug.brightness_shift, aug.brightness_shift));
-    for c in 0..3 {
-        let offset = (a * spec.mean[c] + b - spec.mean[c]) / spec.std[c];
-        for v in &mut out[c * plane..(c + 1) * plane] {
-            *v = *v * a + offset;
+    let (a, b) = (draw.gain, draw.offset);
+    if (a, b) != (1.0, 0.0) {
+        for c in 0..3 {
+            let offset = (a * spec.mean[c] + b - spec.mean[c]) / spec.std[c];
+            for v in &mut out[c * plane..(c + 1) * plane] {
+                *v = *v * a + offset;
+            }
         }
     }
-    if rng.random::<f32>() < aug.occlusion_probability {
-        let w = ((uniform(rng, aug.occlusion_size) * s as f32) as usize).clamp(1, s);
-        let h = ((uniform(rng, aug.occlusion_size) * s as f32) as usize).clamp(1, s);
-        let x0 = rng.random_range(0..=s - w);
-        let y0 = rng.random_range(0..=s - h);
-        let colour: [f32; 3] =
-            [0, 1, 2].map(|c| (rng.random::<f32>() - spec.mean[c]) / spec.std[c]);
+    if let Some(([x0, y0, w, h], colour)) = draw.occlusion {
+        let w = ((w * s as f32) as usize).clamp(1, s);
+        let h = ((h * s as f32) as usize).clamp(1, s);
+        let x0 = ((x0 * s as f32) as usize).min(s - w);
+        let y0 = ((y0 * s as f32) as usize).min(s - h);
         for c in 0..3 {
+            let value = (colour[c] - spec.mean[c]) / spec.std[c];
             for y in y0..y0 + h {
-                out[c * plane + y * s + x0..c * plane + y * s + x0 + w].fill(colour[c]);
+                out[c * plane + y * s + x0..c * plane + y * s + x0 + w].fill(value);
             }
         }
     }
     in_crop
+}
+
+/// Writes the crop of `points`' face into `out` (`[3, S, S]`) and returns the points in
+/// crop-normalised units. With `augment`, the crop and pixels are randomised from `rng`.
+pub fn make_sample(
+    image: &RgbImage,
+    points: &[Point],
+    spec: &SampleSpec<'_>,
+    augment: Option<&Augmentation>,
+    rng: &mut impl Rng,
+    out: &mut [f32],
+) -> Vec<Point> {
+    let draw = draw_sample(points, image.dimensions(), &spec.rule, augment, rng);
+    render_sample(image, points, &draw, spec, out)
 }
 
 /// Mirrors each `S x S` plane left-right in place.
@@ -266,5 +327,59 @@ mod tests {
         let [u, v] = moved[45].map(|c| (c * 32.0) as usize);
         let bright = out[v * 32 + u] * 0.25 + 0.5;
         assert!(bright > 0.5, "pixel under landmark 45 is {bright}");
+    }
+
+    #[test]
+    fn test_one_draw_renders_the_same_sample_at_two_sizes() {
+        // A smooth image, so a 64 px rendering averaged 2x2 is close to the 32 px one; the
+        // occluder and brightness land on the same part of the crop at both sizes.
+        let image = RgbImage::from_fn(200, 200, |x, y| {
+            Rgb([(x + y) as u8 / 2, (x / 2 + 20) as u8, (y / 2 + 40) as u8])
+        });
+        let flip = Scheme::W300_68.flip_permutation();
+        let aug = Augmentation {
+            occlusion_probability: 1.0,
+            flip_probability: 1.0,
+            ..Augmentation::default()
+        };
+        let pts = face_points();
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let small_spec = spec(&flip);
+        let large_spec = SampleSpec {
+            input_size: 64,
+            ..small_spec.clone()
+        };
+        let draw = draw_sample(
+            &pts,
+            image.dimensions(),
+            &small_spec.rule,
+            Some(&aug),
+            &mut rng,
+        );
+        assert!(draw.flip && draw.occlusion.is_some());
+        let mut small = vec![0.0; 3 * 32 * 32];
+        let mut large = vec![0.0; 3 * 64 * 64];
+        let a = render_sample(&image, &pts, &draw, &small_spec, &mut small);
+        let b = render_sample(&image, &pts, &draw, &large_spec, &mut large);
+        assert_eq!(a, b);
+        let mut far = 0;
+        for c in 0..3 {
+            for y in 0..32 {
+                for x in 0..32 {
+                    let at = |u: usize, v: usize| large[c * 64 * 64 + v * 64 + u];
+                    let mean = (at(2 * x, 2 * y)
+                        + at(2 * x + 1, 2 * y)
+                        + at(2 * x, 2 * y + 1)
+                        + at(2 * x + 1, 2 * y + 1))
+                        / 4.0;
+                    // Normalised units (std 0.25): 0.2 is 0.05 of the pixel range.
+                    if (mean - small[c * 32 * 32 + y * 32 + x]).abs() > 0.2 {
+                        far += 1;
+                    }
+                }
+            }
+        }
+        // Only the occluder's edge (at most one pixel row or column of 32) may differ.
+        assert!(far <= 3 * 2 * 32, "{far} pixels differ");
     }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::augment::Augmentation;
+use crate::distill::DistillConfig;
 use crate::loss::LossWeights;
 use crate::network::{Backbone, NetworkSpec};
 use crate::{Error, Result};
@@ -23,6 +24,9 @@ pub struct TrainConfig {
     /// Self-training with a curriculum; absent for supervised training.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stc: Option<StcConfig>,
+    /// Soft targets from a teacher graph; absent: labels only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<DistillConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -229,9 +233,11 @@ impl TrainConfig {
             toml::from_str(&text).map_err(|e| Error::Spec(format!("{}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let stc_paths = config.stc.iter_mut().flat_map(|s| s.unlabeled.iter_mut());
+        let teacher = config.distill.as_mut().map(|d| &mut d.teacher);
         for p in [&mut config.data.labeled, &mut config.train.out]
             .into_iter()
             .chain(config.data.images.as_mut())
+            .chain(teacher)
             .chain(stc_paths)
         {
             if p.is_relative() {

@@ -13,6 +13,7 @@
 
 pub mod augment;
 pub mod config;
+pub mod distill;
 pub mod emit;
 pub mod imagenet;
 pub mod loss;

@@ -28,8 +28,9 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::augment::{SampleSpec, make_sample};
+use crate::augment::{SampleDraw, SampleSpec, draw_sample, render_sample};
 use crate::config::{Pretrained, TrainConfig};
+use crate::distill::Teacher;
 use crate::emit::write_model;
 use crate::imagenet::{mobilenet_v2_weights_path, read_state_dict};
 use crate::loss::{TargetBatch, pip_loss};
@@ -122,6 +123,9 @@ pub struct RunState {
     /// The run's length in epochs when `max_minutes` cut it short of the config's.
     #[serde(default)]
     pub planned_epochs: Option<usize>,
+    /// The graph that taught the run (`[distill]`): name and SHA-256.
+    #[serde(default)]
+    pub teacher: Option<String>,
 }
 
 impl RunState {
@@ -168,6 +172,9 @@ impl RunState {
                 self.unlabeled_images,
                 self.unlabeled_sources.join(", ")
             ));
+        }
+        if let Some(teacher) = &self.teacher {
+            text.push_str(&format!("; distilled from {teacher}"));
         }
         text
     }
@@ -460,15 +467,23 @@ struct EpochFaces<'a> {
     levels: usize,
 }
 
-/// The batches of `epoch`, in order: a pure function of (seed, epoch) and the data.
+/// A teacher and how to render its input (its size and normalisation).
+struct TeacherInput<'a> {
+    teacher: Teacher,
+    spec: SampleSpec<'a>,
+}
+
+/// The batches of `epoch`, in order: a pure function of (seed, epoch) and the data (and the
+/// teacher, when distilling).
 fn epoch_batches(
     faces: &EpochFaces<'_>,
     spec: &SampleSpec<'_>,
     config: &TrainConfig,
     index: &NeighborIndex,
     epoch: usize,
+    mut teacher: Option<&mut TeacherInput<'_>>,
     mut emit: impl FnMut(HostBatch) -> bool,
-) {
+) -> Result<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(
         config.train.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
     );
@@ -506,41 +521,67 @@ fn epoch_batches(
                 })
                 .collect(),
         };
-        let samples: Vec<(bool, Vec<Point>)> = chunk
-            .par_iter()
-            .zip(batch.input.par_chunks_exact_mut(3 * s * s))
-            .enumerate()
-            .map(|(k, (&(pseudo, i), out))| {
-                let face = if pseudo {
-                    &faces.pseudo[i]
-                } else {
-                    &faces.labeled[i]
-                };
+        let face_of = |(pseudo, i): (bool, usize)| {
+            if pseudo {
+                &faces.pseudo[i]
+            } else {
+                &faces.labeled[i]
+            }
+        };
+        let draws: Vec<SampleDraw> = (0..chunk.len())
+            .map(|k| {
+                let face = face_of(chunk[k]);
                 let mut rng = ChaCha8Rng::seed_from_u64(sample_key);
                 rng.set_stream((batch_index * bs + k) as u64);
-                let points = make_sample(
-                    &face.image,
+                draw_sample(
                     &face.points,
-                    spec,
+                    face.image.dimensions(),
+                    &spec.rule,
                     Some(&config.augment),
                     &mut rng,
-                    out,
-                );
-                (pseudo, points)
+                )
             })
             .collect();
-        for (pseudo, points) in samples {
+        let render = |spec: &SampleSpec<'_>, input: &mut [f32]| -> Vec<Vec<Point>> {
+            let size = 3 * spec.input_size * spec.input_size;
+            chunk
+                .par_iter()
+                .zip(&draws)
+                .zip(input.par_chunks_exact_mut(size))
+                .map(|((&sample, draw), out)| {
+                    let face = face_of(sample);
+                    render_sample(&face.image, &face.points, draw, spec, out)
+                })
+                .collect()
+        };
+        let samples = render(spec, &mut batch.input);
+        let mut main: Vec<PipTargets> = samples
+            .iter()
+            .map(|points| pip_targets(points, index, faces.grid))
+            .collect();
+        if let Some(t) = teacher.as_deref_mut() {
+            let size = t.spec.input_size;
+            let mut input = vec![0.0; chunk.len() * 3 * size * size];
+            render(&t.spec, &mut input);
+            t.teacher.teach(&input, chunk.len(), &mut main)?;
+        }
+        for ((&(pseudo, _), points), main) in chunk.iter().zip(&samples).zip(main) {
+            let mut main = Some(main);
             for (level_index, level) in batch.levels.iter_mut().enumerate() {
                 let active = !pseudo || faces.pseudo_levels.contains(&level_index);
-                let targets = pip_targets(&points, index, level.grid);
+                let targets = match main.take() {
+                    Some(targets) => targets,
+                    None => pip_targets(points, index, level.grid),
+                };
                 level.targets.append(targets, active);
                 level.weight.push(if active { 1.0 } else { 0.0 });
             }
         }
         if !emit(batch) {
-            return;
+            return Ok(());
         }
     }
+    Ok(())
 }
 
 /// Saves model, optimizer and state into `checkpoint/` atomically: everything is written to
@@ -657,6 +698,22 @@ pub fn train(
         std: IMAGENET_STD,
         flip: &flip,
     };
+    let mut teacher = config
+        .distill
+        .as_ref()
+        .map(|d| -> Result<TeacherInput<'_>> {
+            let teacher = Teacher::load(d, &spec, scheme.name(), &rule)?;
+            let meta = teacher.metadata();
+            let spec = SampleSpec {
+                rule: meta.crop,
+                input_size: meta.input_size,
+                mean: meta.mean,
+                std: meta.std,
+                flip: &flip,
+            };
+            Ok(TeacherInput { teacher, spec })
+        })
+        .transpose()?;
     let coarse_levels = config.stc.as_ref().map_or(0, |s| s.coarse_levels);
     if let Some(stc) = &config.stc {
         if coarse_levels == 0 {
@@ -675,6 +732,15 @@ pub fn train(
     let (mut model, mut optimizer, mut state) =
         if resume && paths.checkpoint().join("state.json").is_file() {
             let state = load_state(&paths.checkpoint())?;
+            let taught_by = teacher.as_ref().map(|t| t.teacher.describe());
+            if state.teacher != taught_by {
+                return Err(Error::Spec(format!(
+                    "the checkpoint was taught by {}, the config names {}: resume with the \
+                     same [distill] teacher or start a new run folder",
+                    state.teacher.as_deref().unwrap_or("no teacher"),
+                    taught_by.as_deref().unwrap_or("none")
+                )));
+            }
             if state.spec != spec || state.coarse_levels != coarse_levels {
                 return Err(Error::Spec(format!(
                     "checkpoint network {:?} with {} curriculum heads differs from the \
@@ -691,7 +757,15 @@ pub fn train(
                 .map_err(|e| Error::Spec(format!("loading {}: {e:?}", optimizer_path.display())))?;
             (model, optimizer, state)
         } else {
-            let (meanface, index) = mean_face_of(&data.train, &rule, spec.num_neighbors)?;
+            // A student shares its teacher's mean face and neighbours: their offsets must mean
+            // the same.
+            let (meanface, index) = match &teacher {
+                Some(t) => {
+                    let meta = t.teacher.metadata();
+                    (meta.meanface.clone(), meta.neighbors.clone())
+                }
+                None => mean_face_of(&data.train, &rule, spec.num_neighbors)?,
+            };
             let state = RunState {
                 epoch: 0,
                 step: 0,
@@ -712,6 +786,7 @@ pub fn train(
                         .to_string()
                 }),
                 planned_epochs: None,
+                teacher: teacher.as_ref().map(|t| t.teacher.describe()),
             };
             std::fs::write(paths.root.join("config.toml"), config.to_toml())
                 .map_err(io_err(&paths.root))?;
@@ -773,10 +848,17 @@ pub fn train(
         std::thread::scope(|scope| -> Result<()> {
             let (tx, rx) = sync_channel::<HostBatch>(2);
             let (faces, spec_ref, index_ref) = (&epoch_faces, &sample_spec, &index);
-            scope.spawn(move || {
-                epoch_batches(faces, spec_ref, config, index_ref, epoch, |b| {
-                    tx.send(b).is_ok()
-                });
+            let teacher_ref = teacher.as_mut();
+            let worker = scope.spawn(move || {
+                epoch_batches(
+                    faces,
+                    spec_ref,
+                    config,
+                    index_ref,
+                    epoch,
+                    teacher_ref,
+                    |b| tx.send(b).is_ok(),
+                )
             });
             for batch in rx {
                 images += batch.size;
@@ -818,7 +900,10 @@ pub fn train(
                 loss_sum += f64::from(value);
                 on_event(Event::Step { loss: value });
             }
-            Ok(())
+            // The worker ends early only on an error (a teacher that failed): report it.
+            worker
+                .join()
+                .map_err(|_| Error::Spec("the batch worker panicked".into()))?
         })?;
         let seconds = start.elapsed().as_secs_f64();
         state.epoch += 1;

@@ -12,6 +12,7 @@ use pipnet_train::augment::Augmentation;
 use pipnet_train::config::{
     DataConfig, NetworkConfig, Schedule, StcConfig, TrainConfig, TrainOptions,
 };
+use pipnet_train::distill::DistillConfig;
 use pipnet_train::network::BackboneWeights;
 use pipnet_train::stc::{load_pseudo_labels, round_path};
 #[cfg(feature = "wgpu")]
@@ -67,6 +68,7 @@ fn tiny_config(out: &Path, epochs: usize) -> TrainConfig {
             ..Default::default()
         },
         stc: None,
+        distill: None,
     }
 }
 
@@ -340,4 +342,58 @@ fn test_trains_from_a_wflw_list() {
     )
     .unwrap();
     assert_eq!(model.metadata().num_landmarks(), 98);
+}
+
+/// The tiny run taught by another tiny run's graph: the teacher's targets change the loss, the
+/// student takes the teacher's mean face, and its graph and checkpoint name the teacher.
+#[test]
+fn test_distillation_learns_from_the_teacher_and_names_it() {
+    let _turn = one_at_a_time();
+    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let [teacher_run, other_run, labels_run, taught_run, refused_run] =
+        [0, 1, 2, 3, 4].map(|i| dirs[i].path());
+    train(&tiny_config(teacher_run, 2), false, |_| {}).unwrap();
+    let mut other = tiny_config(other_run, 1);
+    other.train.seed = 6;
+    train(&other, false, |_| {}).unwrap();
+    let teacher = teacher_run.join("last.onnx");
+    let taught = |out: &Path, teacher: &Path, epochs: usize| TrainConfig {
+        distill: Some(DistillConfig {
+            teacher: teacher.to_path_buf(),
+            weight: 1.0,
+        }),
+        ..tiny_config(out, epochs)
+    };
+
+    let labels = train(&tiny_config(labels_run, 1), false, |_| {}).unwrap();
+    let state = train(&taught(taught_run, &teacher, 1), false, |_| {}).unwrap();
+    let (a, b) = (labels.history[0].train_loss, state.history[0].train_loss);
+    assert!(
+        (a - b).abs() > 1e-3 * a,
+        "same loss {a} with and without a teacher"
+    );
+    let meta = LandmarkModel::load(&teacher, &SessionOptions::default())
+        .unwrap()
+        .metadata()
+        .clone();
+    assert_eq!(state.meanface, meta.meanface);
+    assert!(state.teacher.as_deref().unwrap().contains("sha256"));
+    let student =
+        LandmarkModel::load(&taught_run.join("last.onnx"), &SessionOptions::default()).unwrap();
+    let provenance = student.metadata().train_data.clone().unwrap();
+    assert!(provenance.contains("distilled from"), "{provenance}");
+
+    // Resuming with another teacher, or teaching a network of another grid, is refused.
+    let err = train(
+        &taught(taught_run, &other_run.join("last.onnx"), 2),
+        true,
+        |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("taught by"), "{err}");
+    let mut wide = taught(refused_run, &teacher, 1);
+    wide.network.input_size = 128;
+    let err = train(&wide, false, |_| {}).unwrap_err().to_string();
+    assert!(err.contains("grid"), "{err}");
 }
