@@ -28,6 +28,11 @@ pub struct Augmentation {
     pub occlusion_size: (f32, f32),
     /// Probability of turning the crop gray (for gray test photos).
     pub grayscale_probability: f32,
+    /// Probability of centring a labeled face's sample on the crop the face detector makes of
+    /// it (what `annotate`'s one landmark pass sees) instead of on its landmark box: the
+    /// detector's box error, face by face, joins the random transforms. Faces the detector
+    /// misses keep the landmark crop. The detector runs once over the training photos.
+    pub detector_crop_probability: f32,
 }
 
 impl Default for Augmentation {
@@ -42,6 +47,7 @@ impl Default for Augmentation {
             occlusion_probability: 0.5,
             occlusion_size: (0.125, 1.0 / 3.0),
             grayscale_probability: 0.0,
+            detector_crop_probability: 0.0,
         }
     }
 }
@@ -82,18 +88,33 @@ pub struct SampleDraw {
     pub occlusion: Option<([f32; 4], [f32; 3])>,
 }
 
-/// Draws the transforms of one sample of `points`' face; without `augment`, the rule's crop
-/// as it is.
+/// Where a sample's crop starts from: the face's landmarks (cropped by the rule), and the
+/// detector's crop of the face when it found it.
+#[derive(Debug, Clone, Copy)]
+pub struct SampleBase<'a> {
+    pub points: &'a [Point],
+    pub detected: Option<&'a FaceCrop>,
+    pub image_size: (u32, u32),
+}
+
+/// Draws the transforms of one sample; without `augment`, the rule's landmark crop as it is.
 pub fn draw_sample(
-    points: &[Point],
-    image_size: (u32, u32),
+    face: SampleBase<'_>,
     rule: &CropRule,
     augment: Option<&Augmentation>,
     rng: &mut impl Rng,
 ) -> SampleDraw {
-    let base = FaceBox::around(points)
+    let (width, height) = face.image_size;
+    let mut base = FaceBox::around(face.points)
         .map(|b| rule.crop(&b))
-        .unwrap_or_else(|_| FaceCrop::whole_image(image_size.0, image_size.1));
+        .unwrap_or_else(|_| FaceCrop::whole_image(width, height));
+    if let Some(aug) = augment.filter(|a| a.detector_crop_probability > 0.0) {
+        // The coin is tossed for every face, found or not, so the draws stay aligned.
+        let toss = rng.random::<f32>() < aug.detector_crop_probability;
+        if let Some(detected) = face.detected.filter(|_| toss) {
+            base = *detected;
+        }
+    }
     let Some(aug) = augment else {
         return SampleDraw {
             crop: base,
@@ -200,7 +221,12 @@ pub fn make_sample(
     rng: &mut impl Rng,
     out: &mut [f32],
 ) -> Vec<Point> {
-    let draw = draw_sample(points, image.dimensions(), &spec.rule, augment, rng);
+    let base = SampleBase {
+        points,
+        detected: None,
+        image_size: image.dimensions(),
+    };
+    let draw = draw_sample(base, &spec.rule, augment, rng);
     render_sample(image, points, &draw, spec, out)
 }
 
@@ -349,13 +375,12 @@ mod tests {
             input_size: 64,
             ..small_spec.clone()
         };
-        let draw = draw_sample(
-            &pts,
-            image.dimensions(),
-            &small_spec.rule,
-            Some(&aug),
-            &mut rng,
-        );
+        let base = SampleBase {
+            points: &pts,
+            detected: None,
+            image_size: image.dimensions(),
+        };
+        let draw = draw_sample(base, &small_spec.rule, Some(&aug), &mut rng);
         assert!(draw.flip && draw.occlusion.is_some());
         let mut small = vec![0.0; 3 * 32 * 32];
         let mut large = vec![0.0; 3 * 64 * 64];
@@ -381,5 +406,39 @@ mod tests {
         }
         // Only the occluder's edge (at most one pixel row or column of 32) may differ.
         assert!(far <= 3 * 2 * 32, "{far} pixels differ");
+    }
+
+    #[test]
+    fn test_detector_crop_probability_picks_the_detected_crop() {
+        let pts = face_points();
+        let detected = FaceCrop::new([75.0, 70.0], 90.0, 0.0);
+        let still = |p: f32| Augmentation {
+            rotation_deg: 0.0,
+            scale: (1.0, 1.0),
+            shift: 0.0,
+            detector_crop_probability: p,
+            ..Augmentation::default()
+        };
+        let rule = CropRule::default();
+        let landmark_crop = rule.crop(&FaceBox::around(&pts).unwrap());
+        let draw = |p: f32, detected: Option<&FaceCrop>, seed: u64| {
+            let base = SampleBase {
+                points: &pts,
+                detected,
+                image_size: (160, 160),
+            };
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            draw_sample(base, &rule, Some(&still(p)), &mut rng).crop
+        };
+        for seed in 0..8 {
+            assert_eq!(draw(1.0, Some(&detected), seed), detected);
+            assert_eq!(draw(0.0, Some(&detected), seed), landmark_crop);
+            // A face the detector missed keeps its landmark crop.
+            assert_eq!(draw(1.0, None, seed), landmark_crop);
+        }
+        let picked = (0..200)
+            .filter(|&seed| draw(0.5, Some(&detected), seed) == detected)
+            .count();
+        assert!((60..140).contains(&picked), "{picked} of 200 at p = 0.5");
     }
 }

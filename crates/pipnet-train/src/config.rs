@@ -172,6 +172,10 @@ pub struct TrainOptions {
     /// learning-rate schedule is stretched over the shorter run, so it still ends annealed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_minutes: Option<f64>,
+    /// A run's `checkpoint/` folder to start from (fine-tuning): its weights, mean face and
+    /// neighbours; the optimizer and the learning-rate schedule start afresh.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
 }
 
 impl Default for TrainOptions {
@@ -186,6 +190,7 @@ impl Default for TrainOptions {
             device: "flex".into(),
             out: PathBuf::from("runs/default"),
             max_minutes: None,
+            init: None,
         }
     }
 }
@@ -238,6 +243,7 @@ impl TrainConfig {
             .into_iter()
             .chain(config.data.images.as_mut())
             .chain(teacher)
+            .chain(config.train.init.as_mut())
             .chain(stc_paths)
         {
             if p.is_relative() {

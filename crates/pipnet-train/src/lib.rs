@@ -12,7 +12,9 @@
 //! machine the photos cannot travel to (a lent GPU).
 
 pub mod augment;
+mod batches;
 pub mod config;
+mod data;
 pub mod distill;
 pub mod emit;
 pub mod imagenet;
@@ -20,6 +22,7 @@ pub mod loss;
 pub mod model;
 pub mod network;
 pub mod pack;
+pub mod run;
 pub mod seeded;
 pub mod stc;
 pub mod targets;

@@ -10,8 +10,9 @@ use pipnet_core::{CropRule, Scheme};
 use pipnet_infer::dataset::write_face_crops;
 
 use crate::config::{Pretrained, TrainConfig};
+use crate::data::split_labeled;
 use crate::imagenet::{WEIGHTS_FILE, mobilenet_v2_weights_path};
-use crate::trainer::{io_err, split_labeled};
+use crate::run::io_err;
 use crate::{Error, Result};
 
 /// The packed faces' folder and config inside a pack.

@@ -397,3 +397,34 @@ fn test_distillation_learns_from_the_teacher_and_names_it() {
     let err = train(&wide, false, |_| {}).unwrap_err().to_string();
     assert!(err.contains("grid"), "{err}");
 }
+
+/// `train.init` starts from another run's checkpoint: its weights (the first epoch's loss is
+/// that of a trained network, not a fresh one), mean face and provenance.
+#[test]
+fn test_init_fine_tunes_from_a_checkpoint() {
+    let _turn = one_at_a_time();
+    let (first, tuned) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let trained = train(&tiny_config(first.path(), 6), false, |_| {}).unwrap();
+    let mut config = tiny_config(tuned.path(), 1);
+    config.train.init = Some(first.path().join("checkpoint"));
+    config.augment.detector_crop_probability = 0.5;
+    let state = train(&config, false, |_| {}).unwrap();
+    let fresh = trained.history[0].train_loss;
+    let resumed = state.history[0].train_loss;
+    assert!(
+        resumed < 0.8 * fresh,
+        "loss {resumed} after init vs {fresh} fresh"
+    );
+    assert_eq!(state.meanface, trained.meanface);
+    assert!(state.init.as_deref().unwrap().contains("(epoch 6)"));
+    let graph =
+        LandmarkModel::load(&tuned.path().join("last.onnx"), &SessionOptions::default()).unwrap();
+    let provenance = graph.metadata().train_data.clone().unwrap();
+    assert!(provenance.contains("fine-tuned from"), "{provenance}");
+
+    let mut other = tiny_config(tuned.path().join("other").as_path(), 1);
+    other.network.input_size = 128;
+    other.train.init = Some(first.path().join("checkpoint"));
+    let err = train(&other, false, |_| {}).unwrap_err().to_string();
+    assert!(err.contains("train.init"), "{err}");
+}
