@@ -423,14 +423,12 @@ fn start_run(
         ),
         (None, None) => mean_face_of(&data.train, &rule, spec.num_neighbors)?,
     };
-    if let Some(t) = teacher {
-        if t.metadata().neighbors != index {
-            return Err(Error::Spec(format!(
-                "[distill] teacher {} has other neighbours than train.init's checkpoint: \
-                 a student must share its teacher's mean face",
-                t.describe()
-            )));
-        }
+    if let Some(t) = teacher.filter(|t| t.metadata().neighbors != index) {
+        return Err(Error::Spec(format!(
+            "[distill] teacher {} has other neighbours than train.init's checkpoint: a student \
+             must share its teacher's mean face",
+            t.describe()
+        )));
     }
     let state = RunState {
         epoch: 0,
