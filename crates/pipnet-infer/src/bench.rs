@@ -70,6 +70,9 @@ pub struct BenchReport {
     /// Faces per second from image file to landmarks on known crops, no detection: the path
     /// the Python reference pipeline runs.
     pub crops_faces_per_second: f64,
+    /// Runs of the detector graph per photo at the pipeline's smallest face (the whole photo
+    /// plus the tiles of finer levels), the mean over the photos.
+    pub detector_runs_per_image: f64,
     #[serde(skip)]
     pub crop_sets: Vec<CropSet>,
 }
@@ -106,12 +109,12 @@ pub fn bench(pipeline: &mut Pipeline, images: &[PathBuf], repeat: usize) -> Resu
         return Err(Error::InvalidInput("no images to benchmark".into()));
     }
     let max_pixels = crate::image_io::DEFAULT_MAX_PIXELS;
-    let (mut load, mut detect) = (Vec::new(), Vec::new());
+    let mut load = Vec::new();
     let mut decoded: Vec<RgbImage> = Vec::new();
     let mut crop_sets = Vec::new();
     for path in images {
         let image = timed(&mut load, || load_rgb(path, max_pixels))?;
-        let found = timed(&mut detect, || pipeline.locate(&image, &Faces::Detect))?;
+        let found = pipeline.locate(&image, &Faces::Detect)?;
         let crops: Vec<FaceCrop> = found.into_iter().map(|(_, c)| c).collect();
         crop_sets.push(CropSet {
             image: path.clone(),
@@ -128,6 +131,7 @@ pub fn bench(pipeline: &mut Pipeline, images: &[PathBuf], repeat: usize) -> Resu
             "the detector found no faces in the benchmark images".into(),
         ));
     }
+    let (detect, detect_whole, detector_runs) = bench_detector(pipeline, &decoded, repeat)?;
     let model = &mut pipeline.model;
     let batch = model.batch_size();
     let meta = model.metadata().clone();
@@ -179,6 +183,7 @@ pub fn bench(pipeline: &mut Pipeline, images: &[PathBuf], repeat: usize) -> Resu
     let stages = vec![
         Stage::new("decode image", "image", &load),
         Stage::new("detect", "image", &detect),
+        Stage::new("detect, whole photo only", "image", &detect_whole),
         Stage::new("crop", "batch", &crop),
         Stage::new("ORT run (bare)", "batch", &bare),
         Stage::new("decode + merge", "batch", &decode),
@@ -191,9 +196,41 @@ pub fn bench(pipeline: &mut Pipeline, images: &[PathBuf], repeat: usize) -> Resu
         batch,
         e2e_over_bare_ort: median(e2e.iter().zip(&bare).map(|(e, b)| e / b).collect()),
         crops_faces_per_second: faces.len() as f64 / median_files,
+        detector_runs_per_image: detector_runs,
         stages,
         crop_sets,
     })
+}
+
+/// Detection times per photo over `repeat` rounds (after a warm-up round): as the pipeline
+/// runs it (down to its smallest face), and the whole photo alone (no tiles), the part of the
+/// cost the tiles add; and the detector graph's runs per photo.
+fn bench_detector(
+    pipeline: &mut Pipeline,
+    images: &[RgbImage],
+    repeat: usize,
+) -> Result<(Vec<f64>, Vec<f64>, f64)> {
+    let min_face = pipeline.min_face;
+    let detector = pipeline
+        .detector
+        .as_mut()
+        .ok_or_else(|| Error::InvalidInput("the benchmark needs a face detector".into()))?;
+    let (mut full, mut whole, mut runs) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..=repeat {
+        // Each round runs the same tiles: the last round's count stands for all.
+        runs = 0;
+        for image in images {
+            let before = detector.graph_runs();
+            timed(&mut full, || detector.detect(image, min_face))?;
+            runs += detector.graph_runs() - before;
+            // No smallest face is below what the whole photo shows: one run, no tiles.
+            timed(&mut whole, || detector.detect(image, Some(f32::INFINITY)))?;
+        }
+    }
+    // The first round warms caches; it is not recorded.
+    full.drain(..images.len());
+    whole.drain(..images.len());
+    Ok((full, whole, runs as f64 / images.len().max(1) as f64))
 }
 
 /// Photos to landmarks as `annotate` runs them (decode, detect, landmarks with the pipeline's

@@ -56,6 +56,12 @@ pub struct DetectorSettings {
     pub min_detectable: f32,
     /// Default smallest face, in photo pixels, searched for.
     pub min_face: f32,
+    /// When set, a finer level at most [`MAX_GATED_STEP`] times finer than the level before
+    /// runs only the tiles holding that level's near misses (detections scoring above this but
+    /// not above `score_threshold`): a face just too small to score at one level still shows
+    /// there, and the finer level confirms it. Unset: every tile of every level runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate_threshold: Option<f32>,
     /// Detector box -> landmark box.
     pub calibration: BoxCalibration,
 }
@@ -82,6 +88,20 @@ pub fn settings_path(graph: &Path) -> PathBuf {
     graph.with_extension("json")
 }
 
+/// One level of a photo's search: the photo resized to `size` (unchanged when the tiles
+/// enlarge it) and the square tiles of that image, each one run of the graph, of `side`
+/// photo pixels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchLevel {
+    pub size: (u32, u32),
+    pub side: f32,
+    pub tiles: Vec<FaceCrop>,
+}
+
+/// How much finer than the level before a level may be and still run only where that level
+/// saw near misses ([`DetectorSettings::candidate_threshold`]).
+pub const MAX_GATED_STEP: f32 = 1.5;
+
 /// A BlazeFace session plus its settings and reusable buffers.
 pub struct FaceDetector {
     session: Session,
@@ -96,6 +116,8 @@ pub struct FaceDetector {
     settings: DetectorSettings,
     chw: Vec<f32>,
     nhwc: Vec<f32>,
+    /// Runs of the graph so far (for benchmarks).
+    runs: usize,
 }
 
 impl std::fmt::Debug for FaceDetector {
@@ -190,6 +212,7 @@ impl FaceDetector {
             settings,
             chw: vec![0.0; 3 * size * size],
             nhwc: vec![0.0; 3 * size * size],
+            runs: 0,
         })
     }
 
@@ -238,6 +261,11 @@ impl FaceDetector {
         self.provider
     }
 
+    /// How many times this session has run the graph (one run per tile).
+    pub fn graph_runs(&self) -> usize {
+        self.runs
+    }
+
     /// Finds faces in `image`, down to `min_face` pixels (`None`: the settings' default). Boxes
     /// and keypoints are in image pixels; best score first.
     pub fn detect(&mut self, image: &RgbImage, min_face: Option<f32>) -> Result<Vec<Detection>> {
@@ -245,40 +273,97 @@ impl FaceDetector {
         if w == 0 || h == 0 {
             return Err(Error::InvalidInput("empty image".into()));
         }
-        let min_face = min_face.unwrap_or(self.settings.min_face);
-        let s = self.size as f32;
+        let threshold = self.settings.score_threshold;
+        let gate = self.settings.candidate_threshold;
+        let floor = gate.map_or(threshold, |g| g.min(threshold));
         let mut found = Vec::new();
-        let levels = search_levels(w, h, min_face, self.size, self.settings.min_detectable);
-        for tile_side in levels {
-            let factor = s / tile_side;
+        // The previous level's tile side and near misses (photo pixels).
+        let mut previous: Option<(f32, Vec<Detection>)> = None;
+        for level in self.search_plan(w, h, min_face) {
             // Shrink once per level with a filter that averages (no aliasing), then sample
             // tiles 1:1; enlarging is left to the bilinear crop sampler.
-            let shrunk = (factor < 1.0).then(|| {
-                let size = |n: u32| ((n as f32 * factor).round() as u32).max(1);
-                resize(image, size(w), size(h), FilterType::Triangle)
-            });
-            let level = shrunk.as_ref().unwrap_or(image);
-            let (lw, lh) = level.dimensions();
+            let shrunk = (level.size != (w, h))
+                .then(|| resize(image, level.size.0, level.size.1, FilterType::Triangle));
+            let level_image = shrunk.as_ref().unwrap_or(image);
+            let (lw, lh) = level.size;
             let (fx, fy) = (lw as f32 / w as f32, lh as f32 / h as f32);
-            let level_side = tile_side * fx.max(fy);
-            for tile in tiles(lw, lh, level_side) {
-                for d in self.detect_tile(level, &tile)? {
-                    if cut_by_tile(&d.face_box, &tile, lw, lh) {
+            let candidates = previous
+                .take()
+                .filter(|(side, _)| gate.is_some() && *side <= MAX_GATED_STEP * level.side)
+                .map(|(_, near)| near);
+            let mut near = Vec::new();
+            for tile in &level.tiles {
+                let b = tile.bounds();
+                let wanted = candidates.as_ref().is_none_or(|near| {
+                    near.iter().any(|c| {
+                        let [x, y] = c.face_box.center();
+                        let (x, y) = ((x + 0.5) * fx - 0.5, (y + 0.5) * fy - 0.5);
+                        (b.x0..=b.x1).contains(&x) && (b.y0..=b.y1).contains(&y)
+                    })
+                });
+                if !wanted {
+                    continue;
+                }
+                for d in self.detect_tile(level_image, tile, floor)? {
+                    if cut_by_tile(&d.face_box, tile, lw, lh) {
                         continue;
                     }
-                    found.push(d.map(|p| {
+                    let d = d.map(|p| {
                         let [x, y] = tile.to_image(p);
                         [(x + 0.5) / fx - 0.5, (y + 0.5) / fy - 0.5]
-                    }));
+                    });
+                    if d.score > threshold {
+                        found.push(d);
+                    } else {
+                        near.push(d);
+                    }
                 }
             }
+            // A near miss overlapping a face found is that face's weaker anchor, not a
+            // smaller face.
+            near.retain(|c| !found.iter().any(|f| f.iou(c) > self.settings.iou_threshold));
+            previous = Some((level.side, near));
         }
         Ok(weighted_nms(found, self.settings.iou_threshold))
     }
 
+    /// The levels a `width` x `height` photo is searched at for faces down to `min_face`
+    /// pixels (`None`: the settings' default): the photo's size at each level and the tiles of
+    /// it that each take one run of the graph.
+    pub fn search_plan(&self, width: u32, height: u32, min_face: Option<f32>) -> Vec<SearchLevel> {
+        let min_face = min_face.unwrap_or(self.settings.min_face);
+        let s = self.size as f32;
+        search_levels(
+            width,
+            height,
+            min_face,
+            self.size,
+            self.settings.min_detectable,
+        )
+        .into_iter()
+        .map(|tile_side| {
+            let factor = (s / tile_side).min(1.0);
+            let size = |n: u32| ((n as f32 * factor).round() as u32).max(1);
+            let (lw, lh) = (size(width), size(height));
+            let level_side = tile_side * (lw as f32 / width as f32).max(lh as f32 / height as f32);
+            SearchLevel {
+                size: (lw, lh),
+                side: tile_side,
+                tiles: tiles(lw, lh, level_side),
+            }
+        })
+        .collect()
+    }
+
     /// Runs the graph on one square `tile` of `image`; detections in tile-normalised units.
-    fn detect_tile(&mut self, image: &RgbImage, tile: &FaceCrop) -> Result<Vec<Detection>> {
+    fn detect_tile(
+        &mut self,
+        image: &RgbImage,
+        tile: &FaceCrop,
+        threshold: f32,
+    ) -> Result<Vec<Detection>> {
         let s = self.size;
+        self.runs += 1;
         // MediaPipe's BlazeFace takes RGB scaled to [-1, 1]; outside the photo reads as black.
         let norm = Normalization::new([0.5; 3], [0.5; 3]);
         write_crop(image, tile, s, &norm, &mut self.chw);
@@ -307,15 +392,8 @@ impl FaceDetector {
         };
         let mut found = Vec::new();
         for (layer, (scores, boxes)) in BLAZEFACE_LAYERS.iter().zip(SCORES.iter().zip(&BOXES)) {
-            decode_anchor_layer(
-                *layer,
-                get(scores)?,
-                get(boxes)?,
-                s,
-                self.settings.score_threshold,
-                &mut found,
-            )
-            .map_err(|e| inference(e.to_string()))?;
+            decode_anchor_layer(*layer, get(scores)?, get(boxes)?, s, threshold, &mut found)
+                .map_err(|e| inference(e.to_string()))?;
         }
         Ok(found)
     }

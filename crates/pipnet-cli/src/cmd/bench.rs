@@ -54,6 +54,8 @@ pub struct Args {
     /// With --labeled: only the validation split FRACTION:SEED of a training config.
     #[arg(long, requires = "labeled", value_parser = super::parse_split)]
     pub split: Option<(f64, u64)>,
+    #[command(flatten)]
+    pub detector: super::DetectorArgs,
 }
 
 /// The Python of the reference and peer pipelines: --python, $PIPNET_PYTHON, else python3.
@@ -176,7 +178,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         options.threads = Some(threads);
     }
     let model = args.model.load(&options)?;
-    let detector = super::DetectorArgs::default().load(&options)?;
+    let detector = args.detector.load(&options)?;
     let mut pipeline = Pipeline::new(model, Some(detector));
     let report = bench(&mut pipeline, &images, args.repeat).context("benchmark failed")?;
     let video = match images.first() {
@@ -246,18 +248,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.repeat
     );
     println!(
-        "{:<24} {:>6} {:>10} {:>10}",
+        "{:<26} {:>6} {:>10} {:>10}",
         "stage", "per", "median ms", "p95 ms"
     );
     for s in &report.stages {
         println!(
-            "{:<24} {:>6} {:>10.3} {:>10.3}",
+            "{:<26} {:>6} {:>10.3} {:>10.3}",
             s.name, s.per, s.median_ms, s.p95_ms
         );
     }
     println!(
         "end to end / bare ORT run (median over batches of the same-batch ratio): {:.3}",
         report.e2e_over_bare_ort
+    );
+    println!(
+        "detector graph runs per photo (whole photo + tiles): {:.2}",
+        report.detector_runs_per_image
     );
     println!(
         "files to landmarks on known crops: {:.1} faces/s",
