@@ -1294,6 +1294,95 @@ fn test_gpu_training_job_runs_dry_on_the_cpu() {
     assert!(stdout.contains("256"), "{stdout}");
 }
 
+/// The CUDA check of `scripts/gpu-cuda/` run dry on the CPU, so it cannot rot between lent GPUs:
+/// packed without the CUDA build into small parts, staged over two "calls" (the first only
+/// stages), then unpacked, checked against its checksum and run on the CPU side; a part
+/// corrupted in transit is refused.
+#[test]
+fn test_cuda_check_runs_dry_on_the_cpu() {
+    let root = common::repo_root();
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let packed = Command::new("bash")
+        .arg(root.join("scripts/gpu-cuda/pack.sh"))
+        .arg(&job)
+        .env("PIPNET_BIN", pipnet_bin())
+        .env("NO_GPU", "1")
+        .env("PART_MIB", "8")
+        .env("XZ_OPT", "-0")
+        .output()
+        .unwrap();
+    assert!(
+        packed.status.success(),
+        "pack.sh: {}",
+        String::from_utf8_lossy(&packed.stderr)
+    );
+    let mut parts: Vec<PathBuf> = std::fs::read_dir(&job)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    parts.sort();
+    assert!(parts.len() >= 2, "{parts:?}");
+    // Two calls: the first carries the first part, the second the others.
+    let calls = [dir.path().join("call1"), dir.path().join("call2")];
+    for (k, part) in parts.iter().enumerate() {
+        let call = &calls[usize::from(k > 0)];
+        let to = call.join(part.file_name().unwrap());
+        std::fs::create_dir_all(&to).unwrap();
+        for file in std::fs::read_dir(part).unwrap() {
+            let file = file.unwrap().path();
+            std::fs::copy(&file, to.join(file.file_name().unwrap())).unwrap();
+        }
+    }
+    let device = |call: &Path, stage: &Path, out: &Path| {
+        Command::new("bash")
+            .arg(root.join("scripts/gpu-cuda/device.sh"))
+            .current_dir(&root)
+            .env("JOB", call)
+            .env("STAGE", stage)
+            .env("OUT", out)
+            .env("DEVICE", "cpu")
+            .env("REPEAT", "1")
+            .output()
+            .unwrap()
+    };
+    let (stage, out) = (dir.path().join("stage"), dir.path().join("out"));
+    let first = device(&calls[0], &stage, &out);
+    let said = String::from_utf8_lossy(&first.stdout);
+    assert!(first.status.success() && said.contains("1 of"), "{said}");
+    assert!(!out.join("report.txt").exists());
+    let second = device(&calls[1], &stage, &out);
+    let report = std::fs::read_to_string(out.join("report.txt")).unwrap_or_default();
+    assert!(
+        second.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(report.contains("cpu: 42 faces in 9 photos"), "{report}");
+    assert!(report.contains("faces/s on known crops"), "{report}");
+
+    // A part that changed in transit: the bundle's checksum refuses it.
+    let corrupt_stage = dir.path().join("corrupt");
+    let part = calls[1].read_dir().unwrap().next().unwrap().unwrap().path();
+    let file = part
+        .read_dir()
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("part-"))
+        .unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&file, bytes).unwrap();
+    device(&calls[0], &corrupt_stage, &out);
+    let refused = device(&calls[1], &corrupt_stage, &out);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("do not add up"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
+
 /// `pipnet annotate ARGS` with the tiny seeded model on each image as one crop (fast).
 fn annotate_crops(model: &Path, inputs: &[&Path], out: &Path, extra: &[&str]) -> (i32, String) {
     let mut args: Vec<String> = vec!["annotate".into()];
