@@ -1368,7 +1368,12 @@ fn test_cuda_check_runs_dry_on_the_cpu() {
         .read_dir()
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("part-"))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("part-")
+        })
         .unwrap();
     let mut bytes = std::fs::read(&file).unwrap();
     bytes[100] ^= 0xff;
