@@ -972,6 +972,7 @@ fn test_bench_reports_stages_and_ratios_against_the_python_reference() {
         [
             "decode image",
             "detect",
+            "detect, whole photo only",
             "crop",
             "ORT run (bare)",
             "decode + merge",
@@ -989,6 +990,11 @@ fn test_bench_reports_stages_and_ratios_against_the_python_reference() {
     // this one) even "end to end / bare run" can fall below 1. Both were measured.
     let e2e = report["e2e_over_bare_ort"].as_f64().unwrap();
     assert!(e2e.is_finite() && e2e > 0.0, "{report}");
+    // The whole photo is one run of the detector graph; tiles add more.
+    assert!(
+        report["detector_runs_per_image"].as_f64().unwrap() >= 1.0,
+        "{report}"
+    );
     assert!(
         report["throughput_over_python"].as_f64().unwrap() > 0.0,
         "{report}"
