@@ -56,6 +56,10 @@ pub struct Args {
     pub split: Option<(f64, u64)>,
     #[command(flatten)]
     pub detector: super::DetectorArgs,
+    /// One landmark pass per face in the whole-pipeline rows (peer, video), as `annotate
+    /// --no-refine`; default: refined, as `annotate` runs.
+    #[arg(long)]
+    pub no_refine: bool,
 }
 
 /// The Python of the reference and peer pipelines: --python, $PIPNET_PYTHON, else python3.
@@ -186,7 +190,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let photo = load_rgb(first, DEFAULT_MAX_PIXELS)?;
             let frames = panning_frames(&photo, args.video_frames);
             // As `annotate` and `track` run it.
-            pipeline.refine = true;
+            pipeline.refine = !args.no_refine;
             pipeline.min_presence = DEFAULT_MIN_PRESENCE;
             let (video, back) = bench_video(pipeline, &frames, TrackerSettings::default())
                 .context("video benchmark failed")?;
@@ -318,7 +322,11 @@ fn print_peer(p: &super::peer::PeerReport) {
     );
     let rows = [
         (
-            "pipnet (BlazeFace + PIPNet, refine)",
+            if p.refine {
+                "pipnet (BlazeFace + PIPNet, refine)"
+            } else {
+                "pipnet (BlazeFace + PIPNet, one pass)"
+            },
             &p.ours,
             &p.ours_labeled,
         ),

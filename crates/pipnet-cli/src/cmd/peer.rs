@@ -59,6 +59,8 @@ fn score_both(ours: &[Option<f32>], theirs: &[Option<f32>]) -> (Scored, Scored) 
 pub struct PeerReport {
     pub peer: String,
     pub threads: usize,
+    /// Whether our landmarks were refined (a second pass), as `annotate` does by default.
+    pub refine: bool,
     pub ours: Throughput,
     pub dlib: Throughput,
     pub photos_per_s_over_dlib: f64,
@@ -87,7 +89,7 @@ pub fn compare_with_dlib(
         Some(data) => labeled_faces(data, args.split)?,
         None => Vec::new(),
     };
-    pipeline.refine = true;
+    pipeline.refine = !args.no_refine;
     pipeline.min_presence = pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
     let ours = bench_photos(pipeline, images, args.repeat).context("timing our pipeline")?;
     let answer = run_dlib(args, images, threads, &labeled)?;
@@ -107,6 +109,7 @@ pub fn compare_with_dlib(
     Ok(PeerReport {
         peer: "dlib".into(),
         threads,
+        refine: pipeline.refine,
         photos_per_s_over_dlib: ours.photos_per_second / dlib.photos_per_second,
         faces_per_s_over_dlib: ours.faces_per_second / dlib.faces_per_second,
         ours,
@@ -116,8 +119,8 @@ pub fn compare_with_dlib(
     })
 }
 
-/// Our detector, then landmarks with the refinement pass: each labeled face's NME, None where
-/// the detector missed it.
+/// Our detector, then landmarks (refined unless `--no-refine`): each labeled face's NME, None
+/// where the detector missed it.
 fn nmes_of_ours(
     pipeline: &mut Pipeline,
     faces: &[LabeledFace],
