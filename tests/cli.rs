@@ -16,6 +16,18 @@ fn pipnet_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_pipnet"))
 }
 
+/// Runs `command` (a script) and fails the test with its stderr unless it succeeded.
+fn succeeds(command: &mut Command) -> std::process::Output {
+    let output = command.output().expect("run the script");
+    assert!(
+        output.status.success(),
+        "{:?}: {}",
+        command.get_args().next().unwrap_or_default(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
 /// Runs `pipnet ARGS` and returns (exit code, stdout, stderr).
 fn run_pipnet(args: &[&str]) -> (i32, String, String) {
     let output = Command::new(pipnet_bin())
@@ -1246,17 +1258,12 @@ fn test_gpu_training_job_runs_dry_on_the_cpu() {
     )
     .unwrap();
     let job = dir.path().join("job");
-    let packed = Command::new("bash")
-        .arg(root.join("scripts/gpu-train/pack.sh"))
-        .args([&job, &config])
-        .env("PIPNET_BIN", pipnet_bin())
-        .env("NO_DEBS", "1")
-        .output()
-        .unwrap();
-    assert!(
-        packed.status.success(),
-        "pack.sh: {}",
-        String::from_utf8_lossy(&packed.stderr)
+    succeeds(
+        Command::new("bash")
+            .arg(root.join("scripts/gpu-train/pack.sh"))
+            .args([&job, &config])
+            .env("PIPNET_BIN", pipnet_bin())
+            .env("NO_DEBS", "1"),
     );
     // The pack holds training faces only, cut to what augmentation reaches at 256 pixels.
     let faces = pipnet_infer::labeled::read_pts_folder(&job.join("data/faces")).unwrap();
@@ -1309,19 +1316,14 @@ fn test_cuda_check_runs_dry_on_the_cpu() {
     let root = common::repo_root();
     let dir = tempfile::tempdir().unwrap();
     let job = dir.path().join("job");
-    let packed = Command::new("bash")
-        .arg(root.join("scripts/gpu-cuda/pack.sh"))
-        .arg(&job)
-        .env("PIPNET_BIN", pipnet_bin())
-        .env("NO_GPU", "1")
-        .env("PART_MIB", "8")
-        .env("XZ_OPT", "-0")
-        .output()
-        .unwrap();
-    assert!(
-        packed.status.success(),
-        "pack.sh: {}",
-        String::from_utf8_lossy(&packed.stderr)
+    succeeds(
+        Command::new("bash")
+            .arg(root.join("scripts/gpu-cuda/pack.sh"))
+            .arg(&job)
+            .env("PIPNET_BIN", pipnet_bin())
+            .env("NO_GPU", "1")
+            .env("PART_MIB", "8")
+            .env("XZ_OPT", "-0"),
     );
     let mut parts: Vec<PathBuf> = std::fs::read_dir(&job)
         .unwrap()
