@@ -167,6 +167,9 @@ pub struct Pipeline {
     pub min_face: Option<f32>,
     /// Second landmark pass on crops re-centred on the first pass's landmarks.
     pub refine: bool,
+    /// With `refine`: only faces whose first-pass presence is below this get the second pass
+    /// (`None`: every face).
+    pub refine_below: Option<f32>,
     /// Detected faces whose presence is below this are dropped as false detections (faces
     /// the caller gave are always kept); 0 keeps all.
     pub min_presence: f32,
@@ -179,6 +182,7 @@ impl Pipeline {
             detector,
             min_face: None,
             refine: false,
+            refine_below: None,
             min_presence: 0.0,
         }
     }
@@ -208,21 +212,30 @@ impl Pipeline {
 
     /// Landmarks for known crops, batched, with the refinement pass when enabled.
     pub fn landmarks(&mut self, crops: &[(&RgbImage, FaceCrop)]) -> Result<Vec<FaceLandmarks>> {
-        let first = self.model.landmarks(crops)?;
+        let mut faces = self.model.landmarks(crops)?;
         if !self.refine {
-            return Ok(first);
+            return Ok(faces);
         }
         let rule = self.model.metadata().crop;
-        let again: Vec<(&RgbImage, FaceCrop)> = crops
+        let redo: Vec<usize> = (0..faces.len())
+            .filter(|&i| {
+                self.refine_below
+                    .is_none_or(|below| pipnet_core::presence(&faces[i].scores()) < below)
+            })
+            .collect();
+        let again: Vec<(&RgbImage, FaceCrop)> = redo
             .iter()
-            .zip(&first)
-            .map(|(&(image, crop), found)| {
+            .map(|&i| {
+                let (image, crop) = crops[i];
                 // Non-finite points were already rejected by the model; keep the crop if not.
-                let crop = FaceBox::around(&found.in_image).map_or(crop, |b| rule.crop(&b));
+                let crop = FaceBox::around(&faces[i].in_image).map_or(crop, |b| rule.crop(&b));
                 (image, crop)
             })
             .collect();
-        self.model.landmarks(&again)
+        for (i, refined) in redo.into_iter().zip(self.model.landmarks(&again)?) {
+            faces[i] = refined;
+        }
+        Ok(faces)
     }
 
     /// All faces of several images, every face in shared landmark batches.

@@ -32,6 +32,9 @@ pub struct Args {
     /// Run the landmark model a second time on crops re-centred on its first landmarks.
     #[arg(long)]
     refine: bool,
+    /// With --refine: only faces whose first-pass presence is below P get the second pass.
+    #[arg(long, value_name = "P", requires = "refine")]
+    refine_below: Option<f32>,
     /// Also run each crop mirrored and average the two (twice the landmark work).
     #[arg(long)]
     flip: bool,
@@ -67,6 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let mut pipeline = Pipeline::new(args.model.load(&options)?, None);
     pipeline.refine = args.refine;
+    pipeline.refine_below = args.refine_below;
     pipeline.model.set_flip_average(args.flip);
     let pass = match (args.refine, args.flip) {
         (false, false) => "",
