@@ -301,4 +301,27 @@ mod tests {
         assert_eq!(steps.lr(1.0, 0, 1, 29), 1.0);
         assert!((steps.lr(1.0, 0, 1, 50) - 0.01).abs() < 1e-12);
     }
+
+    /// Every config the repository ships reads, with its paths resolved beside it.
+    #[test]
+    fn test_shipped_configs_read() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut files = Vec::new();
+        for dir in [root.clone(), root.join("stc-ablation")] {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "toml") {
+                    files.push(path);
+                }
+            }
+        }
+        assert!(files.len() >= 5, "{files:?}");
+        for path in files {
+            let config = TrainConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            // A teacher is a shipped graph: it must be where the config says.
+            if let Some(d) = &config.distill {
+                assert!(d.teacher.is_file(), "{}: {:?}", path.display(), d.teacher);
+            }
+        }
+    }
 }
