@@ -497,6 +497,39 @@ fn test_train_export_eval_round_trip_through_the_cli() {
     assert!(image::open(&plot).is_ok(), "the CED plot is a readable PNG");
 }
 
+/// The shipped fast model is the graph `models/README.md` describes: INT8, 128 px, and on the
+/// validation split it is as accurate as documented (true-box NME 0.0358).
+#[test]
+fn test_the_fast_model_is_what_models_readme_says() {
+    let root = common::repo_root();
+    let fast = root.join("models/pipnet-mbv2-128-face68-int8.onnx");
+    let (code, stdout, stderr) = run_pipnet(&["info", fast.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("precision        int8"), "{stdout}");
+    assert!(
+        stdout.contains("grid             8x8 (input 128, stride 16)"),
+        "{stdout}"
+    );
+    let data = root.join("../shared/data/face68-train");
+    let (code, stdout, stderr) = run_pipnet(&[
+        "eval",
+        data.to_str().unwrap(),
+        "--split",
+        "0.1:1",
+        "--model",
+        fast.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("faces     399"), "{stdout}");
+    let nme: f32 = stdout
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("NME"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!((nme - 0.0358).abs() < 5e-4, "{stdout}");
+}
+
 fn faces_boxes(a: &ImageAnnotation) -> Vec<pipnet_core::detection::Detection> {
     a.faces
         .iter()
