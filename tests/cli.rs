@@ -16,6 +16,16 @@ fn pipnet_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_pipnet"))
 }
 
+/// The first NME `pipnet eval` printed.
+fn printed_nme(stdout: &str) -> f32 {
+    stdout
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("NME"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no NME in {stdout}"))
+}
+
 /// Runs `command` (a script) and fails the test with its stderr unless it succeeded.
 fn succeeds(command: &mut Command) -> std::process::Output {
     let output = command.output().expect("run the script");
@@ -486,12 +496,7 @@ fn test_train_export_eval_round_trip_through_the_cli() {
     ]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("faces     3"), "{stdout}");
-    let nme: f32 = stdout
-        .lines()
-        .find_map(|l| l.trim_start().strip_prefix("NME"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
+    let nme = printed_nme(&stdout);
     assert!(nme.is_finite() && nme > 0.0, "{stdout}");
     assert_eq!(std::fs::read_to_string(&ced).unwrap().lines().count(), 102);
     assert!(image::open(&plot).is_ok(), "the CED plot is a readable PNG");
@@ -521,12 +526,7 @@ fn test_the_fast_model_is_what_models_readme_says() {
     ]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("faces     399"), "{stdout}");
-    let nme: f32 = stdout
-        .lines()
-        .find_map(|l| l.trim_start().strip_prefix("NME"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
+    let nme = printed_nme(&stdout);
     assert!((nme - 0.0358).abs() < 5e-4, "{stdout}");
 }
 
