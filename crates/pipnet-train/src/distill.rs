@@ -84,25 +84,25 @@ impl Teacher {
         let [cls, off_x, off_y, nb_x, nb_y] = <[Vec<f32>; 5]>::try_from(outputs)
             .map_err(|o| Error::Spec(format!("teacher gave {} outputs, not 5", o.len())))?;
         for (b, t) in targets.iter_mut().enumerate() {
-            let part = |v: &[f32], len: usize| -> Result<Vec<f32>> {
-                v.get(b * len..(b + 1) * len)
-                    .map(<[f32]>::to_vec)
-                    .ok_or_else(|| Error::Spec("teacher output shorter than its batch".into()))
-            };
             let (own, nb) = (t.cls.len(), t.nb_x.len());
-            let soft = PipTargets {
-                cls: part(&cls, own)?,
-                off_x: part(&off_x, own)?,
-                off_y: part(&off_y, own)?,
-                nb_x: part(&nb_x, nb)?,
-                nb_y: part(&nb_y, nb)?,
-                mask: Vec::new(),
-                nb_mask: Vec::new(),
+            let soft = TeacherMaps {
+                cls: sample_part(&cls, b, own)?,
+                off_x: sample_part(&off_x, b, own)?,
+                off_y: sample_part(&off_y, b, own)?,
+                nb_x: sample_part(&nb_x, b, nb)?,
+                nb_y: sample_part(&nb_y, b, nb)?,
             };
             blend(t, &soft, self.weight)?;
         }
         Ok(())
     }
+}
+
+/// Sample `b`'s `len` values of a batch-major output.
+fn sample_part(output: &[f32], b: usize, len: usize) -> Result<&[f32]> {
+    output
+        .get(b * len..(b + 1) * len)
+        .ok_or_else(|| Error::Spec("teacher output shorter than its batch".into()))
 }
 
 fn check_teacher(
@@ -148,10 +148,20 @@ fn check_teacher(
     }
 }
 
+/// One sample's teacher outputs, in the layouts of [`PipTargets`]' maps.
+#[derive(Debug, Clone, Copy)]
+pub struct TeacherMaps<'a> {
+    pub cls: &'a [f32],
+    pub off_x: &'a [f32],
+    pub off_y: &'a [f32],
+    pub nb_x: &'a [f32],
+    pub nb_y: &'a [f32],
+}
+
 /// `hard = (1 - w) hard + w soft` for the score maps everywhere and for the offsets where the
 /// label's mask selects them (elsewhere the loss ignores offsets). For the squared score-map
 /// loss this equals weighting the label's and the teacher's losses `1 - w` and `w`.
-pub fn blend(hard: &mut PipTargets, soft: &PipTargets, w: f32) -> Result<()> {
+pub fn blend(hard: &mut PipTargets, soft: &TeacherMaps<'_>, w: f32) -> Result<()> {
     let lengths_match = hard.cls.len() == soft.cls.len()
         && hard.off_x.len() == soft.off_x.len()
         && hard.off_y.len() == soft.off_y.len()
@@ -163,7 +173,7 @@ pub fn blend(hard: &mut PipTargets, soft: &PipTargets, w: f32) -> Result<()> {
         ));
     }
     let mix = |h: &mut f32, s: f32| *h = (1.0 - w) * *h + w * s;
-    for (h, &s) in hard.cls.iter_mut().zip(&soft.cls) {
+    for (h, &s) in hard.cls.iter_mut().zip(soft.cls) {
         if !s.is_finite() {
             return Err(Error::Spec(
                 "the teacher produced a non-finite score".into(),
@@ -178,10 +188,10 @@ pub fn blend(hard: &mut PipTargets, soft: &PipTargets, w: f32) -> Result<()> {
             }
         }
     };
-    masked(&mut hard.off_x, &soft.off_x, &hard.mask);
-    masked(&mut hard.off_y, &soft.off_y, &hard.mask);
-    masked(&mut hard.nb_x, &soft.nb_x, &hard.nb_mask);
-    masked(&mut hard.nb_y, &soft.nb_y, &hard.nb_mask);
+    masked(&mut hard.off_x, soft.off_x, &hard.mask);
+    masked(&mut hard.off_y, soft.off_y, &hard.mask);
+    masked(&mut hard.nb_x, soft.nb_x, &hard.nb_mask);
+    masked(&mut hard.nb_y, soft.nb_y, &hard.nb_mask);
     Ok(())
 }
 
@@ -201,11 +211,21 @@ mod tests {
         }
     }
 
+    /// The teacher's maps with `cls` for scores and `off` for every offset map.
+    fn maps<'a>(cls: &'a [f32], off: &'a [f32]) -> TeacherMaps<'a> {
+        TeacherMaps {
+            cls,
+            off_x: off,
+            off_y: off,
+            nb_x: off,
+            nb_y: off,
+        }
+    }
+
     #[test]
     fn test_blend_mixes_scores_everywhere_and_offsets_at_the_label_cell() {
         let mut hard = targets([1.0, 0.0], [0.5, 0.0], [1.0, 0.0]);
-        let soft = targets([0.6, 0.2], [0.3, 0.9], [0.0, 0.0]);
-        blend(&mut hard, &soft, 0.25).unwrap();
+        blend(&mut hard, &maps(&[0.6, 0.2], &[0.3, 0.9]), 0.25).unwrap();
         let close = |a: &[f32], b: [f32; 2]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6);
         assert!(close(&hard.cls, [0.9, 0.05]), "{:?}", hard.cls);
         // 0.75 x 0.5 + 0.25 x 0.3 at the positive cell; the other cell keeps its 0.
@@ -217,10 +237,11 @@ mod tests {
     #[test]
     fn test_blend_refuses_other_layouts_and_nan_scores() {
         let mut hard = targets([1.0, 0.0], [0.5, 0.0], [1.0, 0.0]);
-        let mut short = targets([0.6, 0.2], [0.3, 0.9], [0.0, 0.0]);
-        short.nb_x.pop();
+        let short = TeacherMaps {
+            nb_x: &[0.3],
+            ..maps(&[0.6, 0.2], &[0.3, 0.9])
+        };
         assert!(blend(&mut hard, &short, 0.5).is_err());
-        let nan = targets([f32::NAN, 0.2], [0.3, 0.9], [0.0, 0.0]);
-        assert!(blend(&mut hard, &nan, 0.5).is_err());
+        assert!(blend(&mut hard, &maps(&[f32::NAN, 0.2], &[0.3, 0.9]), 0.5).is_err());
     }
 }
