@@ -108,13 +108,6 @@ pub fn draw_sample(
     let mut base = FaceBox::around(face.points)
         .map(|b| rule.crop(&b))
         .unwrap_or_else(|_| FaceCrop::whole_image(width, height));
-    if let Some(aug) = augment.filter(|a| a.detector_crop_probability > 0.0) {
-        // The coin is tossed for every face, found or not, so the draws stay aligned.
-        let toss = rng.random::<f32>() < aug.detector_crop_probability;
-        if let Some(detected) = face.detected.filter(|_| toss) {
-            base = *detected;
-        }
-    }
     let Some(aug) = augment else {
         return SampleDraw {
             crop: base,
@@ -125,6 +118,13 @@ pub fn draw_sample(
             occlusion: None,
         };
     };
+    if aug.detector_crop_probability > 0.0 {
+        // The coin is tossed for every face, found or not, so the draws stay aligned.
+        let toss = rng.random::<f32>() < aug.detector_crop_probability;
+        if let Some(detected) = face.detected.filter(|_| toss) {
+            base = *detected;
+        }
+    }
     let uniform = |rng: &mut _, (lo, hi): (f32, f32)| {
         if hi > lo {
             RngExt::random_range(rng, lo..hi)
