@@ -219,6 +219,30 @@ pub fn load_network(checkpoint: &Path, state: &RunState, device: &Device) -> Res
         .map_err(|e| Error::Spec(format!("loading {}: {e:?}", path.display())))
 }
 
+/// A checkpoint's state and network, refused unless the network is `spec` with
+/// `coarse_levels` curriculum heads (what a config asks for); `what` names the checkpoint's
+/// role in the error (`checkpoint`, `train.init`).
+pub(crate) fn load_matching(
+    checkpoint: &Path,
+    spec: &NetworkSpec,
+    coarse_levels: usize,
+    device: &Device,
+    what: &str,
+) -> Result<(RunState, PipNet)> {
+    let state = load_state(checkpoint)?;
+    if state.spec != *spec || state.coarse_levels != coarse_levels {
+        return Err(Error::Spec(format!(
+            "{what} {}: its network {:?} with {} curriculum heads differs from the config's \
+             {spec:?} with {coarse_levels}",
+            checkpoint.display(),
+            state.spec,
+            state.coarse_levels
+        )));
+    }
+    let model = load_network(checkpoint, &state, device)?;
+    Ok((state, model))
+}
+
 /// Writes the checkpoint's network as a contract ONNX graph; returns its metadata.
 pub fn export_checkpoint(checkpoint: &Path, out: &Path) -> Result<ModelMetadata> {
     let state = load_state(checkpoint)?;

@@ -28,7 +28,9 @@ use crate::loss::{TargetBatch, pip_loss};
 use crate::model::PipNet;
 use crate::network::NetworkSpec;
 pub use crate::run::{EpochRecord, RunState, export_checkpoint, load_network, load_state};
-use crate::run::{RunPaths, io_err, save_checkpoint, unlabeled_sources, write_metrics};
+use crate::run::{
+    RunPaths, io_err, load_matching, save_checkpoint, unlabeled_sources, write_metrics,
+};
 use crate::stc::{
     PseudoLabel, attach_images, load_pseudo_labels, pseudo_label, pseudo_levels, round_at,
     round_path, save_pseudo_labels,
@@ -194,7 +196,13 @@ pub fn train(
     let (mut model, mut optimizer, mut state) = if resume
         && paths.checkpoint().join("state.json").is_file()
     {
-        let state = load_state(&paths.checkpoint())?;
+        let (state, model) = load_matching(
+            &paths.checkpoint(),
+            &spec,
+            coarse_levels,
+            &device,
+            "checkpoint",
+        )?;
         let taught_by = teacher.as_ref().map(|t| t.teacher.describe());
         if state.teacher != taught_by {
             return Err(Error::Spec(format!(
@@ -204,14 +212,6 @@ pub fn train(
                 taught_by.as_deref().unwrap_or("none")
             )));
         }
-        if state.spec != spec || state.coarse_levels != coarse_levels {
-            return Err(Error::Spec(format!(
-                "checkpoint network {:?} with {} curriculum heads differs from the \
-                     config's {spec:?} with {coarse_levels}",
-                state.spec, state.coarse_levels
-            )));
-        }
-        let model = load_network(&paths.checkpoint(), &state, &device)?;
         let optimizer_path = paths.checkpoint().join("optimizer.bpk");
         let bytes = std::fs::read(&optimizer_path).map_err(io_err(&optimizer_path))?;
         let optimizer = AdamConfig::new()
@@ -393,17 +393,8 @@ fn start_run(
     let rule = CropRule::default();
     let init = match &config.train.init {
         Some(checkpoint) => {
-            let state = load_state(checkpoint)?;
-            if state.spec != *spec || state.coarse_levels != coarse_levels {
-                return Err(Error::Spec(format!(
-                    "train.init {}: its network {:?} with {} curriculum heads differs from the \
-                     config's {spec:?} with {coarse_levels}",
-                    checkpoint.display(),
-                    state.spec,
-                    state.coarse_levels
-                )));
-            }
-            let model = load_network(checkpoint, &state, device)?;
+            let (state, model) =
+                load_matching(checkpoint, spec, coarse_levels, device, "train.init")?;
             Some((checkpoint, state, model))
         }
         None => None,
