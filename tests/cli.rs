@@ -530,6 +530,93 @@ fn test_the_fast_model_is_what_models_readme_says() {
     assert!((nme - 0.0358).abs() < 5e-4, "{stdout}");
 }
 
+/// `pipnet eval --crops detector --per-face` writes the crop each face's first pass used, the
+/// detector's; the INT8 quantizer calibrates on those crops (`--crops`), only on the faces listed.
+#[test]
+fn test_int8_calibrates_on_the_crops_eval_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let faces = tmp.path().join("faces");
+    std::fs::create_dir(&faces).unwrap();
+    for photo in real_photos() {
+        std::fs::copy(&photo, faces.join(photo.file_name().unwrap())).unwrap();
+        let pts = photo.with_extension("pts");
+        std::fs::copy(&pts, faces.join(pts.file_name().unwrap())).unwrap();
+    }
+    let per_face = tmp.path().join("per_face.csv");
+    let (code, stdout, stderr) = run_pipnet(&[
+        "eval",
+        faces.to_str().unwrap(),
+        "--crops",
+        "detector",
+        "--per-face",
+        per_face.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("detector recall 3/3"), "{stdout}");
+    let csv = std::fs::read_to_string(&per_face).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("face,nme,crop_x,crop_y,crop_side,crop_angle")
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 3);
+    let labeled = pipnet_infer::labeled::read_labeled(&faces, None).unwrap();
+    for row in &rows {
+        let face = labeled.iter().find(|f| f.name == row[0]).unwrap();
+        let truth = pipnet_core::FaceBox::around(&face.points).unwrap();
+        let [x, y, side]: [f32; 3] = std::array::from_fn(|i| row[2 + i].parse().unwrap());
+        let (cx, cy) = ((truth.x0 + truth.x1) / 2.0, (truth.y0 + truth.y1) / 2.0);
+        let true_side = (truth.x1 - truth.x0).max(truth.y1 - truth.y0);
+        // The detector's crop: around the face, at about the model's crop size.
+        let off_centre = ((x - cx).powi(2) + (y - cy).powi(2)).sqrt();
+        assert!(off_centre < 0.25 * true_side, "{row:?} against {truth:?}");
+        assert!(
+            (0.8..1.6).contains(&(side / true_side)),
+            "{row:?} against {truth:?}"
+        );
+    }
+
+    // Two of the three faces listed: the quantizer calibrates on those two.
+    let listed = tmp.path().join("two.csv");
+    let two: Vec<&str> = csv.lines().take(3).collect();
+    std::fs::write(&listed, two.join("\n")).unwrap();
+    let quantize = |crops: &Path| {
+        Command::new(common::python())
+            .args(["-m", "pipnet_export.quantize"])
+            .arg(common::shipped_model())
+            .arg(&faces)
+            .args(["--split", "0:1", "--out"])
+            .arg(tmp.path().join("int8.onnx"))
+            .arg("--crops")
+            .arg(crops)
+            .env("PYTHONPATH", common::repo_root().join("python-export/src"))
+            .output()
+            .unwrap()
+    };
+    let output = quantize(&listed);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("calibrated on 2 training faces (crops from"),
+        "{stdout}"
+    );
+    // A CSV without the crop columns (an older `--per-face`) is refused by name.
+    let old = tmp.path().join("old.csv");
+    std::fs::write(&old, "face,nme\nx,0.03\n").unwrap();
+    let output = quantize(&old);
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("crop columns"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 fn faces_boxes(a: &ImageAnnotation) -> Vec<pipnet_core::detection::Detection> {
     a.faces
         .iter()

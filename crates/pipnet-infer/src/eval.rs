@@ -22,6 +22,8 @@ pub struct FaceResult {
     pub predicted: Vec<Point>,
     /// Mean landmark score ([`pipnet_core::presence`]).
     pub presence: f32,
+    /// The crop of the first landmark pass (a refined pass re-crops from its landmarks).
+    pub crop: FaceCrop,
 }
 
 /// How each labeled face is cropped for evaluation.
@@ -71,8 +73,8 @@ pub fn evaluate(
                 .collect::<Result<_>>()?,
             EvalCrops::Given(given) => given[k * batch..][..chunk.len()].to_vec(),
         };
-        let pairs: Vec<_> = images.iter().zip(crops).collect();
-        for (face, found) in chunk.iter().zip(pipeline.landmarks(&pairs)?) {
+        let pairs: Vec<_> = images.iter().zip(crops.iter().copied()).collect();
+        for ((face, found), crop) in chunk.iter().zip(pipeline.landmarks(&pairs)?).zip(crops) {
             let error = nme(&found.in_image, &face.points, meta.scheme)
                 .map_err(|e| Error::InvalidInput(format!("{}: {e}", face.name)))?;
             results.push(FaceResult {
@@ -80,6 +82,7 @@ pub fn evaluate(
                 nme: error,
                 presence: pipnet_core::presence(&found.scores()),
                 predicted: found.in_image,
+                crop,
             });
         }
     }

@@ -1,12 +1,16 @@
 """INT8 twin of a contract graph: ONNX Runtime's static quantization (QDQ format, per-channel
 int8 weights, uint8 activations: the U8S8 kernels ONNX Runtime runs fastest on x86; int8
 activations measured 20% slower than float32 here), calibrated on face crops cut from training faces by the model's
-own crop rule, with the contract metadata carried over and ``pipnet.precision = int8`` added.
+own crop rule (or the detector's crops), with the contract metadata carried over and
+``pipnet.precision = int8`` added.
 
 ``python -m pipnet_export.quantize MODEL.onnx DATA --out MODEL.int8.onnx [--faces 300]
-[--split 0.1:1]`` takes the calibration faces from ``DATA`` (images with iBUG ``.pts`` files
-beside them) outside the validation split ``FRACTION:SEED`` of a training config (the same
-rule as ``pipnet eval --split``), so the faces it is measured on stay unseen.
+[--split 0.1:1] [--crops PER_FACE.csv]`` takes the calibration faces from ``DATA`` (images
+with iBUG ``.pts`` files beside them) outside the validation split ``FRACTION:SEED`` of a
+training config (the same rule as ``pipnet eval --split``), so the faces it is measured on stay
+unseen. By default each face is cut from its true landmark box; ``--crops`` takes the crops of
+``pipnet eval DATA --crops detector --per-face PER_FACE.csv`` instead, the ones ``annotate``
+feeds the model in its first pass (faces the detector missed are left out).
 """
 
 from __future__ import annotations
@@ -50,35 +54,66 @@ def parse_crop_rule(text: str) -> tuple[float, float, float]:
     )
 
 
-def training_faces(data: Path, fraction: float, seed: int, count: int) -> list[tuple[Path, Path]]:
-    """(image, .pts) pairs outside the validation split, evenly spread over the sorted names."""
+# A face's crop in image pixels: (centre x, centre y, side, angle in radians).
+Crop = tuple[float, float, float, float]
+
+
+def read_crops(path: Path) -> dict[str, Crop]:
+    """Face name -> crop, from the CSV of ``pipnet eval --per-face`` (columns face, nme, crop_x,
+    crop_y, crop_side, crop_angle)."""
+    import csv
+
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns = ("crop_x", "crop_y", "crop_side", "crop_angle")
+    if not rows or any(c not in rows[0] for c in ("face", *columns)):
+        raise SystemExit(f"{path}: not a `pipnet eval --per-face` CSV with crop columns (face, {', '.join(columns)})")
+    return {row["face"]: tuple(float(row[c]) for c in columns) for row in rows}
+
+
+def training_faces(
+    data: Path, fraction: float, seed: int, count: int, only: set[str] | None = None
+) -> list[tuple[Path, Path]]:
+    """(image, .pts) pairs outside the validation split (and among ``only`` when given), evenly
+    spread over the sorted names."""
     pairs = []
     for pts in sorted(data.glob("*.pts")):
         image = next((pts.with_suffix(s) for s in IMAGE_SUFFIXES if pts.with_suffix(s).is_file()), None)
-        if image is not None and not is_validation(pts.stem, fraction, seed):
+        if image is None or is_validation(pts.stem, fraction, seed):
+            continue
+        if only is None or pts.stem in only:
             pairs.append((image, pts))
     if not pairs:
-        raise SystemExit(f"{data}: no training faces (images with .pts files beside them)")
+        what = "training faces" if only is None else "training faces with a crop in --crops"
+        raise SystemExit(f"{data}: no {what} (images with .pts files beside them, outside the validation split)")
     step = max(1, len(pairs) // count)
     return pairs[::step][:count]
 
 
-def calibration_crops(meta: dict[str, str], faces: list[tuple[Path, Path]]) -> list[np.ndarray]:
-    """Each face cut from its true landmark box by the model's crop rule, as the model sees it."""
+def true_box_crop(meta: dict[str, str], pts_path: Path) -> Crop:
+    """The model's crop rule applied to the tight box around the face's true landmarks."""
+    scale, shift_x, shift_y = parse_crop_rule(meta["pipnet.crop"])
+    points = read_pts(pts_path)
+    (x0, y0), (x1, y1) = points.min(axis=0), points.max(axis=0)
+    side = scale * max(x1 - x0, y1 - y0)
+    return ((x0 + x1) / 2 + shift_x * side, (y0 + y1) / 2 + shift_y * side, side, 0.0)
+
+
+def calibration_crops(
+    meta: dict[str, str], faces: list[tuple[Path, Path]], given: dict[str, Crop] | None = None
+) -> list[np.ndarray]:
+    """Each face cut as the model sees it: from ``given[name]`` when given, else from its true
+    landmark box by the model's crop rule."""
     from PIL import Image
 
     size = int(meta["pipnet.input_size"])
     mean = [float(v) for v in meta["pipnet.mean"].split(",")]
     std = [float(v) for v in meta["pipnet.std"].split(",")]
-    scale, shift_x, shift_y = parse_crop_rule(meta["pipnet.crop"])
     crops = []
     for image_path, pts_path in faces:
-        points = read_pts(pts_path)
-        (x0, y0), (x1, y1) = points.min(axis=0), points.max(axis=0)
-        side = scale * max(x1 - x0, y1 - y0)
-        center = ((x0 + x1) / 2 + shift_x * side, (y0 + y1) / 2 + shift_y * side)
+        cx, cy, side, angle = given[pts_path.stem] if given is not None else true_box_crop(meta, pts_path)
         image = np.asarray(Image.open(image_path).convert("RGB"))
-        crops.append(crop_to_tensor(image, center, side, 0.0, size, mean, std)[None])
+        crops.append(crop_to_tensor(image, (cx, cy), side, angle, size, mean, std)[None])
     return crops
 
 
@@ -134,6 +169,11 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--faces", type=int, default=300, help="calibration faces (default 300)")
     parser.add_argument("--split", default="0.1:1", help="validation split FRACTION:SEED to leave out")
+    parser.add_argument(
+        "--crops",
+        type=Path,
+        help="per-face crops from `pipnet eval DATA --crops detector --per-face FILE` (default: true landmark boxes)",
+    )
     args = parser.parse_args(argv)
     fraction, seed = args.split.split(":")
     import onnx
@@ -142,9 +182,11 @@ def _main(argv: list[str]) -> int:
     if "pipnet.format" not in meta:
         print(f"{args.model}: not a pipnet contract graph (no pipnet.* metadata)", file=sys.stderr)
         return 2
-    faces = training_faces(args.data, float(fraction), int(seed), args.faces)
-    quantize(args.model, args.out, calibration_crops(meta, faces))
-    print(f"{args.out}: int8 (QDQ, per-channel), calibrated on {len(faces)} training faces")
+    given = read_crops(args.crops) if args.crops is not None else None
+    faces = training_faces(args.data, float(fraction), int(seed), args.faces, None if given is None else set(given))
+    quantize(args.model, args.out, calibration_crops(meta, faces, given))
+    source = "true landmark boxes" if given is None else f"crops from {args.crops}"
+    print(f"{args.out}: int8 (QDQ, per-channel), calibrated on {len(faces)} training faces ({source})")
     return 0
 
 

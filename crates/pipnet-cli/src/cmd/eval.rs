@@ -44,7 +44,8 @@ pub struct Args {
     /// Draw the CED curve as a PNG.
     #[arg(long)]
     plot: Option<PathBuf>,
-    /// Write per-face NMEs as CSV.
+    /// Write per-face NMEs as CSV, with the crop each face's first pass used (centre, side and
+    /// angle in image pixels and radians: the detector's crops for the INT8 quantizer's --crops).
     #[arg(long)]
     per_face: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
@@ -148,9 +149,13 @@ fn write_reports(args: &Args, results: &[FaceResult], summary: &Summary) -> anyh
         )?;
     }
     if let Some(path) = &args.per_face {
-        let mut csv = String::from("face,nme\n");
+        let mut csv = String::from("face,nme,crop_x,crop_y,crop_side,crop_angle\n");
         for r in results {
-            csv.push_str(&format!("{},{:.6}\n", r.name, r.nme));
+            let c = r.crop;
+            csv.push_str(&format!(
+                "{},{:.6},{:.3},{:.3},{:.3},{:.6}\n",
+                r.name, r.nme, c.center[0], c.center[1], c.side, c.angle
+            ));
         }
         std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))?;
     }
