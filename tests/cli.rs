@@ -617,6 +617,53 @@ fn test_int8_calibrates_on_the_crops_eval_writes() {
     );
 }
 
+/// `pipnet calibrate` fits the box-only and keypoint maps on the training part of a labeled
+/// folder, writes them into the detector settings, and on the held-out part the keypoint map
+/// puts the landmark box nearer the truth than the box alone.
+#[test]
+fn test_calibrate_fits_the_keypoint_map_and_reports_it_held_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let faces = tmp.path().join("faces");
+    std::fs::create_dir(&faces).unwrap();
+    for photo in face_photos(100) {
+        std::fs::copy(&photo, faces.join(photo.file_name().unwrap())).unwrap();
+        let pts = photo.with_extension("pts");
+        std::fs::copy(&pts, faces.join(pts.file_name().unwrap())).unwrap();
+    }
+    let settings = tmp.path().join("settings.json");
+    let (code, stdout, stderr) = run_pipnet(&[
+        "calibrate",
+        faces.to_str().unwrap(),
+        "--split",
+        "0.3:1",
+        "--out",
+        settings.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&settings).unwrap()).unwrap();
+    let map = &json["calibration"]["keypoints"];
+    for output in ["center_x", "center_y", "log_side"] {
+        assert_eq!(map[output].as_array().map(Vec::len), Some(13), "{json}");
+    }
+    let error = |name: &str| -> [f32; 2] {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} line in {stdout}"));
+        let numbers: Vec<f32> = line
+            .split([' ', ','])
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        [numbers[0], numbers[1]]
+    };
+    let (plain, keypoints) = (error("box only:"), error("keypoints:"));
+    assert!(
+        keypoints[0] < plain[0] && keypoints[1] < plain[1],
+        "{stdout}"
+    );
+}
+
 fn faces_boxes(a: &ImageAnnotation) -> Vec<pipnet_core::detection::Detection> {
     a.faces
         .iter()

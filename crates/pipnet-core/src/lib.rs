@@ -22,7 +22,7 @@ pub use chip::{ChipSpec, FaceChip, Similarity, face_chip, five_points, presence}
 pub use contract::{ModelMetadata, OutputForm, TensorSpec, check_io};
 pub use crop::{CropRule, DatasetCrop, FaceBox, FaceCrop};
 pub use decode::{Decoder, Landmark, PipMaps, average_with_mirror, decode_pip, decode_pip_scalar};
-pub use detection::{BoxCalibration, Detection};
+pub use detection::{BoxCalibration, Detection, KeypointMap};
 pub use meanface::{NeighborIndex, mean_face};
 pub use scheme::{Contour, Scheme};
 

@@ -400,7 +400,7 @@ impl FaceDetector {
 
     /// The landmark crop for a detection: calibrated box, then the model's own crop rule.
     pub fn crop(&self, detection: &Detection, rule: &CropRule) -> FaceCrop {
-        rule.crop(&self.settings.calibration.landmark_box(&detection.face_box))
+        rule.crop(&self.settings.calibration.landmark_box(detection))
     }
 }
 
