@@ -115,12 +115,31 @@ impl FaceBox {
 
     /// Intersection over union of the two boxes (0 when either is empty).
     pub fn iou(&self, other: &Self) -> f32 {
+        let inter = self.intersection_area(other);
+        let union = self.area() + other.area() - inter;
+        if union > 0.0 { inter / union } else { 0.0 }
+    }
+
+    /// The share of the smaller box that lies in both (0 when either is empty): 1 when one
+    /// box holds the other, however much larger it is.
+    pub fn overlap_of_smaller(&self, other: &Self) -> f32 {
+        let smaller = self.area().min(other.area());
+        if smaller > 0.0 {
+            self.intersection_area(other) / smaller
+        } else {
+            0.0
+        }
+    }
+
+    fn area(&self) -> f32 {
+        self.width().max(0.0) * self.height().max(0.0)
+    }
+
+    fn intersection_area(&self, other: &Self) -> f32 {
         let (a, b) = (self, other);
         let iw = (a.x1.min(b.x1) - a.x0.max(b.x0)).max(0.0);
         let ih = (a.y1.min(b.y1) - a.y0.max(b.y0)).max(0.0);
-        let inter = iw * ih;
-        let union = a.width() * a.height() + b.width() * b.height() - inter;
-        if union > 0.0 { inter / union } else { 0.0 }
+        iw * ih
     }
 }
 

@@ -18,7 +18,7 @@ pub mod metrics;
 pub mod scheme;
 pub mod smooth;
 
-pub use chip::{ChipSpec, FaceChip, Similarity, face_chip, five_points, presence};
+pub use chip::{ChipSpec, FaceChip, Similarity, face_chip, five_points, presence, repeated_faces};
 pub use contract::{ModelMetadata, OutputForm, TensorSpec, check_io};
 pub use crop::{CropRule, DatasetCrop, FaceBox, FaceCrop};
 pub use decode::{Decoder, Landmark, PipMaps, average_with_mirror, decode_pip, decode_pip_scalar};

@@ -280,7 +280,7 @@ pub fn bench_photos(
                     let located: Vec<&[LocatedFace]> =
                         pending.iter().map(|(_, f)| f.as_slice()).collect();
                     for mut found in pipeline.landmarks_of(&images, &located)? {
-                        pipeline.drop_absent(&mut found);
+                        pipeline.drop_false_detections(&mut found);
                         faces += found.len();
                     }
                     pending.clear();

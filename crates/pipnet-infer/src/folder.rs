@@ -153,7 +153,8 @@ pub struct FolderSummary {
     pub annotated: usize,
     pub skipped: usize,
     pub faces: usize,
-    /// Detected faces dropped for a presence under the pipeline's `min_presence`.
+    /// Detected faces dropped as false: presence under the pipeline's `min_presence`, or
+    /// landmarks over another face's.
     pub faces_dropped: usize,
     pub failures: Vec<Failure>,
     /// Folders under the inputs that were not walked because they hold a run's outputs (the
@@ -804,7 +805,7 @@ fn flush(
     };
     for ((item, image, _), result) in pending.drain(..).zip(results) {
         let outcome = result.and_then(|mut faces| {
-            summary.faces_dropped += pipeline.drop_absent(&mut faces);
+            summary.faces_dropped += pipeline.drop_false_detections(&mut faces);
             write_outputs(run, &item.name, &image, &faces)?;
             Ok(faces.len())
         });

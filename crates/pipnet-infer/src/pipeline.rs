@@ -170,8 +170,9 @@ pub struct Pipeline {
     /// With `refine`: only faces whose first-pass presence is below this get the second pass
     /// (`None`: every face).
     pub refine_below: Option<f32>,
-    /// Detected faces whose presence is below this are dropped as false detections (faces
-    /// the caller gave are always kept); 0 keeps all.
+    /// Detected faces whose presence is below this are dropped as false detections, and above
+    /// 0 so are those that repeat a face of higher presence ([`pipnet_core::repeated_faces`]);
+    /// faces the caller gave are always kept; 0 keeps all.
     pub min_presence: f32,
 }
 
@@ -248,16 +249,29 @@ impl Pipeline {
         let located: Vec<&[LocatedFace]> = located.iter().map(Vec::as_slice).collect();
         let mut found = self.landmarks_of(&images, &located)?;
         for faces in &mut found {
-            self.drop_absent(faces);
+            self.drop_false_detections(faces);
         }
         Ok(found)
     }
 
-    /// Drops the detected faces whose presence is below [`Self::min_presence`]; returns how
-    /// many.
-    pub fn drop_absent(&self, faces: &mut Vec<Face>) -> usize {
+    /// Drops the detected faces that are not there or not new: presence below
+    /// [`Self::min_presence`], or (when it is above 0) landmarks over a face of higher presence;
+    /// returns how many.
+    pub fn drop_false_detections(&self, faces: &mut Vec<Face>) -> usize {
         let before = faces.len();
         faces.retain(|f| f.detection.is_none() || f.presence() >= self.min_presence);
+        if self.min_presence > 0.0 {
+            let boxes: Vec<FaceBox> = faces
+                .iter()
+                .map(|f| FaceBox::around(&f.landmarks.in_image).unwrap_or_else(|_| f.face_box()))
+                .collect();
+            let presence: Vec<f32> = faces.iter().map(Face::presence).collect();
+            let mut repeated = pipnet_core::repeated_faces(&boxes, &presence).into_iter();
+            faces.retain(|f| {
+                let repeats = repeated.next().unwrap_or(false);
+                !repeats || f.detection.is_none()
+            });
+        }
         before - faces.len()
     }
 
