@@ -91,7 +91,8 @@ pub struct PipnetOptions {
     /// landmark inference), as `pipnet annotate` does without `--no-refine`.
     pub no_refine: u32,
     /// Detected faces whose presence (mean landmark score) is below this are dropped as false
-    /// detections. 0: the CLI's default (0.3); a negative value keeps every face.
+    /// detections, and so are those whose landmarks lie over a face of higher presence. 0: the
+    /// CLI's default (0.3); a negative value keeps every face.
     pub min_presence: f32,
 }
 

@@ -51,8 +51,9 @@ pub struct Args {
     /// work; see models/README.md for what it buys).
     #[arg(long)]
     flip: bool,
-    /// Drop detected faces whose presence (mean landmark score) is below this: false
-    /// detections such as ears; 0 keeps all. Given boxes and crops are always kept.
+    /// Drop detected faces whose presence (mean landmark score) is below this, and those whose
+    /// landmarks lie over a face of higher presence: false detections such as ears or a box
+    /// between two faces; 0 keeps all. Given boxes and crops are always kept.
     #[arg(long, default_value_t = DEFAULT_MIN_PRESENCE)]
     min_presence: f32,
     /// Also write an aligned chip per face, `OUT/chips/<image path>/<k>.png`: `arcface112`
@@ -157,8 +158,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if summary.faces_dropped > 0 {
         eprintln!(
-            "pipnet: {} detected faces dropped for a presence under {} (--min-presence 0 keeps \
-             them)",
+            "pipnet: {} detected faces dropped as false: presence under {}, or landmarks over \
+             another face's (--min-presence 0 keeps them)",
             summary.faces_dropped, args.min_presence
         );
     }
