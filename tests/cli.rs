@@ -56,6 +56,18 @@ fn real_photos() -> Vec<PathBuf> {
     face_photos(3)
 }
 
+/// A folder `dir` holding copies of `photos` and their `.pts` files: labeled faces to evaluate
+/// or calibrate on.
+fn labeled_folder(dir: &Path, photos: Vec<PathBuf>) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    for photo in photos {
+        for file in [photo.clone(), photo.with_extension("pts")] {
+            std::fs::copy(&file, dir.join(file.file_name().unwrap())).unwrap();
+        }
+    }
+    dir.to_path_buf()
+}
+
 /// The first `n` photos of `../shared/data/face68-train` (face crops, at most 512 px).
 fn face_photos(n: usize) -> Vec<PathBuf> {
     let dir = common::repo_root().join("../shared/data/face68-train");
@@ -476,13 +488,7 @@ fn test_train_export_eval_round_trip_through_the_cli() {
     );
 
     // Evaluate on a few labeled faces copied into their own folder.
-    let faces = tmp.path().join("faces");
-    std::fs::create_dir(&faces).unwrap();
-    for photo in real_photos() {
-        std::fs::copy(&photo, faces.join(photo.file_name().unwrap())).unwrap();
-        let pts = photo.with_extension("pts");
-        std::fs::copy(&pts, faces.join(pts.file_name().unwrap())).unwrap();
-    }
+    let faces = labeled_folder(&tmp.path().join("faces"), real_photos());
     let (ced, plot) = (tmp.path().join("ced.csv"), tmp.path().join("ced.png"));
     let (code, stdout, stderr) = run_pipnet(&[
         "eval",
@@ -535,13 +541,7 @@ fn test_the_fast_model_is_what_models_readme_says() {
 #[test]
 fn test_int8_calibrates_on_the_crops_eval_writes() {
     let tmp = tempfile::tempdir().unwrap();
-    let faces = tmp.path().join("faces");
-    std::fs::create_dir(&faces).unwrap();
-    for photo in real_photos() {
-        std::fs::copy(&photo, faces.join(photo.file_name().unwrap())).unwrap();
-        let pts = photo.with_extension("pts");
-        std::fs::copy(&pts, faces.join(pts.file_name().unwrap())).unwrap();
-    }
+    let faces = labeled_folder(&tmp.path().join("faces"), real_photos());
     let per_face = tmp.path().join("per_face.csv");
     let (code, stdout, stderr) = run_pipnet(&[
         "eval",
@@ -623,13 +623,7 @@ fn test_int8_calibrates_on_the_crops_eval_writes() {
 #[test]
 fn test_calibrate_fits_the_keypoint_map_and_reports_it_held_out() {
     let tmp = tempfile::tempdir().unwrap();
-    let faces = tmp.path().join("faces");
-    std::fs::create_dir(&faces).unwrap();
-    for photo in face_photos(100) {
-        std::fs::copy(&photo, faces.join(photo.file_name().unwrap())).unwrap();
-        let pts = photo.with_extension("pts");
-        std::fs::copy(&pts, faces.join(pts.file_name().unwrap())).unwrap();
-    }
+    let faces = labeled_folder(&tmp.path().join("faces"), face_photos(100));
     let settings = tmp.path().join("settings.json");
     let (code, stdout, stderr) = run_pipnet(&[
         "calibrate",
@@ -1344,13 +1338,7 @@ fn test_pretrained_run_without_weights_says_how_to_provide_them() {
 fn test_bench_against_dlib_on_the_sample_photos() {
     // Six labeled faces, so the scoring path runs too.
     let tmp = tempfile::tempdir().unwrap();
-    let labeled = tmp.path().join("labeled");
-    std::fs::create_dir_all(&labeled).unwrap();
-    for photo in face_photos(6) {
-        std::fs::copy(&photo, labeled.join(photo.file_name().unwrap())).unwrap();
-        let pts = photo.with_extension("pts");
-        std::fs::copy(&pts, labeled.join(pts.file_name().unwrap())).unwrap();
-    }
+    let labeled = labeled_folder(&tmp.path().join("labeled"), face_photos(6));
     let output = Command::new(pipnet_bin())
         .args([
             "bench",
