@@ -212,6 +212,10 @@ pub struct StcConfig {
     pub min_score: f32,
     /// Smallest face the detector searches for in the unlabeled images, in pixels.
     pub min_face: f32,
+    /// Pseudo-labels from the `[distill]` teacher instead of the network being trained: a
+    /// better network's labels, so they train every head, the main one included. One round
+    /// (`rounds` names the epoch it starts at); `coarse_levels` may be 0.
+    pub teacher_labels: bool,
 }
 
 impl Default for StcConfig {
@@ -223,6 +227,7 @@ impl Default for StcConfig {
             pseudo_ratio: 1.0,
             min_score: 0.0,
             min_face: 40.0,
+            teacher_labels: false,
         }
     }
 }

@@ -52,6 +52,21 @@ pub fn pseudo_levels(round: usize, coarse_levels: usize) -> RangeInclusive<usize
     first..=coarse_levels
 }
 
+/// The levels a round's pseudo-labels train: with the teacher's labels (`[stc]
+/// teacher_labels`) every level from the first round on, the main head included; else the
+/// curriculum's [`pseudo_levels`].
+pub fn trained_levels(
+    teacher_labels: bool,
+    round: usize,
+    coarse_levels: usize,
+) -> RangeInclusive<usize> {
+    if teacher_labels && round > 0 {
+        0..=coarse_levels
+    } else {
+        pseudo_levels(round, coarse_levels)
+    }
+}
+
 /// The round in force at `epoch` (epochs completed): how many round starts are at or before it.
 pub fn round_at(starts: &[usize], epoch: usize) -> usize {
     starts.iter().filter(|&&s| s <= epoch).count()
@@ -180,6 +195,11 @@ mod tests {
         assert_eq!(pseudo_levels(5, 2), 1..=2);
         assert_eq!(pseudo_levels(1, 3), 3..=3);
         assert!(pseudo_levels(1, 0).is_empty());
+        // The teacher's labels train every level once their round has started.
+        assert!(trained_levels(true, 0, 2).is_empty());
+        assert_eq!(trained_levels(true, 1, 2), 0..=2);
+        assert_eq!(trained_levels(true, 1, 0), 0..=0);
+        assert_eq!(trained_levels(false, 1, 2), pseudo_levels(1, 2));
     }
 
     #[test]

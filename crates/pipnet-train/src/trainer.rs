@@ -32,8 +32,8 @@ use crate::run::{
     RunPaths, io_err, load_matching, save_checkpoint, unlabeled_sources, write_metrics,
 };
 use crate::stc::{
-    PseudoLabel, attach_images, load_pseudo_labels, pseudo_label, pseudo_levels, round_at,
-    round_path, save_pseudo_labels,
+    PseudoLabel, attach_images, load_pseudo_labels, pseudo_label, round_at, round_path,
+    save_pseudo_labels, trained_levels,
 };
 use crate::{Error, Result};
 
@@ -180,7 +180,14 @@ pub fn train(
         .transpose()?;
     let coarse_levels = config.stc.as_ref().map_or(0, |s| s.coarse_levels);
     if let Some(stc) = &config.stc {
-        if coarse_levels == 0 {
+        if stc.teacher_labels && (config.distill.is_none() || stc.rounds.len() != 1) {
+            return Err(Error::Spec(format!(
+                "[stc] teacher_labels needs a [distill] teacher and one round (rounds = [EPOCH]); \
+                 rounds is {:?}",
+                stc.rounds
+            )));
+        }
+        if coarse_levels == 0 && !stc.teacher_labels {
             return Err(Error::Spec(
                 "[stc] needs coarse_levels >= 1: pseudo-labels only teach the curriculum heads"
                     .into(),
@@ -256,14 +263,22 @@ pub fn train(
         let epoch = state.epoch;
         let round = round_at(round_starts, epoch);
         if let Some(stc) = config.stc.as_ref().filter(|_| round > pseudo.0) {
-            let faces = round_faces(&model, &state, &data, stc, round, &paths, &mut on_event)?;
+            let labeler = match config.distill.as_ref().filter(|_| stc.teacher_labels) {
+                Some(d) => Labeler::Teacher(&d.teacher),
+                None => Labeler::Network(&model, &state),
+            };
+            let faces = round_faces(labeler, &data, stc, round, &paths, &mut on_event)?;
             pseudo = (round, faces);
         }
         let epoch_faces = EpochFaces {
             labeled: &data.train,
             pseudo: &pseudo.1,
             pseudo_count: pseudo_count(epoch),
-            pseudo_levels: pseudo_levels(round, coarse_levels),
+            pseudo_levels: trained_levels(
+                config.stc.as_ref().is_some_and(|s| s.teacher_labels),
+                round,
+                coarse_levels,
+            ),
             grid: spec.grid(),
             levels: 1 + coarse_levels,
         };
@@ -463,12 +478,18 @@ fn start_run(
     Ok((model, state))
 }
 
+/// What labels a round: the network being trained (as of the round's start), or the
+/// `[distill]` teacher's graph.
+enum Labeler<'a> {
+    Network(&'a PipNet, &'a RunState),
+    Teacher(&'a Path),
+}
+
 /// The pseudo-labeled faces of `round`: read from the run folder when an earlier sitting
-/// labeled it, else labeled now by the current network (exported beside the labels, so the
+/// labeled it, else labeled now (the current network is exported beside the labels, so the
 /// round can be inspected) and saved.
 fn round_faces(
-    model: &PipNet,
-    state: &RunState,
+    labeler: Labeler<'_>,
     data: &Data,
     stc: &crate::config::StcConfig,
     round: usize,
@@ -481,12 +502,18 @@ fn round_faces(
     let labels: Vec<PseudoLabel> = if reused {
         load_pseudo_labels(&path)?
     } else {
-        let graph = path.with_extension("onnx");
-        write_model(
-            &model.valid().to_weights(&state.spec)?,
-            &state.metadata(None)?,
-            &graph,
-        )?;
+        let graph = match labeler {
+            Labeler::Network(model, state) => {
+                let graph = path.with_extension("onnx");
+                write_model(
+                    &model.valid().to_weights(&state.spec)?,
+                    &state.metadata(None)?,
+                    &graph,
+                )?;
+                graph
+            }
+            Labeler::Teacher(graph) => graph.to_path_buf(),
+        };
         let onnx = LandmarkModel::load(&graph, &SessionOptions::default())?;
         let images = data.unlabeled.len();
         let labels = pseudo_label(onnx, &data.unlabeled, round, stc.min_face, |done| {

@@ -14,7 +14,7 @@ use pipnet_train::config::{
 };
 use pipnet_train::distill::DistillConfig;
 use pipnet_train::network::BackboneWeights;
-use pipnet_train::stc::{load_pseudo_labels, round_path};
+use pipnet_train::stc::{UnlabeledImage, load_pseudo_labels, pseudo_label, round_path};
 #[cfg(feature = "wgpu")]
 use pipnet_train::trainer::training_device;
 use pipnet_train::trainer::{Event, export_checkpoint, load_network, load_state, train};
@@ -396,6 +396,57 @@ fn test_distillation_learns_from_the_teacher_and_names_it() {
     wide.network.input_size = 128;
     let err = train(&wide, false, |_| {}).unwrap_err().to_string();
     assert!(err.contains("grid"), "{err}");
+}
+
+/// `[stc] teacher_labels`: the `[distill]` teacher labels the unlabeled faces once (the labels
+/// it gives through `pseudo_label` itself), and they join the epochs from their round on, with
+/// no curriculum heads needed; without a teacher, or with two rounds, the config is refused.
+#[test]
+fn test_teacher_labels_the_unlabeled_faces_for_its_student() {
+    let _turn = one_at_a_time();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let [teacher_run, student_run, refused_run] = [0, 1, 2].map(|i| dirs[i].path());
+    train(&tiny_config(teacher_run, 1), false, |_| {}).unwrap();
+    let teacher = teacher_run.join("last.onnx");
+    let config = |out: &Path, rounds: Vec<usize>, distill: bool| {
+        let mut config = stc_config(out, 3);
+        let stc = config.stc.as_mut().unwrap();
+        (stc.coarse_levels, stc.rounds, stc.teacher_labels) = (0, rounds, true);
+        config.distill = distill.then(|| DistillConfig {
+            teacher: teacher.clone(),
+            weight: 0.5,
+        });
+        config
+    };
+    let state = train(&config(student_run, vec![1], true), false, |_| {}).unwrap();
+    let rounds: Vec<usize> = state.history.iter().map(|r| r.round).collect();
+    assert_eq!(rounds, [0, 1, 1]);
+    assert_eq!(state.coarse_levels, 0);
+
+    let labels = load_pseudo_labels(&round_path(student_run, 1)).unwrap();
+    assert!(!labels.is_empty());
+    let stc = config(student_run, vec![1], true).stc.unwrap();
+    let images: Vec<UnlabeledImage> = stc
+        .unlabeled
+        .iter()
+        .map(|path| UnlabeledImage {
+            path: path.clone(),
+            image: std::sync::Arc::new(pipnet_infer::image_io::load_rgb(path, 1 << 26).unwrap()),
+        })
+        .collect();
+    let model = LandmarkModel::load(&teacher, &SessionOptions::default()).unwrap();
+    let by_teacher = pseudo_label(model, &images, 1, stc.min_face, |_| {}).unwrap();
+    assert_eq!(
+        labels, by_teacher,
+        "the teacher's labels, not the student's"
+    );
+
+    for (rounds, distill) in [(vec![1], false), (vec![1, 2], true)] {
+        let err = train(&config(refused_run, rounds, distill), false, |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("teacher_labels"), "{err}");
+    }
 }
 
 /// `train.init` starts from another run's checkpoint: its weights (the first epoch's loss is
