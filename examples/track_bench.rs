@@ -1,7 +1,7 @@
 //! Video on known truth: sequences made from validation faces (`common::synthetic_video`),
 //! moving (drifting shift, scale and turn, noise 6 grey levels) and still (noise 8 only), run
-//! per frame as `annotate` would (detector + refine on every frame), tracked, and tracked with
-//! smoothing. Prints NME, jitter (mean |predicted - true frame-to-frame motion| over the
+//! per frame as `annotate --refine` would (detector + refine on every frame), tracked, and
+//! tracked with smoothing. Prints NME, jitter (mean |predicted - true frame-to-frame motion| over the
 //! inter-ocular distance), id switches, lost frames, detector runs and frames/s.
 //!
 //! `cargo run --release --example track_bench -- [FACES] [FRAMES] [SIZE] [MIN_CUTOFF] [BETA]`

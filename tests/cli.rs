@@ -1675,6 +1675,7 @@ fn test_a_rerun_with_other_settings_stops_and_force_redoes_it() {
     assert_eq!(made_by.settings.model.sha256.len(), 64);
     assert_eq!(made_by.settings.faces, "crops");
     assert!(!made_by.settings.flip);
+    assert!(!made_by.settings.refine, "one landmark pass by default");
 
     // Another option: refused, naming it; nothing rewritten.
     let (code, stderr) = annotate_crops(&model, &[&photos], &out, &["--flip"]);
@@ -1712,6 +1713,13 @@ fn test_a_rerun_with_other_settings_stops_and_force_redoes_it() {
         stderr.contains("0 annotated (0 faces), 2 already done"),
         "{stderr}"
     );
+    // The last of --refine / --no-refine wins.
+    let (code, stderr) = annotate_crops(&model, &[&photos], &out, &["--flip", "--refine"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("refine: off before, on now"), "{stderr}");
+    let both = ["--flip", "--preview", "--refine", "--no-refine"];
+    let (_, stderr) = annotate_crops(&model, &[&photos], &out, &both);
+    assert!(stderr.contains("2 already done"), "{stderr}");
 }
 
 #[test]
@@ -1811,24 +1819,28 @@ fn test_false_detections_are_dropped_and_chips_are_written() {
     let landmark_box = |f: &pipnet_core::formats::FaceAnnotation| {
         pipnet_core::FaceBox::around(&f.landmarks).unwrap()
     };
-    let over_others: Vec<f32> = all
-        .faces
-        .iter()
-        .filter(|f| {
-            let others = all.faces.iter().filter(|g| {
-                g.presence > f.presence
-                    && landmark_box(f).overlap_of_smaller(&landmark_box(g)) > 0.5
+    // Faces whose landmark box covers most of two others' (or of theirs).
+    let over_two = |faces: &[pipnet_core::formats::FaceAnnotation]| -> Vec<f32> {
+        let over = |f: &pipnet_core::formats::FaceAnnotation| {
+            let others = faces.iter().filter(|g| {
+                !std::ptr::eq(f, *g) && landmark_box(f).overlap_of_smaller(&landmark_box(g)) > 0.5
             });
             others.count() == 2
-        })
-        .map(|f| f.presence)
-        .collect();
+        };
+        faces
+            .iter()
+            .filter(|f| over(f))
+            .map(|f| f.presence)
+            .collect()
+    };
+    let found = over_two(&all.faces);
     assert_eq!(
-        over_others.len(),
+        found.len(),
         1,
-        "one detection over two faces in this photo: {over_others:?}"
+        "one detection over two faces in this photo: {found:?}"
     );
     assert_eq!(kept.faces.len(), all.faces.len() - 1);
+    assert_eq!(over_two(&kept.faces), Vec::<f32>::new(), "the one dropped");
     assert!(stderr.contains("1 detected faces dropped"), "{stderr}");
     for face in &kept.faces {
         let mean = face.landmark_scores.iter().sum::<f32>() / 68.0;
@@ -1842,7 +1854,8 @@ fn test_false_detections_are_dropped_and_chips_are_written() {
             chip.chip.to_chip.apply(five[1]),
         );
         let tilt = (r[1] - l[1]).atan2(r[0] - l[0]).to_degrees();
-        assert!(tilt.abs() < 5.0, "eye line at {tilt} degrees in the chip");
+        // The similarity fits all five points, so an eye line within a few degrees of level.
+        assert!(tilt.abs() < 10.0, "eye line at {tilt} degrees in the chip");
         let back = chip
             .chip
             .to_image

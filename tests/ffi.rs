@@ -145,9 +145,9 @@ fn photo_and_expected(dir: &Path) -> (PathBuf, String) {
         pipnet_infer::LandmarkModel::load(&common::shipped_model(), &SessionOptions::default())
             .unwrap();
     let detector = pipnet_infer::detect::FaceDetector::builtin(&SessionOptions::default()).unwrap();
-    // The C example's zero-initialised options: two passes, the default presence threshold.
+    // The C example's zero-initialised options: one pass, the default presence threshold.
     let mut pipeline = Pipeline::new(model, Some(detector));
-    pipeline.refine = true;
+    pipeline.refine = false;
     pipeline.min_presence = pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
     let faces = pipeline.faces(&[(&image, &Faces::Detect)]).unwrap();
     let mut expected = String::new();
@@ -243,7 +243,7 @@ fn cpu_options(model: *const std::ffi::c_char) -> PipnetOptions {
         device: PIPNET_DEVICE_CPU,
         threads: 1,
         min_face: 0.0,
-        no_refine: 0,
+        refine: 0,
         min_presence: 0.0,
     }
 }

@@ -201,7 +201,7 @@ impl Pipeline {
 impl Pipeline {
     #[new]
     #[pyo3(signature = (model=None, device="cpu", threads=None, batch=None, min_face=None,
-        refine=true, flip=false, detector=None, ort_library=None, min_presence=None))]
+        refine=false, flip=false, detector=None, ort_library=None, min_presence=None))]
     #[allow(clippy::too_many_arguments)] // Python keyword arguments
     fn new(
         py: Python<'_>,

@@ -1,5 +1,5 @@
 //! `pipnet annotate DIR|FILES... --out OUT [--model MODEL] [--format json|csv|pts] [--preview]
-//! [--shard K/N]`
+//! [--refine] [--shard K/N]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,10 +43,8 @@ pub struct Args {
     /// the detector sees in its input) nothing more is found.
     #[arg(long)]
     min_face: Option<f32>,
-    /// One landmark pass only (by default a second pass re-crops each face from the first
-    /// pass's landmarks, which is more accurate with detector boxes).
-    #[arg(long)]
-    no_refine: bool,
+    #[command(flatten)]
+    refine: super::RefineArgs,
     /// Also run each face crop mirrored and average the two results (twice the landmark
     /// work; see models/README.md for what it buys).
     #[arg(long)]
@@ -64,7 +62,7 @@ pub struct Args {
     #[command(flatten)]
     session: super::SessionArgs,
     /// Redo images whose output is already newer than the image, and replace the outputs of a
-    /// run with other settings (model, detector, boxes, --min-face, --no-refine, --flip).
+    /// run with other settings (model, detector, boxes, --min-face, --refine, --flip).
     #[arg(long)]
     force: bool,
     /// Exit 0 when the only failures are images that could not be annotated (they are still
@@ -120,7 +118,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let mut pipeline = Pipeline::new(model, detector);
     pipeline.min_face = args.min_face;
-    pipeline.refine = !args.no_refine;
+    pipeline.refine = args.refine.refine();
     pipeline.min_presence = args.min_presence;
     pipeline.model.set_flip_average(args.flip);
     let job = FolderJob {

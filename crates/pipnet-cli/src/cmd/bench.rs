@@ -56,10 +56,9 @@ pub struct Args {
     pub split: Option<(f64, u64)>,
     #[command(flatten)]
     pub detector: super::DetectorArgs,
-    /// One landmark pass per face in the whole-pipeline rows (peer, video), as `annotate
-    /// --no-refine`; default: refined, as `annotate` runs.
-    #[arg(long)]
-    pub no_refine: bool,
+    /// Landmark passes per face in the peer comparison, as for `annotate`.
+    #[command(flatten)]
+    pub refine: super::RefineArgs,
 }
 
 /// The Python of the reference and peer pipelines: --python, $PIPNET_PYTHON, else python3.
@@ -189,8 +188,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(first) if args.video_frames > 0 => {
             let photo = load_rgb(first, DEFAULT_MAX_PIXELS)?;
             let frames = panning_frames(&photo, args.video_frames);
-            // As `annotate` and `track` run it.
-            pipeline.refine = !args.no_refine;
+            // As `track` runs it: faces it detects get the second pass.
+            pipeline.refine = true;
             pipeline.min_presence = DEFAULT_MIN_PRESENCE;
             let (video, back) = bench_video(pipeline, &frames, TrackerSettings::default())
                 .context("video benchmark failed")?;

@@ -59,7 +59,7 @@ fn score_both(ours: &[Option<f32>], theirs: &[Option<f32>]) -> (Scored, Scored) 
 pub struct PeerReport {
     pub peer: String,
     pub threads: usize,
-    /// Whether our landmarks were refined (a second pass), as `annotate` does by default.
+    /// Whether our landmarks were refined (a second pass, `--refine`).
     pub refine: bool,
     pub ours: Throughput,
     pub dlib: Throughput,
@@ -89,7 +89,7 @@ pub fn compare_with_dlib(
         Some(data) => labeled_faces(data, args.split)?,
         None => Vec::new(),
     };
-    pipeline.refine = !args.no_refine;
+    pipeline.refine = args.refine.refine();
     pipeline.min_presence = pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
     let ours = bench_photos(pipeline, images, args.repeat).context("timing our pipeline")?;
     let answer = run_dlib(args, images, threads, &labeled)?;
@@ -119,7 +119,7 @@ pub fn compare_with_dlib(
     })
 }
 
-/// Our detector, then landmarks (refined unless `--no-refine`): each labeled face's NME, None
+/// Our detector, then landmarks (refined with `--refine`): each labeled face's NME, None
 /// where the detector missed it.
 fn nmes_of_ours(
     pipeline: &mut Pipeline,

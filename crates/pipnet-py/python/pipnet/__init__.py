@@ -165,7 +165,8 @@ class Pipeline:
     ``"cpu"``, ``"cuda"`` or ``"auto"``; ``threads`` are ONNX Runtime's intra-op threads (None:
     every core) and ``batch`` the faces per run (None: 16), each a whole number >= 1; ``min_face``
     the smallest face searched for in pixels (None: 40); ``refine``
-    runs a second landmark pass on crops re-centred on the first; ``flip`` averages each crop
+    runs a second landmark pass on crops re-centred on the first (off by default, as in
+    ``pipnet annotate``); ``flip`` averages each crop
     with its mirror image (twice the landmark work); detected faces whose presence is under
     ``min_presence`` are dropped (None: the CLI's default; 0 keeps all).
     """
@@ -178,7 +179,7 @@ class Pipeline:
         threads: Optional[int] = None,
         batch: Optional[int] = None,
         min_face: Optional[float] = None,
-        refine: bool = True,
+        refine: bool = False,
         flip: bool = False,
         detector: Optional[PathLike] = None,
         min_presence: Optional[float] = None,
