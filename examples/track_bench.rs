@@ -1,8 +1,8 @@
 //! Video on known truth: sequences made from validation faces (`common::synthetic_video`),
 //! moving (drifting shift, scale and turn, noise 6 grey levels) and still (noise 8 only), run
 //! per frame as `annotate --refine` would (detector + refine on every frame), tracked, and
-//! tracked with smoothing. Prints NME, jitter (mean |predicted - true frame-to-frame motion| over the
-//! inter-ocular distance), id switches, lost frames, detector runs and frames/s.
+//! tracked with smoothing. Prints NME, jitter (mean |predicted - true frame-to-frame motion|
+//! over the inter-ocular distance), id switches, lost frames, detector runs and frames/s.
 //!
 //! `cargo run --release --example track_bench -- [FACES] [FRAMES] [SIZE] [MIN_CUTOFF] [BETA]`
 //! (default 8 faces, 60 frames of 256 x 256, the default One Euro settings)
