@@ -78,8 +78,9 @@ pub fn round_path(run: &Path, round: usize) -> PathBuf {
 }
 
 /// Labels `images` with `model`: the builtin detector finds faces (down to `min_face` pixels),
-/// the largest is kept, and its landmarks come from the refined two-pass pipeline, exactly as
-/// `pipnet annotate` would give them. Images without a face get no label.
+/// the largest is kept, and its landmarks come from the refined two-pass pipeline (labels are
+/// made once, so the more accurate pass pays), as `pipnet annotate --refine` would give them.
+/// Images without a face get no label.
 pub fn pseudo_label(
     model: LandmarkModel,
     images: &[UnlabeledImage],
