@@ -1385,21 +1385,28 @@ fn test_bench_against_dlib_on_the_sample_photos() {
 }
 
 /// The GPU training job of `scripts/gpu-train/` run dry on the CPU, so it cannot rot between
-/// lent GPUs: the shipped GPU config packed (on 12 faces) and trained one epoch with the flex
-/// backend by the very script the device runs (both halves staged in one call); the graph comes
-/// back gzipped and loads.
+/// lent GPUs: each shipped GPU config (the teacher at 256, the student at 128 with detector
+/// crops) packed on 12 faces and trained one epoch with the flex backend by the very script the
+/// device runs (both halves staged in one call); the graph comes back gzipped and loads.
 #[cfg(feature = "train")]
 #[test]
 fn test_gpu_training_job_runs_dry_on_the_cpu() {
+    for (file, input_size) in [
+        ("face68-mbv2-256-gpu.toml", 256),
+        ("face68-mbv2-128-gpu.toml", 128),
+    ] {
+        run_gpu_training_job_dry(file, input_size);
+    }
+}
+
+#[cfg(feature = "train")]
+fn run_gpu_training_job_dry(file: &str, input_size: u32) {
     let root = common::repo_root();
     let dir = tempfile::tempdir().unwrap();
     let data = root.join("../shared/data/face68-train");
-    let shipped = std::fs::read_to_string(root.join("configs/face68-mbv2-256-gpu.toml")).unwrap();
+    let shipped = std::fs::read_to_string(root.join("configs").join(file)).unwrap();
     let labeled = "labeled = \"../../shared/data/face68-train\"";
-    assert!(
-        shipped.contains(labeled),
-        "the GPU config trains on face68-train"
-    );
+    assert!(shipped.contains(labeled), "{file} trains on face68-train");
     let config = dir.path().join("gpu.toml");
     std::fs::write(
         &config,
@@ -1420,14 +1427,26 @@ fn test_gpu_training_job_runs_dry_on_the_cpu() {
             .env("PIPNET_BIN", pipnet_bin())
             .env("NO_DEBS", "1"),
     );
-    // The pack holds training faces only, cut to what augmentation reaches at 256 pixels.
+    // The pack holds training faces only, cut to what augmentation reaches at the input size
+    // (wider for a face whose detector crop, found on the full photo, travels with it).
     let faces = pipnet_infer::labeled::read_pts_folder(&job.join("data/faces")).unwrap();
     assert_eq!(faces.len(), 12);
     let (_, val) = pipnet_infer::labeled::split_validation(faces.clone(), 0.1, 1);
     assert!(val.is_empty(), "validation faces were packed: {val:?}");
+    let crops = job.join("data/detector-crops.json");
+    let detector_crops = shipped.contains("detector_crop_probability");
+    assert_eq!(crops.is_file(), detector_crops, "{file}");
+    let reach = pipnet_train::augment::Augmentation::default().reach();
+    let reach = (input_size as f32 * reach).round() as u32;
     for face in &faces {
         let (w, h) = image::image_dimensions(&face.image).unwrap();
-        assert!(w.max(h) <= 413, "{}: {w}x{h}", face.image.display());
+        // A face widened for its detector crop keeps the resolution, not the size.
+        let limit = if detector_crops { 2 * reach } else { reach };
+        assert!(
+            w.max(h) <= limit,
+            "{file}: {}: {w}x{h}",
+            face.image.display()
+        );
     }
 
     let out = dir.path().join("out");
@@ -1442,7 +1461,7 @@ fn test_gpu_training_job_runs_dry_on_the_cpu() {
         .output()
         .unwrap();
     let log = std::fs::read_to_string(out.join("train.log")).unwrap_or_default();
-    assert!(ran.status.success(), "run.sh: {log}");
+    assert!(ran.status.success(), "{file}: device.sh: {log}");
     assert!(
         log.contains("training on 12 faces, validating on 0"),
         "{log}"
@@ -1459,7 +1478,7 @@ fn test_gpu_training_job_runs_dry_on_the_cpu() {
     std::fs::write(&graph, unzipped.stdout).unwrap();
     let (code, stdout, stderr) = run_pipnet(&["info", graph.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("256"), "{stdout}");
+    assert!(stdout.contains(&input_size.to_string()), "{stdout}");
 }
 
 /// The CUDA check of `scripts/gpu-cuda/` run dry on the CPU, so it cannot rot between lent GPUs:

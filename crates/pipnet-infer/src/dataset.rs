@@ -196,30 +196,47 @@ impl FaceCut {
     }
 }
 
-/// Writes `faces` again as a folder of the same layout, each cut to `context` times its
-/// landmark box and at most `max_side` pixels: a compact copy of a training set for a machine
-/// the full photos cannot travel to. Names are kept, so a validation split of the copy
-/// (which depends on names alone) matches the original's. Returns the bytes written.
+/// How large one face is cut by [`write_face_crops`]: `context` times its landmark box's
+/// longer side, at most `max_side` pixels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CutSize {
+    pub context: f32,
+    pub max_side: u32,
+}
+
+/// Writes `faces` again as a folder of the same layout, each cut to its `sizes` entry (one per
+/// face): a compact copy of a training set for a machine the full photos cannot travel to.
+/// Names are kept, so a validation split of the copy (which depends on names alone) matches the
+/// original's. Returns each face's cut, to move other geometry of the face into the copy, and
+/// the bytes written.
 pub fn write_face_crops(
     faces: &[LabeledFace],
+    sizes: &[CutSize],
     out: &Path,
-    context: f32,
-    max_side: u32,
     quality: u8,
-) -> Result<u64> {
+) -> Result<(Vec<DatasetCrop>, u64)> {
+    if sizes.len() != faces.len() {
+        return Err(Error::InvalidInput(format!(
+            "{} cut sizes for {} faces",
+            sizes.len(),
+            faces.len()
+        )));
+    }
     std::fs::create_dir_all(out).map_err(Error::io(out))?;
-    let cut = FaceCut {
-        context,
-        max_side,
-        quality,
-    };
     let mut bytes = 0;
-    for face in faces {
+    let mut crops = Vec::with_capacity(faces.len());
+    for (face, size) in faces.iter().zip(sizes) {
+        let cut = FaceCut {
+            context: size.context,
+            max_side: size.max_side,
+            quality,
+        };
         let photo = load_rgb(&face.image, DEFAULT_MAX_PIXELS)?;
-        let (_, written) = cut.write(&photo, &face.points, &face.image, out, &face.name)?;
+        let (crop, written) = cut.write(&photo, &face.points, &face.image, out, &face.name)?;
+        crops.push(crop);
         bytes += written;
     }
-    Ok(bytes)
+    Ok((crops, bytes))
 }
 
 #[cfg(test)]

@@ -51,6 +51,11 @@ pub struct DataConfig {
     /// whole photos); with self-training, the other photos become unlabeled images.
     #[serde(default)]
     pub label_fraction: Option<f64>,
+    /// The face detector's crops of the labeled faces, by face name, as `pipnet train --pack`
+    /// writes them (measured on the full photos before they were cut); without it, runs with
+    /// `detector_crop_probability` run the detector over the photos at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detector_crops: Option<PathBuf>,
 }
 
 fn default_scheme() -> String {
@@ -247,6 +252,7 @@ impl TrainConfig {
         for p in [&mut config.data.labeled, &mut config.train.out]
             .into_iter()
             .chain(config.data.images.as_mut())
+            .chain(config.data.detector_crops.as_mut())
             .chain(teacher)
             .chain(config.train.init.as_mut())
             .chain(stc_paths)

@@ -13,8 +13,10 @@ use pipnet_infer::eval::detector_crops;
 use pipnet_infer::folder::image_paths;
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, load_rgb};
 use pipnet_infer::labeled::{LabeledFace, read_labeled, split_validation};
+use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
+use crate::run::io_err;
 use crate::stc::UnlabeledImage;
 use crate::{Error, Result};
 
@@ -99,12 +101,7 @@ pub(crate) fn load_data(config: &TrainConfig, scheme: Scheme) -> Result<Data> {
     if let Some(n) = config.data.max_train_faces {
         train.truncate(n);
     }
-    let mut detected = vec![None; train.len()];
-    if config.augment.detector_crop_probability > 0.0 {
-        for (i, crop) in detected_crops(&train)? {
-            detected[i] = Some(crop);
-        }
-    }
+    let detected = detector_crops_of(config, &train)?;
     let mut cache = PhotoCache::default();
     let train = train
         .into_iter()
@@ -143,10 +140,62 @@ pub(crate) fn load_data(config: &TrainConfig, scheme: Scheme) -> Result<Data> {
     })
 }
 
-/// The built-in face detector's landmark crops of `faces` (by the contract's default crop
-/// rule, which every trained network uses), as (face index, crop) for the faces it finds:
-/// the same detection, match and calibration as `pipnet eval --crops detector`.
-fn detected_crops(faces: &[LabeledFace]) -> Result<Vec<(usize, FaceCrop)>> {
+/// One face's detector crop in a `[data] detector_crops` file (a JSON array of these).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct NamedCrop {
+    pub(crate) name: String,
+    pub(crate) center: Point,
+    pub(crate) side: f32,
+    pub(crate) angle: f32,
+}
+
+impl NamedCrop {
+    pub(crate) fn new(name: &str, crop: &FaceCrop) -> Self {
+        Self {
+            name: name.to_string(),
+            center: crop.center,
+            side: crop.side,
+            angle: crop.angle,
+        }
+    }
+}
+
+/// Reads a `[data] detector_crops` file into crops by face name.
+fn read_detector_crops(path: &Path) -> Result<HashMap<String, FaceCrop>> {
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    let crops: Vec<NamedCrop> = serde_json::from_str(&text).map_err(|e| {
+        Error::Spec(format!(
+            "{}: not a detector crops file ({e}); repack the run with `pipnet train --pack`",
+            path.display()
+        ))
+    })?;
+    Ok(crops
+        .into_iter()
+        .map(|c| (c.name, FaceCrop::new(c.center, c.side, c.angle)))
+        .collect())
+}
+
+/// The detector crop of each of `faces` when the run trains on them
+/// (`detector_crop_probability`; `None` for a face the detector misses, and for every face
+/// otherwise): read from `[data] detector_crops` when the config names a file, else found by
+/// the built-in face detector (by the contract's default crop rule, which every trained
+/// network uses) with the same detection, match and calibration as `pipnet eval --crops
+/// detector`.
+pub(crate) fn detector_crops_of(
+    config: &TrainConfig,
+    faces: &[LabeledFace],
+) -> Result<Vec<Option<FaceCrop>>> {
+    let mut detected = vec![None; faces.len()];
+    if config.augment.detector_crop_probability <= 0.0 {
+        return Ok(detected);
+    }
+    if let Some(path) = &config.data.detector_crops {
+        let mut by_name = read_detector_crops(path)?;
+        for (face, crop) in faces.iter().zip(&mut detected) {
+            *crop = by_name.remove(&face.name);
+        }
+        return Ok(detected);
+    }
     let mut detector = FaceDetector::builtin(&SessionOptions::default())?;
     let found = detector_crops(
         &mut detector,
@@ -155,7 +204,10 @@ fn detected_crops(faces: &[LabeledFace]) -> Result<Vec<(usize, FaceCrop)>> {
         0.3,
         DEFAULT_MAX_PIXELS,
     )?;
-    Ok(found.index.into_iter().zip(found.crops).collect())
+    for (i, crop) in found.index.into_iter().zip(found.crops) {
+        detected[i] = Some(crop);
+    }
+    Ok(detected)
 }
 
 /// Mean face (crop-normalised, from each face's un-augmented crop) and its neighbour index.

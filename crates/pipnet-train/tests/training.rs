@@ -42,6 +42,7 @@ fn tiny_config(out: &Path, epochs: usize) -> TrainConfig {
             split_seed: 1,
             max_train_faces: Some(8),
             label_fraction: None,
+            detector_crops: None,
         },
         network: NetworkConfig {
             input_size: 64,

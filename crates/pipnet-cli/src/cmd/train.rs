@@ -132,9 +132,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
         let pack = pack_run(&config, &dir, options)?;
         println!(
-            "packed {} training faces ({:.1} MB) into {}; config {}{}",
+            "packed {} training faces ({:.1} MB, {} with detector crops) into {}; config {}{}",
             pack.faces,
             pack.face_bytes as f64 / 1e6,
+            pack.detector_crops,
             dir.display(),
             pack.config.display(),
             pack.weights
