@@ -191,8 +191,18 @@ pub(crate) fn detector_crops_of(
     }
     if let Some(path) = &config.data.detector_crops {
         let mut by_name = read_detector_crops(path)?;
+        let listed = by_name.len();
         for (face, crop) in faces.iter().zip(&mut detected) {
             *crop = by_name.remove(&face.name);
+        }
+        if listed > 0 && by_name.len() == listed {
+            return Err(Error::Spec(format!(
+                "{}: its {listed} detector crops name none of the {} training faces of {}; \
+                 pack the run again with `pipnet train --pack`",
+                path.display(),
+                faces.len(),
+                config.data.labeled.display()
+            )));
         }
         return Ok(detected);
     }

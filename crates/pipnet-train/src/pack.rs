@@ -241,6 +241,31 @@ mod tests {
         }
     }
 
+    /// A crops file that names none of the run's faces is an error, not a run without them.
+    #[test]
+    fn test_a_crops_file_of_other_faces_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let crops = dir.path().join(DETECTOR_CROPS_FILE);
+        let other = NamedCrop::new("other", &FaceCrop::new([1.0, 2.0], 3.0, 0.0));
+        std::fs::write(&crops, serde_json::to_string(&[other]).unwrap()).unwrap();
+        let labeled =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/face68-train");
+        let mut config: TrainConfig = toml::from_str("[data]\nlabeled = \"x\"\n").unwrap();
+        config.data.labeled = labeled;
+        config.data.detector_crops = Some(crops);
+        config.augment.detector_crop_probability = 0.5;
+        let (train, _) = split_labeled(&config, Scheme::W300_68).unwrap();
+        let err = detector_crops_of(&config, &train[..3]).unwrap_err();
+        assert!(err.to_string().contains("name none of the 3"), "{err}");
+        config.augment.detector_crop_probability = 0.0;
+        assert!(
+            detector_crops_of(&config, &train[..3])
+                .unwrap()
+                .iter()
+                .all(Option::is_none)
+        );
+    }
+
     #[test]
     fn test_a_distilled_run_is_not_packed() {
         let config: TrainConfig =
