@@ -166,7 +166,7 @@ fn test_numpy_crop_sampling_agrees_with_rust() {
 
 /// The INT8 twin (`python -m pipnet_export.quantize`): calibrated on training faces only (its
 /// split rule is the Rust one), it keeps the contract, says `pipnet.precision = int8`, and its
-/// landmarks on real faces stay close to the float graph's.
+/// landmarks on real faces stay close to the float graph's, with percentile or min-max ranges.
 #[test]
 fn test_int8_twin_keeps_the_contract_and_the_landmarks() {
     use pipnet::infer::labeled::{read_labeled, split_validation};
@@ -197,21 +197,35 @@ fn test_int8_twin_keeps_the_contract_and_the_landmarks() {
 
     let tmp = tempfile::tempdir().unwrap();
     let fp32 = common::shipped_model();
-    let int8 = tmp.path().join("int8.onnx");
-    let output = Command::new(common::python())
-        .args(["-m", "pipnet_export.quantize"])
-        .arg(&fp32)
-        .arg(&data)
-        .args(["--faces", "32", "--out"])
-        .arg(&int8)
-        .env("PYTHONPATH", common::repo_root().join("python-export/src"))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let quantize = |name: &str, options: &[&str]| {
+        let out = tmp.path().join(name);
+        let output = Command::new(common::python())
+            .args(["-m", "pipnet_export.quantize"])
+            .arg(&fp32)
+            .arg(&data)
+            .args(["--faces", "32"])
+            .args(options)
+            .arg("--out")
+            .arg(&out)
+            .env("PYTHONPATH", common::repo_root().join("python-export/src"))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (out, String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    // Percentile ranges by default; the percentile and the min-max recipe reach the graph.
+    let (int8, said) = quantize("int8.onnx", &[]);
+    assert!(said.contains("99.99th percentile"), "{said}");
+    let (minmax, said) = quantize("minmax.onnx", &["--calibration", "minmax"]);
+    assert!(said.contains("min-max"), "{said}");
+    let (coarse, _) = quantize("p99.onnx", &["--percentile", "99"]);
+    let bytes = |p: &std::path::Path| std::fs::read(p).unwrap();
+    assert_ne!(bytes(&int8), bytes(&minmax));
+    assert_ne!(bytes(&int8), bytes(&coarse));
     let options = SessionOptions::default();
     let mut float_model = LandmarkModel::load(&fp32, &options).unwrap();
     let mut int8_model = LandmarkModel::load(&int8, &options).unwrap();
@@ -222,7 +236,9 @@ fn test_int8_twin_keeps_the_contract_and_the_landmarks() {
     let jobs: Vec<_> = crops.iter().map(|&c| (&image, c)).collect();
     let a = float_model.landmarks(&jobs).unwrap();
     let b = int8_model.landmarks(&jobs).unwrap();
-    for (fa, fb) in a.iter().zip(&b) {
+    let mut minmax_model = LandmarkModel::load(&minmax, &options).unwrap();
+    let c = minmax_model.landmarks(&jobs).unwrap();
+    for (fa, fb) in a.iter().chain(&a).zip(b.iter().chain(&c)) {
         let side = fa.crop.side;
         let mean_shift: f32 = fa
             .in_image
