@@ -59,6 +59,10 @@ pub struct Args {
     /// Landmark passes per face in the peer comparison, as for `annotate`.
     #[command(flatten)]
     pub refine: super::RefineArgs,
+    /// In the peer comparison, also run each face crop mirrored and average the two, as
+    /// `annotate --flip` does.
+    #[arg(long, requires = "peer")]
+    pub flip: bool,
 }
 
 /// The Python of the reference and peer pipelines: --python, $PIPNET_PYTHON, else python3.
@@ -321,10 +325,11 @@ fn print_peer(p: &super::peer::PeerReport) {
     );
     let rows = [
         (
-            if p.refine {
-                "pipnet (BlazeFace + PIPNet, refine)"
-            } else {
-                "pipnet (BlazeFace + PIPNet, one pass)"
+            match (p.refine, p.flip) {
+                (true, false) => "pipnet (BlazeFace + PIPNet, refine)",
+                (false, false) => "pipnet (BlazeFace + PIPNet, one pass)",
+                (true, true) => "pipnet (BlazeFace + PIPNet, refine, flip)",
+                (false, true) => "pipnet (BlazeFace + PIPNet, one pass, flip)",
             },
             &p.ours,
             &p.ours_labeled,

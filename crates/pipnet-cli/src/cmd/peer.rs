@@ -61,6 +61,8 @@ pub struct PeerReport {
     pub threads: usize,
     /// Whether our landmarks were refined (a second pass, `--refine`).
     pub refine: bool,
+    /// Whether each crop was also run mirrored and averaged (`--flip`).
+    pub flip: bool,
     pub ours: Throughput,
     pub dlib: Throughput,
     pub photos_per_s_over_dlib: f64,
@@ -90,6 +92,7 @@ pub fn compare_with_dlib(
         None => Vec::new(),
     };
     pipeline.refine = args.refine.refine();
+    pipeline.model.set_flip_average(args.flip);
     pipeline.min_presence = pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
     let ours = bench_photos(pipeline, images, args.repeat).context("timing our pipeline")?;
     let answer = run_dlib(args, images, threads, &labeled)?;
@@ -110,6 +113,7 @@ pub fn compare_with_dlib(
         peer: "dlib".into(),
         threads,
         refine: pipeline.refine,
+        flip: pipeline.model.flip_average(),
         photos_per_s_over_dlib: ours.photos_per_second / dlib.photos_per_second,
         faces_per_s_over_dlib: ours.faces_per_second / dlib.faces_per_second,
         ours,
