@@ -320,20 +320,16 @@ fn print_peer(p: &super::peer::PeerReport) {
         p.ours.photos, p.threads
     );
     println!(
-        "{:<36} {:>8} {:>8} {:>6} {:>8} {:>8} {:>13}",
+        "{:<44} {:>8} {:>8} {:>6} {:>8} {:>8} {:>13}",
         "pipeline", "photos/s", "faces/s", "faces", "found", "NME", "NME (common)"
     );
+    let ours = format!(
+        "pipnet (BlazeFace + PIPNet, {}{})",
+        if p.refine { "refine" } else { "one pass" },
+        if p.flip { ", flip" } else { "" }
+    );
     let rows = [
-        (
-            match (p.refine, p.flip) {
-                (true, false) => "pipnet (BlazeFace + PIPNet, refine)",
-                (false, false) => "pipnet (BlazeFace + PIPNet, one pass)",
-                (true, true) => "pipnet (BlazeFace + PIPNet, refine, flip)",
-                (false, true) => "pipnet (BlazeFace + PIPNet, one pass, flip)",
-            },
-            &p.ours,
-            &p.ours_labeled,
-        ),
+        (ours.as_str(), &p.ours, &p.ours_labeled),
         ("dlib (HOG + shape predictor 68)", &p.dlib, &p.dlib_labeled),
     ];
     for (name, t, scored) in rows {
@@ -348,7 +344,7 @@ fn print_peer(p: &super::peer::PeerReport) {
             },
         );
         println!(
-            "{name:<36} {:>8.1} {:>8.1} {:>6} {found:>8} {nme:>8} {common:>13}",
+            "{name:<44} {:>8.1} {:>8.1} {:>6} {found:>8} {nme:>8} {common:>13}",
             t.photos_per_second, t.faces_per_second, t.faces
         );
     }
