@@ -317,7 +317,7 @@ pub struct PinnedMember<'a> {
     pub member_sha256: Option<&'a str>,
 }
 
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))

@@ -178,7 +178,9 @@ pub struct TrainOptions {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_minutes: Option<f64>,
     /// A run's `checkpoint/` folder to start from (fine-tuning): its weights, mean face and
-    /// neighbours; the optimizer and the learning-rate schedule start afresh.
+    /// neighbours; the optimizer and the learning-rate schedule start afresh. Or a float
+    /// contract graph of a MobileNetV2 (a file, e.g. a shipped model): its layers, at any input
+    /// size or stride ([`crate::graph_init`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub init: Option<PathBuf>,
 }

@@ -17,6 +17,7 @@ pub mod config;
 mod data;
 pub mod distill;
 pub mod emit;
+pub mod graph_init;
 pub mod imagenet;
 pub mod loss;
 pub mod model;

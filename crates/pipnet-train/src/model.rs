@@ -110,6 +110,44 @@ impl ConvBn {
         Ok(())
     }
 
+    /// Takes a folded convolution's weights, with BatchNorm statistics measured on `x` (this
+    /// layer's input), and returns the layer's output. `gamma` and `beta` undo the measured
+    /// normalisation, so the layer computes `layer` at inference (running statistics) and, on
+    /// batches like `x`, in training (batch statistics); folding it again gives `layer` back.
+    fn adopt(&mut self, layer: &ConvLayer, x: Tensor<4>, device: &Device) -> Result<Tensor<4>> {
+        let dims = self.conv.weight.val().dims();
+        let wanted = [
+            layer.out_channels,
+            layer.in_channels / layer.groups.max(1),
+            layer.kernel,
+            layer.kernel,
+        ];
+        if dims != wanted || layer.groups != self.groups || layer.stride != self.stride {
+            return Err(Error::Spec(format!(
+                "a graph convolution of shape {wanted:?} (groups {}, stride {}) where the \
+                 network has {dims:?} (groups {}, stride {})",
+                layer.groups, layer.stride, self.groups, self.stride
+            )));
+        }
+        let c = layer.out_channels;
+        self.conv.weight = Param::from_data(TensorData::new(layer.weight.clone(), dims), device);
+        let y = self.conv.forward(x).detach();
+        let per_channel = y.clone().swap_dims(0, 1).flatten::<2>(1, 3);
+        let mean = per_channel.clone().mean_dim(1);
+        let var = (per_channel - mean.clone()).powi_scalar(2).mean_dim(1);
+        let (mean, var) = (values(mean)?, values(var)?);
+        let eps = self.bn.epsilon as f32;
+        let gamma: Vec<f32> = var.iter().map(|v| (v + eps).sqrt()).collect();
+        let beta: Vec<f32> = mean.iter().zip(&layer.bias).map(|(m, b)| m + b).collect();
+        let vector = |v: Vec<f32>| TensorData::new(v, [c]);
+        self.bn.gamma = Param::from_data(vector(gamma), device);
+        self.bn.beta = Param::from_data(vector(beta), device);
+        self.bn.running_mean = RunningState::new(Tensor::from_data(vector(mean), device));
+        self.bn.running_var = RunningState::new(Tensor::from_data(vector(var), device));
+        let bias = Tensor::<1>::from_data(vector(layer.bias.clone()), device);
+        Ok(y + bias.reshape([1, c, 1, 1]))
+    }
+
     /// The convolution with the BatchNorm's running statistics folded in.
     fn folded(&self) -> Result<ConvLayer> {
         let weight = values(self.conv.weight.val())?;
@@ -293,6 +331,33 @@ impl MobileNetV2 {
         relu6(self.last.forward(x))
     }
 
+    /// Takes the folded convolutions `convs` (network order) as weights, each layer's
+    /// BatchNorm statistics measured on `image` passed through the layers before it
+    /// ([`ConvBn::adopt`]); returns the features.
+    fn adopt<'a>(
+        &mut self,
+        convs: &mut impl Iterator<Item = &'a ConvLayer>,
+        image: Tensor<4>,
+        device: &Device,
+    ) -> Result<Tensor<4>> {
+        let mut next = || {
+            convs.next().ok_or_else(|| {
+                Error::Spec("the graph has fewer convolutions than the network".into())
+            })
+        };
+        let mut x = relu6(self.stem.adopt(next()?, image, device)?);
+        for block in &mut self.blocks {
+            let mut y = x.clone();
+            if let Some(expand) = &mut block.expand {
+                y = relu6(expand.adopt(next()?, y, device)?);
+            }
+            y = relu6(block.depthwise.adopt(next()?, y, device)?);
+            y = block.project.adopt(next()?, y, device)?;
+            x = if block.residual { y + x } else { y };
+        }
+        Ok(relu6(self.last.adopt(next()?, x, device)?))
+    }
+
     /// Every convolution, in the order of [`torchvision_conv_bn_names`].
     fn layers_mut(&mut self) -> Vec<&mut ConvBn> {
         let mut out = vec![&mut self.stem];
@@ -464,6 +529,48 @@ impl PipNet {
                     .into(),
             )),
         }
+    }
+
+    /// Takes a trained graph's folded convolutions (backbone in network order, then the five
+    /// heads: [`crate::graph_init::read_graph_weights`]) as this network's weights, measuring
+    /// the BatchNorm statistics on `image` (true-box crops at this network's input size).
+    /// Curriculum heads keep their seeded weights. Only for a MobileNetV2 backbone.
+    pub fn adopt_graph(
+        &mut self,
+        convs: &[ConvLayer],
+        image: Tensor<4>,
+        device: &Device,
+    ) -> Result<()> {
+        let Features::MobilenetV2(net) = &mut self.features else {
+            return Err(Error::Spec(
+                "starting from a graph is implemented for the MobileNetV2 backbone only".into(),
+            ));
+        };
+        let mut layers = convs.iter();
+        net.adopt(&mut layers, image, device)?;
+        let heads: Vec<&ConvLayer> = layers.collect();
+        if heads.len() != self.heads.len() {
+            return Err(Error::Spec(format!(
+                "the graph has {} convolutions after the backbone, the network {} heads",
+                heads.len(),
+                self.heads.len()
+            )));
+        }
+        for (conv, layer) in self.heads.iter_mut().zip(heads) {
+            let dims = conv.weight.val().dims();
+            if dims != [layer.out_channels, layer.in_channels, 1, 1] {
+                return Err(Error::Spec(format!(
+                    "a graph head of {} x {} channels where the network has {dims:?}",
+                    layer.out_channels, layer.in_channels
+                )));
+            }
+            conv.weight = Param::from_data(TensorData::new(layer.weight.clone(), dims), device);
+            conv.bias = Some(Param::from_data(
+                TensorData::new(layer.bias.clone(), [layer.out_channels]),
+                device,
+            ));
+        }
+        Ok(())
     }
 
     /// The main head's maps: what the exported graph computes.

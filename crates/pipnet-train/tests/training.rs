@@ -480,3 +480,44 @@ fn test_init_fine_tunes_from_a_checkpoint() {
     let err = train(&other, false, |_| {}).unwrap_err().to_string();
     assert!(err.contains("train.init"), "{err}");
 }
+
+/// `train.init` may name a trained graph instead of a checkpoint: the shipped default (256 px)
+/// starts a 192-px run with its layers, mean face and provenance, and validates after one
+/// barely-moving epoch near its own accuracy at that size (0.041 on the whole validation split),
+/// far from a fresh network's. A quantized graph cannot start a run.
+#[test]
+fn test_init_starts_from_a_trained_graph_at_another_input_size() {
+    let _turn = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
+    let default = models.join("pipnet-mbv2-256-face68.onnx");
+    let config = |init: &Path, out: &Path| {
+        let mut config = tiny_config(out, 1);
+        config.network = NetworkConfig {
+            input_size: 192,
+            backbone: pipnet_train::Backbone::MobilenetV2,
+            last_stage_stride: 2,
+            num_neighbors: 10,
+            ..Default::default()
+        };
+        config.train.lr = 1e-6;
+        config.train.init = Some(init.to_path_buf());
+        config
+    };
+    let state = train(&config(&default, dir.path()), false, |_| {}).unwrap();
+    let graph = LandmarkModel::load(&default, &SessionOptions::default()).unwrap();
+    assert_eq!(state.meanface, graph.metadata().meanface);
+    let init = state.init.as_deref().unwrap();
+    assert!(init.contains(&graph.id().sha256), "{init}");
+    let nme = state.history[0].val_nme;
+    assert!(
+        nme < 0.07,
+        "validation NME {nme} after starting from the default"
+    );
+
+    let quantized = models.join("pipnet-mbv2-256-face68-int8.onnx");
+    let err = train(&config(&quantized, &dir.path().join("int8")), false, |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("train.init") && err.contains("int8"), "{err}");
+}
