@@ -201,39 +201,46 @@ pub fn train(
             )));
         }
     }
-    let (mut model, mut optimizer, mut state) = if resume
-        && paths.checkpoint().join("state.json").is_file()
-    {
-        let (state, model) = load_matching(
-            &paths.checkpoint(),
-            &spec,
-            coarse_levels,
-            &device,
-            "checkpoint",
-        )?;
-        let taught_by = teacher.as_ref().map(|t| t.teacher.describe());
-        if state.teacher != taught_by {
-            return Err(Error::Spec(format!(
-                "the checkpoint was taught by {}, the config names {}: resume with the \
+    let (mut model, mut optimizer, mut state) =
+        if resume && paths.checkpoint().join("state.json").is_file() {
+            let (state, model) = load_matching(
+                &paths.checkpoint(),
+                &spec,
+                coarse_levels,
+                &device,
+                "checkpoint",
+            )?;
+            let taught_by = teacher.as_ref().map(|t| t.teacher.describe());
+            if state.teacher != taught_by {
+                return Err(Error::Spec(format!(
+                    "the checkpoint was taught by {}, the config names {}: resume with the \
                      same [distill] teacher or start a new run folder",
-                state.teacher.as_deref().unwrap_or("no teacher"),
-                taught_by.as_deref().unwrap_or("none")
-            )));
-        }
-        let optimizer_path = paths.checkpoint().join("optimizer.bpk");
-        let bytes = std::fs::read(&optimizer_path).map_err(io_err(&optimizer_path))?;
-        let optimizer = AdamConfig::new()
-            .init()
-            .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
-            .map_err(|e| Error::Spec(format!("loading {}: {e:?}", optimizer_path.display())))?;
-        (model, optimizer, state)
-    } else {
-        let taught_by = teacher.as_ref().map(|t| &t.teacher);
-        let (model, state) = start_run(config, &spec, &data, taught_by, coarse_levels, &device)?;
-        std::fs::write(paths.root.join("config.toml"), config.to_toml())
-            .map_err(io_err(&paths.root))?;
-        (model, AdamConfig::new().init(), state)
-    };
+                    state.teacher.as_deref().unwrap_or("no teacher"),
+                    taught_by.as_deref().unwrap_or("none")
+                )));
+            }
+            let optimizer_path = paths.checkpoint().join("optimizer.bpk");
+            let bytes = std::fs::read(&optimizer_path).map_err(io_err(&optimizer_path))?;
+            let optimizer = AdamConfig::new()
+                .init()
+                .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+                .map_err(|e| Error::Spec(format!("loading {}: {e:?}", optimizer_path.display())))?;
+            (model, optimizer, state)
+        } else {
+            let taught_by = teacher.as_ref().map(|t| &t.teacher);
+            let (model, state) = start_run(
+                config,
+                &spec,
+                &data,
+                &sample_spec,
+                taught_by,
+                coarse_levels,
+                &device,
+            )?;
+            std::fs::write(paths.root.join("config.toml"), config.to_toml())
+                .map_err(io_err(&paths.root))?;
+            (model, AdamConfig::new().init(), state)
+        };
     let index = NeighborIndex::from_rows(
         spec.num_landmarks,
         spec.num_neighbors,
@@ -401,6 +408,7 @@ fn start_run(
     config: &TrainConfig,
     spec: &NetworkSpec,
     data: &Data,
+    sample_spec: &SampleSpec<'_>,
     teacher: Option<&Teacher>,
     coarse_levels: usize,
     device: &Device,
@@ -488,15 +496,7 @@ fn start_run(
         None => {
             let mut model = PipNet::seeded(spec, coarse_levels, device, config.train.seed)?;
             if let Some(graph) = &graph {
-                let flip = scheme.flip_permutation();
-                let sample_spec = SampleSpec {
-                    rule,
-                    input_size: spec.input_size,
-                    mean: IMAGENET_MEAN,
-                    std: IMAGENET_STD,
-                    flip: &flip,
-                };
-                let image = calibration_input(&data.train, &sample_spec, device);
+                let image = calibration_input(&data.train, sample_spec, device);
                 model.adopt_graph(&graph.convs, image, device)?;
             } else if config.network.pretrained == Some(Pretrained::Imagenet) {
                 let dict = read_state_dict(&mobilenet_v2_weights_path()?)?;
