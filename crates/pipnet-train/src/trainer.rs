@@ -402,7 +402,8 @@ pub fn train(
 }
 
 /// The network and state a new run starts from: seeded (or ImageNet-initialised) weights and
-/// the training faces' mean face, or those of `train.init`'s checkpoint (fine-tuning). A
+/// the training faces' mean face, or those of `train.init`'s checkpoint or graph (fine-tuning;
+/// a graph's BatchNorm statistics are measured on `sample_spec`'s true-box crops). A
 /// student shares its teacher's mean face and neighbours: their offsets must mean the same.
 fn start_run(
     config: &TrainConfig,
