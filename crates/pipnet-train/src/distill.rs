@@ -105,6 +105,7 @@ fn sample_part(output: &[f32], b: usize, len: usize) -> Result<&[f32]> {
         .ok_or_else(|| Error::Spec("teacher output shorter than its batch".into()))
 }
 
+/// Refuses a teacher whose outputs cannot mean what the student's do.
 fn check_teacher(
     meta: &ModelMetadata,
     path: &Path,
@@ -112,39 +113,50 @@ fn check_teacher(
     scheme: &str,
     rule: &CropRule,
 ) -> Result<()> {
-    let problem = if meta.outputs != OutputForm::Raw {
-        Some("its outputs are decoded in the graph; a teacher needs raw score maps".to_string())
-    } else if meta.scheme.name() != scheme {
-        Some(format!(
-            "it predicts {}, the student {scheme}",
-            meta.scheme.name()
-        ))
-    } else if meta.crop != *rule {
-        Some(format!(
-            "it crops faces by {:?}, the student by {rule:?}",
-            meta.crop
-        ))
-    } else if meta.input_size / meta.stride != spec.grid() {
-        Some(format!(
-            "its grid is {0}x{0}, the student's {1}x{1}",
-            meta.input_size / meta.stride,
-            spec.grid()
-        ))
-    } else if meta.neighbors.num_neighbors() != spec.num_neighbors {
-        Some(format!(
-            "it has {} neighbours per landmark, the student {}",
-            meta.neighbors.num_neighbors(),
-            spec.num_neighbors
-        ))
-    } else {
-        None
-    };
-    match problem {
+    match misfit(meta, spec, scheme, rule, true) {
         Some(why) => Err(Error::Spec(format!(
             "[distill] teacher {} cannot teach this network: {why}",
             path.display()
         ))),
         None => Ok(()),
+    }
+}
+
+/// Why a trained graph's outputs cannot mean what those of the network `spec` describes do
+/// (landmark scheme, crop, neighbours and, with `same_grid`, the grid), or `None`.
+pub(crate) fn misfit(
+    meta: &ModelMetadata,
+    spec: &NetworkSpec,
+    scheme: &str,
+    rule: &CropRule,
+    same_grid: bool,
+) -> Option<String> {
+    if meta.outputs != OutputForm::Raw {
+        Some("its outputs are decoded in the graph; raw score maps are needed".to_string())
+    } else if meta.scheme.name() != scheme {
+        Some(format!(
+            "it predicts {}, this network {scheme}",
+            meta.scheme.name()
+        ))
+    } else if meta.crop != *rule {
+        Some(format!(
+            "it crops faces by {:?}, this network by {rule:?}",
+            meta.crop
+        ))
+    } else if same_grid && meta.input_size / meta.stride != spec.grid() {
+        Some(format!(
+            "its grid is {0}x{0}, this network's {1}x{1}",
+            meta.input_size / meta.stride,
+            spec.grid()
+        ))
+    } else if meta.neighbors.num_neighbors() != spec.num_neighbors {
+        Some(format!(
+            "it has {} neighbours per landmark, this network {}",
+            meta.neighbors.num_neighbors(),
+            spec.num_neighbors
+        ))
+    } else {
+        None
     }
 }
 

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use burn::prelude::*;
-use pipnet_core::contract::{IMAGENET_MEAN, IMAGENET_STD, ModelMetadata, OutputForm};
+use pipnet_core::contract::{IMAGENET_MEAN, IMAGENET_STD, ModelMetadata};
 use pipnet_core::{CropRule, Point};
 use pipnet_infer::runtime::sha256_hex;
 use prost::Message;
@@ -19,6 +19,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::augment::{SampleSpec, make_sample};
 use crate::data::Face;
+use crate::distill::misfit;
 use crate::network::{ConvLayer, NetworkSpec};
 use crate::onnx::{ModelProto, TensorProto, tensor_proto::DataType};
 use crate::{Error, Result};
@@ -58,9 +59,6 @@ pub fn read_graph_weights(path: &Path) -> Result<GraphWeights> {
         .collect();
     let metadata = ModelMetadata::from_lookup(|key| props.get(key).map(|v| v.to_string()))
         .map_err(|e| fail(e.to_string()))?;
-    if metadata.outputs != OutputForm::Raw {
-        return Err(fail("its outputs are decoded in the graph".into()));
-    }
     let graph = model.graph.unwrap_or_default();
     let initializers: HashMap<&str, &TensorProto> = graph
         .initializer
@@ -143,42 +141,27 @@ fn float_values(t: &TensorProto) -> std::result::Result<Vec<f32>, String> {
     })
 }
 
-/// Refuses a graph whose landmarks, neighbours, crop or input normalisation differ from the
-/// network the config describes (its input size and stride may differ).
-pub(crate) fn check_graph_fits(
-    meta: &ModelMetadata,
-    path: &Path,
-    spec: &NetworkSpec,
-    scheme: &str,
-    rule: &CropRule,
-) -> Result<()> {
-    let problem = if meta.scheme.name() != scheme {
-        Some(format!(
-            "it predicts {}, the config {scheme}",
-            meta.scheme.name()
-        ))
-    } else if meta.crop != *rule {
-        Some(format!(
-            "it crops faces by {:?}, training by {rule:?}",
-            meta.crop
-        ))
-    } else if meta.neighbors.num_neighbors() != spec.num_neighbors {
-        Some(format!(
-            "it has {} neighbours per landmark, the config {}",
-            meta.neighbors.num_neighbors(),
-            spec.num_neighbors
-        ))
-    } else if (meta.mean, meta.std) != (IMAGENET_MEAN, IMAGENET_STD) {
-        Some("its input is normalised otherwise than training's (ImageNet)".into())
-    } else {
-        None
-    };
-    match problem {
-        Some(why) => Err(Error::Spec(format!(
-            "train.init {} cannot start this run: {why}",
-            path.display()
-        ))),
-        None => Ok(()),
+impl GraphWeights {
+    /// Refuses a graph (read from `path`) whose outputs or input normalisation differ from
+    /// those of the network `spec` describes; its input size and stride may differ.
+    pub(crate) fn check_fits(
+        &self,
+        path: &Path,
+        spec: &NetworkSpec,
+        scheme: &str,
+        rule: &CropRule,
+    ) -> Result<()> {
+        let meta = &self.metadata;
+        let problem = misfit(meta, spec, scheme, rule, false).or_else(|| {
+            ((meta.mean, meta.std) != (IMAGENET_MEAN, IMAGENET_STD))
+                .then(|| "its input is normalised otherwise than training's (ImageNet)".into())
+        });
+        problem.map_or(Ok(()), |why| {
+            Err(Error::Spec(format!(
+                "train.init {} cannot start this run: {why}",
+                path.display()
+            )))
+        })
     }
 }
 
@@ -303,15 +286,10 @@ mod tests {
         )
         .unwrap();
         let read = read_graph_weights(&graph).unwrap();
-        let err = check_graph_fits(
-            &read.metadata,
-            &graph,
-            &spec,
-            "300w-68",
-            &CropRule::default(),
-        )
-        .unwrap_err()
-        .to_string();
+        let err = read
+            .check_fits(&graph, &spec, "300w-68", &CropRule::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("normalised"), "{err}");
     }
 }

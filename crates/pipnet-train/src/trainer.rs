@@ -23,7 +23,7 @@ use crate::config::{Pretrained, TrainConfig};
 use crate::data::{Data, Face, load_data, mean_face_of};
 use crate::distill::Teacher;
 use crate::emit::write_model;
-use crate::graph_init::{calibration_input, check_graph_fits, read_graph_weights};
+use crate::graph_init::{calibration_input, read_graph_weights};
 use crate::imagenet::{mobilenet_v2_weights_path, read_state_dict};
 use crate::loss::{TargetBatch, pip_loss};
 use crate::model::PipNet;
@@ -421,7 +421,7 @@ fn start_run(
     let graph = match init_path.filter(|p| p.is_file()) {
         Some(path) => {
             let graph = read_graph_weights(path)?;
-            check_graph_fits(&graph.metadata, path, spec, scheme.name(), &rule)?;
+            graph.check_fits(path, spec, scheme.name(), &rule)?;
             Some(graph)
         }
         None => None,
