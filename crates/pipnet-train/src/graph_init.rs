@@ -262,6 +262,17 @@ mod tests {
         let training: Vec<f32> = training.inner().into_data().try_to_vec::<f32>().unwrap();
         let inference: Vec<f32> = inference.into_data().try_to_vec::<f32>().unwrap();
         assert_close(&training, &inference, "score maps, training vs inference");
+
+        // The layers' shapes do not depend on the stride either.
+        let stride16 = NetworkSpec {
+            last_stage_stride: 1,
+            ..spec
+        };
+        let mut net = PipNet::seeded(&stride16, 0, &device, 1).unwrap();
+        let image = Tensor::<4>::random([2, 3, 96, 96], Distribution::Normal(0.0, 1.0), &device);
+        net.adopt_graph(&read.convs, image.clone(), &device)
+            .unwrap();
+        assert_eq!(net.forward(image).cls.dims(), [2, 68, 6, 6]);
     }
 
     #[test]

@@ -122,11 +122,12 @@ impl ConvBn {
             layer.kernel,
             layer.kernel,
         ];
-        if dims != wanted || layer.groups != self.groups || layer.stride != self.stride {
+        // The stride stays the network's own: a graph may start a network of another stride.
+        if dims != wanted || layer.groups != self.groups {
             return Err(Error::Spec(format!(
-                "a graph convolution of shape {wanted:?} (groups {}, stride {}) where the \
-                 network has {dims:?} (groups {}, stride {})",
-                layer.groups, layer.stride, self.groups, self.stride
+                "a graph convolution of shape {wanted:?} (groups {}) where the network has \
+                 {dims:?} (groups {})",
+                layer.groups, self.groups
             )));
         }
         let c = layer.out_channels;
