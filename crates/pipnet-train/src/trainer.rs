@@ -496,9 +496,16 @@ fn start_run(
         Some((_, _, model)) => model,
         None => {
             let mut model = PipNet::seeded(spec, coarse_levels, device, config.train.seed)?;
-            if let Some(graph) = &graph {
+            if let (Some(graph), Some(path)) = (&graph, init_path) {
                 let image = calibration_input(&data.train, sample_spec, device);
-                model.adopt_graph(&graph.convs, image, device)?;
+                model
+                    .adopt_graph(&graph.convs, image, device)
+                    .map_err(|e| match e {
+                        Error::Spec(why) => {
+                            Error::Spec(format!("train.init {}: {why}", path.display()))
+                        }
+                        other => other,
+                    })?;
             } else if config.network.pretrained == Some(Pretrained::Imagenet) {
                 let dict = read_state_dict(&mobilenet_v2_weights_path()?)?;
                 model.load_imagenet(&dict, device)?;

@@ -484,7 +484,7 @@ fn test_init_fine_tunes_from_a_checkpoint() {
 /// `train.init` may name a trained graph instead of a checkpoint: the shipped default (256 px)
 /// starts a 192-px run with its layers, mean face and provenance, and validates after one
 /// barely-moving epoch near its own accuracy at that size (0.041 on the whole validation split),
-/// far from a fresh network's. A quantized graph cannot start a run.
+/// far from a fresh network's. A quantized graph, or one of another network, cannot start it.
 #[test]
 fn test_init_starts_from_a_trained_graph_at_another_input_size() {
     let _turn = one_at_a_time();
@@ -520,4 +520,13 @@ fn test_init_starts_from_a_trained_graph_at_another_input_size() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("train.init") && err.contains("int8"), "{err}");
+    // A float graph of another network: refused at its first layer, naming the graph.
+    let resnet = models.join("pipnet-r18h-128-face68.onnx");
+    let err = train(&config(&resnet, &dir.path().join("resnet")), false, |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("pipnet-r18h-128-face68.onnx") && err.contains("graph convolution"),
+        "{err}"
+    );
 }
