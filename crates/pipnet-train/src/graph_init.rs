@@ -7,11 +7,11 @@
 //! network computes what the graph does, in training as at inference.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
+use pipnet_core::CropRule;
 use pipnet_core::contract::{IMAGENET_MEAN, IMAGENET_STD, ModelMetadata};
-use pipnet_core::{CropRule, Point};
 use pipnet_infer::runtime::sha256_hex;
 use prost::Message;
 use rand::SeedableRng;
@@ -27,12 +27,13 @@ use crate::{Error, Result};
 /// Faces whose true-box crops set the BatchNorm statistics of a network started from a graph.
 pub(crate) const CALIBRATION_FACES: usize = 64;
 
-/// A graph's convolutions in network order (backbone, then the five heads), its metadata and
-/// the SHA-256 of its file (the run's provenance).
+/// A graph's convolutions in network order (backbone, then the five heads), its metadata, and
+/// its file and that file's SHA-256 (the run's provenance).
 #[derive(Debug)]
 pub struct GraphWeights {
     pub convs: Vec<ConvLayer>,
     pub metadata: ModelMetadata,
+    pub path: PathBuf,
     pub sha256: String,
 }
 
@@ -83,23 +84,26 @@ pub fn read_graph_weights(path: &Path) -> Result<GraphWeights> {
         };
         let (dims, weight) = tensor(1)?;
         let (_, bias) = tensor(2)?;
-        let ints = |name: &str| {
-            node.attribute
-                .iter()
-                .find(|a| a.name() == name)
-                .map(|a| (a.ints.first().copied(), a.i))
-        };
-        let groups = ints("group").and_then(|(_, i)| i).unwrap_or(1) as usize;
-        let stride = ints("strides").and_then(|(s, _)| s).unwrap_or(1) as usize;
-        let padding = ints("pads").and_then(|(p, _)| p).unwrap_or(0) as usize;
-        let &[out_channels, in_per_group, kernel, _] = dims else {
+        let attribute = |name: &str| node.attribute.iter().find(|a| a.name() == name);
+        let groups = attribute("group").and_then(|a| a.i).unwrap_or(1) as usize;
+        let first = |name: &str| attribute(name).and_then(|a| a.ints.first().copied());
+        let stride = first("strides").unwrap_or(1) as usize;
+        let padding = first("pads").unwrap_or(0) as usize;
+        let shape: Vec<usize> = dims.iter().map(|&d| d.max(0) as usize).collect();
+        let &[out_channels, in_per_group, kernel, kernel_width] = shape.as_slice() else {
             return Err(fail(format!(
                 "convolution {} has weights of shape {dims:?}",
                 node.name()
             )));
         };
-        let (out_channels, kernel) = (out_channels as usize, kernel as usize);
-        if bias.len() != out_channels || weight.is_empty() {
+        if kernel != kernel_width || weight.len() != shape.iter().product::<usize>() {
+            return Err(fail(format!(
+                "convolution {} has {} weights for a square kernel of shape {dims:?}",
+                node.name(),
+                weight.len()
+            )));
+        }
+        if bias.len() != out_channels {
             return Err(fail(format!(
                 "convolution {} has {} biases for {out_channels} channels",
                 node.name(),
@@ -108,7 +112,7 @@ pub fn read_graph_weights(path: &Path) -> Result<GraphWeights> {
         }
         convs.push(ConvLayer {
             out_channels,
-            in_channels: in_per_group as usize * groups,
+            in_channels: in_per_group * groups,
             kernel,
             stride,
             padding,
@@ -120,6 +124,7 @@ pub fn read_graph_weights(path: &Path) -> Result<GraphWeights> {
     Ok(GraphWeights {
         convs,
         metadata,
+        path: path.to_path_buf(),
         sha256: sha256_hex(&bytes),
     })
 }
@@ -142,11 +147,10 @@ fn float_values(t: &TensorProto) -> std::result::Result<Vec<f32>, String> {
 }
 
 impl GraphWeights {
-    /// Refuses a graph (read from `path`) whose outputs or input normalisation differ from
-    /// those of the network `spec` describes; its input size and stride may differ.
+    /// Refuses a graph whose outputs or input normalisation differ from those of the network
+    /// `spec` describes; its input size and stride may differ.
     pub(crate) fn check_fits(
         &self,
-        path: &Path,
         spec: &NetworkSpec,
         scheme: &str,
         rule: &CropRule,
@@ -159,7 +163,7 @@ impl GraphWeights {
         problem.map_or(Ok(()), |why| {
             Err(Error::Spec(format!(
                 "train.init {} cannot start this run: {why}",
-                path.display()
+                self.path.display()
             )))
         })
     }
@@ -177,7 +181,7 @@ pub(crate) fn calibration_input(
     // Without augmentation the random generator is not drawn from.
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     for (face, out) in faces.iter().zip(input.chunks_exact_mut(3 * s * s)) {
-        let _: Vec<Point> = make_sample(&face.image, &face.points, spec, None, &mut rng, out);
+        make_sample(&face.image, &face.points, spec, None, &mut rng, out);
     }
     Tensor::from_data(TensorData::new(input, [faces.len(), 3, s, s]), device)
 }
@@ -298,9 +302,22 @@ mod tests {
         .unwrap();
         let read = read_graph_weights(&graph).unwrap();
         let err = read
-            .check_fits(&graph, &spec, "300w-68", &CropRule::default())
+            .check_fits(&spec, "300w-68", &CropRule::default())
             .unwrap_err()
             .to_string();
         assert!(err.contains("normalised"), "{err}");
+
+        // Weights that do not fill their declared shape are refused when read, not later.
+        let mut model = ModelProto::decode(std::fs::read(&graph).unwrap().as_slice()).unwrap();
+        let initializers = &mut model.graph.as_mut().unwrap().initializer;
+        let weight = initializers
+            .iter_mut()
+            .find(|t| t.name().ends_with(".weight"));
+        let weight = weight.unwrap();
+        weight.raw_data.as_mut().unwrap().truncate(8);
+        let truncated = dir.path().join("truncated.onnx");
+        std::fs::write(&truncated, model.encode_to_vec()).unwrap();
+        let err = read_graph_weights(&truncated).unwrap_err().to_string();
+        assert!(err.contains("2 weights for a square kernel"), "{err}");
     }
 }

@@ -421,7 +421,7 @@ fn start_run(
     let graph = match init_path.filter(|p| p.is_file()) {
         Some(path) => {
             let graph = read_graph_weights(path)?;
-            graph.check_fits(path, spec, scheme.name(), &rule)?;
+            graph.check_fits(spec, scheme.name(), &rule)?;
             Some(graph)
         }
         None => None,
@@ -482,27 +482,25 @@ fn start_run(
         },
         planned_epochs: None,
         teacher: teacher.map(Teacher::describe),
-        init: match (&init, &graph, init_path) {
-            (Some((path, state, _)), _, _) => {
+        init: match (&init, &graph) {
+            (Some((path, state, _)), _) => {
                 Some(format!("{} (epoch {})", path.display(), state.epoch))
             }
-            (None, Some(g), Some(path)) => {
-                Some(format!("{} (sha256 {})", path.display(), g.sha256))
-            }
-            _ => None,
+            (None, Some(g)) => Some(format!("{} (sha256 {})", g.path.display(), g.sha256)),
+            (None, None) => None,
         },
     };
     let model = match init {
         Some((_, _, model)) => model,
         None => {
             let mut model = PipNet::seeded(spec, coarse_levels, device, config.train.seed)?;
-            if let (Some(graph), Some(path)) = (&graph, init_path) {
+            if let Some(graph) = &graph {
                 let image = calibration_input(&data.train, sample_spec, device);
                 model
                     .adopt_graph(&graph.convs, image, device)
                     .map_err(|e| match e {
                         Error::Spec(why) => {
-                            Error::Spec(format!("train.init {}: {why}", path.display()))
+                            Error::Spec(format!("train.init {}: {why}", graph.path.display()))
                         }
                         other => other,
                     })?;
