@@ -582,7 +582,7 @@ fn test_int8_calibrates_on_the_crops_eval_writes() {
     let two: Vec<&str> = csv.lines().take(3).collect();
     std::fs::write(&listed, two.join("\n")).unwrap();
     let quantize = |crops: &Path| {
-        Command::new(common::python())
+        common::python_export()
             .args(["-m", "pipnet_export.quantize"])
             .arg(common::shipped_model())
             .arg(&faces)
@@ -590,7 +590,6 @@ fn test_int8_calibrates_on_the_crops_eval_writes() {
             .arg(tmp.path().join("int8.onnx"))
             .arg("--crops")
             .arg(crops)
-            .env("PYTHONPATH", common::repo_root().join("python-export/src"))
             .output()
             .unwrap()
     };

@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use pipnet::core::{FaceCrop, Landmark};
 use pipnet::infer::detect::FaceDetector;
@@ -21,11 +20,10 @@ fn reference(dir: &Path, mode: &str, input: &Value) -> Value {
         dir.join(format!("{mode}-out.json")),
     );
     std::fs::write(&inp, input.to_string()).unwrap();
-    let output = Command::new(common::python())
+    let output = common::python_export()
         .args(["-m", "pipnet_export.reference", mode])
         .arg(&inp)
         .arg(&out)
-        .env("PYTHONPATH", common::repo_root().join("python-export/src"))
         .output()
         .expect("run python");
     assert!(
@@ -178,9 +176,8 @@ fn test_int8_twin_keeps_the_contract_and_the_landmarks() {
                   from pipnet_export.quantize import is_validation\n\
                   names = json.load(sys.stdin)\n\
                   print(json.dumps([n for n in names if is_validation(n, 0.1, 1)]))";
-    let mut child = Command::new(common::python())
+    let mut child = common::python_export()
         .args(["-c", script])
-        .env("PYTHONPATH", common::repo_root().join("python-export/src"))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -199,7 +196,7 @@ fn test_int8_twin_keeps_the_contract_and_the_landmarks() {
     let fp32 = common::shipped_model();
     let quantize = |name: &str, options: &[&str]| {
         let out = tmp.path().join(name);
-        let output = Command::new(common::python())
+        let output = common::python_export()
             .args(["-m", "pipnet_export.quantize"])
             .arg(&fp32)
             .arg(&data)
@@ -207,7 +204,6 @@ fn test_int8_twin_keeps_the_contract_and_the_landmarks() {
             .args(options)
             .arg("--out")
             .arg(&out)
-            .env("PYTHONPATH", common::repo_root().join("python-export/src"))
             .output()
             .unwrap();
         assert!(

@@ -33,6 +33,14 @@ pub fn shipped_model() -> PathBuf {
         .join(pipnet_infer::model::BUILTIN_FILE)
 }
 
+/// A command of the test [`python`] with `python-export/src` importable: `pipnet_export` as
+/// the repository has it, not installed.
+pub fn python_export() -> Command {
+    let mut command = Command::new(python());
+    command.env("PYTHONPATH", repo_root().join("python-export/src"));
+    command
+}
+
 /// A Python interpreter with `python-export/requirements-test.txt` installed (hash-checked)
 /// in `target/test-python`. Created on first use; a file lock serialises concurrent test
 /// processes.
