@@ -183,6 +183,12 @@ pub struct TrainOptions {
     /// size or stride ([`crate::graph_init`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub init: Option<PathBuf>,
+    /// Decay per step of an exponential moving average of the weights (e.g. 0.998, about 500
+    /// steps' memory): when set, the average is what is validated and written as `last.onnx`
+    /// and `best.onnx`, and the trained network's own figure goes to `metrics.csv` beside it
+    /// ([`crate::average`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ema: Option<f64>,
 }
 
 impl Default for TrainOptions {
@@ -198,6 +204,7 @@ impl Default for TrainOptions {
             out: PathBuf::from("runs/default"),
             max_minutes: None,
             init: None,
+            ema: None,
         }
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Data flow: [`config`] (train.toml) -> labeled faces (pipnet-infer) -> [`augment`] (random
 //! crops through the runtime's own sampler) -> [`targets`] -> [`model`] (burn) -> [`loss`] ->
-//! [`trainer`] (Adam, checkpoints, resume, validation through ONNX Runtime). [`network`]
+//! [`trainer`] (Adam, checkpoints, resume, validation through ONNX Runtime; [`average`] keeps
+//! an average of the weights). [`network`]
 //! describes the inference network with BatchNorm folded in, and [`emit`] writes it as an ONNX
 //! graph with full contract metadata; [`seeded`] makes untrained graphs for tests;
 //! [`imagenet`] provides pretrained MobileNetV2 weights. [`stc`]
@@ -12,6 +13,7 @@
 //! machine the photos cannot travel to (a lent GPU).
 
 pub mod augment;
+pub mod average;
 mod batches;
 pub mod config;
 mod data;

@@ -30,6 +30,9 @@ pub struct EpochRecord {
     /// Self-training round in force (0: labeled faces only).
     #[serde(default)]
     pub round: usize,
+    /// With `train.ema`, `val_nme` is the weight average's and this the trained network's own.
+    #[serde(default)]
+    pub raw_val_nme: Option<f32>,
 }
 
 /// Everything besides the weights needed to continue a run or export it.
@@ -164,6 +167,10 @@ impl RunPaths {
     pub fn best_model(&self) -> PathBuf {
         self.root.join("best.onnx")
     }
+    /// With `train.ema`, the trained network's own graph (`last.onnx` is the average's).
+    pub fn last_raw_model(&self) -> PathBuf {
+        self.root.join("last-raw.onnx")
+    }
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -173,11 +180,15 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
-/// Saves model, optimizer and state into `checkpoint/` atomically: everything is written to
-/// `checkpoint.new/`, which then replaces the old folder.
+/// The weight average's file in a checkpoint (`train.ema`).
+pub(crate) const AVERAGE_FILE: &str = "average.bpk";
+
+/// Saves model, its weight average if any, optimizer and state into `checkpoint/` atomically:
+/// everything is written to `checkpoint.new/`, which then replaces the old folder.
 pub(crate) fn save_checkpoint(
     paths: &RunPaths,
     model: &PipNet,
+    average: Option<&PipNet>,
     optimizer_bytes: &[u8],
     state: &RunState,
 ) -> Result<()> {
@@ -190,6 +201,12 @@ pub(crate) fn save_checkpoint(
         .valid()
         .save_file(staging.join("model.bpk"))
         .map_err(|e| Error::Spec(format!("saving model: {e:?}")))?;
+    if let Some(average) = average {
+        average
+            .clone()
+            .save_file(staging.join(AVERAGE_FILE))
+            .map_err(|e| Error::Spec(format!("saving the weight average: {e:?}")))?;
+    }
     std::fs::write(staging.join("optimizer.bpk"), optimizer_bytes).map_err(io_err(&staging))?;
     let json = serde_json::to_string_pretty(state).map_err(|e| Error::Spec(e.to_string()))?;
     std::fs::write(staging.join("state.json"), json).map_err(io_err(&staging))?;
@@ -212,10 +229,25 @@ pub fn load_state(checkpoint: &Path) -> Result<RunState> {
 
 /// Loads a checkpoint's network (described by its `state`) onto `device`.
 pub fn load_network(checkpoint: &Path, state: &RunState, device: &Device) -> Result<PipNet> {
-    let path = checkpoint.join("model.bpk");
+    load_weights(&checkpoint.join("model.bpk"), state, device)
+}
+
+/// Loads a checkpoint's weight average (`train.ema`), if it has one.
+pub fn load_average(
+    checkpoint: &Path,
+    state: &RunState,
+    device: &Device,
+) -> Result<Option<PipNet>> {
+    let path = checkpoint.join(AVERAGE_FILE);
+    path.is_file()
+        .then(|| load_weights(&path, state, device))
+        .transpose()
+}
+
+fn load_weights(path: &Path, state: &RunState, device: &Device) -> Result<PipNet> {
     // Seeded only so the draw takes the init lock; the loaded weights replace it.
     PipNet::seeded(&state.spec, state.coarse_levels, device, 0)?
-        .try_load_file(&path)
+        .try_load_file(path)
         .map_err(|e| Error::Spec(format!("loading {}: {e:?}", path.display())))
 }
 
@@ -243,10 +275,15 @@ pub(crate) fn load_matching(
     Ok((state, model))
 }
 
-/// Writes the checkpoint's network as a contract ONNX graph; returns its metadata.
+/// Writes the checkpoint's network as a contract ONNX graph (its weight average when the run
+/// kept one: what the run validated); returns its metadata.
 pub fn export_checkpoint(checkpoint: &Path, out: &Path) -> Result<ModelMetadata> {
     let state = load_state(checkpoint)?;
-    let model = load_network(checkpoint, &state, &Device::flex())?;
+    let device = Device::flex();
+    let model = match load_average(checkpoint, &state, &device)? {
+        Some(average) => average,
+        None => load_network(checkpoint, &state, &device)?,
+    };
     let metrics = state.history.last().map(|r| {
         format!(
             "val_nme_ip={:.4} (epoch {}, own split of face68-train)",
@@ -259,11 +296,13 @@ pub fn export_checkpoint(checkpoint: &Path, out: &Path) -> Result<ModelMetadata>
 }
 
 pub(crate) fn write_metrics(path: &Path, history: &[EpochRecord]) -> Result<()> {
-    let mut csv =
-        String::from("epoch,train_loss,val_nme,val_fr,lr,seconds,images_per_second,round\n");
+    let mut csv = String::from(
+        "epoch,train_loss,val_nme,val_fr,lr,seconds,images_per_second,round,raw_val_nme\n",
+    );
     for r in history {
+        let raw = r.raw_val_nme.map(|v| format!("{v:.6}")).unwrap_or_default();
         csv.push_str(&format!(
-            "{},{:.6},{:.6},{:.4},{:.3e},{:.1},{:.1},{}\n",
+            "{},{:.6},{:.6},{:.4},{:.3e},{:.1},{:.1},{},{raw}\n",
             r.epoch,
             r.train_loss,
             r.val_nme,
@@ -294,6 +333,7 @@ mod tests {
             seconds: 18.865084376975894,
             images_per_second: 9.187391571124515,
             round: 0,
+            raw_val_nme: Some(0.6624775),
         };
         let json = serde_json::to_string(&record).unwrap();
         let back: EpochRecord = serde_json::from_str(&json).unwrap();

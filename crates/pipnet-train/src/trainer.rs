@@ -18,6 +18,7 @@ use pipnet_infer::labeled::LabeledFace;
 use pipnet_infer::{LandmarkModel, Pipeline, SessionOptions};
 
 use crate::augment::SampleSpec;
+use crate::average::WeightAverage;
 use crate::batches::{EpochFaces, HostBatch, TeacherInput, epoch_batches};
 use crate::config::{Pretrained, TrainConfig};
 use crate::data::{Data, Face, load_data, mean_face_of};
@@ -28,7 +29,9 @@ use crate::imagenet::{mobilenet_v2_weights_path, read_state_dict};
 use crate::loss::{TargetBatch, pip_loss};
 use crate::model::PipNet;
 use crate::network::NetworkSpec;
-pub use crate::run::{EpochRecord, RunState, export_checkpoint, load_network, load_state};
+pub use crate::run::{
+    EpochRecord, RunState, export_checkpoint, load_average, load_network, load_state,
+};
 use crate::run::{
     RunPaths, io_err, load_matching, save_checkpoint, unlabeled_sources, write_metrics,
 };
@@ -201,46 +204,65 @@ pub fn train(
             )));
         }
     }
-    let (mut model, mut optimizer, mut state) =
-        if resume && paths.checkpoint().join("state.json").is_file() {
-            let (state, model) = load_matching(
-                &paths.checkpoint(),
-                &spec,
-                coarse_levels,
-                &device,
-                "checkpoint",
-            )?;
-            let taught_by = teacher.as_ref().map(|t| t.teacher.describe());
-            if state.teacher != taught_by {
-                return Err(Error::Spec(format!(
-                    "the checkpoint was taught by {}, the config names {}: resume with the \
+    if let Some(decay) = config.train.ema.filter(|d| !(0.0..1.0).contains(d)) {
+        return Err(Error::Spec(format!(
+            "train.ema is the weight average's decay per step, in [0, 1); got {decay}"
+        )));
+    }
+    let resuming = resume && paths.checkpoint().join("state.json").is_file();
+    let (mut model, mut optimizer, mut state) = if resuming {
+        let (state, model) = load_matching(
+            &paths.checkpoint(),
+            &spec,
+            coarse_levels,
+            &device,
+            "checkpoint",
+        )?;
+        let taught_by = teacher.as_ref().map(|t| t.teacher.describe());
+        if state.teacher != taught_by {
+            return Err(Error::Spec(format!(
+                "the checkpoint was taught by {}, the config names {}: resume with the \
                      same [distill] teacher or start a new run folder",
-                    state.teacher.as_deref().unwrap_or("no teacher"),
-                    taught_by.as_deref().unwrap_or("none")
-                )));
-            }
-            let optimizer_path = paths.checkpoint().join("optimizer.bpk");
-            let bytes = std::fs::read(&optimizer_path).map_err(io_err(&optimizer_path))?;
-            let optimizer = AdamConfig::new()
-                .init()
-                .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
-                .map_err(|e| Error::Spec(format!("loading {}: {e:?}", optimizer_path.display())))?;
-            (model, optimizer, state)
-        } else {
-            let taught_by = teacher.as_ref().map(|t| &t.teacher);
-            let (model, state) = start_run(
-                config,
-                &spec,
-                &data,
-                &sample_spec,
-                taught_by,
-                coarse_levels,
-                &device,
-            )?;
-            std::fs::write(paths.root.join("config.toml"), config.to_toml())
-                .map_err(io_err(&paths.root))?;
-            (model, AdamConfig::new().init(), state)
-        };
+                state.teacher.as_deref().unwrap_or("no teacher"),
+                taught_by.as_deref().unwrap_or("none")
+            )));
+        }
+        let optimizer_path = paths.checkpoint().join("optimizer.bpk");
+        let bytes = std::fs::read(&optimizer_path).map_err(io_err(&optimizer_path))?;
+        let optimizer = AdamConfig::new()
+            .init()
+            .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+            .map_err(|e| Error::Spec(format!("loading {}: {e:?}", optimizer_path.display())))?;
+        (model, optimizer, state)
+    } else {
+        let taught_by = teacher.as_ref().map(|t| &t.teacher);
+        let (model, state) = start_run(
+            config,
+            &spec,
+            &data,
+            &sample_spec,
+            taught_by,
+            coarse_levels,
+            &device,
+        )?;
+        std::fs::write(paths.root.join("config.toml"), config.to_toml())
+            .map_err(io_err(&paths.root))?;
+        (model, AdamConfig::new().init(), state)
+    };
+    let mut average = match config.train.ema {
+        None => None,
+        Some(decay) if resuming => {
+            let saved = load_average(&paths.checkpoint(), &state, &device)?.ok_or_else(|| {
+                Error::Spec(format!(
+                    "the checkpoint in {} has no weight average: resume without train.ema or \
+                     start a new run folder",
+                    paths.root.display()
+                ))
+            })?;
+            Some(WeightAverage::resume(saved, decay))
+        }
+        Some(decay) => Some(WeightAverage::new(&model, decay)),
+    };
     let index = NeighborIndex::from_rows(
         spec.num_landmarks,
         spec.num_neighbors,
@@ -347,6 +369,9 @@ pub fn train(
                     .schedule
                     .lr(config.train.lr, state.step, total_steps, epoch);
                 model = optimizer.step(lr, model.clone(), grads);
+                if let Some(average) = average.as_mut() {
+                    average.update(&model, state.step);
+                }
                 state.step += 1;
                 steps += 1;
                 loss_sum += f64::from(value);
@@ -359,7 +384,12 @@ pub fn train(
         })?;
         let seconds = start.elapsed().as_secs_f64();
         state.epoch += 1;
-        let (val_nme, val_fr) = validate(&model, &state, &data.val, &paths.last_model())?;
+        let validated = average.as_ref().map_or(&model, WeightAverage::net);
+        let (val_nme, val_fr) = validate(validated, &state, &data.val, &paths.last_model())?;
+        let raw_val_nme = match average {
+            Some(_) => Some(validate(&model, &state, &data.val, &paths.last_raw_model())?.0),
+            None => None,
+        };
         let record = EpochRecord {
             epoch: state.epoch,
             train_loss: (loss_sum / steps.max(1) as f64) as f32,
@@ -369,6 +399,7 @@ pub fn train(
             seconds,
             images_per_second: images as f64 / seconds.max(1e-9),
             round,
+            raw_val_nme,
         };
         let best = state
             .history
@@ -394,7 +425,8 @@ pub fn train(
             epochs = config.train.epochs.min(state.epoch + more as usize);
             state.planned_epochs = (epochs < config.train.epochs).then_some(epochs);
         }
-        save_checkpoint(&paths, &model, &optimizer_bytes, &state)?;
+        let averaged = average.as_ref().map(WeightAverage::net);
+        save_checkpoint(&paths, &model, averaged, &optimizer_bytes, &state)?;
         write_metrics(&paths.metrics(), &state.history)?;
         on_event(Event::EpochEnd(record));
     }

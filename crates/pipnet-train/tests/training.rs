@@ -13,11 +13,14 @@ use pipnet_train::config::{
     DataConfig, NetworkConfig, Schedule, StcConfig, TrainConfig, TrainOptions,
 };
 use pipnet_train::distill::DistillConfig;
+use pipnet_train::model::PipNet;
 use pipnet_train::network::BackboneWeights;
 use pipnet_train::stc::{UnlabeledImage, load_pseudo_labels, pseudo_label, round_path};
 #[cfg(feature = "wgpu")]
 use pipnet_train::trainer::training_device;
-use pipnet_train::trainer::{Event, export_checkpoint, load_network, load_state, train};
+use pipnet_train::trainer::{
+    Event, RunState, export_checkpoint, load_average, load_network, load_state, train,
+};
 
 /// burn's CPU backend splits reductions across the shared rayon pool adaptively, so two
 /// trainings running at once in one process are not bit-reproducible; these tests take turns.
@@ -97,6 +100,10 @@ fn test_tiny_run_lowers_the_loss_on_real_faces() {
 fn all_weights(checkpoint: &Path) -> Vec<f32> {
     let state = load_state(checkpoint).unwrap();
     let net = load_network(checkpoint, &state, &Device::flex()).unwrap();
+    network_weights(&net, &state)
+}
+
+fn network_weights(net: &PipNet, state: &RunState) -> Vec<f32> {
     let w = net.to_weights(&state.spec).unwrap();
     let BackboneWeights::Resnet18 { stem, stages } = &w.backbone else {
         panic!("the tiny network is a ResNet");
@@ -116,12 +123,17 @@ fn all_weights(checkpoint: &Path) -> Vec<f32> {
 }
 
 fn assert_same_weights(a: &Path, b: &Path) {
-    let a = all_weights(&a.join("checkpoint"));
-    let b = all_weights(&b.join("checkpoint"));
+    assert_close(
+        &all_weights(&a.join("checkpoint")),
+        &all_weights(&b.join("checkpoint")),
+    );
+}
+
+fn assert_close(a: &[f32], b: &[f32]) {
     assert_eq!(a.len(), b.len());
     let worst = a
         .iter()
-        .zip(&b)
+        .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0f32, f32::max);
     assert!(worst <= 1e-6, "largest weight difference {worst}");
@@ -226,6 +238,66 @@ fn test_exported_graph_matches_the_burn_network() {
     let state = load_state(&checkpoint).unwrap();
     let net = load_network(&checkpoint, &state, &Device::flex()).unwrap();
     common::assert_graph_matches_network(&net, &onnx, 2, 64);
+}
+
+/// With `train.ema` the run validates and writes the weight average, records the trained
+/// network's own figure beside it, exports the average, and a resumed run continues the same
+/// average; a run that kept none cannot resume into one.
+#[test]
+fn test_weight_average_is_what_the_run_validates_writes_and_resumes() {
+    let _turn = one_at_a_time();
+    let averaged = |out: &Path, epochs| {
+        let mut config = tiny_config(out, epochs);
+        config.train.ema = Some(0.9);
+        config
+    };
+    let straight = tempfile::tempdir().unwrap();
+    let state = train(&averaged(straight.path(), 4), false, |_| {}).unwrap();
+    for r in &state.history {
+        let raw = r.raw_val_nme.expect("the network's own NME is recorded");
+        assert!(
+            raw.is_finite() && raw != r.val_nme,
+            "{raw} vs {}",
+            r.val_nme
+        );
+    }
+    let csv = std::fs::read_to_string(straight.path().join("metrics.csv")).unwrap();
+    assert!(
+        csv.lines().next().unwrap().ends_with(",raw_val_nme"),
+        "{csv}"
+    );
+
+    let checkpoint = straight.path().join("checkpoint");
+    let device = Device::flex();
+    let average = load_average(&checkpoint, &state, &device)
+        .unwrap()
+        .expect("the checkpoint keeps the average");
+    let network = load_network(&checkpoint, &state, &device).unwrap();
+    common::assert_graph_matches_network(&average, &straight.path().join("last.onnx"), 2, 64);
+    common::assert_graph_matches_network(&network, &straight.path().join("last-raw.onnx"), 2, 64);
+    let exported = straight.path().join("exported.onnx");
+    export_checkpoint(&checkpoint, &exported).unwrap();
+    common::assert_graph_matches_network(&average, &exported, 2, 64);
+
+    let split = tempfile::tempdir().unwrap();
+    train(&averaged(split.path(), 2), false, |_| {}).unwrap();
+    let resumed = train(&averaged(split.path(), 4), true, |_| {}).unwrap();
+    let resumed_average = load_average(&split.path().join("checkpoint"), &resumed, &device)
+        .unwrap()
+        .unwrap();
+    assert_close(
+        &network_weights(&average, &state),
+        &network_weights(&resumed_average, &resumed),
+    );
+
+    let plain = tempfile::tempdir().unwrap();
+    train(&tiny_config(plain.path(), 1), false, |_| {}).unwrap();
+    let err = train(&averaged(plain.path(), 2), true, |_| {}).unwrap_err();
+    assert!(err.to_string().contains("no weight average"), "{err}");
+    let mut wrong = averaged(plain.path(), 2);
+    wrong.train.ema = Some(1.0);
+    let err = train(&wrong, false, |_| {}).unwrap_err();
+    assert!(err.to_string().contains("train.ema"), "{err}");
 }
 
 /// A time budget that one epoch already spends ends the run there, and the checkpoint

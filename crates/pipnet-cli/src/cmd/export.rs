@@ -7,7 +7,8 @@ use anyhow::Context;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A run's `checkpoint/` folder (or the run folder holding it).
+    /// A run's `checkpoint/` folder (or the run folder holding it); a run with `train.ema`
+    /// exports its weight average.
     checkpoint: PathBuf,
     /// Where to write the ONNX graph.
     #[arg(long)]

@@ -216,8 +216,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Event::EpochEnd(r) => {
             bar.finish_and_clear();
+            let raw = r
+                .raw_val_nme
+                .map(|v| format!(" (average; network {v:.4})"))
+                .unwrap_or_default();
             eprintln!(
-                "epoch {:>3}  loss {:.4}  val NME {:.4}  FR@0.1 {:.3}  lr {:.2e}  {:.0}s  {:.1} img/s",
+                "epoch {:>3}  loss {:.4}  val NME {:.4}{raw}  FR@0.1 {:.3}  lr {:.2e}  {:.0}s  {:.1} img/s",
                 r.epoch,
                 r.train_loss,
                 r.val_nme,
