@@ -185,7 +185,8 @@ pub struct TrainOptions {
     pub init: Option<PathBuf>,
     /// Decay per step of an exponential moving average of the weights (e.g. 0.998, about 500
     /// steps' memory): when set, the average is what is validated and written as `last.onnx`
-    /// and `best.onnx`, and the trained network's own figure goes to `metrics.csv` beside it
+    /// and `best.onnx` (and what `train.init` and `pipnet export` take from the checkpoint),
+    /// and the trained network's own figure goes to `metrics.csv` beside it
     /// ([`crate::average`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ema: Option<f64>,

@@ -460,8 +460,11 @@ fn start_run(
     };
     let init = match init_path.filter(|_| graph.is_none()) {
         Some(checkpoint) => {
-            let (state, model) =
+            let (state, network) =
                 load_matching(checkpoint, spec, coarse_levels, device, "train.init")?;
+            // A run that kept a weight average validated and wrote the average: that is its
+            // model.
+            let model = load_average(checkpoint, &state, device)?.unwrap_or(network);
             Some((checkpoint, state, model))
         }
         None => None,

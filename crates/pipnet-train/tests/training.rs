@@ -241,8 +241,8 @@ fn test_exported_graph_matches_the_burn_network() {
 }
 
 /// With `train.ema` the run validates and writes the weight average, records the trained
-/// network's own figure beside it, exports the average, and a resumed run continues the same
-/// average; a run that kept none cannot resume into one.
+/// network's own figure beside it, exports the average, starts a `train.init` run from it, and
+/// a resumed run continues the same average; a run that kept none cannot resume into one.
 #[test]
 fn test_weight_average_is_what_the_run_validates_writes_and_resumes() {
     let _turn = one_at_a_time();
@@ -278,6 +278,24 @@ fn test_weight_average_is_what_the_run_validates_writes_and_resumes() {
     let exported = straight.path().join("exported.onnx");
     export_checkpoint(&checkpoint, &exported).unwrap();
     common::assert_graph_matches_network(&average, &exported, 2, 64);
+
+    // A run started from the checkpoint starts from the average: with the learning rate at
+    // zero its heads (no BatchNorm after them) stay the average's.
+    let heads = |net: &PipNet| {
+        let w = net.to_weights(&state.spec).unwrap();
+        w.heads
+            .iter()
+            .flat_map(|h| h.weight.clone())
+            .collect::<Vec<f32>>()
+    };
+    let tuned = tempfile::tempdir().unwrap();
+    let mut still = tiny_config(tuned.path(), 1);
+    still.train.lr = 0.0;
+    still.train.init = Some(checkpoint.clone());
+    let tuned_state = train(&still, false, |_| {}).unwrap();
+    let tuned_net = load_network(&tuned.path().join("checkpoint"), &tuned_state, &device).unwrap();
+    assert_close(&heads(&tuned_net), &heads(&average));
+    assert_ne!(heads(&tuned_net), heads(&network));
 
     let split = tempfile::tempdir().unwrap();
     train(&averaged(split.path(), 2), false, |_| {}).unwrap();
