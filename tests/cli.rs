@@ -448,10 +448,15 @@ fn test_train_with_stc_labels_unlabeled_folders_in_rounds() {
     assert!(stderr.contains("round 2: "), "{stderr}");
     let run = tmp.path().join("run");
     let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let column = metrics
+        .lines()
+        .next()
+        .and_then(|header| header.split(',').position(|name| name == "round"))
+        .expect("metrics.csv has a round column");
     let rounds: Vec<&str> = metrics
         .lines()
         .skip(1)
-        .filter_map(|l| l.rsplit(',').next())
+        .filter_map(|l| l.split(',').nth(column))
         .collect();
     assert_eq!(rounds, ["0", "1", "2"], "{metrics}");
     for round in [1, 2] {
