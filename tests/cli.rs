@@ -1395,8 +1395,9 @@ fn test_bench_against_dlib_on_the_sample_photos() {
 
 /// The GPU training job of `scripts/gpu-train/` run dry on the CPU, so it cannot rot between
 /// lent GPUs: each shipped GPU config (the teacher at 256, the student at 192 with detector
-/// crops and a weight average) packed on 12 faces and trained one epoch with the flex backend by the very script the
-/// device runs (both halves staged in one call); the graph comes back gzipped and loads.
+/// crops and a weight average) packed on 12 faces and trained one epoch with the flex backend
+/// by the very script the device runs (both halves staged in one call); the graph comes back
+/// gzipped and loads.
 #[cfg(feature = "train")]
 #[test]
 fn test_gpu_training_job_runs_dry_on_the_cpu() {

@@ -312,8 +312,8 @@ mod tests {
         let initializers = &mut model.graph.as_mut().unwrap().initializer;
         let weight = initializers
             .iter_mut()
-            .find(|t| t.name().ends_with(".weight"));
-        let weight = weight.unwrap();
+            .find(|t| t.name().ends_with(".weight"))
+            .unwrap();
         weight.raw_data.as_mut().unwrap().truncate(8);
         let truncated = dir.path().join("truncated.onnx");
         std::fs::write(&truncated, model.encode_to_vec()).unwrap();
