@@ -12,9 +12,9 @@ mod common;
 
 use std::time::Instant;
 
-use pipnet::core::Scheme;
 use pipnet::core::metrics::nme;
 use pipnet::core::smooth::OneEuroSettings;
+use pipnet::core::{Scheme, SecondPass};
 use pipnet::infer::image_io::{DEFAULT_MAX_PIXELS, load_rgb};
 use pipnet::infer::labeled::{read_labeled, split_validation};
 use pipnet::infer::pipeline::DEFAULT_MIN_PRESENCE;
@@ -102,7 +102,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (_, val) = split_validation(read_labeled(&data, None)?, 0.1, 1);
     let options = SessionOptions::default();
     let mut pipeline = Pipeline::open(None, None, true, &options)?;
-    pipeline.refine = true;
+    pipeline.second_pass = SecondPass::Always;
     pipeline.min_presence = DEFAULT_MIN_PRESENCE;
     let settings = TrackerSettings {
         smoothing: Some(one_euro),

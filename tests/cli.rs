@@ -1378,8 +1378,8 @@ fn test_bench_against_dlib_on_the_sample_photos() {
     let peer = &report["peer"];
     assert_eq!(peer["threads"], 2);
     assert_eq!(
-        (&peer["refine"], &peer["flip"]),
-        (&false.into(), &true.into())
+        (&peer["second_pass"], &peer["flip"]),
+        (&"auto".into(), &true.into())
     );
     for side in ["ours", "dlib"] {
         assert_eq!(peer[side]["photos"], 9, "{peer}");
@@ -1704,7 +1704,10 @@ fn test_a_rerun_with_other_settings_stops_and_force_redoes_it() {
     assert_eq!(made_by.settings.model.sha256.len(), 64);
     assert_eq!(made_by.settings.faces, "crops");
     assert!(!made_by.settings.flip);
-    assert!(!made_by.settings.refine, "one landmark pass by default");
+    assert_eq!(
+        made_by.settings.second_pass, "auto",
+        "a second pass where it pays by default"
+    );
 
     // Another option: refused, naming it; nothing rewritten.
     let (code, stderr) = annotate_crops(&model, &[&photos], &out, &["--flip"]);
@@ -1745,10 +1748,17 @@ fn test_a_rerun_with_other_settings_stops_and_force_redoes_it() {
     // The last of --refine / --no-refine wins.
     let (code, stderr) = annotate_crops(&model, &[&photos], &out, &["--flip", "--refine"]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("refine: off before, on now"), "{stderr}");
+    assert!(
+        stderr.contains("second pass: auto before, always now"),
+        "{stderr}"
+    );
     let both = ["--flip", "--preview", "--refine", "--no-refine"];
-    let (_, stderr) = annotate_crops(&model, &[&photos], &out, &both);
-    assert!(stderr.contains("2 already done"), "{stderr}");
+    let (code, stderr) = annotate_crops(&model, &[&photos], &out, &both);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("second pass: auto before, off now"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -145,9 +145,10 @@ fn photo_and_expected(dir: &Path) -> (PathBuf, String) {
         pipnet_infer::LandmarkModel::load(&common::shipped_model(), &SessionOptions::default())
             .unwrap();
     let detector = pipnet_infer::detect::FaceDetector::builtin(&SessionOptions::default()).unwrap();
-    // The C example's zero-initialised options: one pass, the default presence threshold.
+    // The C example's zero-initialised options: the second pass where it pays, the default
+    // presence threshold.
     let mut pipeline = Pipeline::new(model, Some(detector));
-    pipeline.refine = false;
+    pipeline.second_pass = pipnet_infer::core::SecondPass::Auto;
     pipeline.min_presence = pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
     let faces = pipeline.faces(&[(&image, &Faces::Detect)]).unwrap();
     let mut expected = String::new();

@@ -5,7 +5,7 @@
 use nalgebra::{Matrix2, Vector2};
 use serde::{Deserialize, Serialize};
 
-use crate::crop::{FaceBox, FaceCrop};
+use crate::crop::{CropRule, FaceBox, FaceCrop, TurnedBox};
 use crate::scheme::Scheme;
 use crate::{Error, Point, Result};
 
@@ -84,6 +84,48 @@ pub fn five_points(scheme: Scheme, landmarks: &[Point]) -> Result<[Point; 5]> {
         landmarks[mouth.0],
         landmarks[mouth.1],
     ])
+}
+
+/// A face's roll: the angle of its eye line, from the eye centre on the image's left in an
+/// upright face (the subject's right eye) to the other, in radians with [`FaceCrop`]'s
+/// convention (0 upright, +-pi upside down).
+pub fn roll(scheme: Scheme, landmarks: &[Point]) -> Result<f32> {
+    let [from, to, ..] = five_points(scheme, landmarks)?;
+    let angle = (to[1] - from[1]).atan2(to[0] - from[0]);
+    if angle.is_finite() {
+        Ok(angle)
+    } else {
+        Err(invalid("the eye centres are not finite"))
+    }
+}
+
+/// How far a face is turned left or right, from its landmarks alone: where the nose tip lies
+/// between the two ends of the jaw line, measured along the eye line ([`roll`]), from -1 (over
+/// the jaw end on the image's left of an upright face) through 0 (midway: frontal) to +1. A
+/// proxy of yaw, not an angle: it grows with the turn and is independent of roll and scale.
+pub fn head_turn(scheme: Scheme, landmarks: &[Point]) -> Result<f32> {
+    let angle = roll(scheme, landmarks)?;
+    let (first, last) = match scheme {
+        Scheme::W300_68 => (0, 16),
+        Scheme::Wflw98 => (0, 32),
+    };
+    let nose = five_points(scheme, landmarks)?[2];
+    let along = |p: Point| crate::crop::turn(p, -angle)[0];
+    let (a, b, n) = (along(landmarks[first]), along(landmarks[last]), along(nose));
+    let turn = 2.0 * (n - a) / (b - a) - 1.0;
+    if turn.is_finite() {
+        Ok(turn)
+    } else {
+        Err(invalid("the jaw line has no width along the eye line"))
+    }
+}
+
+/// The crop `rule` makes around a face's `landmarks`, turned to their eye line ([`roll`]): how
+/// a second landmark pass and the tracker's next frame crop a face they have landmarks for, so
+/// the network sees it upright whatever its tilt.
+pub fn landmark_crop(rule: &CropRule, scheme: Scheme, landmarks: &[Point]) -> Result<FaceCrop> {
+    let face = TurnedBox::around(landmarks, roll(scheme, landmarks)?)?;
+    Ok(rule.crop_turned(&face))
 }
 
 /// InsightFace's five-point template for 112x112 ArcFace chips (pixel centres at integers).
@@ -273,10 +315,8 @@ pub fn face_chip(spec: ChipSpec, scheme: Scheme, landmarks: &[Point]) -> Result<
 fn aligned(five: &[Point; 5], landmarks: &[Point], size: u32, padding: f32) -> Result<Similarity> {
     let (l, r) = (five[0], five[1]);
     let angle = f64::from(r[1] - l[1]).atan2(f64::from(r[0] - l[0]));
-    // Level the face: rotate by -angle about the origin, then box it.
-    let level = Similarity::new(angle.cos(), -angle.sin(), [0.0, 0.0]);
-    let levelled: Vec<Point> = landmarks.iter().map(|&p| level.apply(p)).collect();
-    let face = crate::crop::FaceBox::around(&levelled)?;
+    // Level the face: its box in the frame turned by -angle about the origin.
+    let face = TurnedBox::around(landmarks, angle as f32)?.face_box;
     let side = f64::from(face.width().max(face.height())) * (1.0 + 2.0 * f64::from(padding));
     if !(side.is_finite() && side > 0.0) {
         return Err(invalid("the landmarks span no area"));
@@ -345,6 +385,47 @@ mod tests {
         let (s, c) = angle.sin_cos();
         let (x, y) = (p[0] - about[0], p[1] - about[1]);
         [about[0] + c * x - s * y, about[1] + s * x + c * y]
+    }
+
+    #[test]
+    fn roll_landmark_crop_and_head_turn_follow_the_face_around_the_circle() {
+        let five = [
+            [80.0, 100.0],
+            [120.0, 100.0],
+            [100.0, 120.0],
+            [85.0, 140.0],
+            [115.0, 140.0],
+        ];
+        let mut face = face68(five);
+        // The jaw line's ends, level with the eyes and as far either side of the nose.
+        (face[0], face[16]) = ([60.0, 105.0], [140.0, 105.0]);
+        let rule = CropRule::default();
+        let upright = landmark_crop(&rule, Scheme::W300_68, &face).unwrap();
+        assert_eq!(roll(Scheme::W300_68, &face).unwrap(), 0.0);
+        assert_eq!(upright.angle, 0.0);
+        let frontal = head_turn(Scheme::W300_68, &face).unwrap();
+        assert!(frontal.abs() < 1e-5, "{frontal}");
+        for angle in [0.4f32, 1.6, 3.1, -2.0] {
+            let turned: Vec<Point> = face.iter().map(|&p| rotate(p, angle, [7.0, 9.0])).collect();
+            let r = roll(Scheme::W300_68, &turned).unwrap();
+            assert!((r - angle).abs() < 1e-4, "{r} for {angle}");
+            // The crop turns with the face: each point keeps its place in the crop.
+            let crop = landmark_crop(&rule, Scheme::W300_68, &turned).unwrap();
+            assert!((crop.side - upright.side).abs() < 1e-3);
+            for (p, q) in face.iter().zip(&turned) {
+                let (a, b) = (upright.to_crop(*p), crop.to_crop(*q));
+                assert!((a[0] - b[0]).abs() < 1e-4 && (a[1] - b[1]).abs() < 1e-4);
+            }
+            let turn = head_turn(Scheme::W300_68, &turned).unwrap();
+            assert!(turn.abs() < 1e-4, "{turn} at {angle}");
+        }
+        // The nose halfway to the jaw end on the image's right: a turn of +0.5.
+        let mut aside = face.clone();
+        let (left, right) = (aside[0][0], aside[16][0]);
+        aside[30][0] = (left + right) / 2.0 + (right - left) / 4.0;
+        let turn = head_turn(Scheme::W300_68, &aside).unwrap();
+        assert!((turn - 0.5).abs() < 1e-4, "{turn}");
+        assert!(roll(Scheme::W300_68, &face[..10]).is_err());
     }
 
     #[test]

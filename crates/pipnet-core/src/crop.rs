@@ -222,6 +222,53 @@ impl CropRule {
             0.0,
         )
     }
+
+    /// The crop this rule makes from a box in a turned frame: made in that frame (so the
+    /// shifts run along the face's own axes), then turned back into the image. An upright box
+    /// gives exactly [`Self::crop`].
+    pub fn crop_turned(&self, face: &TurnedBox) -> FaceCrop {
+        let upright = self.crop(&face.face_box);
+        FaceCrop::new(turn(upright.center, face.angle), upright.side, face.angle)
+    }
+}
+
+/// `p` turned by `angle` radians about the image origin (the [`FaceCrop`] convention: positive
+/// turns x towards y).
+pub fn turn(p: Point, angle: f32) -> Point {
+    if angle == 0.0 {
+        return p;
+    }
+    let (s, c) = angle.sin_cos();
+    [c * p[0] - s * p[1], s * p[0] + c * p[1]]
+}
+
+/// A face's box in its own upright frame: `face_box` bounds the face after the image is turned
+/// by `-angle` about the origin, so a tilted face gets the tight box it would have upright and
+/// a crop made from it ([`CropRule::crop_turned`]) shows the network an upright face. `angle`
+/// follows [`FaceCrop`]: the face's x axis, its eye line, points along `(cos a, sin a)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TurnedBox {
+    pub face_box: FaceBox,
+    pub angle: f32,
+}
+
+impl TurnedBox {
+    /// An untilted box.
+    pub fn upright(face_box: FaceBox) -> Self {
+        Self {
+            face_box,
+            angle: 0.0,
+        }
+    }
+
+    /// The tight box of `points` in the frame turned by `angle`.
+    pub fn around(points: &[Point], angle: f32) -> Result<Self> {
+        let levelled: Vec<Point> = points.iter().map(|&p| turn(p, -angle)).collect();
+        Ok(Self {
+            face_box: FaceBox::around(&levelled)?,
+            angle,
+        })
+    }
 }
 
 /// A square crop of an image: centre and side in image pixels, rotation in radians
@@ -247,6 +294,20 @@ impl FaceCrop {
     pub fn whole_image(width: u32, height: u32) -> Self {
         let (w, h) = (width as f32, height as f32);
         Self::new([(w - 1.0) / 2.0, (h - 1.0) / 2.0], w.max(h), 0.0)
+    }
+
+    /// The window that shows a `width` x `height` image turned by `angle` about its centre
+    /// (content turning x towards y, so a face in it gains `angle` of roll), on the smallest
+    /// square canvas of whole pixels that holds all of it; and that canvas's side. Canvas pixel
+    /// `u` shows image point `to_image((u + 0.5) / side)`.
+    pub fn turned_image(width: u32, height: u32, angle: f32) -> (Self, u32) {
+        let (w, h) = (width as f32, height as f32);
+        let (s, c) = (angle.sin().abs(), angle.cos().abs());
+        // Rounded to a thousandth first, so a quarter turn's float error adds no pixel.
+        let fit = |v: f32| ((v * 1000.0).round() / 1000.0).ceil().max(1.0);
+        let side = fit(w * c + h * s).max(fit(w * s + h * c));
+        let crop = Self::new([(w - 1.0) / 2.0, (h - 1.0) / 2.0], side, -angle);
+        (crop, side as u32)
     }
 
     /// Crop-normalised -> image pixels: `p_img = centre + R(angle) * side * (p - 0.5)`.
@@ -403,6 +464,59 @@ mod tests {
         );
         let mid = crop.to_crop([30.0, 30.0]);
         assert!((mid[0] - 0.5).abs() < 1e-6 && (mid[1] - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn test_turned_crop_is_the_upright_crop_turned_with_the_face() {
+        let rule = CropRule {
+            scale: 1.2,
+            shift_x: 0.05,
+            shift_y: -0.1,
+        };
+        let face = [[10.0, 20.0], [50.0, 40.0], [30.0, 70.0]];
+        let upright = rule.crop(&FaceBox::around(&face).unwrap());
+        assert_eq!(
+            rule.crop_turned(&TurnedBox::around(&face, 0.0).unwrap()),
+            upright
+        );
+        // The same face turned by 0.7 rad about (300, -40): the crop turns with it, and each
+        // point keeps its crop-normalised place.
+        let (angle, pivot) = (0.7f32, [300.0f32, -40.0]);
+        let about = |p: Point| {
+            let q = turn([p[0] - pivot[0], p[1] - pivot[1]], angle);
+            [q[0] + pivot[0], q[1] + pivot[1]]
+        };
+        let tilted: Vec<Point> = face.iter().map(|&p| about(p)).collect();
+        let crop = rule.crop_turned(&TurnedBox::around(&tilted, angle).unwrap());
+        assert!((crop.side - upright.side).abs() < 1e-3, "{crop:?}");
+        assert!((crop.angle - angle).abs() < 1e-6);
+        for (p, q) in face.iter().zip(&tilted) {
+            let (a, b) = (upright.to_crop(*p), crop.to_crop(*q));
+            assert!(
+                (a[0] - b[0]).abs() < 1e-4 && (a[1] - b[1]).abs() < 1e-4,
+                "{a:?} {b:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn test_a_turned_image_window_turns_points_and_holds_the_whole_image() {
+        // A quarter turn of a 200 x 100 image: a 200-pixel square canvas; the top-left pixel
+        // lands at the top right of the turned picture (x towards y: clockwise on screen).
+        let (window, side) = FaceCrop::turned_image(200, 100, std::f32::consts::FRAC_PI_2);
+        assert_eq!(side, 200);
+        let to_canvas = |p: Point| window.to_crop(p).map(|v| v * side as f32 - 0.5);
+        let tl = to_canvas([0.0, 0.0]);
+        assert!((tl[0] - 149.0).abs() < 1e-3 && tl[1].abs() < 1e-3, "{tl:?}");
+        // At 30 degrees every corner of the image stays on the canvas.
+        let (window, side) = FaceCrop::turned_image(300, 200, 0.5236);
+        for corner in [[-0.5, -0.5], [299.5, -0.5], [-0.5, 199.5], [299.5, 199.5]] {
+            let q = window.to_crop(corner);
+            assert!(q.iter().all(|v| (-1e-4..=1.0 + 1e-4).contains(v)), "{q:?}");
+        }
+        assert_eq!(side, (300.0f32 * 0.866 + 200.0 * 0.5).ceil() as u32);
+        // Unturned: the square around the longer side.
+        assert_eq!(FaceCrop::turned_image(30, 20, 0.0).1, 30);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! Coordinates inside one detector input are crop-normalised (0..1 across the input square, the
 //! convention of [`crate::crop`]), so a tile's [`FaceCrop`] maps them to image pixels.
 
+use crate::crop::{TurnedBox, turn};
 use crate::{Error, FaceBox, FaceCrop, Point, Result};
 
 /// Keypoints BlazeFace predicts per face: right eye, left eye (from the viewer's side: the
@@ -38,6 +39,34 @@ impl Detection {
     pub fn iou(&self, other: &Self) -> f32 {
         self.face_box.iou(&other.face_box)
     }
+
+    /// The angle of the line from the first eye keypoint to the second ([`crate::roll`]'s
+    /// convention); `None` when they coincide or are not finite.
+    pub fn roll(&self) -> Option<f32> {
+        let [from, to, ..] = self.keypoints;
+        let (dx, dy) = (to[0] - from[0], to[1] - from[1]);
+        let angle = dy.atan2(dx);
+        (dx.hypot(dy) > 0.0 && angle.is_finite()).then_some(angle)
+    }
+
+    /// The detection seen in the frame turned by `-angle` about the origin ([`TurnedBox`]):
+    /// keypoints turned, the box of the same size about its turned centre.
+    pub fn levelled(&self, angle: f32) -> Self {
+        let [cx, cy] = turn(self.face_box.center(), -angle);
+        let (hw, hh) = (self.face_box.width() / 2.0, self.face_box.height() / 2.0);
+        Self {
+            face_box: FaceBox::from([cx - hw, cy - hh, cx + hw, cy + hh]),
+            score: self.score,
+            keypoints: self.keypoints.map(|p| turn(p, -angle)),
+        }
+    }
+}
+
+/// `angle` brought into `(-pi, pi]`.
+pub fn wrap_angle(angle: f32) -> f32 {
+    use std::f32::consts::{PI, TAU};
+    let a = angle.rem_euclid(TAU);
+    if a > PI { a - TAU } else { a }
 }
 
 /// One SSD output layer: a square grid of cells with a fixed number of anchors per cell.
@@ -234,6 +263,11 @@ pub fn cut_by_tile(face: &FaceBox, tile: &FaceCrop, width: u32, height: u32) -> 
 /// when `keypoints` is set, from the detector's keypoints, which say where the face looks and so
 /// where its landmarks lie (on the validation split they cut the crop's centre and size errors by
 /// about a quarter: `models/README.md`). The keypoint map is used whenever it is set.
+///
+/// With `roll_offset` set, the face's roll is the detector's eye line plus that offset, both maps
+/// work in the face's upright frame ([`TurnedBox`]) and were fitted there
+/// ([`Self::fit_turned`]), and crops turn with the face; without it (settings from before roll
+/// calibration) boxes and crops stay upright.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BoxCalibration {
     pub scale: f32,
@@ -241,6 +275,9 @@ pub struct BoxCalibration {
     pub shift_y: f32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keypoints: Option<KeypointMap>,
+    /// True roll minus the detector's eye-line angle (median on labeled faces), radians.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roll_offset: Option<f32>,
 }
 
 impl Default for BoxCalibration {
@@ -251,6 +288,7 @@ impl Default for BoxCalibration {
             shift_x: 0.0,
             shift_y: 0.0,
             keypoints: None,
+            roll_offset: None,
         }
     }
 }
@@ -262,7 +300,11 @@ impl BoxCalibration {
     /// The landmark box predicted for a detection: from its keypoints when the map is set (and
     /// they are usable), no further from the box-only prediction than
     /// [`MAX_KEYPOINT_CORRECTION`]; else from its box.
-    pub fn landmark_box(&self, detection: &Detection) -> FaceBox {
+    ///
+    /// The box is in the face's upright frame, turned by [`Self::roll`].
+    pub fn landmark_box(&self, detection: &Detection) -> TurnedBox {
+        let angle = self.roll(detection);
+        let detection = &detection.levelled(angle);
         let base = self.box_offsets();
         let offsets = match self.keypoints.and_then(|map| map.predict(detection)) {
             Some(p) => std::array::from_fn(|i| {
@@ -273,7 +315,19 @@ impl BoxCalibration {
             }),
             None => base,
         };
-        box_from_offsets(&detection.face_box, offsets)
+        TurnedBox {
+            face_box: box_from_offsets(&detection.face_box, offsets),
+            angle,
+        }
+    }
+
+    /// The roll a detection's crop is turned to: its eye line plus [`Self::roll_offset`]; 0
+    /// when the calibration has no roll or the keypoints give none.
+    pub fn roll(&self, detection: &Detection) -> f32 {
+        match (self.roll_offset, detection.roll()) {
+            (Some(offset), Some(roll)) => wrap_angle(roll + offset),
+            _ => 0.0,
+        }
     }
 
     /// The landmark box predicted from the detector box alone.
@@ -332,6 +386,7 @@ impl BoxCalibration {
             shift_x: shift(0),
             shift_y: shift(1),
             keypoints,
+            roll_offset: None,
         };
         if [fitted.scale, fitted.shift_x, fitted.shift_y]
             .iter()
@@ -345,6 +400,45 @@ impl BoxCalibration {
                 detail: format!("degenerate fit {fitted:?} (empty boxes?)"),
             })
         }
+    }
+}
+
+impl BoxCalibration {
+    /// Fits a calibration whose crops turn with the face, from (detection, true landmarks,
+    /// true roll) triples: the roll offset as the median of each true roll minus the detector's
+    /// eye line, then [`Self::fit`] on every pair seen in the frame that offset turns it to,
+    /// the frame a crop will be made in.
+    pub fn fit_turned(matched: &[(Detection, Vec<Point>, f32)]) -> Result<Self> {
+        let mut offsets: Vec<f32> = matched
+            .iter()
+            .filter_map(|(d, _, truth)| Some(wrap_angle(truth - d.roll()?)))
+            .collect();
+        if offsets.is_empty() {
+            return Err(Error::Invalid {
+                what: "roll calibration",
+                detail: "no detection with usable eye keypoints".into(),
+            });
+        }
+        offsets.sort_by(f32::total_cmp);
+        let offset = offsets[offsets.len() / 2];
+        let turned = Self {
+            roll_offset: Some(offset),
+            ..Self::default()
+        };
+        let pairs = matched
+            .iter()
+            .map(|(d, points, _)| {
+                let angle = turned.roll(d);
+                Ok((
+                    d.levelled(angle),
+                    TurnedBox::around(points, angle)?.face_box,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            roll_offset: Some(offset),
+            ..Self::fit(&pairs)?
+        })
     }
 }
 
@@ -643,12 +737,13 @@ mod tests {
             shift_x: 0.02,
             shift_y: 0.1,
             keypoints: None,
+            roll_offset: None,
         };
         let pairs: Vec<(Detection, FaceBox)> = (0..9)
             .map(|i| {
                 let s = 40.0 + 10.0 * i as f32;
                 let d = det([i as f32 * 7.0, 5.0, i as f32 * 7.0 + s, 5.0 + s], 0.9);
-                let l = truth.landmark_box(&d);
+                let l = truth.landmark_box(&d).face_box;
                 (d, l)
             })
             .collect();
@@ -665,6 +760,52 @@ mod tests {
             assert!((a - b).abs() < 1e-4, "{fit:?}");
         }
         assert!(BoxCalibration::fit(&[]).is_err());
+    }
+
+    #[test]
+    fn turned_fit_recovers_the_roll_offset_and_the_map_in_the_face_frame() {
+        let truth = BoxCalibration {
+            scale: 1.2,
+            shift_x: 0.03,
+            shift_y: 0.08,
+            keypoints: None,
+            roll_offset: Some(0.05),
+        };
+        // Faces at rolls from -170 to +150 degrees: the detector's eyes on the face's axis
+        // turned by the roll less the offset, the true landmark box in the frame of the roll.
+        let matched: Vec<(Detection, Vec<Point>, f32)> = (0..9)
+            .map(|i| {
+                let (s, roll) = (40.0 + 10.0 * i as f32, -3.0 + 0.7 * i as f32);
+                let mut d = det(
+                    [100.0 * i as f32, 50.0, 100.0 * i as f32 + s, 50.0 + s],
+                    0.9,
+                );
+                let [cx, cy] = d.face_box.center();
+                let eye = turn([0.2 * s, 0.0], roll - 0.05);
+                d.keypoints[0] = [cx - eye[0], cy - eye[1]];
+                d.keypoints[1] = [cx + eye[0], cy + eye[1]];
+                let b = truth.landmark_box(&d);
+                assert!((wrap_angle(b.angle - roll)).abs() < 1e-5);
+                let f = b.face_box;
+                let corners = [[f.x0, f.y0], [f.x1, f.y1]].map(|p| turn(p, b.angle));
+                (d, corners.to_vec(), wrap_angle(roll))
+            })
+            .collect();
+        let fit = BoxCalibration::fit_turned(&matched).unwrap();
+        let offset = fit.roll_offset.unwrap();
+        assert!((offset - 0.05).abs() < 1e-5, "{fit:?}");
+        for (a, b) in [
+            (fit.scale, truth.scale),
+            (fit.shift_x, truth.shift_x),
+            (fit.shift_y, truth.shift_y),
+        ] {
+            assert!((a - b).abs() < 1e-3, "{fit:?}");
+        }
+        // Without keypoints a detection has no roll: upright.
+        let mut blind = matched[0].0;
+        blind.keypoints = Default::default();
+        assert_eq!(fit.landmark_box(&blind).angle, 0.0);
+        assert!(BoxCalibration::fit_turned(&[(blind, vec![[0.0, 0.0]], 0.0)]).is_err());
     }
 
     #[test]
@@ -712,16 +853,16 @@ mod tests {
         let fit = BoxCalibration::fit(&pairs).unwrap();
         let map = fit.keypoints.expect("200 faces fit the keypoint map");
         for (d, l) in pairs.iter().skip(1).step_by(10) {
-            let [centre, scale] = landmark_box_error(&fit.landmark_box(d), l);
+            let [centre, scale] = landmark_box_error(&fit.landmark_box(d).face_box, l);
             assert!(centre < 0.01 && scale < 0.01, "{centre} {scale}: {map:?}");
         }
         // Keypoints it cannot use: the box map instead.
         let mut odd = pairs[1].0;
         odd.keypoints[0] = [f32::NAN, 0.0];
-        assert_eq!(fit.landmark_box(&odd), fit.from_box(&odd.face_box));
+        assert_eq!(fit.landmark_box(&odd).face_box, fit.from_box(&odd.face_box));
         // Keypoints far outside the box: no further from the box map than allowed.
         odd.keypoints = [[-1e4, 1e4]; KEYPOINTS];
-        let (bounded, base) = (fit.landmark_box(&odd), fit.from_box(&odd.face_box));
+        let (bounded, base) = (fit.landmark_box(&odd).face_box, fit.from_box(&odd.face_box));
         let [centre, scale] = landmark_box_error(&bounded, &base);
         let size = box_size(&odd.face_box) / landmark_side(&base);
         assert!(centre <= 0.2f32.hypot(0.2) * size * 1.001, "{centre}");

@@ -218,7 +218,14 @@ pub struct RunSettings {
     /// Smallest face searched for, in pixels (`None`: the detector's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_face: Option<f32>,
-    pub refine: bool,
+    /// Which faces got the second landmark pass ([`crate::SecondPass`]: `off`, `auto`,
+    /// `always`); empty in records from before it had three settings.
+    #[serde(default)]
+    pub second_pass: String,
+    /// Where the detector searched photos turned by quarter turns (`off`,
+    /// `where-none-found`, `always`); empty with given faces and in older records.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub roll_search: String,
     pub flip: bool,
     /// Detected faces below this presence were dropped.
     #[serde(default)]
@@ -261,11 +268,20 @@ impl RunSettings {
             let px = |m: Option<f32>| m.map_or("default".into(), |m| format!("{m} px"));
             differ("min face", px(self.min_face), px(other.min_face));
         }
-        if self.refine != other.refine {
+        if self.second_pass != other.second_pass {
+            let named = |s: &str| if s.is_empty() { "unrecorded" } else { s }.to_string();
             differ(
-                "refine",
-                on_off(self.refine).into(),
-                on_off(other.refine).into(),
+                "second pass",
+                named(&self.second_pass),
+                named(&other.second_pass),
+            );
+        }
+        if self.roll_search != other.roll_search {
+            let named = |s: &str| if s.is_empty() { "none" } else { s }.to_string();
+            differ(
+                "roll search",
+                named(&self.roll_search),
+                named(&other.roll_search),
             );
         }
         if self.flip != other.flip {
@@ -440,7 +456,8 @@ mod tests {
             detector: None,
             boxes_sha256: None,
             min_face: None,
-            refine: true,
+            second_pass: "always".into(),
+            roll_search: "where-none-found".into(),
             flip: false,
             min_presence: 0.3,
         }

@@ -4,6 +4,7 @@
 //! Modules follow the data flow:
 //! [`scheme`] (what the points are) -> [`meanface`] (mean face and neighbour index) ->
 //! [`detection`] (detector outputs to face boxes) -> [`crop`] (face box to square crop and back) -> [`decode`] (PIP decode + neighbour-vote merge)
+//! -> [`second_pass`] (whether a face is cropped again from its landmarks)
 //! -> [`chip`] (five points, presence, aligned chips) -> [`smooth`] (One Euro filter over video
 //! frames) -> [`metrics`] (NME, FR, AUC, CED) and [`formats`] (.pts, WFLW lines, JSON).
 
@@ -16,15 +17,20 @@ pub mod formats;
 pub mod meanface;
 pub mod metrics;
 pub mod scheme;
+pub mod second_pass;
 pub mod smooth;
 
-pub use chip::{ChipSpec, FaceChip, Similarity, face_chip, five_points, presence, repeated_faces};
+pub use chip::{
+    ChipSpec, FaceChip, Similarity, face_chip, five_points, head_turn, landmark_crop, presence,
+    repeated_faces, roll,
+};
 pub use contract::{ModelMetadata, OutputForm, TensorSpec, check_io};
-pub use crop::{CropRule, DatasetCrop, FaceBox, FaceCrop};
+pub use crop::{CropRule, DatasetCrop, FaceBox, FaceCrop, TurnedBox};
 pub use decode::{Decoder, Landmark, PipMaps, average_with_mirror, decode_pip, decode_pip_scalar};
 pub use detection::{BoxCalibration, Detection, KeypointMap};
 pub use meanface::{NeighborIndex, mean_face};
 pub use scheme::{Contour, Scheme};
+pub use second_pass::{CropChange, SecondPass, SecondPassGate};
 
 /// A 2-D point; the unit (crop-normalised or image pixels) is given by the context.
 pub type Point = [f32; 2];

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use pipnet_infer::core::smooth::OneEuroSettings;
-use pipnet_infer::core::{ChipSpec, Scheme, face_chip};
+use pipnet_infer::core::{ChipSpec, Scheme, SecondPass, face_chip};
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, PixelFormat, rgb_from_buffer};
 use pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
 use pipnet_infer::preprocess::cut_chip;
@@ -69,6 +69,13 @@ pub const PIPNET_DEVICE_CPU: u32 = 0;
 pub const PIPNET_DEVICE_CUDA: u32 = 1;
 pub const PIPNET_DEVICE_AUTO: u32 = 2;
 
+// Second landmark passes of `PipnetOptions::refine`, as `pipnet annotate` takes them: AUTO (the
+// default) where the first pass says the crop was off or the face is unsure, ALWAYS for every
+// face (`--refine`), OFF for none (`--no-refine`).
+pub const PIPNET_REFINE_AUTO: u32 = 0;
+pub const PIPNET_REFINE_ALWAYS: u32 = 1;
+pub const PIPNET_REFINE_OFF: u32 = 2;
+
 /// Options for `pipnet_create`. All zeros (`PipnetOptions options = {0};`) gives the CLI's
 /// defaults: built-in model and detector, CPU, every core, smallest face 40 px, one landmark
 /// pass.
@@ -86,9 +93,8 @@ pub struct PipnetOptions {
     pub threads: u32,
     /// Smallest face searched for, in pixels; 0 uses the detector's default (40).
     pub min_face: f32,
-    /// Non-zero: a second landmark pass on crops re-centred on the first pass's landmarks
-    /// (twice the landmark inference, about 1% lower NME with detector boxes), as `pipnet
-    /// annotate --refine`. Zero (the default): one pass.
+    /// Which faces get a second landmark pass, on a crop made from their first landmarks: one
+    /// of `PIPNET_REFINE_*`; zero (AUTO, the default) as `pipnet annotate` runs it.
     pub refine: u32,
     /// Detected faces whose presence (mean landmark score) is below this are dropped as false
     /// detections, and so are those whose landmarks lie over a face of higher presence. 0: the
@@ -453,7 +459,17 @@ unsafe fn open_pipeline(options: &PipnetOptions) -> Result<Pipeline, Failure> {
     let detector = unsafe { optional_path_arg(options.detector_model, "options.detector_model")? };
     let mut pipeline = Pipeline::open(landmark_model, detector, true, &session)?;
     pipeline.min_face = (options.min_face > 0.0).then_some(options.min_face);
-    pipeline.refine = options.refine != 0;
+    pipeline.second_pass = match options.refine {
+        PIPNET_REFINE_AUTO => SecondPass::Auto,
+        PIPNET_REFINE_ALWAYS => SecondPass::Always,
+        PIPNET_REFINE_OFF => SecondPass::Off,
+        other => {
+            return Err(fail(
+                PipnetStatus::InvalidArgument,
+                format!("unknown refine {other} (one of PIPNET_REFINE_AUTO, _ALWAYS, _OFF)"),
+            ));
+        }
+    };
     pipeline.min_presence = match options.min_presence {
         0.0 => DEFAULT_MIN_PRESENCE,
         p => p.max(0.0),

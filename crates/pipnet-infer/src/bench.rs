@@ -262,11 +262,12 @@ pub fn bench_photos(
         Some(d) => d.per_core(),
         None => Ok(Vec::new()),
     };
-    let (rule, min_face) = (pipeline.model.metadata().crop, pipeline.min_face);
+    let rule = pipeline.model.metadata().crop;
+    let search = (pipeline.min_face, pipeline.roll_search);
     let group = pipeline.model.batch_size();
     let load = |path: &PathBuf, detector: Option<&mut FaceDetector>| {
         let image = load_rgb(path, crate::image_io::DEFAULT_MAX_PIXELS)?;
-        let found = locate(detector, &rule, min_face, &image, &Faces::Detect)?;
+        let found = locate(detector, &rule, search, &image, &Faces::Detect)?;
         Ok((image, found))
     };
     let result = per_core.and_then(|mut per_core| {

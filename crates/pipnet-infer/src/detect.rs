@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use image::RgbImage;
-use image::imageops::{FilterType, resize};
+use image::imageops::{FilterType, resize, rotate90, rotate180, rotate270};
 use ort::session::Session;
 use ort::value::TensorRef;
 use pipnet_core::detection::{
@@ -96,6 +96,45 @@ pub struct SearchLevel {
     pub size: (u32, u32),
     pub side: f32,
     pub tiles: Vec<FaceCrop>,
+}
+
+/// Where the detector also searches a photo turned by quarter turns: upright it finds faces
+/// rolled up to about 45 degrees, so the three turns reach every roll (sideways and upside-down
+/// photos, people lying down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RollSearch {
+    /// The photo as it is only.
+    Off,
+    /// The turns only for a photo where the upright search finds no face: what a photo with
+    /// faces costs stays as it was.
+    #[default]
+    WhereNoneFound,
+    /// Every photo at all four turns (four times the detector's work).
+    Always,
+}
+
+impl std::fmt::Display for RollSearch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RollSearch::Off => "off",
+            RollSearch::WhereNoneFound => "where-none-found",
+            RollSearch::Always => "always",
+        })
+    }
+}
+
+impl std::str::FromStr for RollSearch {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "off" => Ok(RollSearch::Off),
+            "where-none-found" => Ok(RollSearch::WhereNoneFound),
+            "always" => Ok(RollSearch::Always),
+            other => Err(Error::InvalidInput(format!(
+                "unknown roll search {other:?} (expected off, where-none-found or always)"
+            ))),
+        }
+    }
 }
 
 /// How much finer than the level before a level may be and still run only where that level
@@ -327,6 +366,38 @@ impl FaceDetector {
         Ok(weighted_nms(found, self.settings.iou_threshold))
     }
 
+    /// [`Self::detect`], and as `search` asks, again on the photo turned by each quarter turn,
+    /// detections mapped back onto the photo; a face found in two turns (rolled near 45
+    /// degrees) is blended into one by the same overlap rule as any other.
+    pub fn detect_any_roll(
+        &mut self,
+        image: &RgbImage,
+        min_face: Option<f32>,
+        search: RollSearch,
+    ) -> Result<Vec<Detection>> {
+        let mut found = self.detect(image, min_face)?;
+        let wanted = match search {
+            RollSearch::Off => false,
+            RollSearch::WhereNoneFound => found.is_empty(),
+            RollSearch::Always => true,
+        };
+        if !wanted {
+            return Ok(found);
+        }
+        let (w, h) = (image.width() as f32, image.height() as f32);
+        // Each turn, with the map from its pixels back to the photo's.
+        let turns: [(RgbImage, fn([f32; 2], f32, f32) -> [f32; 2]); 3] = [
+            (rotate90(image), |[u, v], _, h| [v, h - 1.0 - u]),
+            (rotate180(image), |[u, v], w, h| [w - 1.0 - u, h - 1.0 - v]),
+            (rotate270(image), |[u, v], w, _| [w - 1.0 - v, u]),
+        ];
+        for (turned, back) in &turns {
+            let more = self.detect(turned, min_face)?;
+            found.extend(more.iter().map(|d| d.map(|p| back(p, w, h))));
+        }
+        Ok(weighted_nms(found, self.settings.iou_threshold))
+    }
+
     /// The levels a `width` x `height` photo is searched at for faces down to `min_face`
     /// pixels (`None`: the settings' default): the photo's size at each level and the tiles of
     /// it that each take one run of the graph.
@@ -398,9 +469,10 @@ impl FaceDetector {
         Ok(found)
     }
 
-    /// The landmark crop for a detection: calibrated box, then the model's own crop rule.
+    /// The landmark crop for a detection: calibrated box (turned to the face's roll when the
+    /// calibration has one), then the model's own crop rule.
     pub fn crop(&self, detection: &Detection, rule: &CropRule) -> FaceCrop {
-        rule.crop(&self.settings.calibration.landmark_box(detection))
+        rule.crop_turned(&self.settings.calibration.landmark_box(detection))
     }
 }
 

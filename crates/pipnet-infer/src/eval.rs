@@ -6,13 +6,12 @@
 use image::RgbImage;
 use pipnet_core::detection::Detection;
 use pipnet_core::metrics::{Summary, nme};
-use pipnet_core::{CropRule, FaceBox, FaceCrop, Point};
+use pipnet_core::{CropRule, FaceBox, FaceCrop, Point, head_turn};
 
-use crate::detect::FaceDetector;
+use crate::detect::{FaceDetector, RollSearch};
 use crate::error::{Error, Result};
-use crate::image_io::load_rgb;
 use crate::labeled::LabeledFace;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{FirstPass, Pipeline};
 
 /// One evaluated face.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,8 +21,12 @@ pub struct FaceResult {
     pub predicted: Vec<Point>,
     /// Mean landmark score ([`pipnet_core::presence`]).
     pub presence: f32,
-    /// The crop of the first landmark pass (a refined pass re-crops from its landmarks).
+    /// The crop of the first landmark pass (a second pass re-crops from its landmarks).
     pub crop: FaceCrop,
+    /// What the first pass said, and whether the face got the second.
+    pub first_pass: FirstPass,
+    /// How far the true landmarks turn the head ([`head_turn`]).
+    pub head_turn: Option<f32>,
 }
 
 /// How each labeled face is cropped for evaluation.
@@ -33,6 +36,15 @@ pub enum EvalCrops<'a> {
     TrueBox,
     /// The given crop per face (e.g. from detections), in the order of the faces.
     Given(&'a [FaceCrop]),
+}
+
+/// Every face on its photo turned by `angle` radians ([`LabeledFace::turned`]); 0 leaves them
+/// as read.
+pub fn turn_faces(faces: &[LabeledFace], angle: f32, max_pixels: u64) -> Result<Vec<LabeledFace>> {
+    if angle == 0.0 {
+        return Ok(faces.to_vec());
+    }
+    faces.iter().map(|f| f.turned(angle, max_pixels)).collect()
 }
 
 /// The true landmark box of a labeled face.
@@ -64,7 +76,7 @@ pub fn evaluate(
     for (k, chunk) in faces.chunks(batch).enumerate() {
         let images = chunk
             .iter()
-            .map(|f| load_rgb(&f.image, max_pixels))
+            .map(|f| f.load(max_pixels))
             .collect::<Result<Vec<RgbImage>>>()?;
         let crops: Vec<FaceCrop> = match crops {
             EvalCrops::TrueBox => chunk
@@ -74,7 +86,8 @@ pub fn evaluate(
             EvalCrops::Given(given) => given[k * batch..][..chunk.len()].to_vec(),
         };
         let pairs: Vec<_> = images.iter().zip(crops.iter().copied()).collect();
-        for ((face, found), crop) in chunk.iter().zip(pipeline.landmarks(&pairs)?).zip(crops) {
+        let found = pipeline.landmarks_with_passes(&pairs)?;
+        for ((face, (found, first_pass)), crop) in chunk.iter().zip(found).zip(crops) {
             let error = nme(&found.in_image, &face.points, meta.scheme)
                 .map_err(|e| Error::InvalidInput(format!("{}: {e}", face.name)))?;
             results.push(FaceResult {
@@ -83,6 +96,8 @@ pub fn evaluate(
                 presence: pipnet_core::presence(&found.scores()),
                 predicted: found.in_image,
                 crop,
+                first_pass,
+                head_turn: head_turn(meta.scheme, &face.points).ok(),
             });
         }
     }
@@ -90,25 +105,45 @@ pub fn evaluate(
     Ok((results, Summary::new(&nmes, threshold)))
 }
 
-/// Runs the detector on each labeled face's image and keeps the detection that overlaps the
-/// face's true landmark box most (intersection over union above `min_iou`), or `None` when no
-/// detection does: the share of `Some` is the detector's recall.
+/// The faces split into thirds by how far their true landmarks turn the head
+/// ([`FaceResult::head_turn`], by its size): frontal, middle, most turned; each third's
+/// summary at `threshold` with the largest turn in it. Faces without a turn are left out.
+pub fn by_head_turn(results: &[FaceResult], threshold: f32) -> Vec<(f32, Summary)> {
+    let mut turned: Vec<(f32, f32)> = results
+        .iter()
+        .filter_map(|r| Some((r.head_turn?.abs(), r.nme)))
+        .collect();
+    turned.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let n = turned.len();
+    (0..3)
+        .map(|k| &turned[k * n / 3..(k + 1) * n / 3])
+        .filter(|third| !third.is_empty())
+        .map(|third| {
+            let nmes: Vec<f32> = third.iter().map(|t| t.1).collect();
+            (third[third.len() - 1].0, Summary::new(&nmes, threshold))
+        })
+        .collect()
+}
+
+/// Runs the detector on each labeled face's image (turning it as `search` says) and keeps the
+/// detection that overlaps the face's true landmark box most (intersection over union above
+/// `min_iou`), or `None` when no detection does: the share of `Some` is the detector's recall.
 pub fn detect_labeled(
     detector: &mut FaceDetector,
     faces: &[LabeledFace],
-    min_iou: f32,
+    (min_iou, search): (f32, RollSearch),
     max_pixels: u64,
 ) -> Result<Vec<Option<Detection>>> {
     faces
         .iter()
         .map(|face| {
-            let image = load_rgb(&face.image, max_pixels)?;
+            let image = face.load(max_pixels)?;
             let truth = Detection {
                 face_box: landmark_box(face)?,
                 score: 1.0,
                 keypoints: Default::default(),
             };
-            let found = detector.detect(&image, None)?;
+            let found = detector.detect_any_roll(&image, None, search)?;
             Ok(found
                 .into_iter()
                 .map(|d| (truth.iou(&d), d))
@@ -135,11 +170,11 @@ pub fn detector_crops(
     detector: &mut FaceDetector,
     faces: &[LabeledFace],
     rule: &CropRule,
-    min_iou: f32,
+    search: (f32, RollSearch),
     max_pixels: u64,
 ) -> Result<DetectedFaces> {
     let mut detected = DetectedFaces::default();
-    for (i, d) in detect_labeled(detector, faces, min_iou, max_pixels)?
+    for (i, d) in detect_labeled(detector, faces, search, max_pixels)?
         .into_iter()
         .enumerate()
     {

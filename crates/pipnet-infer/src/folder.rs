@@ -17,7 +17,7 @@ use pipnet_core::formats::{
 };
 use pipnet_core::{ChipSpec, Scheme, face_chip};
 
-use crate::detect::FaceDetector;
+use crate::detect::{FaceDetector, RollSearch};
 use crate::error::{Error, Result};
 use crate::image_io::load_rgb;
 use crate::pipeline::{Face, Faces, LocatedFace, Pipeline, fan_out, loader_detectors, locate};
@@ -536,7 +536,12 @@ pub fn run_settings(pipeline: &Pipeline, faces: &FaceSource) -> RunSettings {
             _ => None,
         },
         min_face: pipeline.min_face.filter(|_| detect),
-        refine: pipeline.refine,
+        second_pass: pipeline.second_pass.to_string(),
+        roll_search: if detect {
+            pipeline.roll_search.to_string()
+        } else {
+            String::new()
+        },
         flip: pipeline.model.flip_average(),
         // Given boxes and crops are never dropped.
         min_presence: if detect { pipeline.min_presence } else { 0.0 },
@@ -656,7 +661,7 @@ pub fn annotate_folder(
     };
     let batch = pipeline.model.batch_size();
     let rule = pipeline.model.metadata().crop;
-    let min_face = pipeline.min_face;
+    let search = (pipeline.min_face, pipeline.roll_search);
     let mut detector = pipeline.detector.take();
     let per_core = match &detector {
         Some(d) if job.faces == FaceSource::Detect && items.len() > 1 => d.per_core(),
@@ -665,7 +670,7 @@ pub fn annotate_folder(
     let result = per_core.and_then(|mut per_core| {
         let detectors = loader_detectors(detector.as_mut(), &mut per_core);
         let load = |item, detector: Option<&mut FaceDetector>| {
-            load_one(item, job, detector, &rule, min_face)
+            load_one(item, job, detector, &rule, search)
         };
         fan_out(items, detectors, batch, load, |receive| {
             let run = Run {
@@ -717,7 +722,7 @@ fn load_one(
     job: &FolderJob,
     detector: Option<&mut FaceDetector>,
     rule: &pipnet_core::CropRule,
-    min_face: Option<f32>,
+    search: (Option<f32>, RollSearch),
 ) -> Loaded {
     let done = output_path(&job.out_dir, &item.name, job.format);
     let preview_done = !job.preview || is_done(&item.path, &preview_path(&job.out_dir, &item.name));
@@ -727,7 +732,7 @@ fn load_one(
     }
     let located = load_rgb(&item.path, job.max_pixels).and_then(|image| {
         let faces = job.faces.faces_of(&item.name)?;
-        let found = locate(detector, rule, min_face, &image, &faces)?;
+        let found = locate(detector, rule, search, &image, &faces)?;
         Ok((image, found))
     });
     match located {

@@ -1,17 +1,24 @@
 //! Image -> faces with landmarks: detect (or take the caller's boxes), crop with the model's
-//! rule, run every face of every image as one batch, and optionally refine: crop again from the
-//! first pass's landmarks and run once more, which undoes most of the detector box's error.
+//! rule (turned to the face's roll), run every face of every image as one batch, and give a
+//! second pass to the faces that need it ([`SecondPass`]): crop again from the first pass's
+//! landmarks, turned to their eye line, and run once more, which undoes most of the first
+//! crop's error. A face whose first pass shows none is tried at its crop's other quarter
+//! turns, for faces rolled past what the detector's keypoints get right.
 
+use std::f32::consts::FRAC_PI_2;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, sync_channel};
 
 use image::RgbImage;
-use pipnet_core::detection::Detection;
+use pipnet_core::detection::{Detection, wrap_angle};
 use pipnet_core::formats::FaceAnnotation;
-use pipnet_core::{CropRule, FaceBox, FaceCrop, Scheme, five_points};
+use pipnet_core::{
+    CropChange, CropRule, FaceBox, FaceCrop, Scheme, SecondPass, SecondPassGate, five_points,
+    landmark_crop,
+};
 
-use crate::detect::FaceDetector;
+use crate::detect::{FaceDetector, RollSearch};
 use crate::error::{Error, Result};
 use crate::model::{FaceLandmarks, LandmarkModel};
 use crate::options::SessionOptions;
@@ -67,6 +74,22 @@ impl Face {
     }
 }
 
+/// What a face's first landmark pass said about its crop.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FirstPass {
+    /// How far the crop made from the first landmarks lies from the first crop (`None` when
+    /// the landmarks make no crop).
+    pub change: Option<CropChange>,
+    /// The first pass's presence.
+    pub presence: f32,
+    /// Whether the face got the second pass.
+    pub second_pass: bool,
+}
+
+/// A first pass under this presence found no face in its crop: [`Pipeline::landmarks`] tries
+/// the crop's other quarter turns (the bar annotate drops detections at).
+pub const QUARTER_TURNS_BELOW: f32 = DEFAULT_MIN_PRESENCE;
+
 /// The smallest presence a detected face may have to be kept (`--min-presence`), chosen on
 /// the validation split and on face-free crops (`models/README.md`, "Face presence").
 pub const DEFAULT_MIN_PRESENCE: f32 = 0.3;
@@ -74,13 +97,14 @@ pub const DEFAULT_MIN_PRESENCE: f32 = 0.3;
 /// A face to run the landmark model on: the detection it came from (if any) and its crop.
 pub type LocatedFace = (Option<Detection>, FaceCrop);
 
-/// Finds the faces of one image: `detector` (down to `min_face` pixels) for [`Faces::Detect`],
-/// else the crops `faces` declares, made with the model's crop `rule`. A declared box that
-/// cannot be a face in this image ([`FaceBox::check_in_image`]) fails the image.
+/// Finds the faces of one image: `detector` (down to `min_face` pixels, turning the photo as
+/// `roll_search` says) for [`Faces::Detect`], else the crops `faces` declares, made with the
+/// model's crop `rule`. A declared box that cannot be a face in this image
+/// ([`FaceBox::check_in_image`]) fails the image.
 pub fn locate(
     detector: Option<&mut FaceDetector>,
     rule: &CropRule,
-    min_face: Option<f32>,
+    (min_face, roll_search): (Option<f32>, RollSearch),
     image: &RgbImage,
     faces: &Faces,
 ) -> Result<Vec<LocatedFace>> {
@@ -104,7 +128,7 @@ pub fn locate(
                     "face detection asked for, but the pipeline has no detector".into(),
                 )
             })?;
-            let found = detector.detect(image, min_face)?;
+            let found = detector.detect_any_roll(image, min_face, roll_search)?;
             found
                 .into_iter()
                 .map(|d| (Some(d), detector.crop(&d, rule)))
@@ -165,11 +189,12 @@ pub struct Pipeline {
     pub detector: Option<FaceDetector>,
     /// Smallest face searched for, in image pixels (`None`: the detector's default).
     pub min_face: Option<f32>,
-    /// Second landmark pass on crops re-centred on the first pass's landmarks.
-    pub refine: bool,
-    /// With `refine`: only faces whose first-pass presence is below this get the second pass
-    /// (`None`: every face).
-    pub refine_below: Option<f32>,
+    /// Where the detector also searches the photo turned by quarter turns.
+    pub roll_search: RollSearch,
+    /// Which faces get a second landmark pass on a crop made from their first landmarks.
+    pub second_pass: SecondPass,
+    /// Where [`SecondPass::Auto`] runs the second pass.
+    pub gate: SecondPassGate,
     /// Detected faces whose presence is below this are dropped as false detections, and above
     /// 0 so are those that repeat a face of higher presence ([`pipnet_core::repeated_faces`]);
     /// faces the caller gave are always kept; 0 keeps all.
@@ -182,8 +207,9 @@ impl Pipeline {
             model,
             detector,
             min_face: None,
-            refine: false,
-            refine_below: None,
+            roll_search: RollSearch::default(),
+            second_pass: SecondPass::default(),
+            gate: SecondPassGate::default(),
             min_presence: 0.0,
         }
     }
@@ -208,35 +234,98 @@ impl Pipeline {
     /// Finds the faces of one image (detections, or the crops `faces` declares).
     pub fn locate(&mut self, image: &RgbImage, faces: &Faces) -> Result<Vec<LocatedFace>> {
         let rule = self.model.metadata().crop;
-        locate(self.detector.as_mut(), &rule, self.min_face, image, faces)
+        let search = (self.min_face, self.roll_search);
+        locate(self.detector.as_mut(), &rule, search, image, faces)
     }
 
-    /// Landmarks for known crops, batched, with the refinement pass when enabled.
+    /// Landmarks for known crops, batched, with the second pass where
+    /// [`Self::second_pass`] runs it.
     pub fn landmarks(&mut self, crops: &[(&RgbImage, FaceCrop)]) -> Result<Vec<FaceLandmarks>> {
-        let mut faces = self.model.landmarks(crops)?;
-        if !self.refine {
-            return Ok(faces);
-        }
-        let rule = self.model.metadata().crop;
-        let redo: Vec<usize> = (0..faces.len())
-            .filter(|&i| {
-                self.refine_below
-                    .is_none_or(|below| pipnet_core::presence(&faces[i].scores()) < below)
-            })
-            .collect();
-        let again: Vec<(&RgbImage, FaceCrop)> = redo
+        let faces = self.landmarks_with_passes(crops)?;
+        Ok(faces.into_iter().map(|(landmarks, _)| landmarks).collect())
+    }
+
+    /// [`Self::landmarks`], with what each face's first pass said and whether it got the
+    /// second.
+    pub fn landmarks_with_passes(
+        &mut self,
+        crops: &[(&RgbImage, FaceCrop)],
+    ) -> Result<Vec<(FaceLandmarks, FirstPass)>> {
+        let mut first = self.model.landmarks(crops)?;
+        self.try_quarter_turns(crops, &mut first)?;
+        let meta = self.model.metadata();
+        let (rule, scheme) = (meta.crop, meta.scheme);
+        let mut again = Vec::new();
+        let passes: Vec<FirstPass> = first
             .iter()
-            .map(|&i| {
-                let (image, crop) = crops[i];
-                // Non-finite points were already rejected by the model; keep the crop if not.
-                let crop = FaceBox::around(&faces[i].in_image).map_or(crop, |b| rule.crop(&b));
-                (image, crop)
+            .zip(crops)
+            .map(|(found, &(image, _))| {
+                let crop = found.crop;
+                let presence = pipnet_core::presence(&found.scores());
+                // Non-finite points were already rejected by the model.
+                let next = landmark_crop(&rule, scheme, &found.in_image).ok();
+                let change = next.map(|next| CropChange::between(&crop, &next));
+                let second_pass = match (self.second_pass, change) {
+                    (_, None) | (SecondPass::Off, _) => false,
+                    (SecondPass::Always, _) => true,
+                    (SecondPass::Auto, Some(change)) => self.gate.pays(&change, presence),
+                };
+                if let (true, Some(next)) = (second_pass, next) {
+                    again.push((image, next));
+                }
+                FirstPass {
+                    change,
+                    presence,
+                    second_pass,
+                }
             })
             .collect();
-        for (i, refined) in redo.into_iter().zip(self.model.landmarks(&again)?) {
-            faces[i] = refined;
+        let mut second = self.model.landmarks(&again)?.into_iter();
+        Ok(first
+            .into_iter()
+            .zip(passes)
+            .map(|(found, pass)| {
+                let landmarks = match pass.second_pass {
+                    true => second.next().unwrap_or(found),
+                    false => found,
+                };
+                (landmarks, pass)
+            })
+            .collect())
+    }
+
+    /// Runs each face whose first pass shows no face (presence under
+    /// [`QUARTER_TURNS_BELOW`]) again on its crop turned by each quarter turn, and keeps the
+    /// turn where the face shows most: past about 45 degrees of roll the detector still finds
+    /// faces, but its eye keypoints, and so the crop's angle, can be a quarter or half turn out.
+    fn try_quarter_turns(
+        &mut self,
+        crops: &[(&RgbImage, FaceCrop)],
+        found: &mut [FaceLandmarks],
+    ) -> Result<()> {
+        let unsure: Vec<usize> = (0..found.len())
+            .filter(|&i| pipnet_core::presence(&found[i].scores()) < QUARTER_TURNS_BELOW)
+            .collect();
+        let turned: Vec<(&RgbImage, FaceCrop)> = unsure
+            .iter()
+            .flat_map(|&i| {
+                let (image, crop) = crops[i];
+                (1..4).map(move |k| {
+                    let angle = wrap_angle(crop.angle + k as f32 * FRAC_PI_2);
+                    (image, FaceCrop { angle, ..crop })
+                })
+            })
+            .collect();
+        let mut tries = self.model.landmarks(&turned)?.into_iter();
+        for i in unsure {
+            for other in tries.by_ref().take(3) {
+                let presence = |f: &FaceLandmarks| pipnet_core::presence(&f.scores());
+                if presence(&other) > presence(&found[i]) {
+                    found[i] = other;
+                }
+            }
         }
-        Ok(faces)
+        Ok(())
     }
 
     /// All faces of several images, every face in shared landmark batches.

@@ -119,20 +119,24 @@ fn write_upright_crop(
     }
 }
 
-/// Cuts an aligned face chip ([`pipnet_core::face_chip`]) out of `image` as 8-bit RGB: the
-/// model input's bilinear sampler, so pixels outside the image are black here too.
+/// Cuts an aligned face chip ([`pipnet_core::face_chip`]) out of `image` as 8-bit RGB.
 pub fn cut_chip(image: &RgbImage, chip: &FaceChip) -> RgbImage {
-    let size = chip.size as usize;
-    let mut planes = vec![0.0f32; 3 * size * size];
+    cut_crop(image, &chip.crop(), chip.size)
+}
+
+/// Samples `crop` of `image` into a `size` x `size` 8-bit RGB image: the model input's
+/// bilinear sampler, so pixels outside the image are black here too.
+pub fn cut_crop(image: &RgbImage, crop: &FaceCrop, size: u32) -> RgbImage {
+    let plane = size as usize * size as usize;
+    let mut planes = vec![0.0f32; 3 * plane];
     // mean 0, std 1/255: the sampled values stay in 0..255.
     let identity = Normalization::new([0.0; 3], [1.0 / 255.0; 3]);
-    write_crop(image, &chip.crop(), size, &identity, &mut planes);
-    let plane = size * size;
+    write_crop(image, crop, size as usize, &identity, &mut planes);
     let pixels = (0..plane)
         .flat_map(|i| [0, 1, 2].map(|c| planes[c * plane + i].round().clamp(0.0, 255.0) as u8))
         .collect();
     // `size * size * 3` bytes by construction.
-    RgbImage::from_raw(chip.size, chip.size, pixels).unwrap_or_default()
+    RgbImage::from_raw(size, size, pixels).unwrap_or_default()
 }
 
 /// Mirrors `[N, 3, S, S]` crops left to right in place (reverses every row), for test-time

@@ -1,7 +1,7 @@
 //! Landmarks on video: faces followed from frame to frame with stable ids.
 //!
 //! A face held from the previous frame is cropped where its landmarks there, moved on by their
-//! last motion, put it (the refine crop rule), and costs one landmark pass, no detection. The
+//! last motion, put it (the refine crop, turned to the eye line), and costs one landmark pass, no detection. The
 //! detector runs on the first frame, every `detect_every` frames (to find new faces), and while
 //! a face is lost: its presence fell under the pipeline's `min_presence`, the bar detected faces
 //! must pass too. Detections that overlap a held face are ignored, one that overlaps a lost face
@@ -11,7 +11,7 @@
 
 use image::RgbImage;
 use pipnet_core::smooth::{LandmarkSmoother, OneEuroSettings};
-use pipnet_core::{FaceBox, FaceCrop, Point};
+use pipnet_core::{CropRule, FaceBox, FaceCrop, Point, Scheme, landmark_crop};
 
 use crate::error::{Error, Result};
 use crate::model::FaceLandmarks;
@@ -79,28 +79,25 @@ impl Track {
         FaceBox::around(&self.landmarks).ok()
     }
 
-    /// Where the face should be on the next frame: its last box moved on by its last motion
-    /// (centre and size, the size change limited to a quarter).
-    fn predicted_box(&self) -> Option<FaceBox> {
-        let now = self.face_box()?;
+    /// Where the face should be cropped on the next frame: its last landmarks' crop, turned to
+    /// their eye line ([`landmark_crop`]), moved on by their last motion (centre and side, the
+    /// side's change limited to a quarter).
+    fn predicted_crop(&self, rule: &CropRule, scheme: Scheme) -> Option<FaceCrop> {
+        let now = landmark_crop(rule, scheme, &self.landmarks).ok()?;
         let Some(before) = self
             .previous
             .as_deref()
-            .and_then(|p| FaceBox::around(p).ok())
+            .and_then(|p| landmark_crop(rule, scheme, p).ok())
         else {
             return Some(now);
         };
-        let (c, b) = (now.center(), before.center());
-        let grow = (now.width().max(now.height()) / before.width().max(before.height()).max(1e-3))
-            .clamp(0.8, 1.25);
-        let (half_w, half_h) = (now.width() * grow / 2.0, now.height() * grow / 2.0);
-        let centre = [2.0 * c[0] - b[0], 2.0 * c[1] - b[1]];
-        Some(FaceBox::from([
-            centre[0] - half_w,
-            centre[1] - half_h,
-            centre[0] + half_w,
-            centre[1] + half_h,
-        ]))
+        let (c, b) = (now.center, before.center);
+        let grow = (now.side / before.side.max(1e-3)).clamp(0.8, 1.25);
+        Some(FaceCrop::new(
+            [2.0 * c[0] - b[0], 2.0 * c[1] - b[1]],
+            now.side * grow,
+            now.angle,
+        ))
     }
 
     /// The face was seen at `points` on this frame.
@@ -167,7 +164,10 @@ impl Tracker {
     /// The faces of the next frame, seen at `time` seconds (for smoothing; frames must come
     /// in order).
     pub fn track(&mut self, image: &RgbImage, time: f64) -> Result<Vec<TrackedFace>> {
-        let rule = self.pipeline.model.metadata().crop;
+        let (rule, scheme) = (
+            self.pipeline.model.metadata().crop,
+            self.pipeline.model.metadata().scheme,
+        );
         // 1. Held faces: one landmark pass each, where last frame's points and motion put them.
         let held: Vec<usize> = (0..self.tracks.len())
             .filter(|&i| self.tracks[i].missed == 0)
@@ -176,8 +176,8 @@ impl Tracker {
             .iter()
             .filter_map(|&i| {
                 self.tracks[i]
-                    .predicted_box()
-                    .map(|b| (image, rule.crop(&b)))
+                    .predicted_crop(&rule, scheme)
+                    .map(|crop| (image, crop))
             })
             .collect();
         let passes = if crops.len() == held.len() {

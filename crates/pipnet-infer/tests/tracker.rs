@@ -18,7 +18,7 @@ type Points = Vec<[f32; 2]>;
 fn tracker(settings: TrackerSettings) -> Tracker {
     let options = SessionOptions::default();
     let mut pipeline = Pipeline::open(None, None, true, &options).expect("built-in models");
-    pipeline.refine = true;
+    pipeline.second_pass = pipnet_infer::core::SecondPass::Always;
     pipeline.min_presence = pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
     Tracker::new(pipeline, settings).expect("tracker")
 }

@@ -14,7 +14,7 @@ use numpy::{
     PyUntypedArrayMethods, dtype,
 };
 use pipnet_infer::core::smooth::OneEuroSettings;
-use pipnet_infer::core::{ChipSpec, FaceCrop, Scheme, five_points};
+use pipnet_infer::core::{ChipSpec, FaceCrop, Scheme, SecondPass, five_points};
 use pipnet_infer::folder::{FaceSource, FolderJob, OutputFormat, annotate_folder};
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, PixelFormat, load_rgb, rgb_from_buffer};
 use pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
@@ -201,7 +201,7 @@ impl Pipeline {
 impl Pipeline {
     #[new]
     #[pyo3(signature = (model=None, device="cpu", threads=None, batch=None, min_face=None,
-        refine=false, flip=false, detector=None, ort_library=None, min_presence=None))]
+        refine=None, flip=false, detector=None, ort_library=None, min_presence=None))]
     #[allow(clippy::too_many_arguments)] // Python keyword arguments
     fn new(
         py: Python<'_>,
@@ -210,7 +210,7 @@ impl Pipeline {
         threads: Option<usize>,
         batch: Option<usize>,
         min_face: Option<f32>,
-        refine: bool,
+        refine: Option<bool>,
         flip: bool,
         detector: Option<PathBuf>,
         ort_library: Option<PathBuf>,
@@ -232,7 +232,11 @@ impl Pipeline {
             .detach(|| RustPipeline::open(model.as_deref(), detector.as_deref(), true, &options))
             .map_err(py_err)?;
         pipeline.min_face = min_face;
-        pipeline.refine = refine;
+        pipeline.second_pass = match refine {
+            None => SecondPass::Auto,
+            Some(true) => SecondPass::Always,
+            Some(false) => SecondPass::Off,
+        };
         pipeline.min_presence = min_presence;
         pipeline.model.set_flip_average(flip);
         Ok(Self {
@@ -410,7 +414,7 @@ impl Tracker {
             threads,
             None,
             min_face,
-            true,
+            Some(true),
             false,
             detector,
             ort_library,

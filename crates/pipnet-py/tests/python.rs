@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 /// `{"<file>": [{"box", "score", "landmarks", "landmark_scores"}, ...]}`.
 fn rust_faces() -> Value {
     let mut pipeline = Pipeline::open(None, None, true, &SessionOptions::default()).unwrap();
-    pipeline.refine = false;
+    pipeline.second_pass = pipnet_infer::core::SecondPass::Auto;
     pipeline.min_presence = pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
     let mut photos = serde_json::Map::new();
     for (file, _) in common::sample_face_boxes() {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use image::RgbImage;
 use pipnet_core::{CropRule, FaceBox, FaceCrop, NeighborIndex, Point, Scheme, mean_face};
 use pipnet_infer::SessionOptions;
-use pipnet_infer::detect::FaceDetector;
+use pipnet_infer::detect::{FaceDetector, RollSearch};
 use pipnet_infer::eval::detector_crops;
 use pipnet_infer::folder::image_paths;
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, load_rgb};
@@ -211,7 +211,7 @@ pub(crate) fn detector_crops_of(
         &mut detector,
         faces,
         &CropRule::default(),
-        0.3,
+        (0.3, RollSearch::Off),
         DEFAULT_MAX_PIXELS,
     )?;
     for (i, crop) in found.index.into_iter().zip(found.crops) {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use image::RgbImage;
-use pipnet_core::Point;
+use pipnet_core::{Point, SecondPass};
 use pipnet_infer::detect::FaceDetector;
 use pipnet_infer::folder::write_atomic;
 use pipnet_infer::{Face, Faces, LandmarkModel, Pipeline, SessionOptions};
@@ -90,7 +90,7 @@ pub fn pseudo_label(
 ) -> Result<Vec<PseudoLabel>> {
     let detector = FaceDetector::builtin(&SessionOptions::default())?;
     let mut pipeline = Pipeline::new(model, Some(detector));
-    pipeline.refine = true;
+    pipeline.second_pass = SecondPass::Always;
     pipeline.min_face = Some(min_face);
     let mut labels = Vec::new();
     for (chunk_index, chunk) in images.chunks(32).enumerate() {

@@ -8,6 +8,7 @@ use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
 use pipnet_infer::Pipeline;
 use pipnet_infer::core::ChipSpec;
+use pipnet_infer::detect::RollSearch;
 use pipnet_infer::folder::{FaceSource, FolderJob, OutputFormat, Shard, annotate_folder};
 use pipnet_infer::image_io::DEFAULT_MAX_PIXELS;
 use pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
@@ -43,6 +44,12 @@ pub struct Args {
     /// the detector sees in its input) nothing more is found.
     #[arg(long)]
     min_face: Option<f32>,
+    /// Where the detector also searches each photo turned by quarter turns, for faces rolled
+    /// past the ~45 degrees it finds upright (sideways and upside-down photos): off,
+    /// where-none-found (photos with no upright face; free where faces are found) or always
+    /// (every photo, four times the detector's work).
+    #[arg(long, default_value = "where-none-found")]
+    roll_search: RollSearch,
     #[command(flatten)]
     refine: super::RefineArgs,
     /// Also run each face crop mirrored and average the two results (twice the landmark
@@ -118,7 +125,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let mut pipeline = Pipeline::new(model, detector);
     pipeline.min_face = args.min_face;
-    pipeline.refine = args.refine.refine();
+    pipeline.second_pass = args.refine.second_pass();
+    pipeline.roll_search = args.roll_search;
     pipeline.min_presence = args.min_presence;
     pipeline.model.set_flip_average(args.flip);
     let job = FolderJob {

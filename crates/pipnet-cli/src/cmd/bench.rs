@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::Context;
+use pipnet_core::SecondPass;
 use pipnet_infer::Pipeline;
 use pipnet_infer::bench::{BenchReport, bench, bench_video, panning_frames};
 use pipnet_infer::folder::IMAGE_EXTENSIONS;
@@ -193,7 +194,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let photo = load_rgb(first, DEFAULT_MAX_PIXELS)?;
             let frames = panning_frames(&photo, args.video_frames);
             // As `track` runs it: faces it detects get the second pass.
-            pipeline.refine = true;
+            pipeline.second_pass = SecondPass::Always;
             pipeline.min_presence = DEFAULT_MIN_PRESENCE;
             let (video, back) = bench_video(pipeline, &frames, TrackerSettings::default())
                 .context("video benchmark failed")?;
@@ -324,8 +325,8 @@ fn print_peer(p: &super::peer::PeerReport) {
         "pipeline", "photos/s", "faces/s", "faces", "found", "NME", "NME (common)"
     );
     let ours = format!(
-        "pipnet (BlazeFace + PIPNet, {}{})",
-        if p.refine { "refine" } else { "one pass" },
+        "pipnet (BlazeFace + PIPNet, second pass {}{})",
+        p.second_pass,
         if p.flip { ", flip" } else { "" }
     );
     let rows = [

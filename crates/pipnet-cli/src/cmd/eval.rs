@@ -1,13 +1,17 @@
-//! `pipnet eval DATA [--model MODEL] [--crops truth|detector] [--refine] [--flip] [--ced ced.csv]
-//! [--plot ced.png]`
+//! `pipnet eval DATA [--model MODEL] [--crops truth|detector] [--roll DEGREES,...]
+//! [--refine | --no-refine] [--flip] [--ced ced.csv] [--plot ced.png]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use pipnet_core::metrics::{Summary, ced_curve};
-use pipnet_infer::eval::{EvalCrops, FaceResult, detector_crops, evaluate};
+use pipnet_infer::detect::{FaceDetector, RollSearch};
+use pipnet_infer::eval::{
+    EvalCrops, FaceResult, by_head_turn, detector_crops, evaluate, turn_faces,
+};
 use pipnet_infer::image_io::DEFAULT_MAX_PIXELS;
+use pipnet_infer::labeled::LabeledFace;
 use pipnet_infer::labeled::split_validation;
 use pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
 use pipnet_infer::{Device, Pipeline, SessionOptions};
@@ -29,12 +33,18 @@ pub struct Args {
     crops: String,
     #[command(flatten)]
     detector: super::DetectorArgs,
-    /// Run the landmark model a second time on crops re-centred on its first landmarks.
-    #[arg(long)]
-    refine: bool,
-    /// With --refine: only faces whose first-pass presence is below P get the second pass.
-    #[arg(long, value_name = "P", requires = "refine")]
-    refine_below: Option<f32>,
+    /// Turn the photos by each of these angles (degrees, comma-separated, e.g.
+    /// 0,20,-20,40,-40,90,180; the truth turned with them) and score detector crops at each, as
+    /// `annotate` runs them: one row per angle, with the faces lost (missed, or under
+    /// annotate's --min-presence), NME, FR@0.1 and the most turned third's NME.
+    #[arg(long, value_parser = super::parse_rolls, value_name = "DEGREES")]
+    roll: Option<std::vec::Vec<f32>>,
+    /// Where the detector also searches the photo turned by quarter turns: off,
+    /// where-none-found (the default, as `annotate`) or always.
+    #[arg(long, default_value = "where-none-found")]
+    roll_search: RollSearch,
+    #[command(flatten)]
+    refine: super::RefineArgs,
     /// Also run each crop mirrored and average the two (twice the landmark work).
     #[arg(long)]
     flip: bool,
@@ -70,32 +80,38 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ..Default::default()
     };
     let mut pipeline = Pipeline::new(args.model.load(&options)?, None);
-    pipeline.refine = args.refine;
-    pipeline.refine_below = args.refine_below;
+    pipeline.second_pass = args.refine.second_pass();
+    pipeline.roll_search = args.roll_search;
     pipeline.model.set_flip_average(args.flip);
-    let pass = match (args.refine, args.flip) {
-        (false, false) => "",
-        (true, false) => ", refined",
-        (false, true) => ", flip-averaged",
-        (true, true) => ", refined, flip-averaged",
-    };
-    let evaluate = |pipeline: &mut Pipeline, faces: &[_], crops| {
-        evaluate(pipeline, faces, crops, 0.1, DEFAULT_MAX_PIXELS).context("evaluation failed")
-    };
+    let pass = format!(
+        ", second pass {}{}",
+        pipeline.second_pass,
+        if args.flip { ", flip-averaged" } else { "" }
+    );
+    if let Some(rolls) = &args.roll {
+        if args.crops != "detector" {
+            bail!("--roll scores detector crops: add --crops detector");
+        }
+        let mut detector = args.detector.load(&options)?;
+        let results = by_roll(&mut pipeline, &mut detector, &faces, rolls, &pass)?;
+        write_reports(&args, &results, &Summary::new(&[], 0.1))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let (results, summary) = if args.crops == "detector" {
         let mut detector = args.detector.load(&options)?;
         let rule = pipeline.model.metadata().crop;
-        let detected = detector_crops(&mut detector, &faces, &rule, 0.3, DEFAULT_MAX_PIXELS)?;
+        let search = (0.3, pipeline.roll_search);
+        let detected = detector_crops(&mut detector, &faces, &rule, search, DEFAULT_MAX_PIXELS)?;
         println!(
             "detector recall {}/{} = {:.4} (IoU > 0.3 with the landmark box)",
             detected.found.len(),
             faces.len(),
             detected.found.len() as f64 / faces.len().max(1) as f64
         );
-        let (_, truth) = evaluate(&mut pipeline, &detected.found, EvalCrops::TrueBox)?;
+        let (_, truth) = score(&mut pipeline, &detected.found, EvalCrops::TrueBox)?;
         print_summary(&format!("crops from the true landmark box{pass}"), &truth);
         let crops = EvalCrops::Given(&detected.crops);
-        let (results, summary) = evaluate(&mut pipeline, &detected.found, crops)?;
+        let (results, summary) = score(&mut pipeline, &detected.found, crops)?;
         print_summary(&format!("crops from the detector{pass}"), &summary);
         let lost = results
             .iter()
@@ -113,12 +129,87 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         (results, summary)
     } else {
-        let (results, summary) = evaluate(&mut pipeline, &faces, EvalCrops::TrueBox)?;
+        let (results, summary) = score(&mut pipeline, &faces, EvalCrops::TrueBox)?;
         print_summary(&format!("crops from the true landmark box{pass}"), &summary);
         (results, summary)
     };
+    print_passes_and_turns(&results);
     write_reports(&args, &results, &summary)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The faces' results at FR@0.1, as every report here gives them.
+fn score(
+    pipeline: &mut Pipeline,
+    faces: &[LabeledFace],
+    crops: EvalCrops<'_>,
+) -> anyhow::Result<(Vec<FaceResult>, Summary)> {
+    evaluate(pipeline, faces, crops, 0.1, DEFAULT_MAX_PIXELS).context("evaluation failed")
+}
+
+/// How many faces got the second pass, and the NME of each third of the faces by head turn.
+fn print_passes_and_turns(results: &[FaceResult]) {
+    let second = results.iter().filter(|r| r.first_pass.second_pass).count();
+    println!(
+        "second pass on {second} of {} faces ({:.1}%)",
+        results.len(),
+        100.0 * second as f64 / results.len().max(1) as f64
+    );
+    println!("by head turn (nose between the jaw ends, true landmarks; 0 frontal, 1 profile):");
+    for (k, (largest, third)) in by_head_turn(results, 0.1).iter().enumerate() {
+        let name = ["frontal third", "middle third", "most turned third"][k.min(2)];
+        println!(
+            "  {name:<18} (turn <= {largest:.2}): NME {:.4}, FR@0.1 {:.4}",
+            third.nme, third.failure_rate
+        );
+    }
+}
+
+/// Scores the faces turned by each of `rolls` on detector crops, one row each; returns every
+/// evaluated face (named with its roll).
+fn by_roll(
+    pipeline: &mut Pipeline,
+    detector: &mut FaceDetector,
+    faces: &[LabeledFace],
+    rolls: &[f32],
+    pass: &str,
+) -> anyhow::Result<Vec<FaceResult>> {
+    let rule = pipeline.model.metadata().crop;
+    println!("detector crops{pass}; lost: not found, or presence under {DEFAULT_MIN_PRESENCE}");
+    println!(
+        "{:>6} {:>12} {:>8} {:>8} {:>12} {:>12}",
+        "roll", "lost", "NME", "FR@0.1", "NME turned", "second pass"
+    );
+    let mut all = Vec::new();
+    for &roll in rolls {
+        let turned = turn_faces(faces, roll, DEFAULT_MAX_PIXELS)?;
+        let search = (0.3, pipeline.roll_search);
+        let detected = detector_crops(detector, &turned, &rule, search, DEFAULT_MAX_PIXELS)?;
+        let crops = EvalCrops::Given(&detected.crops);
+        let (mut results, summary) = score(pipeline, &detected.found, crops)?;
+        let kept = results
+            .iter()
+            .filter(|r| r.presence >= DEFAULT_MIN_PRESENCE)
+            .count();
+        let second = results.iter().filter(|r| r.first_pass.second_pass).count();
+        let hardest = by_head_turn(&results, 0.1)
+            .last()
+            .map_or(f32::NAN, |t| t.1.nme);
+        println!(
+            "{:>6.0} {:>12} {:>8.4} {:>8.4} {:>12.4} {:>11.1}%",
+            roll.to_degrees(),
+            format!("{} of {}", faces.len() - kept, faces.len()),
+            summary.nme,
+            summary.failure_rate,
+            hardest,
+            100.0 * second as f64 / results.len().max(1) as f64
+        );
+        for r in &mut results {
+            r.name = format!("{}@{:.0}", r.name, roll.to_degrees());
+        }
+        all.extend(results);
+    }
+    Ok(all)
 }
 
 fn write_reports(args: &Args, results: &[FaceResult], summary: &Summary) -> anyhow::Result<()> {
@@ -131,7 +222,7 @@ fn write_reports(args: &Args, results: &[FaceResult], summary: &Summary) -> anyh
         }
         std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))?;
     }
-    if let Some(path) = &args.plot {
+    if let Some(path) = args.plot.as_ref().filter(|_| summary.faces > 0) {
         let name = args
             .model
             .model
@@ -149,12 +240,30 @@ fn write_reports(args: &Args, results: &[FaceResult], summary: &Summary) -> anyh
         )?;
     }
     if let Some(path) = &args.per_face {
-        let mut csv = String::from("face,nme,crop_x,crop_y,crop_side,crop_angle\n");
+        let mut csv = String::from(
+            "face,nme,crop_x,crop_y,crop_side,crop_angle,presence,first_presence,shift,scale,\
+             turn,second_pass,head_turn\n",
+        );
         for r in results {
-            let c = r.crop;
+            let (c, p) = (r.crop, r.first_pass);
+            let change = p
+                .change
+                .map_or([f32::NAN; 3], |c| [c.shift, c.scale, c.turn]);
             csv.push_str(&format!(
-                "{},{:.6},{:.3},{:.3},{:.3},{:.6}\n",
-                r.name, r.nme, c.center[0], c.center[1], c.side, c.angle
+                "{},{:.6},{:.3},{:.3},{:.3},{:.6},{:.4},{:.4},{:.5},{:.5},{:.5},{},{:.4}\n",
+                r.name,
+                r.nme,
+                c.center[0],
+                c.center[1],
+                c.side,
+                c.angle,
+                r.presence,
+                p.presence,
+                change[0],
+                change[1],
+                change[2],
+                u8::from(p.second_pass),
+                r.head_turn.unwrap_or(f32::NAN)
             ));
         }
         std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))?;

@@ -14,6 +14,7 @@ pub mod train;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use pipnet_core::SecondPass;
 use pipnet_infer::detect::{DetectorSettings, FaceDetector};
 use pipnet_infer::labeled::{LabeledFace, read_labeled};
 use pipnet_infer::runtime::Runtime;
@@ -138,24 +139,28 @@ impl DetectorArgs {
     }
 }
 
-/// How many landmark passes a face from the detector gets, as `annotate` runs it.
+/// How many landmark passes a face gets, as `annotate` runs it. By default a face gets a
+/// second pass, on a crop made from its first landmarks, only where its first pass says the
+/// crop was off (moved, rescaled or turned) or the face is unsure (models/README.md, "A
+/// second pass where it pays").
 #[derive(clap::Args)]
 pub struct RefineArgs {
-    /// A second landmark pass on crops re-centred on the first pass's landmarks: twice the
-    /// landmark work for about 1% lower NME with the default model on detector boxes
-    /// (models/README.md, "One pass or refine").
+    /// A second landmark pass for every face.
     #[arg(long, overrides_with = "no_refine")]
     refine: bool,
-    /// One landmark pass per face: the default (refining was, until the detector's keypoint
-    /// calibration made one pass as accurate).
+    /// One landmark pass for every face.
     #[arg(long, overrides_with = "refine")]
     no_refine: bool,
 }
 
 impl RefineArgs {
-    /// Whether the second pass runs (the last of `--refine` / `--no-refine` given wins).
-    pub fn refine(&self) -> bool {
-        self.refine && !self.no_refine
+    /// Which faces get the second pass (the last of `--refine` / `--no-refine` given wins).
+    pub fn second_pass(&self) -> SecondPass {
+        match (self.refine, self.no_refine) {
+            (true, _) => SecondPass::Always,
+            (_, true) => SecondPass::Off,
+            _ => SecondPass::Auto,
+        }
     }
 }
 
@@ -173,6 +178,18 @@ impl LabeledArgs {
     pub fn read(&self) -> anyhow::Result<Vec<LabeledFace>> {
         Ok(read_labeled(&self.data, self.images.as_deref())?)
     }
+}
+
+/// Comma-separated angles in degrees, e.g. `0,20,-20,90`, as radians.
+pub fn parse_rolls(text: &str) -> Result<Vec<f32>, String> {
+    text.split(',')
+        .map(|a| match a.trim().parse::<f32>() {
+            Ok(d) if d.is_finite() => Ok(d.to_radians()),
+            _ => Err(format!(
+                "bad angle {a:?}: expected degrees, e.g. 0,20,-20,90"
+            )),
+        })
+        .collect()
 }
 
 /// `FRACTION:SEED` of a training config's validation split, e.g. `0.1:1`.

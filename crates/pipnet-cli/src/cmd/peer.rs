@@ -59,8 +59,8 @@ fn score_both(ours: &[Option<f32>], theirs: &[Option<f32>]) -> (Scored, Scored) 
 pub struct PeerReport {
     pub peer: String,
     pub threads: usize,
-    /// Whether our landmarks were refined (a second pass, `--refine`).
-    pub refine: bool,
+    /// Which of our faces got a second landmark pass: `off`, `auto` or `always`.
+    pub second_pass: String,
     /// Whether each crop was also run mirrored and averaged (`--flip`).
     pub flip: bool,
     pub ours: Throughput,
@@ -91,7 +91,7 @@ pub fn compare_with_dlib(
         Some(data) => labeled_faces(data, args.split)?,
         None => Vec::new(),
     };
-    pipeline.refine = args.refine.refine();
+    pipeline.second_pass = args.refine.second_pass();
     pipeline.model.set_flip_average(args.flip);
     pipeline.min_presence = pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
     let ours = bench_photos(pipeline, images, args.repeat).context("timing our pipeline")?;
@@ -112,7 +112,7 @@ pub fn compare_with_dlib(
     Ok(PeerReport {
         peer: "dlib".into(),
         threads,
-        refine: pipeline.refine,
+        second_pass: pipeline.second_pass.to_string(),
         flip: pipeline.model.flip_average(),
         photos_per_s_over_dlib: ours.photos_per_second / dlib.photos_per_second,
         faces_per_s_over_dlib: ours.faces_per_second / dlib.faces_per_second,
@@ -134,7 +134,8 @@ fn nmes_of_ours(
         .detector
         .as_mut()
         .context("the pipeline has no face detector")?;
-    let detected = detector_crops(detector, faces, &rule, 0.3, DEFAULT_MAX_PIXELS)?;
+    let search = (0.3, pipeline.roll_search);
+    let detected = detector_crops(detector, faces, &rule, search, DEFAULT_MAX_PIXELS)?;
     let crops = EvalCrops::Given(&detected.crops);
     let (results, _) = evaluate(pipeline, &detected.found, crops, 0.1, DEFAULT_MAX_PIXELS)?;
     let mut nmes = vec![None; faces.len()];

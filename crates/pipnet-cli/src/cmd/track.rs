@@ -10,9 +10,9 @@ use anyhow::{Context, bail};
 use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
 use pipnet_infer::Pipeline;
-use pipnet_infer::core::Scheme;
 use pipnet_infer::core::formats::{FaceAnnotation, csv_face_columns};
 use pipnet_infer::core::smooth::OneEuroSettings;
+use pipnet_infer::core::{Scheme, SecondPass};
 use pipnet_infer::folder::{IMAGE_EXTENSIONS, write_atomic};
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, load_rgb};
 use pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
@@ -287,7 +287,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.model.load(&options)?,
         Some(args.detector.load(&options)?),
     );
-    pipeline.refine = true;
+    pipeline.second_pass = SecondPass::Always;
     pipeline.min_face = args.min_face;
     pipeline.min_presence = args.min_presence;
     let scheme = pipeline.model.metadata().scheme;

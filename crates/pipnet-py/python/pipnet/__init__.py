@@ -164,9 +164,10 @@ class Pipeline:
     ``model`` and ``detector`` are ONNX graph files (None: the built-in ones); ``device`` is
     ``"cpu"``, ``"cuda"`` or ``"auto"``; ``threads`` are ONNX Runtime's intra-op threads (None:
     every core) and ``batch`` the faces per run (None: 16), each a whole number >= 1; ``min_face``
-    the smallest face searched for in pixels (None: 40); ``refine``
-    runs a second landmark pass on crops re-centred on the first (off by default, as in
-    ``pipnet annotate``); ``flip`` averages each crop
+    the smallest face searched for in pixels (None: 40); ``refine`` is which faces get a second
+    landmark pass on a crop made from their first landmarks: None (the default, as in
+    ``pipnet annotate``) those whose first pass says the crop was off or the face is unsure,
+    True every face, False none; ``flip`` averages each crop
     with its mirror image (twice the landmark work); detected faces whose presence is under
     ``min_presence`` are dropped (None: the CLI's default; 0 keeps all).
     """
@@ -179,7 +180,7 @@ class Pipeline:
         threads: Optional[int] = None,
         batch: Optional[int] = None,
         min_face: Optional[float] = None,
-        refine: bool = False,
+        refine: Optional[bool] = None,
         flip: bool = False,
         detector: Optional[PathLike] = None,
         min_presence: Optional[float] = None,
