@@ -514,7 +514,7 @@ fn test_train_export_eval_round_trip_through_the_cli() {
 }
 
 /// The shipped fast model is the graph `models/README.md` describes: INT8, 192 px, and on the
-/// validation split it is as accurate as documented (true-box NME 0.0346).
+/// validation split it is as accurate as documented (true-box NME 0.0346, one pass).
 #[test]
 fn test_the_fast_model_is_what_models_readme_says() {
     let root = common::repo_root();
@@ -534,11 +534,51 @@ fn test_the_fast_model_is_what_models_readme_says() {
         "0.1:1",
         "--model",
         fast.to_str().unwrap(),
+        "--no-refine",
     ]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("faces     399"), "{stdout}");
     let nme = printed_nme(&stdout);
     assert!((nme - 0.0346).abs() < 5e-4, "{stdout}");
+}
+
+/// `pipnet eval --roll` turns the photos and scores detector crops at each angle: the built-in
+/// models lose none of three faces at 40, 90 (the quarter-turn search) or 180 degrees, and stay
+/// close to their upright NME; the per-face file names each face with its angle.
+#[test]
+fn test_eval_roll_turns_the_photos_and_loses_no_face() {
+    let tmp = tempfile::tempdir().unwrap();
+    let faces = labeled_folder(&tmp.path().join("faces"), real_photos());
+    let per_face = tmp.path().join("per_face.csv");
+    let (code, stdout, stderr) = run_pipnet(&[
+        "eval",
+        faces.to_str().unwrap(),
+        "--crops",
+        "detector",
+        "--roll",
+        "0,40,90,180",
+        "--per-face",
+        per_face.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|w| w.len() == 8 && w[0].parse::<f32>().is_ok())
+        .collect();
+    assert_eq!(rows.len(), 4, "{stdout}");
+    let upright: f32 = rows[0][4].parse().unwrap();
+    for row in &rows {
+        assert_eq!(row[1..4], ["0", "of", "3"], "{stdout}");
+        let nme: f32 = row[4].parse().unwrap();
+        assert!(nme < upright * 1.5 && nme < 0.06, "{stdout}");
+    }
+    let csv = std::fs::read_to_string(&per_face).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 4 * 3);
+    assert!(csv.contains("@180,"), "{csv}");
+    let (code, _, stderr) = run_pipnet(&["eval", faces.to_str().unwrap(), "--roll", "40"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--crops detector"), "{stderr}");
 }
 
 /// `pipnet eval --crops detector --per-face` writes the crop each face's first pass used, the

@@ -257,9 +257,8 @@ pub fn bench_photos(
     if images.is_empty() {
         return Err(Error::InvalidInput("no images to benchmark".into()));
     }
-    let mut detector = pipeline.detector.take();
-    let per_core = match &detector {
-        Some(d) => d.per_core(),
+    let sessions = match &pipeline.detector {
+        Some(d) => d.for_loaders(images.len()),
         None => Ok(Vec::new()),
     };
     let rule = pipeline.model.metadata().crop;
@@ -270,9 +269,9 @@ pub fn bench_photos(
         let found = locate(detector, &rule, search, &image, &Faces::Detect)?;
         Ok((image, found))
     };
-    let result = per_core.and_then(|mut per_core| {
+    let result = sessions.and_then(|mut sessions| {
         let mut pass = || -> Result<usize> {
-            let detectors = loader_detectors(detector.as_mut(), &mut per_core);
+            let detectors = loader_detectors(&mut sessions);
             fan_out(images.iter().collect(), detectors, group, load, |receive| {
                 let mut faces = 0;
                 let mut pending: Vec<(RgbImage, Vec<LocatedFace>)> = Vec::new();
@@ -304,7 +303,6 @@ pub fn bench_photos(
         }
         Ok((faces, median(seconds)))
     });
-    pipeline.detector = detector;
     let (faces, seconds) = result?;
     Ok(Throughput {
         photos: images.len(),

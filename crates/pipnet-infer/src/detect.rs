@@ -6,6 +6,7 @@
 //! searched in overlapping tiles at finer scales. Anchor decoding and weighted NMS are in
 //! [`pipnet_core::detection`].
 
+use std::f32::consts::FRAC_PI_2;
 use std::path::{Path, PathBuf};
 
 use image::RgbImage;
@@ -136,6 +137,10 @@ impl std::str::FromStr for RollSearch {
         }
     }
 }
+
+/// Side of the tiles [`FaceDetector::redetect_turned`] searches, over the detector box's size:
+/// the face fills about half of it, as in a close-up photo.
+const REDETECT_TILE: f32 = 2.0;
 
 /// How much finer than the level before a level may be and still run only where that level
 /// saw near misses ([`DetectorSettings::candidate_threshold`]).
@@ -283,6 +288,28 @@ impl FaceDetector {
             .collect()
     }
 
+    /// Detector sessions for the loader threads of a run over `photos` photos: one
+    /// single-threaded session per core ([`Self::per_core`]) when there are several photos and
+    /// cores, else one copy of this session; this one stays free for the landmark stage, which
+    /// looks again at faces its first pass barely sees ([`Self::redetect_turned`]).
+    pub fn for_loaders(&self, photos: usize) -> Result<Vec<FaceDetector>> {
+        let per_core = if photos > 1 {
+            self.per_core()?
+        } else {
+            Vec::new()
+        };
+        if !per_core.is_empty() {
+            return Ok(per_core);
+        }
+        let copy = Self::open(
+            self.graph.source(),
+            self.settings.clone(),
+            &self.options,
+            self.rt,
+        )?;
+        Ok(vec![copy])
+    }
+
     /// Name and checksum of the graph, for the provenance of outputs.
     pub fn id(&self) -> &GraphId {
         &self.id
@@ -396,6 +423,33 @@ impl FaceDetector {
             found.extend(more.iter().map(|d| d.map(|p| back(p, w, h))));
         }
         Ok(weighted_nms(found, self.settings.iou_threshold))
+    }
+
+    /// Looks for the face of `detection` again in three square tiles around it, each turned a
+    /// quarter turn further: a face the detector found rolled far from upright shows near
+    /// upright in one of them, where its keypoints can be trusted. Returns the best-scoring
+    /// detection there that overlaps the original (IoU above 0.3), mapped back onto the photo.
+    pub fn redetect_turned(
+        &mut self,
+        image: &RgbImage,
+        detection: &Detection,
+    ) -> Result<Option<Detection>> {
+        let b = &detection.face_box;
+        let side = REDETECT_TILE * (b.width() * b.height()).sqrt();
+        if !(side.is_finite() && side >= 1.0) {
+            return Ok(None);
+        }
+        let mut best: Option<Detection> = None;
+        for k in 1..4 {
+            let tile = FaceCrop::new(b.center(), side, k as f32 * FRAC_PI_2);
+            for d in self.detect_tile(image, &tile, self.settings.score_threshold)? {
+                let d = d.map(|p| tile.to_image(p));
+                if d.iou(detection) > 0.3 && best.is_none_or(|b| d.score > b.score) {
+                    best = Some(d);
+                }
+            }
+        }
+        Ok(best)
     }
 
     /// The levels a `width` x `height` photo is searched at for faces down to `min_face`

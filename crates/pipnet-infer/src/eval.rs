@@ -11,7 +11,7 @@ use pipnet_core::{CropRule, FaceBox, FaceCrop, Point, head_turn};
 use crate::detect::{FaceDetector, RollSearch};
 use crate::error::{Error, Result};
 use crate::labeled::LabeledFace;
-use crate::pipeline::{FirstPass, Pipeline};
+use crate::pipeline::{FirstPass, LocatedFace, Pipeline};
 
 /// One evaluated face.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,8 +34,9 @@ pub struct FaceResult {
 pub enum EvalCrops<'a> {
     /// From the tight box around the true landmarks, with the model's crop rule.
     TrueBox,
-    /// The given crop per face (e.g. from detections), in the order of the faces.
-    Given(&'a [FaceCrop]),
+    /// The given crop per face with the detection it came from, if any (e.g.
+    /// [`DetectedFaces::located`]), in the order of the faces.
+    Given(&'a [LocatedFace]),
 }
 
 /// Every face on its photo turned by `angle` radians ([`LabeledFace::turned`]); 0 leaves them
@@ -78,16 +79,17 @@ pub fn evaluate(
             .iter()
             .map(|f| f.load(max_pixels))
             .collect::<Result<Vec<RgbImage>>>()?;
-        let crops: Vec<FaceCrop> = match crops {
+        let located: Vec<LocatedFace> = match crops {
             EvalCrops::TrueBox => chunk
                 .iter()
-                .map(|f| landmark_box(f).map(|b| meta.crop.crop(&b)))
+                .map(|f| landmark_box(f).map(|b| (None, meta.crop.crop(&b))))
                 .collect::<Result<_>>()?,
             EvalCrops::Given(given) => given[k * batch..][..chunk.len()].to_vec(),
         };
-        let pairs: Vec<_> = images.iter().zip(crops.iter().copied()).collect();
+        let pairs: Vec<_> = images.iter().zip(located.iter().copied()).collect();
         let found = pipeline.landmarks_with_passes(&pairs)?;
-        for ((face, (found, first_pass)), crop) in chunk.iter().zip(found).zip(crops) {
+        for ((face, (found, first_pass)), (_, crop)) in chunk.iter().zip(found).zip(located) {
+            let found = found.landmarks;
             let error = nme(&found.in_image, &face.points, meta.scheme)
                 .map_err(|e| Error::InvalidInput(format!("{}: {e}", face.name)))?;
             results.push(FaceResult {
@@ -160,9 +162,25 @@ pub fn detect_labeled(
 #[derive(Debug, Clone, Default)]
 pub struct DetectedFaces {
     pub found: Vec<LabeledFace>,
-    pub crops: Vec<FaceCrop>,
+    /// Each found face's detection and crop.
+    pub located: Vec<LocatedFace>,
     /// Index into the labeled faces of each found face.
     pub index: Vec<usize>,
+}
+
+/// [`detector_crops`] with the pipeline's own detector and roll search: the faces `annotate`
+/// would find and crop.
+pub fn pipeline_detector_crops(
+    pipeline: &mut Pipeline,
+    faces: &[LabeledFace],
+    max_pixels: u64,
+) -> Result<DetectedFaces> {
+    let rule = pipeline.model.metadata().crop;
+    let search = (0.3, pipeline.roll_search);
+    let detector = pipeline.detector.as_mut().ok_or_else(|| {
+        Error::InvalidInput("detector crops asked for, but the pipeline has no detector".into())
+    })?;
+    detector_crops(detector, faces, &rule, search, max_pixels)
 }
 
 /// Finds each labeled face with `detector` and crops it as [`DetectedFaces`] says.
@@ -180,7 +198,7 @@ pub fn detector_crops(
     {
         if let Some(d) = d {
             detected.found.push(faces[i].clone());
-            detected.crops.push(detector.crop(&d, rule));
+            detected.located.push((Some(d), detector.crop(&d, rule)));
             detected.index.push(i);
         }
     }

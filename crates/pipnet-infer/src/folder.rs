@@ -153,6 +153,8 @@ pub struct FolderSummary {
     pub annotated: usize,
     pub skipped: usize,
     pub faces: usize,
+    /// Faces (of those kept) whose landmarks come from a second pass.
+    pub second_passes: usize,
     /// Detected faces dropped as false: presence under the pipeline's `min_presence`, or
     /// landmarks over another face's.
     pub faces_dropped: usize,
@@ -662,13 +664,12 @@ pub fn annotate_folder(
     let batch = pipeline.model.batch_size();
     let rule = pipeline.model.metadata().crop;
     let search = (pipeline.min_face, pipeline.roll_search);
-    let mut detector = pipeline.detector.take();
-    let per_core = match &detector {
-        Some(d) if job.faces == FaceSource::Detect && items.len() > 1 => d.per_core(),
+    let sessions = match &pipeline.detector {
+        Some(d) if job.faces == FaceSource::Detect => d.for_loaders(items.len()),
         _ => Ok(Vec::new()),
     };
-    let result = per_core.and_then(|mut per_core| {
-        let detectors = loader_detectors(detector.as_mut(), &mut per_core);
+    let result = sessions.and_then(|mut sessions| {
+        let detectors = loader_detectors(&mut sessions);
         let load = |item, detector: Option<&mut FaceDetector>| {
             load_one(item, job, detector, &rule, search)
         };
@@ -681,7 +682,6 @@ pub fn annotate_folder(
             consume(pipeline, &run, receive, &mut summary, &mut on_image)
         })
     });
-    pipeline.detector = detector;
     result?;
     summary.failures.extend(unreadable);
     // Loaders finish in no fixed order; the report should not depend on it.
@@ -812,12 +812,13 @@ fn flush(
         let outcome = result.and_then(|mut faces| {
             summary.faces_dropped += pipeline.drop_false_detections(&mut faces);
             write_outputs(run, &item.name, &image, &faces)?;
-            Ok(faces.len())
+            Ok((faces.len(), faces.iter().filter(|f| f.second_pass).count()))
         });
         match outcome {
-            Ok(n) => {
+            Ok((n, second)) => {
                 summary.annotated += 1;
                 summary.faces += n;
+                summary.second_passes += second;
             }
             Err(e) => summary.failures.push(Failure {
                 image: item.name,

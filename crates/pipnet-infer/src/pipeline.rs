@@ -2,16 +2,16 @@
 //! rule (turned to the face's roll), run every face of every image as one batch, and give a
 //! second pass to the faces that need it ([`SecondPass`]): crop again from the first pass's
 //! landmarks, turned to their eye line, and run once more, which undoes most of the first
-//! crop's error. A face whose first pass shows none is tried at its crop's other quarter
-//! turns, for faces rolled past what the detector's keypoints get right.
+//! crop's error. A detected face whose first pass shows little of a face is looked for again
+//! on the photo turned by quarter turns, for faces rolled past what the detector's keypoints
+//! get right.
 
-use std::f32::consts::FRAC_PI_2;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, sync_channel};
 
 use image::RgbImage;
-use pipnet_core::detection::{Detection, wrap_angle};
+use pipnet_core::detection::Detection;
 use pipnet_core::formats::FaceAnnotation;
 use pipnet_core::{
     CropChange, CropRule, FaceBox, FaceCrop, Scheme, SecondPass, SecondPassGate, five_points,
@@ -40,6 +40,8 @@ pub struct Face {
     /// The detector's output, when the face came from the detector.
     pub detection: Option<Detection>,
     pub landmarks: FaceLandmarks,
+    /// Whether the landmarks come from a second pass ([`SecondPass`]).
+    pub second_pass: bool,
 }
 
 impl Face {
@@ -86,9 +88,13 @@ pub struct FirstPass {
     pub second_pass: bool,
 }
 
-/// A first pass under this presence found no face in its crop: [`Pipeline::landmarks`] tries
-/// the crop's other quarter turns (the bar annotate drops detections at).
-pub const QUARTER_TURNS_BELOW: f32 = DEFAULT_MIN_PRESENCE;
+/// A detected face whose first pass has a presence under this is looked for again on the photo
+/// turned by quarter turns around it ([`Pipeline::landmarks_with_passes`]). On the validation
+/// split turned by 90 and 180 degrees, the faces the detector found with its keypoints far out
+/// scored 0.17-0.44 (5th to 95th percentile), the others 0.51-0.79, and some of those it still
+/// missed after a search at 0.5 scored up to 0.59; the second pass's gate uses the same bar
+/// (`models/README.md`, "Faces at any roll").
+pub const REDETECT_BELOW: f32 = 0.6;
 
 /// The smallest presence a detected face may have to be kept (`--min-presence`), chosen on
 /// the validation split and on face-free crops (`models/README.md`, "Face presence").
@@ -137,17 +143,14 @@ pub fn locate(
     })
 }
 
-/// The detector sessions of the loader threads of a run over many photos: one single-threaded
-/// session each when `per_core` has them ([`FaceDetector::per_core`]), else the one
-/// `detector` (or none, when faces are not detected).
-pub(crate) fn loader_detectors<'a>(
-    detector: Option<&'a mut FaceDetector>,
-    per_core: &'a mut [FaceDetector],
-) -> Vec<Option<&'a mut FaceDetector>> {
-    if per_core.is_empty() {
-        vec![detector]
+/// The detector sessions of the loader threads of a run over many photos
+/// ([`FaceDetector::for_loaders`]), one thread each; one thread without a detector when
+/// faces are not detected.
+pub(crate) fn loader_detectors(sessions: &mut [FaceDetector]) -> Vec<Option<&mut FaceDetector>> {
+    if sessions.is_empty() {
+        vec![None]
     } else {
-        per_core.iter_mut().map(Some).collect()
+        sessions.iter_mut().map(Some).collect()
     }
 }
 
@@ -241,29 +244,49 @@ impl Pipeline {
     /// Landmarks for known crops, batched, with the second pass where
     /// [`Self::second_pass`] runs it.
     pub fn landmarks(&mut self, crops: &[(&RgbImage, FaceCrop)]) -> Result<Vec<FaceLandmarks>> {
-        let faces = self.landmarks_with_passes(crops)?;
-        Ok(faces.into_iter().map(|(landmarks, _)| landmarks).collect())
+        let faces: Vec<(&RgbImage, LocatedFace)> = crops
+            .iter()
+            .map(|&(image, crop)| (image, (None, crop)))
+            .collect();
+        let found = self.landmarks_with_passes(&faces)?;
+        Ok(found.into_iter().map(|(face, _)| face.landmarks).collect())
     }
 
-    /// [`Self::landmarks`], with what each face's first pass said and whether it got the
-    /// second.
+    /// Landmarks for located faces, batched: the first pass; for a detected face that shows
+    /// little of a face (presence under [`REDETECT_BELOW`]), the detector again on the photo
+    /// turned by quarter turns around it ([`FaceDetector::redetect_turned`]); then the second
+    /// pass where [`Self::second_pass`] runs it. Returns each face with what its first pass
+    /// said.
     pub fn landmarks_with_passes(
         &mut self,
-        crops: &[(&RgbImage, FaceCrop)],
-    ) -> Result<Vec<(FaceLandmarks, FirstPass)>> {
-        let mut first = self.model.landmarks(crops)?;
-        self.try_quarter_turns(crops, &mut first)?;
+        faces: &[(&RgbImage, LocatedFace)],
+    ) -> Result<Vec<(Face, FirstPass)>> {
+        let crops: Vec<(&RgbImage, FaceCrop)> = faces
+            .iter()
+            .map(|&(image, (_, crop))| (image, crop))
+            .collect();
+        let mut found: Vec<Face> = self
+            .model
+            .landmarks(&crops)?
+            .into_iter()
+            .zip(faces)
+            .map(|(landmarks, &(_, (detection, _)))| Face {
+                detection,
+                landmarks,
+                second_pass: false,
+            })
+            .collect();
+        self.redetect_turned(&crops, &mut found)?;
         let meta = self.model.metadata();
         let (rule, scheme) = (meta.crop, meta.scheme);
         let mut again = Vec::new();
-        let passes: Vec<FirstPass> = first
+        let passes: Vec<FirstPass> = found
             .iter()
-            .zip(crops)
-            .map(|(found, &(image, _))| {
-                let crop = found.crop;
-                let presence = pipnet_core::presence(&found.scores());
+            .zip(&crops)
+            .map(|(face, &(image, _))| {
+                let (crop, presence) = (face.landmarks.crop, face.presence());
                 // Non-finite points were already rejected by the model.
-                let next = landmark_crop(&rule, scheme, &found.in_image).ok();
+                let next = landmark_crop(&rule, scheme, &face.landmarks.in_image).ok();
                 let change = next.map(|next| CropChange::between(&crop, &next));
                 let second_pass = match (self.second_pass, change) {
                     (_, None) | (SecondPass::Off, _) => false,
@@ -281,48 +304,51 @@ impl Pipeline {
             })
             .collect();
         let mut second = self.model.landmarks(&again)?.into_iter();
-        Ok(first
-            .into_iter()
-            .zip(passes)
-            .map(|(found, pass)| {
-                let landmarks = match pass.second_pass {
-                    true => second.next().unwrap_or(found),
-                    false => found,
-                };
-                (landmarks, pass)
-            })
-            .collect())
+        for (face, pass) in found.iter_mut().zip(&passes) {
+            if pass.second_pass
+                && let Some(landmarks) = second.next()
+            {
+                face.landmarks = landmarks;
+                face.second_pass = true;
+            }
+        }
+        Ok(found.into_iter().zip(passes).collect())
     }
 
-    /// Runs each face whose first pass shows no face (presence under
-    /// [`QUARTER_TURNS_BELOW`]) again on its crop turned by each quarter turn, and keeps the
-    /// turn where the face shows most: past about 45 degrees of roll the detector still finds
-    /// faces, but its eye keypoints, and so the crop's angle, can be a quarter or half turn out.
-    fn try_quarter_turns(
+    /// Detected faces whose first pass shows little of a face are found again by the detector
+    /// in tiles around them turned by each quarter turn; where it finds one there, the face is
+    /// cropped from that detection and kept if its landmarks show more of a face. Past about 45
+    /// degrees of roll the detector still finds faces upright, but its eye keypoints, and so the
+    /// crop's angle, can be far out.
+    fn redetect_turned(
         &mut self,
         crops: &[(&RgbImage, FaceCrop)],
-        found: &mut [FaceLandmarks],
+        found: &mut [Face],
     ) -> Result<()> {
-        let unsure: Vec<usize> = (0..found.len())
-            .filter(|&i| pipnet_core::presence(&found[i].scores()) < QUARTER_TURNS_BELOW)
-            .collect();
-        let turned: Vec<(&RgbImage, FaceCrop)> = unsure
-            .iter()
-            .flat_map(|&i| {
-                let (image, crop) = crops[i];
-                (1..4).map(move |k| {
-                    let angle = wrap_angle(crop.angle + k as f32 * FRAC_PI_2);
-                    (image, FaceCrop { angle, ..crop })
-                })
-            })
-            .collect();
-        let mut tries = self.model.landmarks(&turned)?.into_iter();
-        for i in unsure {
-            for other in tries.by_ref().take(3) {
-                let presence = |f: &FaceLandmarks| pipnet_core::presence(&f.scores());
-                if presence(&other) > presence(&found[i]) {
-                    found[i] = other;
-                }
+        let Some(detector) = self.detector.as_mut() else {
+            return Ok(());
+        };
+        let rule = self.model.metadata().crop;
+        let mut retry = Vec::new();
+        for (i, face) in found.iter().enumerate() {
+            let Some(detection) = face.detection.filter(|_| face.presence() < REDETECT_BELOW)
+            else {
+                continue;
+            };
+            let image = crops[i].0;
+            if let Some(turned) = detector.redetect_turned(image, &detection)? {
+                retry.push((i, turned, (image, detector.crop(&turned, &rule))));
+            }
+        }
+        let again: Vec<(&RgbImage, FaceCrop)> = retry.iter().map(|r| r.2).collect();
+        for ((i, detection, _), landmarks) in retry.into_iter().zip(self.model.landmarks(&again)?) {
+            let retried = Face {
+                detection: Some(detection),
+                landmarks,
+                second_pass: false,
+            };
+            if retried.presence() > found[i].presence() {
+                found[i] = retried;
             }
         }
         Ok(())
@@ -370,24 +396,15 @@ impl Pipeline {
         images: &[&RgbImage],
         located: &[&[LocatedFace]],
     ) -> Result<Vec<Vec<Face>>> {
-        let crops: Vec<(&RgbImage, FaceCrop)> = images
+        let faces: Vec<(&RgbImage, LocatedFace)> = images
             .iter()
             .zip(located)
-            .flat_map(|(image, faces)| faces.iter().map(|(_, crop)| (*image, *crop)))
+            .flat_map(|(image, faces)| faces.iter().map(|face| (*image, *face)))
             .collect();
-        let mut landmarks = self.landmarks(&crops)?.into_iter();
+        let mut found = self.landmarks_with_passes(&faces)?.into_iter();
         Ok(located
             .iter()
-            .map(|faces| {
-                faces
-                    .iter()
-                    .zip(landmarks.by_ref())
-                    .map(|(&(detection, _), landmarks)| Face {
-                        detection,
-                        landmarks,
-                    })
-                    .collect()
-            })
+            .map(|faces| found.by_ref().take(faces.len()).map(|f| f.0).collect())
             .collect())
     }
 }

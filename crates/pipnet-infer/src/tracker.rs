@@ -217,6 +217,7 @@ impl Tracker {
                 let face = Face {
                     detection: None,
                     landmarks,
+                    second_pass: false,
                 };
                 (i, face)
             })

@@ -46,8 +46,13 @@ fn test_auto_second_pass_refines_the_faces_its_gate_picks() {
     let (once, twice) = (run(SecondPass::Off), run(SecondPass::Always));
     assert_ne!(once, twice, "the second pass changed nothing");
     pipeline.second_pass = SecondPass::Auto;
-    let auto = pipeline.landmarks_with_passes(&crops).unwrap();
+    let located: Vec<_> = crops
+        .iter()
+        .map(|&(image, crop)| (image, (None, crop)))
+        .collect();
+    let auto = pipeline.landmarks_with_passes(&located).unwrap();
     for (i, ((got, pass), (first, both))) in auto.iter().zip(once.iter().zip(&twice)).enumerate() {
+        let got = &got.landmarks;
         let change = pass.change.expect("landmarks make a crop");
         assert_eq!(pass.second_pass, pipeline.gate.pays(&change, pass.presence));
         assert_eq!(got, if pass.second_pass { both } else { first }, "face {i}");

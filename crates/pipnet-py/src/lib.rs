@@ -292,6 +292,7 @@ impl Pipeline {
                 let face = Face {
                     detection: None,
                     landmarks,
+                    second_pass: false,
                 };
                 py_face(py, face)
             })

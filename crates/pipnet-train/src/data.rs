@@ -214,7 +214,7 @@ pub(crate) fn detector_crops_of(
         (0.3, RollSearch::Off),
         DEFAULT_MAX_PIXELS,
     )?;
-    for (i, crop) in found.index.into_iter().zip(found.crops) {
+    for (i, (_, crop)) in found.index.into_iter().zip(found.located) {
         detected[i] = Some(crop);
     }
     Ok(detected)

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
+use pipnet_core::SecondPass;
 use pipnet_infer::Pipeline;
 use pipnet_infer::core::ChipSpec;
 use pipnet_infer::detect::RollSearch;
@@ -167,6 +168,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "pipnet: {} detected faces dropped as false: presence under {}, or landmarks over \
              another face's (--min-presence 0 keeps them)",
             summary.faces_dropped, args.min_presence
+        );
+    }
+    if summary.faces > 0 {
+        eprintln!(
+            "pipnet: second landmark pass on {} of {} faces ({})",
+            summary.second_passes,
+            summary.faces,
+            match args.refine.second_pass() {
+                SecondPass::Auto => "where the first pass said it pays",
+                SecondPass::Always => "--refine",
+                SecondPass::Off => "--no-refine",
+            }
         );
     }
     // A rate only when something was annotated: a rerun over finished work has none.

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use pipnet_core::metrics::{Summary, ced_curve};
-use pipnet_infer::detect::{FaceDetector, RollSearch};
+use pipnet_infer::detect::RollSearch;
 use pipnet_infer::eval::{
-    EvalCrops, FaceResult, by_head_turn, detector_crops, evaluate, turn_faces,
+    EvalCrops, FaceResult, by_head_turn, evaluate, pipeline_detector_crops, turn_faces,
 };
 use pipnet_infer::image_io::DEFAULT_MAX_PIXELS;
 use pipnet_infer::labeled::LabeledFace;
@@ -88,20 +88,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         pipeline.second_pass,
         if args.flip { ", flip-averaged" } else { "" }
     );
+    if args.crops == "detector" {
+        pipeline.detector = Some(args.detector.load(&options)?);
+    }
     if let Some(rolls) = &args.roll {
         if args.crops != "detector" {
             bail!("--roll scores detector crops: add --crops detector");
         }
-        let mut detector = args.detector.load(&options)?;
-        let results = by_roll(&mut pipeline, &mut detector, &faces, rolls, &pass)?;
+        let results = by_roll(&mut pipeline, &faces, rolls, &pass)?;
         write_reports(&args, &results, &Summary::new(&[], 0.1))?;
         return Ok(ExitCode::SUCCESS);
     }
     let (results, summary) = if args.crops == "detector" {
-        let mut detector = args.detector.load(&options)?;
-        let rule = pipeline.model.metadata().crop;
-        let search = (0.3, pipeline.roll_search);
-        let detected = detector_crops(&mut detector, &faces, &rule, search, DEFAULT_MAX_PIXELS)?;
+        let detected = pipeline_detector_crops(&mut pipeline, &faces, DEFAULT_MAX_PIXELS)?;
         println!(
             "detector recall {}/{} = {:.4} (IoU > 0.3 with the landmark box)",
             detected.found.len(),
@@ -110,7 +109,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         let (_, truth) = score(&mut pipeline, &detected.found, EvalCrops::TrueBox)?;
         print_summary(&format!("crops from the true landmark box{pass}"), &truth);
-        let crops = EvalCrops::Given(&detected.crops);
+        let crops = EvalCrops::Given(&detected.located);
         let (results, summary) = score(&mut pipeline, &detected.found, crops)?;
         print_summary(&format!("crops from the detector{pass}"), &summary);
         let lost = results
@@ -169,12 +168,10 @@ fn print_passes_and_turns(results: &[FaceResult]) {
 /// evaluated face (named with its roll).
 fn by_roll(
     pipeline: &mut Pipeline,
-    detector: &mut FaceDetector,
     faces: &[LabeledFace],
     rolls: &[f32],
     pass: &str,
 ) -> anyhow::Result<Vec<FaceResult>> {
-    let rule = pipeline.model.metadata().crop;
     println!("detector crops{pass}; lost: not found, or presence under {DEFAULT_MIN_PRESENCE}");
     println!(
         "{:>6} {:>12} {:>8} {:>8} {:>12} {:>12}",
@@ -183,9 +180,8 @@ fn by_roll(
     let mut all = Vec::new();
     for &roll in rolls {
         let turned = turn_faces(faces, roll, DEFAULT_MAX_PIXELS)?;
-        let search = (0.3, pipeline.roll_search);
-        let detected = detector_crops(detector, &turned, &rule, search, DEFAULT_MAX_PIXELS)?;
-        let crops = EvalCrops::Given(&detected.crops);
+        let detected = pipeline_detector_crops(pipeline, &turned, DEFAULT_MAX_PIXELS)?;
+        let crops = EvalCrops::Given(&detected.located);
         let (mut results, summary) = score(pipeline, &detected.found, crops)?;
         let kept = results
             .iter()

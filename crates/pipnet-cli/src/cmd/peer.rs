@@ -10,7 +10,7 @@ use pipnet_core::Scheme;
 use pipnet_core::metrics::{Summary, nme};
 use pipnet_infer::Pipeline;
 use pipnet_infer::bench::{Throughput, bench_photos};
-use pipnet_infer::eval::{EvalCrops, detector_crops, evaluate, landmark_box};
+use pipnet_infer::eval::{EvalCrops, evaluate, landmark_box, pipeline_detector_crops};
 use pipnet_infer::image_io::DEFAULT_MAX_PIXELS;
 use pipnet_infer::labeled::{LabeledFace, read_labeled, split_validation};
 use serde_json::{Value, json};
@@ -129,14 +129,8 @@ fn nmes_of_ours(
     pipeline: &mut Pipeline,
     faces: &[LabeledFace],
 ) -> anyhow::Result<Vec<Option<f32>>> {
-    let rule = pipeline.model.metadata().crop;
-    let detector = pipeline
-        .detector
-        .as_mut()
-        .context("the pipeline has no face detector")?;
-    let search = (0.3, pipeline.roll_search);
-    let detected = detector_crops(detector, faces, &rule, search, DEFAULT_MAX_PIXELS)?;
-    let crops = EvalCrops::Given(&detected.crops);
+    let detected = pipeline_detector_crops(pipeline, faces, DEFAULT_MAX_PIXELS)?;
+    let crops = EvalCrops::Given(&detected.located);
     let (results, _) = evaluate(pipeline, &detected.found, crops, 0.1, DEFAULT_MAX_PIXELS)?;
     let mut nmes = vec![None; faces.len()];
     for (&i, r) in detected.index.iter().zip(results) {
