@@ -53,6 +53,12 @@
 
 #define PIPNET_DEVICE_AUTO 2
 
+#define PIPNET_REFINE_AUTO 0
+
+#define PIPNET_REFINE_ALWAYS 1
+
+#define PIPNET_REFINE_OFF 2
+
 // Every function returns one of these; on anything but `PIPNET_STATUS_OK`,
 // `pipnet_last_error()` says what went wrong.
 typedef enum PipnetStatus {
@@ -104,9 +110,8 @@ typedef struct PipnetOptions {
   uint32_t threads;
   // Smallest face searched for, in pixels; 0 uses the detector's default (40).
   float min_face;
-  // Non-zero: a second landmark pass on crops re-centred on the first pass's landmarks
-  // (twice the landmark inference, about 1% lower NME with detector boxes), as `pipnet
-  // annotate --refine`. Zero (the default): one pass.
+  // Which faces get a second landmark pass, on a crop made from their first landmarks: one
+  // of `PIPNET_REFINE_*`; zero (AUTO, the default) as `pipnet annotate` runs it.
   uint32_t refine;
   // Detected faces whose presence (mean landmark score) is below this are dropped as false
   // detections, and so are those whose landmarks lie over a face of higher presence. 0: the

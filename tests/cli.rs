@@ -514,7 +514,8 @@ fn test_train_export_eval_round_trip_through_the_cli() {
 }
 
 /// The shipped fast model is the graph `models/README.md` describes: INT8, 192 px, and on the
-/// validation split it is as accurate as documented (true-box NME 0.0346, one pass).
+/// validation split it is as accurate as documented (true-box NME 0.0346-0.0356 in one pass,
+/// by CPU).
 #[test]
 fn test_the_fast_model_is_what_models_readme_says() {
     let root = common::repo_root();
@@ -538,8 +539,11 @@ fn test_the_fast_model_is_what_models_readme_says() {
     ]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("faces     399"), "{stdout}");
+    // INT8 convolutions round differently on CPUs with and without VNNI dot products: 0.0346
+    // where the model was measured, 0.0356 on this project's AMD EPYC (AVX2, no VNNI), with
+    // the code before and after issue 37 alike.
     let nme = printed_nme(&stdout);
-    assert!((nme - 0.0346).abs() < 5e-4, "{stdout}");
+    assert!((0.0340..0.0362).contains(&nme), "{stdout}");
 }
 
 /// `pipnet eval --roll` turns the photos and scores detector crops at each angle: the built-in
@@ -600,9 +604,10 @@ fn test_int8_calibrates_on_the_crops_eval_writes() {
     assert!(stdout.contains("detector recall 3/3"), "{stdout}");
     let csv = std::fs::read_to_string(&per_face).unwrap();
     let mut lines = csv.lines();
-    assert_eq!(
-        lines.next(),
-        Some("face,nme,crop_x,crop_y,crop_side,crop_angle")
+    let header = lines.next().unwrap_or_default();
+    assert!(
+        header.starts_with("face,nme,crop_x,crop_y,crop_side,crop_angle,"),
+        "{header}"
     );
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
     assert_eq!(rows.len(), 3);
@@ -661,9 +666,10 @@ fn test_int8_calibrates_on_the_crops_eval_writes() {
     );
 }
 
-/// `pipnet calibrate` fits the box-only and keypoint maps on the training part of a labeled
-/// folder, writes them into the detector settings, and on the held-out part the keypoint map
-/// puts the landmark box nearer the truth than the box alone.
+/// `pipnet calibrate` fits the box-only and keypoint maps and the roll offset on the training
+/// part of a labeled folder, writes them into the detector settings, and on the held-out part
+/// the keypoint map in the face's turned frame puts the landmark box nearer the truth than the
+/// upright box alone.
 #[test]
 fn test_calibrate_fits_the_keypoint_map_and_reports_it_held_out() {
     let tmp = tempfile::tempdir().unwrap();
@@ -684,7 +690,13 @@ fn test_calibrate_fits_the_keypoint_map_and_reports_it_held_out() {
     for output in ["center_x", "center_y", "log_side"] {
         assert_eq!(map[output].as_array().map(Vec::len), Some(13), "{json}");
     }
-    let error = |name: &str| -> [f32; 2] {
+    // Crops turn with the face: the roll offset is fitted (near 0: the eye keypoints mark the
+    // eye line) and the turned keypoint map beats the upright box on centre, size and roll.
+    let offset = json["calibration"]["roll_offset"]
+        .as_f64()
+        .expect("a roll offset");
+    assert!(offset.abs() < 0.1, "{json}");
+    let error = |name: &str| -> [f32; 3] {
         let line = stdout
             .lines()
             .find(|l| l.trim_start().starts_with(name))
@@ -693,13 +705,10 @@ fn test_calibrate_fits_the_keypoint_map_and_reports_it_held_out() {
             .split([' ', ','])
             .filter_map(|w| w.parse().ok())
             .collect();
-        [numbers[0], numbers[1]]
+        [numbers[0], numbers[1], numbers[2]]
     };
-    let (plain, keypoints) = (error("box only:"), error("keypoints:"));
-    assert!(
-        keypoints[0] < plain[0] && keypoints[1] < plain[1],
-        "{stdout}"
-    );
+    let (plain, keypoints) = (error("box only, upright:"), error("keypoints, turned:"));
+    assert!((0..3).all(|i| keypoints[i] < plain[i]), "{stdout}");
 }
 
 fn faces_boxes(a: &ImageAnnotation) -> Vec<pipnet_core::detection::Detection> {
@@ -1873,9 +1882,9 @@ fn test_a_binary_without_training_says_how_to_get_it() {
     assert!(stderr.contains("--features train"), "{stderr}");
 }
 
-/// The false detection between two faces of a sample photo is dropped by default, its
-/// landmarks being spread over those two faces (`--min-presence 0` keeps it); `--chips` writes
-/// an upright chip per face with its transforms.
+/// The false detection between two faces of a sample photo is dropped by default (its landmarks
+/// show little of a face, or lie over those two faces; `--min-presence 0` keeps it); `--chips`
+/// writes an upright chip per face with its transforms.
 #[test]
 fn test_false_detections_are_dropped_and_chips_are_written() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1895,31 +1904,20 @@ fn test_false_detections_are_dropped_and_chips_are_written() {
     };
     let (all, _, _) = run("all", &["--min-presence", "0"]);
     let (kept, stderr, out) = run("kept", &["--chips", "arcface112"]);
-    let landmark_box = |f: &pipnet_core::formats::FaceAnnotation| {
-        pipnet_core::FaceBox::around(&f.landmarks).unwrap()
-    };
-    // Faces whose landmark box covers most of two others' (or of theirs).
-    let over_two = |faces: &[pipnet_core::formats::FaceAnnotation]| -> Vec<f32> {
-        let over = |f: &pipnet_core::formats::FaceAnnotation| {
-            let others = faces.iter().filter(|g| {
-                !std::ptr::eq(f, *g) && landmark_box(f).overlap_of_smaller(&landmark_box(g)) > 0.5
-            });
-            others.count() == 2
-        };
-        faces
-            .iter()
-            .filter(|f| over(f))
-            .map(|f| f.presence)
-            .collect()
-    };
-    let found = over_two(&all.faces);
-    assert_eq!(
-        found.len(),
-        1,
-        "one detection over two faces in this photo: {found:?}"
-    );
+    // The one detection dropped is the box between two faces: it overlaps two kept faces.
+    let dropped: Vec<_> = all
+        .faces
+        .iter()
+        .filter(|f| !kept.faces.iter().any(|k| k.face_box == f.face_box))
+        .collect();
+    assert_eq!(dropped.len(), 1, "{dropped:?}");
     assert_eq!(kept.faces.len(), all.faces.len() - 1);
-    assert_eq!(over_two(&kept.faces), Vec::<f32>::new(), "the one dropped");
+    let neighbours = kept
+        .faces
+        .iter()
+        .filter(|k| k.face_box.overlap_of_smaller(&dropped[0].face_box) > 0.2)
+        .count();
+    assert_eq!(neighbours, 2, "{:?}", dropped[0].face_box);
     assert!(stderr.contains("1 detected faces dropped"), "{stderr}");
     for face in &kept.faces {
         let mean = face.landmark_scores.iter().sum::<f32>() / 68.0;

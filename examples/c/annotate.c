@@ -51,7 +51,8 @@ int main(int argc, char **argv) {
         return 1;
     }
 
-    /* All zeros are the defaults (CPU, every core, two landmark passes, built-in detector). */
+    /* All zeros are the defaults (CPU, every core, a second landmark pass where it pays,
+       built-in detector). */
     PipnetOptions options = {0};
     options.landmark_model = argv[1];
     PipnetHandle *pipnet = NULL;

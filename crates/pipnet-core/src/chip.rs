@@ -381,6 +381,15 @@ mod tests {
         points
     }
 
+    /// Eye centres, nose tip and mouth corners of an upright test face.
+    const UPRIGHT_FIVE: [Point; 5] = [
+        [80.0, 100.0],
+        [120.0, 100.0],
+        [100.0, 120.0],
+        [85.0, 140.0],
+        [115.0, 140.0],
+    ];
+
     fn rotate(p: Point, angle: f32, about: Point) -> Point {
         let (s, c) = angle.sin_cos();
         let (x, y) = (p[0] - about[0], p[1] - about[1]);
@@ -389,13 +398,7 @@ mod tests {
 
     #[test]
     fn roll_landmark_crop_and_head_turn_follow_the_face_around_the_circle() {
-        let five = [
-            [80.0, 100.0],
-            [120.0, 100.0],
-            [100.0, 120.0],
-            [85.0, 140.0],
-            [115.0, 140.0],
-        ];
+        let five = UPRIGHT_FIVE;
         let mut face = face68(five);
         // The jaw line's ends, level with the eyes and as far either side of the nose.
         (face[0], face[16]) = ([60.0, 105.0], [140.0, 105.0]);
@@ -498,13 +501,7 @@ mod tests {
 
     #[test]
     fn a_rotated_face_comes_out_level_and_maps_back() {
-        let five = [
-            [80.0, 100.0],
-            [120.0, 100.0],
-            [100.0, 120.0],
-            [85.0, 140.0],
-            [115.0, 140.0],
-        ];
+        let five = UPRIGHT_FIVE;
         let upright = face68(five);
         let angle = 0.5f32; // about 29 degrees
         let turned: Vec<Point> = upright
