@@ -509,7 +509,7 @@ mod tests {
         let tl = to_canvas([0.0, 0.0]);
         assert!((tl[0] - 149.0).abs() < 1e-3 && tl[1].abs() < 1e-3, "{tl:?}");
         // At 30 degrees every corner of the image stays on the canvas.
-        let (window, side) = FaceCrop::turned_image(300, 200, 0.5236);
+        let (window, side) = FaceCrop::turned_image(300, 200, std::f32::consts::FRAC_PI_6);
         for corner in [[-0.5, -0.5], [299.5, -0.5], [-0.5, 199.5], [299.5, 199.5]] {
             let q = window.to_crop(corner);
             assert!(q.iter().all(|v| (-1e-4..=1.0 + 1e-4).contains(v)), "{q:?}");

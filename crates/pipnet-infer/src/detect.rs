@@ -18,7 +18,7 @@ use pipnet_core::detection::{
     tiles, weighted_nms,
 };
 use pipnet_core::formats::GraphId;
-use pipnet_core::{CropRule, FaceCrop};
+use pipnet_core::{CropRule, FaceCrop, Point};
 
 use crate::error::{Error, Result};
 use crate::options::{Device, SessionOptions};
@@ -137,6 +137,9 @@ impl std::str::FromStr for RollSearch {
         }
     }
 }
+
+/// A map from a turned photo's pixel to the photo's, given the photo's width and height.
+type PixelMap = fn(Point, f32, f32) -> Point;
 
 /// Side of the tiles [`FaceDetector::redetect_turned`] searches, over the detector box's size:
 /// the face fills about half of it, as in a close-up photo.
@@ -412,13 +415,14 @@ impl FaceDetector {
             return Ok(found);
         }
         let (w, h) = (image.width() as f32, image.height() as f32);
-        // Each turn, with the map from its pixels back to the photo's.
-        let turns: [(RgbImage, fn([f32; 2], f32, f32) -> [f32; 2]); 3] = [
-            (rotate90(image), |[u, v], _, h| [v, h - 1.0 - u]),
-            (rotate180(image), |[u, v], w, h| [w - 1.0 - u, h - 1.0 - v]),
-            (rotate270(image), |[u, v], w, _| [w - 1.0 - v, u]),
+        // Each turn's pixel [u, v] back on the photo.
+        let back: [PixelMap; 3] = [
+            |[u, v], _, h| [v, h - 1.0 - u],
+            |[u, v], w, h| [w - 1.0 - u, h - 1.0 - v],
+            |[u, v], w, _| [w - 1.0 - v, u],
         ];
-        for (turned, back) in &turns {
+        let turned = [rotate90(image), rotate180(image), rotate270(image)];
+        for (turned, back) in turned.iter().zip(back) {
             let more = self.detect(turned, min_face)?;
             found.extend(more.iter().map(|d| d.map(|p| back(p, w, h))));
         }
