@@ -546,25 +546,32 @@ fn test_the_fast_model_is_what_models_readme_says() {
     assert!((0.0340..0.0362).contains(&nme), "{stdout}");
 }
 
+/// `pipnet eval --crops detector --per-face` (plus `extra`) on three labeled faces copied into
+/// `dir`: the faces' folder, the per-face file and what eval printed.
+fn eval_detector_crops(dir: &Path, extra: &[&str]) -> (PathBuf, PathBuf, String) {
+    let faces = labeled_folder(&dir.join("faces"), real_photos());
+    let per_face = dir.join("per_face.csv");
+    let mut args = vec![
+        "eval",
+        faces.to_str().unwrap(),
+        "--crops",
+        "detector",
+        "--per-face",
+        per_face.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    let (code, stdout, stderr) = run_pipnet(&args);
+    assert_eq!(code, 0, "{stderr}");
+    (faces, per_face, stdout)
+}
+
 /// `pipnet eval --roll` turns the photos and scores detector crops at each angle: the built-in
 /// models lose none of three faces at 40, 90 (the quarter-turn search) or 180 degrees, and stay
 /// close to their upright NME; the per-face file names each face with its angle.
 #[test]
 fn test_eval_roll_turns_the_photos_and_loses_no_face() {
     let tmp = tempfile::tempdir().unwrap();
-    let faces = labeled_folder(&tmp.path().join("faces"), real_photos());
-    let per_face = tmp.path().join("per_face.csv");
-    let (code, stdout, stderr) = run_pipnet(&[
-        "eval",
-        faces.to_str().unwrap(),
-        "--crops",
-        "detector",
-        "--roll",
-        "0,40,90,180",
-        "--per-face",
-        per_face.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{stderr}");
+    let (faces, per_face, stdout) = eval_detector_crops(tmp.path(), &["--roll", "0,40,90,180"]);
     let rows: Vec<Vec<&str>> = stdout
         .lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
@@ -590,17 +597,7 @@ fn test_eval_roll_turns_the_photos_and_loses_no_face() {
 #[test]
 fn test_int8_calibrates_on_the_crops_eval_writes() {
     let tmp = tempfile::tempdir().unwrap();
-    let faces = labeled_folder(&tmp.path().join("faces"), real_photos());
-    let per_face = tmp.path().join("per_face.csv");
-    let (code, stdout, stderr) = run_pipnet(&[
-        "eval",
-        faces.to_str().unwrap(),
-        "--crops",
-        "detector",
-        "--per-face",
-        per_face.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{stderr}");
+    let (faces, per_face, stdout) = eval_detector_crops(tmp.path(), &[]);
     assert!(stdout.contains("detector recall 3/3"), "{stdout}");
     let csv = std::fs::read_to_string(&per_face).unwrap();
     let mut lines = csv.lines();
