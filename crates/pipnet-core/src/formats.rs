@@ -268,21 +268,20 @@ impl RunSettings {
             let px = |m: Option<f32>| m.map_or("default".into(), |m| format!("{m} px"));
             differ("min face", px(self.min_face), px(other.min_face));
         }
-        if self.second_pass != other.second_pass {
-            let named = |s: &str| if s.is_empty() { "unrecorded" } else { s }.to_string();
-            differ(
+        // Settings recorded as words; an empty one says what the record lacked.
+        for (what, before, now, empty) in [
+            (
                 "second pass",
-                named(&self.second_pass),
-                named(&other.second_pass),
-            );
-        }
-        if self.roll_search != other.roll_search {
-            let named = |s: &str| if s.is_empty() { "none" } else { s }.to_string();
-            differ(
-                "roll search",
-                named(&self.roll_search),
-                named(&other.roll_search),
-            );
+                &self.second_pass,
+                &other.second_pass,
+                "unrecorded",
+            ),
+            ("roll search", &self.roll_search, &other.roll_search, "none"),
+        ] {
+            if before != now {
+                let word = |s: &str| if s.is_empty() { empty } else { s }.to_string();
+                differ(what, word(before), word(now));
+            }
         }
         if self.flip != other.flip {
             differ("flip", on_off(self.flip).into(), on_off(other.flip).into());
