@@ -10,7 +10,11 @@
  * Threads: a handle may be used from several threads at once; calls on one handle are
  * serialised (each handle holds a lock), so use one handle per thread to run in parallel.
  * Separate handles are independent. Results belong to the caller and may be read from any
- * thread. pipnet_last_error() is per thread.
+ * thread. pipnet_last_error() is per thread. Destroying a handle, tracker or result while
+ * another thread is inside a call on it is safe: that call finishes with it (and may
+ * succeed), the memory is freed when it returns, and every call after the destroy gets
+ * PIPNET_STATUS_STALE_HANDLE. The face pointers of a result stay valid until
+ * pipnet_result_free() of that result returns; reading them after that is the caller's bug.
  *
  * Errors, never crashes: NULL pointers, zero or overflowing sizes, strides shorter than a row,
  * unknown formats, destroyed or twice-freed handles and results, and models that are not

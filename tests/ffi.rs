@@ -1,7 +1,7 @@
 //! The C ABI from C: the checked-in header is what cbindgen makes, the C example built against
 //! the shared and the static library prints the landmarks the Rust API finds, misuse from C
-//! gets error codes, AddressSanitizer (and valgrind, when installed) find nothing, and one
-//! handle serves several threads.
+//! gets error codes, AddressSanitizer (and valgrind, when installed) find nothing, one handle
+//! serves several threads, and a destroy racing calls on other threads gets statuses only.
 
 mod common;
 
@@ -660,3 +660,83 @@ fn test_tracker_through_the_abi() {
         PipnetStatus::InvalidArgument
     );
 }
+
+/// What a call that races a destroy may answer: it ran on the live handle, or it came after.
+fn ok_or_stale(status: PipnetStatus) -> bool {
+    matches!(status, PipnetStatus::Ok | PipnetStatus::StaleHandle)
+}
+
+#[test]
+fn test_destroy_racing_calls_from_other_threads_gets_a_status_never_a_crash() {
+    let model = CString::new(common::shipped_model().display().to_string()).unwrap();
+    let photo = load_rgb(
+        &common::sample_photos().join("2008_002470.jpg"),
+        DEFAULT_MAX_PIXELS,
+    )
+    .unwrap();
+    let view = rgb_view(&photo);
+    for round in 0..6u64 {
+        let handle = SharedHandle(create(&model));
+        // A result shared by the readers below while the main thread frees it.
+        let mut first = std::ptr::null_mut();
+        assert_eq!(
+            unsafe { pipnet_detect(handle.0, &view, &mut first) },
+            PipnetStatus::Ok
+        );
+        let result = SharedResult(first);
+        std::thread::scope(|scope| {
+            let photo = &photo;
+            let callers: Vec<_> = (0..3)
+                .map(|t| {
+                    scope.spawn(move || {
+                        // Whole values moved in (not their raw-pointer fields).
+                        let (handle, result, view) = (handle, result, rgb_view(photo));
+                        // Until the destroy is seen, each call runs on a live handle.
+                        loop {
+                            let status = if t == 2 {
+                                let mut count = 0;
+                                let mut face = std::mem::MaybeUninit::<PipnetFace>::uninit();
+                                let counted = unsafe { pipnet_result_count(result.0, &mut count) };
+                                let read =
+                                    unsafe { pipnet_result_face(result.0, 0, face.as_mut_ptr()) };
+                                assert!(ok_or_stale(read), "result face: {read:?}");
+                                counted
+                            } else {
+                                let mut out = std::ptr::null_mut();
+                                let status = unsafe { pipnet_detect(handle.0, &view, &mut out) };
+                                if status == PipnetStatus::Ok {
+                                    assert_eq!(
+                                        unsafe { pipnet_result_free(out) },
+                                        PipnetStatus::Ok
+                                    );
+                                }
+                                status
+                            };
+                            assert!(ok_or_stale(status), "thread {t}: {status:?}");
+                            if status == PipnetStatus::StaleHandle {
+                                return;
+                            }
+                        }
+                    })
+                })
+                .collect();
+            // Destroy while the callers are mid-call, at a different moment each round.
+            std::thread::sleep(std::time::Duration::from_millis(20 + 37 * round));
+            assert_eq!(unsafe { pipnet_result_free(result.0) }, PipnetStatus::Ok);
+            assert_eq!(unsafe { pipnet_destroy(handle.0) }, PipnetStatus::Ok);
+            for caller in callers {
+                caller.join().expect("a caller panicked");
+            }
+        });
+        assert_eq!(
+            unsafe { pipnet_destroy(handle.0) },
+            PipnetStatus::StaleHandle
+        );
+    }
+}
+
+/// A result pointer shared between threads to race reads against its free.
+#[derive(Clone, Copy)]
+struct SharedResult(*mut PipnetResult);
+unsafe impl Send for SharedResult {}
+unsafe impl Sync for SharedResult {}

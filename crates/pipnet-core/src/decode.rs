@@ -181,10 +181,21 @@ pub fn decode_pip_scalar(
     Ok(())
 }
 
-/// The arg-max implementation chosen for this CPU.
+/// The arg-max implementation chosen for this CPU. A `Kernel` is proof that the CPU has the
+/// instructions it uses: its variant is private, and only [`Kernel::detect`],
+/// [`Kernel::available`] and [`Kernel::scalar`] make one, after asking the CPU (as rten-simd's
+/// ISA tokens do), so the safe [`Kernel::argmax`] can never run AVX2 code where there is none.
+///
+/// ```compile_fail
+/// // The variant that was once public cannot be named outside this crate.
+/// let kernel = pipnet_core::decode::Kernel::Avx2;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Kernel {
+pub struct Kernel(Isa);
+
+/// The instruction sets of [`Kernel`]; made only where the CPU was checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isa {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Sse2,
@@ -195,65 +206,57 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU supports.
-    pub fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") {
-                return Kernel::Avx2;
-            }
-            Kernel::Sse2
-        }
-        #[cfg(target_arch = "aarch64")]
-        {
-            Kernel::Neon
-        }
-        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-        {
-            Kernel::Scalar
-        }
+    /// The portable kernel, on any CPU.
+    pub const fn scalar() -> Self {
+        Kernel(Isa::Scalar)
     }
 
-    /// Every kernel this CPU can run (for tests and benches).
+    /// The fastest kernel this CPU supports.
+    pub fn detect() -> Self {
+        Self::available().pop().unwrap_or(Self::scalar())
+    }
+
+    /// Every kernel this CPU can run, slowest first (for tests and benches).
     pub fn available() -> Vec<Self> {
-        let mut kernels = vec![Kernel::Scalar];
+        let mut kernels = vec![Isa::Scalar];
         #[cfg(target_arch = "x86_64")]
         {
-            kernels.push(Kernel::Sse2);
+            kernels.push(Isa::Sse2);
             if std::arch::is_x86_feature_detected!("avx2") {
-                kernels.push(Kernel::Avx2);
+                kernels.push(Isa::Avx2);
             }
         }
         #[cfg(target_arch = "aarch64")]
-        kernels.push(Kernel::Neon);
-        kernels
+        kernels.push(Isa::Neon);
+        kernels.into_iter().map(Kernel).collect()
     }
 
     pub fn name(self) -> &'static str {
-        match self {
-            Kernel::Scalar => "scalar",
+        match self.0 {
+            Isa::Scalar => "scalar",
             #[cfg(target_arch = "x86_64")]
-            Kernel::Sse2 => "sse2",
+            Isa::Sse2 => "sse2",
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => "avx2",
+            Isa::Avx2 => "avx2",
             #[cfg(target_arch = "aarch64")]
-            Kernel::Neon => "neon",
+            Isa::Neon => "neon",
         }
     }
 
     /// First maximum ignoring NaNs, exactly as [`argmax_scalar`].
     pub fn argmax(self, values: &[f32]) -> usize {
-        match self {
-            Kernel::Scalar => argmax_scalar(values),
+        match self.0 {
+            Isa::Scalar => argmax_scalar(values),
             // SAFETY: SSE2 is part of the x86_64 baseline.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Sse2 => unsafe { simd::argmax_sse2(values) },
-            // SAFETY: `Avx2` is only constructed after `is_x86_feature_detected!("avx2")`.
+            Isa::Sse2 => unsafe { simd::argmax_sse2(values) },
+            // SAFETY: `Isa::Avx2` is private and only made in `available`, after
+            // `is_x86_feature_detected!("avx2")`.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { simd::argmax_avx2(values) },
+            Isa::Avx2 => unsafe { simd::argmax_avx2(values) },
             // SAFETY: NEON is part of the aarch64 baseline.
             #[cfg(target_arch = "aarch64")]
-            Kernel::Neon => unsafe { simd::argmax_neon(values) },
+            Isa::Neon => unsafe { simd::argmax_neon(values) },
         }
     }
 }

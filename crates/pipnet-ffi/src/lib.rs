@@ -9,13 +9,13 @@
 
 #![allow(clippy::missing_safety_doc)] // the header documents each function's contract
 
-use std::any::TypeId;
+use std::any::Any;
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::ffi::{CStr, CString, c_char};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use pipnet_infer::core::smooth::OneEuroSettings;
 use pipnet_infer::core::{ChipSpec, Scheme, SecondPass, face_chip};
@@ -213,54 +213,67 @@ impl ResultFace {
     }
 }
 
-/// Addresses of live handles, trackers and results, with their type: checked before any
-/// dereference, so a tracker passed where a handle is expected is an error, not a bad cast.
-static LIVE: Mutex<Option<HashSet<(usize, TypeId)>>> = Mutex::new(None);
+/// Everything live that a caller holds a pointer to (handles, trackers, results), by address.
+/// A call looks its argument up here and holds a share of it until it returns, so a
+/// `pipnet_destroy` on another thread during the call only takes the registry's share: the
+/// call finishes with a live value, which is freed as the call drops the last share, and every
+/// later call gets `PIPNET_STATUS_STALE_HANDLE`. The lookup checks the type too, so a tracker
+/// passed where a handle is expected is an error, not a bad cast.
+static LIVE: Mutex<Option<HashMap<usize, Live>>> = Mutex::new(None);
 
-fn live() -> MutexGuard<'static, Option<HashSet<(usize, TypeId)>>> {
-    // The set stays consistent even if a holder panicked: insert/remove are single steps.
+type Live = Arc<dyn Any + Send + Sync>;
+
+fn live() -> MutexGuard<'static, Option<HashMap<usize, Live>>> {
+    // The map stays consistent even if a holder panicked: insert/remove are single steps.
     LIVE.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn register<T: 'static>(value: T) -> *mut T {
-    let ptr = Box::into_raw(Box::new(value));
+fn register<T: Any + Send + Sync>(value: T) -> *mut T {
+    let shared = Arc::new(value);
+    // The address is only ever a key: callers' pointers are looked up, never dereferenced.
+    let ptr = Arc::as_ptr(&shared).cast_mut();
     live()
-        .get_or_insert_with(HashSet::new)
-        .insert((ptr as usize, TypeId::of::<T>()));
+        .get_or_insert_with(HashMap::new)
+        .insert(ptr as usize, shared);
     ptr
 }
 
-fn is_live<T: 'static>(ptr: *const T) -> bool {
-    let key = (ptr as usize, TypeId::of::<T>());
-    live().as_ref().is_some_and(|s| s.contains(&key))
-}
-
-/// `ptr` as the live `T` it points at: NULL is `PIPNET_STATUS_NULL_POINTER`, anything
-/// `register` did not make (or that was freed) `PIPNET_STATUS_STALE_HANDLE` with `stale`.
-fn live_arg<'a, T: 'static>(ptr: *const T, name: &str, stale: &str) -> Result<&'a T, Failure> {
+/// A share of the live `T` that `ptr` names: NULL is `PIPNET_STATUS_NULL_POINTER`, anything
+/// `register` did not make as a `T` (or that was freed) `PIPNET_STATUS_STALE_HANDLE` with
+/// `stale`.
+fn live_arg<T: Any + Send + Sync>(
+    ptr: *const T,
+    name: &str,
+    stale: &str,
+) -> Result<Arc<T>, Failure> {
     non_null(ptr, name)?;
-    if !is_live(ptr) {
-        return Err(fail(PipnetStatus::StaleHandle, stale));
-    }
-    // Live pointers point at a `T` from `register`.
-    Ok(unsafe { &*ptr })
-}
-
-/// Frees what `register` made; NULL is a no-op, anything else `stale`.
-fn free<T: 'static>(ptr: *mut T, stale: &str) -> Result<(), Failure> {
-    if ptr.is_null() {
-        return Ok(());
-    }
-    unregister(ptr)
-        .map(drop)
+    let shared = live()
+        .as_ref()
+        .and_then(|m| m.get(&(ptr as usize)).cloned());
+    shared
+        .and_then(|s| s.downcast::<T>().ok())
         .ok_or_else(|| fail(PipnetStatus::StaleHandle, stale))
 }
 
-fn unregister<T: 'static>(ptr: *mut T) -> Option<Box<T>> {
-    let key = (ptr as usize, TypeId::of::<T>());
-    let removed = live().as_mut().is_some_and(|s| s.remove(&key));
-    // Only pointers made by `register` are in the set, and each is removed once.
-    removed.then(|| unsafe { Box::from_raw(ptr) })
+/// Takes the registry's share of what `register` made; the value is freed now, or when the
+/// last call still using it returns. NULL is a no-op, anything else `stale`.
+fn free<T: Any + Send + Sync>(ptr: *mut T, stale: &str) -> Result<(), Failure> {
+    if ptr.is_null() {
+        return Ok(());
+    }
+    let key = ptr as usize;
+    let removed = {
+        let mut live = live();
+        let is_t = live
+            .as_ref()
+            .and_then(|m| m.get(&key))
+            .is_some_and(|s| (**s).is::<T>());
+        live.as_mut().filter(|_| is_t).and_then(|m| m.remove(&key))
+    };
+    // Dropped after the registry's lock is released: freeing a pipeline takes a while.
+    removed
+        .map(drop)
+        .ok_or_else(|| fail(PipnetStatus::StaleHandle, stale))
 }
 
 thread_local! {
@@ -342,7 +355,7 @@ unsafe fn optional_path_arg<'a>(
     unsafe { path_arg(ptr, name) }.map(Some)
 }
 
-fn handle_arg<'a>(handle: *const PipnetHandle) -> Result<&'a PipnetHandle, Failure> {
+fn handle_arg(handle: *const PipnetHandle) -> Result<Arc<PipnetHandle>, Failure> {
     live_arg(
         handle,
         "handle",
@@ -510,7 +523,7 @@ pub unsafe extern "C" fn pipnet_model_info(
     guard(|| {
         let handle = handle_arg(handle)?;
         non_null(out, "out")?;
-        let pipeline = lock(handle);
+        let pipeline = lock(&handle);
         let meta = pipeline.model.metadata();
         let mut scheme = [0 as c_char; 32];
         for (dst, src) in scheme.iter_mut().zip(meta.scheme.name().bytes().take(31)) {
@@ -539,7 +552,7 @@ pub unsafe extern "C" fn pipnet_detect(
         non_null(image, "image")?;
         non_null(out, "out")?;
         let rgb = unsafe { image_arg(&*image)? };
-        let mut faces = lock(handle).faces(&[(&rgb, &Faces::Detect)])?;
+        let mut faces = lock(&handle).faces(&[(&rgb, &Faces::Detect)])?;
         into_result(faces.pop().unwrap_or_default(), out);
         Ok(())
     })
@@ -574,13 +587,13 @@ pub unsafe extern "C" fn pipnet_landmarks_in_crops(
             })
             .collect::<Result<_, _>>()?;
         let whole: Vec<_> = rgb.iter().map(|im| (im, &Faces::WholeImage)).collect();
-        let faces = lock(handle).faces(&whole)?;
+        let faces = lock(&handle).faces(&whole)?;
         into_result(faces.into_iter().flatten().collect(), out);
         Ok(())
     })
 }
 
-fn result_arg<'a>(result: *const PipnetResult) -> Result<&'a PipnetResult, Failure> {
+fn result_arg(result: *const PipnetResult) -> Result<Arc<PipnetResult>, Failure> {
     live_arg(result, "result", "result is not live (already freed?)")
 }
 
@@ -709,7 +722,7 @@ pub struct PipnetTracker {
     tracker: Mutex<Tracker>,
 }
 
-fn tracker_arg<'a>(tracker: *const PipnetTracker) -> Result<&'a PipnetTracker, Failure> {
+fn tracker_arg(tracker: *const PipnetTracker) -> Result<Arc<PipnetTracker>, Failure> {
     live_arg(
         tracker,
         "tracker",
