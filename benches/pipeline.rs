@@ -9,9 +9,10 @@ use std::path::Path;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use pipnet::core::FaceCrop;
-use pipnet::infer::detect::FaceDetector;
+use pipnet::infer::detect::{FaceDetector, RollSearch};
 use pipnet::infer::image_io::{DEFAULT_MAX_PIXELS, load_rgb};
-use pipnet::infer::{Faces, LandmarkModel, Pipeline, SessionOptions};
+use pipnet::infer::pipeline::locate;
+use pipnet::infer::{Faces, LandmarkModel, SessionOptions};
 
 fn bench_pipeline(c: &mut Criterion) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -26,19 +27,19 @@ fn bench_pipeline(c: &mut Criterion) {
             batch_size: Some(batch),
             ..Default::default()
         };
-        let model = LandmarkModel::load(
+        let mut model = LandmarkModel::load(
             &root.join("models").join(pipnet_infer::model::BUILTIN_FILE),
             &options,
         )
         .expect("shipped model");
-        let detector = FaceDetector::builtin(&options).expect("detector");
-        let mut pipeline = Pipeline::new(model, Some(detector));
-        let found: Vec<FaceCrop> = pipeline
-            .locate(&image, &Faces::Detect)
-            .expect("detect")
-            .into_iter()
-            .map(|(_, crop)| crop)
-            .collect();
+        let mut detector = FaceDetector::builtin(&options).expect("detector");
+        let (rule, search) = (model.metadata().crop, (None, RollSearch::default()));
+        let found: Vec<FaceCrop> =
+            locate(Some(&mut detector), &rule, search, &image, &Faces::Detect)
+                .expect("detect")
+                .into_iter()
+                .map(|(_, crop)| crop)
+                .collect();
         // `batch` crops, cycling through the photo's faces.
         let faces: Vec<_> = found
             .iter()
@@ -46,7 +47,7 @@ fn bench_pipeline(c: &mut Criterion) {
             .take(batch)
             .map(|c| (&image, *c))
             .collect();
-        let model = &mut pipeline.model;
+        let model = &mut model;
         let mut input = Vec::new();
         model.prepare(&faces, &mut input);
         group.throughput(Throughput::Elements(batch as u64));

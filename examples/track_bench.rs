@@ -12,13 +12,12 @@ mod common;
 
 use std::time::Instant;
 
+use pipnet::core::Scheme;
 use pipnet::core::metrics::nme;
 use pipnet::core::smooth::OneEuroSettings;
-use pipnet::core::{Scheme, SecondPass};
 use pipnet::infer::image_io::{DEFAULT_MAX_PIXELS, load_rgb};
 use pipnet::infer::labeled::{read_labeled, split_validation};
-use pipnet::infer::pipeline::DEFAULT_MIN_PRESENCE;
-use pipnet::infer::tracker::{Tracker, TrackerSettings};
+use pipnet::infer::tracker::{Tracker, TrackerOptions};
 use pipnet::infer::{Faces, Pipeline, SessionOptions};
 
 type Points = Vec<[f32; 2]>;
@@ -101,13 +100,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let data = common::repo_root().join("../shared/data/face68-train");
     let (_, val) = split_validation(read_labeled(&data, None)?, 0.1, 1);
     let options = SessionOptions::default();
-    let mut pipeline = Pipeline::open(None, None, true, &options)?;
-    pipeline.second_pass = SecondPass::Always;
-    pipeline.min_presence = DEFAULT_MIN_PRESENCE;
-    let settings = TrackerSettings {
+    let settings = TrackerOptions {
         smoothing: Some(one_euro),
-        ..TrackerSettings::default()
+        ..TrackerOptions::default()
     };
+    let pipeline = Pipeline::open(None, None, true, &options, settings.pipeline)?;
     let mut tracker = Tracker::new(pipeline, settings)?;
     for (kind, motion, noise) in [("moving", 1.0, 6.0), ("still", 0.0, 8.0)] {
         let mut tallies: [Tally; 3] = Default::default();
@@ -127,7 +124,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let start = Instant::now();
             let mut found = Vec::new();
             for (frame, _) in &video {
-                let faces = tracker.pipeline.faces(&[(frame, &Faces::Detect)])?;
+                let faces = tracker.pipeline_mut().faces(&[(frame, &Faces::Detect)])?;
                 let first = faces.into_iter().flatten().next();
                 found.push(first.map(|f| (0, f.landmarks.in_image)));
             }

@@ -38,8 +38,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-// Bumped whenever a signature or struct layout of this header changes.
-#define PIPNET_ABI_VERSION 2
+// Bumped whenever a signature, struct layout or constant of this header changes.
+#define PIPNET_ABI_VERSION 3
 
 #define PIPNET_PIXEL_RGB 0
 
@@ -57,11 +57,13 @@
 
 #define PIPNET_DEVICE_AUTO 2
 
-#define PIPNET_REFINE_AUTO 0
+#define PIPNET_REFINE_DEFAULT 0
 
 #define PIPNET_REFINE_ALWAYS 1
 
 #define PIPNET_REFINE_OFF 2
+
+#define PIPNET_REFINE_AUTO 3
 
 // Every function returns one of these; on anything but `PIPNET_STATUS_OK`,
 // `pipnet_last_error()` says what went wrong.
@@ -98,9 +100,10 @@ typedef struct PipnetResult PipnetResult;
 // A live tracker: faces followed over video frames. Calls on one tracker are serialised.
 typedef struct PipnetTracker PipnetTracker;
 
-// Options for `pipnet_create`. All zeros (`PipnetOptions options = {0};`) gives the CLI's
-// defaults: built-in model and detector, CPU, every core, smallest face 40 px, one landmark
-// pass.
+// Options for `pipnet_create` and `pipnet_tracker_create`. All zeros
+// (`PipnetOptions options = {0};`) gives the CLI's defaults: built-in model and detector, CPU,
+// every core, smallest face 40 px, the second landmark pass as `pipnet annotate` (or
+// `pipnet track`) runs it.
 typedef struct PipnetOptions {
   // Path of the landmark model (UTF-8, NUL-terminated); NULL: the model built into the
   // library (the shipped default).
@@ -115,7 +118,7 @@ typedef struct PipnetOptions {
   // Smallest face searched for, in pixels; 0 uses the detector's default (40).
   float min_face;
   // Which faces get a second landmark pass, on a crop made from their first landmarks: one
-  // of `PIPNET_REFINE_*`; zero (AUTO, the default) as `pipnet annotate` runs it.
+  // of `PIPNET_REFINE_*`; zero (DEFAULT) as the CLI runs it.
   uint32_t refine;
   // Detected faces whose presence (mean landmark score) is below this are dropped as false
   // detections, and so are those whose landmarks lie over a face of higher presence. 0: the

@@ -11,7 +11,7 @@ use std::process::Command;
 
 use pipnet_ffi::*;
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, load_rgb};
-use pipnet_infer::{Faces, Pipeline, SessionOptions};
+use pipnet_infer::{Faces, Pipeline, PipelineOptions, SessionOptions, Tracker, TrackerOptions};
 
 fn header_path() -> PathBuf {
     common::repo_root().join("include/pipnet.h")
@@ -145,11 +145,9 @@ fn photo_and_expected(dir: &Path) -> (PathBuf, String) {
         pipnet_infer::LandmarkModel::load(&common::shipped_model(), &SessionOptions::default())
             .unwrap();
     let detector = pipnet_infer::detect::FaceDetector::builtin(&SessionOptions::default()).unwrap();
-    // The C example's zero-initialised options: the second pass where it pays, the default
-    // presence threshold.
-    let mut pipeline = Pipeline::new(model, Some(detector));
-    pipeline.second_pass = pipnet_infer::core::SecondPass::Auto;
-    pipeline.min_presence = pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
+    // The C example's zero-initialised options are the CLI's defaults.
+    let mut pipeline =
+        Pipeline::with_options(model, Some(detector), PipelineOptions::default()).unwrap();
     let faces = pipeline.faces(&[(&image, &Faces::Detect)]).unwrap();
     let mut expected = String::new();
     for face in &faces[0] {
@@ -587,7 +585,15 @@ fn test_tracker_through_the_abi() {
         unsafe { pipnet_tracker_create(&options, std::ptr::null(), &mut tracker) },
         PipnetStatus::Ok
     );
-    let track = |frame: &image::RgbImage, time: f64| -> Vec<(u64, f32, f32)> {
+    // A C tracker with zeroed options is the Rust tracker with the defaults (`pipnet track`'s).
+    let session = SessionOptions {
+        threads: Some(1),
+        ..Default::default()
+    };
+    let defaults = TrackerOptions::default();
+    let pipeline = Pipeline::open(None, None, true, &session, defaults.pipeline).unwrap();
+    let mut rust_tracker = Tracker::new(pipeline, defaults).unwrap();
+    let track = |frame: &image::RgbImage, time: f64| -> Vec<(u64, Vec<f32>, Vec<f32>)> {
         let view = rgb_view(frame);
         let mut result = std::ptr::null_mut();
         assert_eq!(
@@ -601,8 +607,11 @@ fn test_tracker_through_the_abi() {
                 let mut face = std::mem::MaybeUninit::<PipnetFace>::uninit();
                 unsafe { pipnet_result_face(result, i, face.as_mut_ptr()) };
                 let face = unsafe { face.assume_init() };
-                let (smooth, raw) = unsafe { (*face.landmarks, *face.raw_landmarks) };
-                (face.id, smooth, raw)
+                let points = |p: *const f32| {
+                    unsafe { std::slice::from_raw_parts(p, 2 * face.num_landmarks as usize) }
+                        .to_vec()
+                };
+                (face.id, points(face.landmarks), points(face.raw_landmarks))
             })
             .collect();
         assert_eq!(unsafe { pipnet_result_free(result) }, PipnetStatus::Ok);
@@ -610,10 +619,25 @@ fn test_tracker_through_the_abi() {
     };
     let mut moved_apart = false;
     for (t, (frame, _)) in video.iter().enumerate() {
-        let faces = track(frame, t as f64 / 30.0);
+        let time = t as f64 / 30.0;
+        let faces = track(frame, time);
         assert_eq!(faces.len(), 1, "frame {t}");
-        assert_eq!(faces[0].0, 1, "frame {t}");
-        moved_apart |= faces[0].1 != faces[0].2;
+        let (id, smoothed, raw) = &faces[0];
+        assert_eq!(*id, 1, "frame {t}");
+        moved_apart |= smoothed != raw;
+        let want = rust_tracker.track(frame, time).unwrap();
+        assert_eq!(want.len(), 1, "frame {t}");
+        for (got, want) in [
+            (smoothed, &want[0].smoothed),
+            (raw, &want[0].face.landmarks.in_image),
+        ] {
+            let worst = got
+                .iter()
+                .zip(want.as_flattened())
+                .map(|(g, w)| (g - w).abs())
+                .fold(0.0f32, f32::max);
+            assert!(worst < 1e-3, "frame {t}: C and Rust differ by {worst} px");
+        }
     }
     assert!(
         moved_apart,

@@ -7,10 +7,11 @@ mod common;
 use std::path::Path;
 
 use pipnet::core::{FaceCrop, Landmark};
-use pipnet::infer::detect::FaceDetector;
+use pipnet::infer::detect::{FaceDetector, RollSearch};
 use pipnet::infer::image_io::{DEFAULT_MAX_PIXELS, load_rgb};
+use pipnet::infer::pipeline::locate;
 use pipnet::infer::preprocess::{Normalization, write_crop};
-use pipnet::infer::{Faces, LandmarkModel, Pipeline, SessionOptions};
+use pipnet::infer::{Faces, LandmarkModel, SessionOptions};
 use serde_json::{Value, json};
 
 /// Runs `python -m pipnet_export.reference MODE` on `input` and returns its JSON answer.
@@ -48,15 +49,16 @@ fn model_and_faces() -> (LandmarkModel, image::RgbImage, Vec<FaceCrop>) {
     let model = LandmarkModel::load(&common::shipped_model(), &options).unwrap();
     let photo = common::sample_photos().join("2008_002470.jpg");
     let image = load_rgb(&photo, DEFAULT_MAX_PIXELS).unwrap();
-    let mut pipeline = Pipeline::new(model, Some(FaceDetector::builtin(&options).unwrap()));
-    let crops: Vec<FaceCrop> = pipeline
-        .locate(&image, &Faces::Detect)
+    let mut detector = FaceDetector::builtin(&options).unwrap();
+    let search = (None, RollSearch::default());
+    let rule = model.metadata().crop;
+    let crops: Vec<FaceCrop> = locate(Some(&mut detector), &rule, search, &image, &Faces::Detect)
         .unwrap()
         .into_iter()
         .map(|(_, crop)| crop)
         .collect();
     assert_eq!(crops.len(), 6);
-    (pipeline.model, image, crops)
+    (model, image, crops)
 }
 
 #[test]

@@ -20,13 +20,14 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use pipnet_infer::core::smooth::OneEuroSettings;
 use pipnet_infer::core::{ChipSpec, Scheme, SecondPass, face_chip};
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, PixelFormat, rgb_from_buffer};
-use pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
 use pipnet_infer::preprocess::cut_chip;
-use pipnet_infer::tracker::{Tracker, TrackerSettings};
-use pipnet_infer::{Device, ErrorKind, Face, Faces, Pipeline, SessionOptions};
+use pipnet_infer::{
+    Device, ErrorKind, Face, Faces, Pipeline, PipelineOptions, SessionOptions, Tracker,
+    TrackerOptions,
+};
 
-/// Bumped whenever a signature or struct layout of this header changes.
-pub const PIPNET_ABI_VERSION: u32 = 2;
+/// Bumped whenever a signature, struct layout or constant of this header changes.
+pub const PIPNET_ABI_VERSION: u32 = 3;
 
 /// Every function returns one of these; on anything but `PIPNET_STATUS_OK`,
 /// `pipnet_last_error()` says what went wrong.
@@ -69,16 +70,19 @@ pub const PIPNET_DEVICE_CPU: u32 = 0;
 pub const PIPNET_DEVICE_CUDA: u32 = 1;
 pub const PIPNET_DEVICE_AUTO: u32 = 2;
 
-// Second landmark passes of `PipnetOptions::refine`, as `pipnet annotate` takes them: AUTO (the
-// default) where the first pass says the crop was off or the face is unsure, ALWAYS for every
-// face (`--refine`), OFF for none (`--no-refine`).
-pub const PIPNET_REFINE_AUTO: u32 = 0;
+// Second landmark passes of `PipnetOptions::refine`: DEFAULT (zero) as the CLI runs what is
+// made, i.e. AUTO for `pipnet_create` (`pipnet annotate`) and ALWAYS for
+// `pipnet_tracker_create` (`pipnet track`); AUTO where the first pass says the crop was off or
+// the face is unsure, ALWAYS for every face (`--refine`), OFF for none (`--no-refine`).
+pub const PIPNET_REFINE_DEFAULT: u32 = 0;
 pub const PIPNET_REFINE_ALWAYS: u32 = 1;
 pub const PIPNET_REFINE_OFF: u32 = 2;
+pub const PIPNET_REFINE_AUTO: u32 = 3;
 
-/// Options for `pipnet_create`. All zeros (`PipnetOptions options = {0};`) gives the CLI's
-/// defaults: built-in model and detector, CPU, every core, smallest face 40 px, one landmark
-/// pass.
+/// Options for `pipnet_create` and `pipnet_tracker_create`. All zeros
+/// (`PipnetOptions options = {0};`) gives the CLI's defaults: built-in model and detector, CPU,
+/// every core, smallest face 40 px, the second landmark pass as `pipnet annotate` (or
+/// `pipnet track`) runs it.
 #[repr(C)]
 pub struct PipnetOptions {
     /// Path of the landmark model (UTF-8, NUL-terminated); NULL: the model built into the
@@ -94,7 +98,7 @@ pub struct PipnetOptions {
     /// Smallest face searched for, in pixels; 0 uses the detector's default (40).
     pub min_face: f32,
     /// Which faces get a second landmark pass, on a crop made from their first landmarks: one
-    /// of `PIPNET_REFINE_*`; zero (AUTO, the default) as `pipnet annotate` runs it.
+    /// of `PIPNET_REFINE_*`; zero (DEFAULT) as the CLI runs it.
     pub refine: u32,
     /// Detected faces whose presence (mean landmark score) is below this are dropped as false
     /// detections, and so are those whose landmarks lie over a face of higher presence. 0: the
@@ -436,8 +440,8 @@ pub extern "C" fn pipnet_last_error() -> *const c_char {
     LAST_ERROR.with(|e| e.borrow().as_ptr())
 }
 
-/// The pipeline `options` describe (checked for null by the caller).
-unsafe fn open_pipeline(options: &PipnetOptions) -> Result<Pipeline, Failure> {
+/// The session `options` ask for: device and threads.
+fn session_options(options: &PipnetOptions) -> Result<SessionOptions, Failure> {
     let device = match options.device {
         PIPNET_DEVICE_CPU => Device::Cpu,
         PIPNET_DEVICE_CUDA => Device::Cuda,
@@ -449,45 +453,62 @@ unsafe fn open_pipeline(options: &PipnetOptions) -> Result<Pipeline, Failure> {
             ));
         }
     };
-    if options.min_presence.is_nan() {
-        return Err(fail(
-            PipnetStatus::InvalidArgument,
-            "min_presence is NaN (0: the default, negative: keep every face)",
-        ));
-    }
-    if !(options.min_face.is_finite() && options.min_face >= 0.0) {
-        return Err(fail(
-            PipnetStatus::InvalidArgument,
-            "min_face must be a non-negative number of pixels",
-        ));
-    }
-    let session = SessionOptions {
+    Ok(SessionOptions {
         device,
         threads: (options.threads > 0).then_some(options.threads as usize),
         ..Default::default()
-    };
-    // NULL: the built-in graph.
-    let landmark_model =
-        unsafe { optional_path_arg(options.landmark_model, "options.landmark_model")? };
-    let detector = unsafe { optional_path_arg(options.detector_model, "options.detector_model")? };
-    let mut pipeline = Pipeline::open(landmark_model, detector, true, &session)?;
-    pipeline.min_face = (options.min_face > 0.0).then_some(options.min_face);
-    pipeline.second_pass = match options.refine {
+    })
+}
+
+/// `options` as pipeline options, zeros taken from `defaults` (what the CLI runs for the
+/// object made). Only the C encodings are read here; [`PipelineOptions::check`] checks the
+/// values, as it does for the CLI and Python.
+fn pipeline_options(
+    options: &PipnetOptions,
+    defaults: PipelineOptions,
+) -> Result<PipelineOptions, Failure> {
+    let second_pass = match options.refine {
+        PIPNET_REFINE_DEFAULT => defaults.second_pass,
         PIPNET_REFINE_AUTO => SecondPass::Auto,
         PIPNET_REFINE_ALWAYS => SecondPass::Always,
         PIPNET_REFINE_OFF => SecondPass::Off,
         other => {
             return Err(fail(
                 PipnetStatus::InvalidArgument,
-                format!("unknown refine {other} (one of PIPNET_REFINE_AUTO, _ALWAYS, _OFF)"),
+                format!("unknown refine {other} (one of PIPNET_REFINE_*)"),
             ));
         }
     };
-    pipeline.min_presence = match options.min_presence {
-        0.0 => DEFAULT_MIN_PRESENCE,
-        p => p.max(0.0),
-    };
-    Ok(pipeline)
+    Ok(PipelineOptions {
+        min_face: (options.min_face != 0.0).then_some(options.min_face),
+        second_pass,
+        // Negative keeps every face; NaN is left for the check to refuse.
+        min_presence: match options.min_presence {
+            0.0 => defaults.min_presence,
+            p if p < 0.0 => 0.0,
+            p => p,
+        },
+        ..defaults
+    })
+}
+
+/// The pipeline `options` describe, run as `pipeline` says.
+unsafe fn open_pipeline(
+    options: &PipnetOptions,
+    pipeline: PipelineOptions,
+) -> Result<Pipeline, Failure> {
+    let session = session_options(options)?;
+    // NULL: the built-in graph.
+    let landmark_model =
+        unsafe { optional_path_arg(options.landmark_model, "options.landmark_model")? };
+    let detector = unsafe { optional_path_arg(options.detector_model, "options.detector_model")? };
+    Ok(Pipeline::open(
+        landmark_model,
+        detector,
+        true,
+        &session,
+        pipeline,
+    )?)
 }
 
 /// Loads the landmark model (and the detector) into a new handle, written to `*out`.
@@ -499,7 +520,9 @@ pub unsafe extern "C" fn pipnet_create(
     guard(|| {
         non_null(options, "options")?;
         non_null(out, "out")?;
-        let pipeline = unsafe { open_pipeline(&*options)? };
+        let options = unsafe { &*options };
+        let pipeline = pipeline_options(options, PipelineOptions::default())?;
+        let pipeline = unsafe { open_pipeline(options, pipeline)? };
         let handle = register(PipnetHandle {
             pipeline: Mutex::new(pipeline),
         });
@@ -524,7 +547,7 @@ pub unsafe extern "C" fn pipnet_model_info(
         let handle = handle_arg(handle)?;
         non_null(out, "out")?;
         let pipeline = lock(&handle);
-        let meta = pipeline.model.metadata();
+        let meta = pipeline.model().metadata();
         let mut scheme = [0 as c_char; 32];
         for (dst, src) in scheme.iter_mut().zip(meta.scheme.name().bytes().take(31)) {
             *dst = src as c_char;
@@ -730,6 +753,36 @@ fn tracker_arg(tracker: *const PipnetTracker) -> Result<Arc<PipnetTracker>, Fail
     )
 }
 
+/// `options` and `tracking` (NULL: all zeros) as tracker options, zeros taken from
+/// [`TrackerOptions::default`], as `pipnet track` runs; [`Tracker::new`] checks the values.
+fn tracker_options(
+    options: &PipnetOptions,
+    tracking: Option<&PipnetTrackerOptions>,
+) -> Result<TrackerOptions, Failure> {
+    let defaults = TrackerOptions::default();
+    let pipeline = pipeline_options(options, defaults.pipeline)?;
+    let Some(t) = tracking else {
+        return Ok(TrackerOptions {
+            pipeline,
+            ..defaults
+        });
+    };
+    let count = |v: u32, default: usize| if v == 0 { default } else { v as usize };
+    let rate = |v: f32, default: f64| if v == 0.0 { default } else { f64::from(v) };
+    let one_euro = OneEuroSettings::default();
+    Ok(TrackerOptions {
+        pipeline,
+        detect_every: count(t.detect_every, defaults.detect_every),
+        max_missed: count(t.max_missed, defaults.max_missed),
+        smoothing: (t.no_smooth == 0).then_some(OneEuroSettings {
+            min_cutoff: rate(t.min_cutoff, one_euro.min_cutoff),
+            beta: rate(t.beta, one_euro.beta),
+            ..one_euro
+        }),
+        ..defaults
+    })
+}
+
 /// A tracker over the pipeline `options` describe (as `pipnet_create`), with `tracking`
 /// (NULL: the defaults), written to `*out`.
 #[unsafe(no_mangle)]
@@ -741,34 +794,10 @@ pub unsafe extern "C" fn pipnet_tracker_create(
     guard(|| {
         non_null(options, "options")?;
         non_null(out, "out")?;
-        let mut settings = TrackerSettings::default();
-        if !tracking.is_null() {
-            let t = unsafe { &*tracking };
-            let or = |v: u32, default: usize| if v == 0 { default } else { v as usize };
-            settings.detect_every = or(t.detect_every, settings.detect_every);
-            settings.max_missed = or(t.max_missed, settings.max_missed);
-            let positive = |v: f32, default: f64| -> Result<f64, Failure> {
-                match v {
-                    0.0 => Ok(default),
-                    v if v.is_finite() && v > 0.0 => Ok(f64::from(v)),
-                    v => Err(fail(
-                        PipnetStatus::InvalidArgument,
-                        format!("smoothing parameter {v} must be positive (0: the default)"),
-                    )),
-                }
-            };
-            let one_euro = OneEuroSettings::default();
-            settings.smoothing = (t.no_smooth == 0)
-                .then(|| -> Result<OneEuroSettings, Failure> {
-                    Ok(OneEuroSettings {
-                        min_cutoff: positive(t.min_cutoff, one_euro.min_cutoff)?,
-                        beta: positive(t.beta, one_euro.beta)?,
-                        ..one_euro
-                    })
-                })
-                .transpose()?;
-        }
-        let pipeline = unsafe { open_pipeline(&*options)? };
+        let options = unsafe { &*options };
+        let tracking = unsafe { tracking.as_ref() };
+        let settings = tracker_options(options, tracking)?;
+        let pipeline = unsafe { open_pipeline(options, settings.pipeline)? };
         let tracker = Tracker::new(pipeline, settings)?;
         unsafe {
             *out = register(PipnetTracker {
@@ -800,7 +829,7 @@ pub unsafe extern "C" fn pipnet_tracker_track(
             .tracker
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let smoothing = tracker.settings.smoothing.is_some();
+        let smoothing = tracker.options().smoothing.is_some();
         let faces = tracker
             .track(&rgb, time)?
             .iter()

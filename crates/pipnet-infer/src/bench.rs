@@ -13,7 +13,7 @@ use crate::detect::FaceDetector;
 use crate::error::{Error, Result};
 use crate::image_io::load_rgb;
 use crate::pipeline::{Faces, LocatedFace, Pipeline, fan_out, loader_detectors, locate};
-use crate::tracker::{Tracker, TrackerSettings};
+use crate::tracker::{Tracker, TrackerOptions};
 
 /// Timings of one stage, in seconds, one sample per image or per batch.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -210,7 +210,7 @@ fn bench_detector(
     images: &[RgbImage],
     repeat: usize,
 ) -> Result<(Vec<f64>, Vec<f64>, f64)> {
-    let min_face = pipeline.min_face;
+    let min_face = pipeline.options.min_face;
     let detector = pipeline
         .detector
         .as_mut()
@@ -262,7 +262,7 @@ pub fn bench_photos(
         None => Ok(Vec::new()),
     };
     let rule = pipeline.model.metadata().crop;
-    let search = (pipeline.min_face, pipeline.roll_search);
+    let search = (pipeline.options.min_face, pipeline.options.roll_search);
     let group = pipeline.model.batch_size();
     let load = |path: &PathBuf, detector: Option<&mut FaceDetector>| {
         let image = load_rgb(path, crate::image_io::DEFAULT_MAX_PIXELS)?;
@@ -347,11 +347,13 @@ pub fn panning_frames(photo: &RgbImage, frames: usize) -> Vec<RgbImage> {
 pub fn bench_video(
     mut pipeline: Pipeline,
     frames: &[RgbImage],
-    settings: TrackerSettings,
+    settings: TrackerOptions,
 ) -> Result<(VideoReport, Pipeline)> {
     let first = frames
         .first()
         .ok_or_else(|| Error::InvalidInput("no frames to benchmark".into()))?;
+    // Frame by frame as the tracker runs its passes.
+    pipeline.set_options(settings.pipeline)?;
     pipeline.faces(&[(first, &Faces::Detect)])?;
     let start = Instant::now();
     let mut faces = 0;

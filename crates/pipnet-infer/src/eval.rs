@@ -176,7 +176,7 @@ pub fn pipeline_detector_crops(
     max_pixels: u64,
 ) -> Result<DetectedFaces> {
     let rule = pipeline.model.metadata().crop;
-    let search = (0.3, pipeline.roll_search);
+    let search = (0.3, pipeline.options.roll_search);
     let detector = pipeline.detector.as_mut().ok_or_else(|| {
         Error::InvalidInput("detector crops asked for, but the pipeline has no detector".into())
     })?;

@@ -537,16 +537,20 @@ pub fn run_settings(pipeline: &Pipeline, faces: &FaceSource) -> RunSettings {
             FaceSource::Boxes { sha256, .. } => Some(sha256.clone()),
             _ => None,
         },
-        min_face: pipeline.min_face.filter(|_| detect),
-        second_pass: pipeline.second_pass.to_string(),
+        min_face: pipeline.options.min_face.filter(|_| detect),
+        second_pass: pipeline.options.second_pass.to_string(),
         roll_search: if detect {
-            pipeline.roll_search.to_string()
+            pipeline.options.roll_search.to_string()
         } else {
             String::new()
         },
         flip: pipeline.model.flip_average(),
         // Given boxes and crops are never dropped.
-        min_presence: if detect { pipeline.min_presence } else { 0.0 },
+        min_presence: if detect {
+            pipeline.options.min_presence
+        } else {
+            0.0
+        },
     }
 }
 
@@ -663,7 +667,7 @@ pub fn annotate_folder(
     };
     let batch = pipeline.model.batch_size();
     let rule = pipeline.model.metadata().crop;
-    let search = (pipeline.min_face, pipeline.roll_search);
+    let search = (pipeline.options.min_face, pipeline.options.roll_search);
     let sessions = match &pipeline.detector {
         Some(d) if job.faces == FaceSource::Detect => d.for_loaders(items.len()),
         _ => Ok(Vec::new()),

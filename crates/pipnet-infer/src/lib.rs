@@ -26,5 +26,6 @@ pub mod tracker;
 pub use error::{Error, ErrorKind, Result};
 pub use model::{FaceLandmarks, LandmarkModel};
 pub use options::{Device, OrtLibrary, SessionOptions};
-pub use pipeline::{Face, Faces, Pipeline};
+pub use pipeline::{Face, Faces, Pipeline, PipelineOptions};
 pub use pipnet_core as core;
+pub use tracker::{Tracker, TrackerOptions};

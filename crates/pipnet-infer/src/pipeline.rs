@@ -185,11 +185,12 @@ pub(crate) fn fan_out<I: Send, T: Send, R>(
     })
 }
 
-/// A landmark model, with a face detector when faces must be found.
-#[derive(Debug)]
-pub struct Pipeline {
-    pub model: LandmarkModel,
-    pub detector: Option<FaceDetector>,
+/// How a pipeline finds faces and their landmarks. One type for every front end: the CLI's
+/// flags, the C `PipnetOptions` and Python's keyword arguments each map onto it, and
+/// [`Pipeline::with_options`] checks it, so the defaults and the checks live here only.
+/// `Default` is `pipnet annotate`'s defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PipelineOptions {
     /// Smallest face searched for, in image pixels (`None`: the detector's default).
     pub min_face: Option<f32>,
     /// Where the detector also searches the photo turned by quarter turns.
@@ -202,19 +203,83 @@ pub struct Pipeline {
     /// 0 so are those that repeat a face of higher presence ([`pipnet_core::repeated_faces`]);
     /// faces the caller gave are always kept; 0 keeps all.
     pub min_presence: f32,
+    /// Also run every crop mirrored and average the two ([`LandmarkModel::set_flip_average`]).
+    pub flip: bool,
 }
 
-impl Pipeline {
-    pub fn new(model: LandmarkModel, detector: Option<FaceDetector>) -> Self {
+impl Default for PipelineOptions {
+    fn default() -> Self {
         Self {
-            model,
-            detector,
             min_face: None,
             roll_search: RollSearch::default(),
             second_pass: SecondPass::default(),
             gate: SecondPassGate::default(),
-            min_presence: 0.0,
+            min_presence: DEFAULT_MIN_PRESENCE,
+            flip: false,
         }
+    }
+}
+
+impl PipelineOptions {
+    /// Options that keep every face the detector reports (no presence cut), e.g. to score
+    /// landmarks against known faces.
+    pub fn keep_every_face() -> Self {
+        Self {
+            min_presence: 0.0,
+            ..Self::default()
+        }
+    }
+
+    /// Fails, naming the option, where a value is out of range.
+    pub fn check(&self) -> Result<()> {
+        let bad = |what: String| Err(Error::InvalidInput(what));
+        if let Some(m) = self.min_face.filter(|m| !(m.is_finite() && *m > 0.0)) {
+            return bad(format!(
+                "min_face {m}: the smallest face must be a positive number of pixels"
+            ));
+        }
+        if !(self.min_presence.is_finite() && self.min_presence >= 0.0) {
+            return bad(format!(
+                "min_presence {}: must be a number >= 0 (0 keeps every face)",
+                self.min_presence
+            ));
+        }
+        let g = &self.gate;
+        if ![g.shift, g.scale, g.turn, g.presence]
+            .iter()
+            .all(|v| v.is_finite() && *v >= 0.0)
+        {
+            return bad(format!(
+                "second-pass gate {g:?}: every threshold must be a number >= 0"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A landmark model, with a face detector when faces must be found, run as its
+/// [`PipelineOptions`] say.
+#[derive(Debug)]
+pub struct Pipeline {
+    pub(crate) model: LandmarkModel,
+    pub(crate) detector: Option<FaceDetector>,
+    pub(crate) options: PipelineOptions,
+}
+
+impl Pipeline {
+    /// A pipeline over models already opened, after checking `options`.
+    pub fn with_options(
+        model: LandmarkModel,
+        detector: Option<FaceDetector>,
+        options: PipelineOptions,
+    ) -> Result<Self> {
+        let mut pipeline = Self {
+            model,
+            detector,
+            options: PipelineOptions::default(),
+        };
+        pipeline.set_options(options)?;
+        Ok(pipeline)
     }
 
     /// Opens the landmark model and, when `detect` is set, the face detector: the graph files
@@ -223,26 +288,57 @@ impl Pipeline {
         landmark_model: Option<&Path>,
         detector: Option<&Path>,
         detect: bool,
-        options: &SessionOptions,
+        session: &SessionOptions,
+        options: PipelineOptions,
     ) -> Result<Self> {
-        let model = LandmarkModel::load_or_builtin(landmark_model, options)?;
+        options.check()?;
+        let model = LandmarkModel::load_or_builtin(landmark_model, session)?;
         let detector = match (detect, detector) {
             (false, _) => None,
-            (true, Some(path)) => Some(FaceDetector::load(path, options)?),
-            (true, None) => Some(FaceDetector::builtin(options)?),
+            (true, Some(path)) => Some(FaceDetector::load(path, session)?),
+            (true, None) => Some(FaceDetector::builtin(session)?),
         };
-        Ok(Self::new(model, detector))
+        Self::with_options(model, detector, options)
+    }
+
+    pub fn options(&self) -> &PipelineOptions {
+        &self.options
+    }
+
+    /// Runs from now on as `options` say, once they pass [`PipelineOptions::check`].
+    pub fn set_options(&mut self, options: PipelineOptions) -> Result<()> {
+        options.check()?;
+        self.model.set_flip_average(options.flip);
+        self.options = options;
+        Ok(())
+    }
+
+    pub fn model(&self) -> &LandmarkModel {
+        &self.model
+    }
+
+    pub fn detector(&self) -> Option<&FaceDetector> {
+        self.detector.as_ref()
+    }
+
+    /// One landmark pass on exactly these crops, the model's input windows as the caller chose
+    /// them: no crop rule, no second pass.
+    pub fn landmarks_in_windows(
+        &mut self,
+        windows: &[(&RgbImage, FaceCrop)],
+    ) -> Result<Vec<FaceLandmarks>> {
+        self.model.landmarks(windows)
     }
 
     /// Finds the faces of one image (detections, or the crops `faces` declares).
     pub fn locate(&mut self, image: &RgbImage, faces: &Faces) -> Result<Vec<LocatedFace>> {
         let rule = self.model.metadata().crop;
-        let search = (self.min_face, self.roll_search);
+        let search = (self.options.min_face, self.options.roll_search);
         locate(self.detector.as_mut(), &rule, search, image, faces)
     }
 
     /// Landmarks for known crops, batched, with the second pass where
-    /// [`Self::second_pass`] runs it.
+    /// [`PipelineOptions::second_pass`] runs it.
     pub fn landmarks(&mut self, crops: &[(&RgbImage, FaceCrop)]) -> Result<Vec<FaceLandmarks>> {
         let faces: Vec<(&RgbImage, LocatedFace)> = crops
             .iter()
@@ -255,8 +351,8 @@ impl Pipeline {
     /// Landmarks for located faces, batched: the first pass; for a detected face that shows
     /// little of a face (presence under [`REDETECT_BELOW`]), the detector again on the photo
     /// turned by quarter turns around it ([`FaceDetector::redetect_turned`]); then the second
-    /// pass where [`Self::second_pass`] runs it. Returns each face with what its first pass
-    /// said.
+    /// pass where [`PipelineOptions::second_pass`] runs it. Returns each face with what its
+    /// first pass said.
     pub fn landmarks_with_passes(
         &mut self,
         faces: &[(&RgbImage, LocatedFace)],
@@ -288,10 +384,10 @@ impl Pipeline {
                 // Non-finite points were already rejected by the model.
                 let next = landmark_crop(&rule, scheme, &face.landmarks.in_image).ok();
                 let change = next.map(|next| CropChange::between(&crop, &next));
-                let second_pass = match (self.second_pass, change) {
+                let second_pass = match (self.options.second_pass, change) {
                     (_, None) | (SecondPass::Off, _) => false,
                     (SecondPass::Always, _) => true,
-                    (SecondPass::Auto, Some(change)) => self.gate.pays(&change, presence),
+                    (SecondPass::Auto, Some(change)) => self.options.gate.pays(&change, presence),
                 };
                 if let (true, Some(next)) = (second_pass, next) {
                     again.push((image, next));
@@ -370,12 +466,13 @@ impl Pipeline {
     }
 
     /// Drops the detected faces that are not there or not new: presence below
-    /// [`Self::min_presence`], or (when it is above 0) landmarks over a face of higher presence;
-    /// returns how many.
+    /// [`PipelineOptions::min_presence`], or (when it is above 0) landmarks over a face of
+    /// higher presence; returns how many.
     pub fn drop_false_detections(&self, faces: &mut Vec<Face>) -> usize {
         let before = faces.len();
-        faces.retain(|f| f.detection.is_none() || f.presence() >= self.min_presence);
-        if self.min_presence > 0.0 {
+        let min_presence = self.options.min_presence;
+        faces.retain(|f| f.detection.is_none() || f.presence() >= min_presence);
+        if min_presence > 0.0 {
             let boxes: Vec<FaceBox> = faces
                 .iter()
                 .map(|f| FaceBox::around(&f.landmarks.in_image).unwrap_or_else(|_| f.face_box()))

@@ -1,25 +1,29 @@
 //! Landmarks on video: faces followed from frame to frame with stable ids.
 //!
 //! A face held from the previous frame is cropped where its landmarks there, moved on by their
-//! last motion, put it (the refine crop, turned to the eye line), and costs one landmark pass, no detection. The
-//! detector runs on the first frame, every `detect_every` frames (to find new faces), and while
-//! a face is lost: its presence fell under the pipeline's `min_presence`, the bar detected faces
-//! must pass too. Detections that overlap a held face are ignored, one that overlaps a lost face
+//! last motion, put it (the refine crop, turned to the eye line), and costs one landmark pass,
+//! no detection. The detector runs on the first frame, every `detect_every` frames (to find new
+//! faces), and while a face is lost: its presence fell under the pipeline's `min_presence`, the
+//! bar detected faces must pass too. Detections that overlap a held face are ignored, one that overlaps a lost face
 //! takes it back (same id), the rest start new tracks. A track unseen for more than
 //! `max_missed` frames ends. Each track's points go through a One Euro filter per coordinate
 //! ([`LandmarkSmoother`]), restarted when the track restarts.
 
 use image::RgbImage;
 use pipnet_core::smooth::{LandmarkSmoother, OneEuroSettings};
-use pipnet_core::{CropRule, FaceBox, FaceCrop, Point, Scheme, landmark_crop};
+use pipnet_core::{CropRule, FaceBox, FaceCrop, Point, Scheme, SecondPass, landmark_crop};
 
 use crate::error::{Error, Result};
 use crate::model::FaceLandmarks;
-use crate::pipeline::{Face, Faces, LocatedFace, Pipeline};
+use crate::pipeline::{Face, Faces, LocatedFace, Pipeline, PipelineOptions};
 
-/// How faces are followed; the defaults are measured (`models/README.md`, "Video").
+/// How faces are followed, with the options of the pipeline that finds them; the defaults are
+/// `pipnet track`'s, measured (`models/README.md`, "Video"), and the CLI, C and Python trackers
+/// all start from them.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TrackerSettings {
+pub struct TrackerOptions {
+    /// The landmark passes: [`PipelineOptions::default`] with a second pass for every face.
+    pub pipeline: PipelineOptions,
     /// Run the detector every this many frames to find new faces (1: every frame).
     pub detect_every: usize,
     /// A track not seen for more than this many frames ends; its face gets a new id.
@@ -30,14 +34,41 @@ pub struct TrackerSettings {
     pub smoothing: Option<OneEuroSettings>,
 }
 
-impl Default for TrackerSettings {
+impl Default for TrackerOptions {
     fn default() -> Self {
         Self {
+            pipeline: PipelineOptions {
+                second_pass: SecondPass::Always,
+                ..PipelineOptions::default()
+            },
             detect_every: 10,
             max_missed: 5,
             min_iou: 0.3,
             smoothing: Some(OneEuroSettings::default()),
         }
+    }
+}
+
+impl TrackerOptions {
+    /// Fails, naming the option, where a value is out of range.
+    pub fn check(&self) -> Result<()> {
+        self.pipeline.check()?;
+        let bad = |what: String| Err(Error::InvalidInput(what));
+        if self.detect_every == 0 {
+            return bad("detect_every 0: the detector must run at least every frame (1)".into());
+        }
+        if !(0.0..=1.0).contains(&self.min_iou) {
+            return bad(format!("min_iou {}: must be within 0..1", self.min_iou));
+        }
+        if let Some(s) = &self.smoothing {
+            let positive = |v: f64| v.is_finite() && v > 0.0;
+            if !(positive(s.min_cutoff) && positive(s.beta) && positive(s.derivative_cutoff)) {
+                return bad(format!(
+                    "smoothing {s:?}: min_cutoff, beta and derivative_cutoff must be positive"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -113,8 +144,8 @@ impl Track {
 
 /// Follows faces across frames; see the module documentation.
 pub struct Tracker {
-    pub pipeline: Pipeline,
-    pub settings: TrackerSettings,
+    pipeline: Pipeline,
+    options: TrackerOptions,
     tracks: Vec<Track>,
     next_id: u64,
     frame: usize,
@@ -122,21 +153,19 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// A tracker over `pipeline`, which must have a face detector.
-    pub fn new(pipeline: Pipeline, settings: TrackerSettings) -> Result<Self> {
+    /// A tracker over `pipeline`, which must have a face detector, run as `options` say
+    /// (their pipeline options replace the pipeline's).
+    pub fn new(mut pipeline: Pipeline, options: TrackerOptions) -> Result<Self> {
         if pipeline.detector.is_none() {
             return Err(Error::InvalidInput(
                 "a tracker needs a pipeline with a face detector".into(),
             ));
         }
-        if settings.detect_every == 0 || !settings.min_iou.is_finite() {
-            return Err(Error::InvalidInput(
-                "tracker settings: detect_every must be at least 1 and min_iou a number".into(),
-            ));
-        }
+        options.check()?;
+        pipeline.set_options(options.pipeline)?;
         Ok(Self {
             pipeline,
-            settings,
+            options,
             tracks: Vec::new(),
             next_id: 1,
             frame: 0,
@@ -146,6 +175,19 @@ impl Tracker {
 
     /// How many frames the detector has run on: what tracking saves against detecting every
     /// frame.
+    pub fn options(&self) -> &TrackerOptions {
+        &self.options
+    }
+
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// The tracker's pipeline, e.g. to run its models frame by frame for comparison.
+    pub fn pipeline_mut(&mut self) -> &mut Pipeline {
+        &mut self.pipeline
+    }
+
     pub fn detector_runs(&self) -> usize {
         self.detector_runs
     }
@@ -189,7 +231,7 @@ impl Tracker {
         // A held face whose presence falls is lost for this frame (its track's `missed` goes
         // up below, which calls the detector).
         for (&i, found) in held.iter().zip(passes) {
-            if pipnet_core::presence(&found.scores()) >= self.pipeline.min_presence {
+            if pipnet_core::presence(&found.scores()) >= self.pipeline.options.min_presence {
                 seen.push((i, found));
             }
         }
@@ -224,7 +266,7 @@ impl Tracker {
             .collect();
 
         // 2. The detector: first frame, every K frames, and while a face is lost.
-        let due = self.frame.is_multiple_of(self.settings.detect_every);
+        let due = self.frame.is_multiple_of(self.options.detect_every);
         let lost = self.tracks.iter().any(|t| t.missed > 0);
         if due || lost || self.tracks.is_empty() {
             self.detector_runs += 1;
@@ -239,7 +281,7 @@ impl Tracker {
                     |t: &Track| t.face_box().map_or(0.0, |tb| detection.face_box.iou(&tb));
                 let best = (0..self.tracks.len())
                     .map(|i| (i, overlap(&self.tracks[i])))
-                    .filter(|&(_, o)| o > self.settings.min_iou)
+                    .filter(|&(_, o)| o > self.options.min_iou)
                     .max_by(|a, b| a.1.total_cmp(&b.1));
                 match best {
                     Some((i, _)) if self.tracks[i].missed == 0 => {}
@@ -251,7 +293,7 @@ impl Tracker {
                 let mut faces = self.pipeline.landmarks_of(&[image], &[&located])?;
                 let faces = faces.pop().unwrap_or_default();
                 for ((lost_track, _), face) in fresh.into_iter().zip(faces) {
-                    if face.presence() < self.pipeline.min_presence {
+                    if face.presence() < self.pipeline.options.min_presence {
                         continue;
                     }
                     let points = face.landmarks.in_image.clone();
@@ -279,7 +321,7 @@ impl Tracker {
             .into_iter()
             .map(|(i, face)| {
                 let track = &mut self.tracks[i];
-                let smoothed = match self.settings.smoothing {
+                let smoothed = match self.options.smoothing {
                     Some(settings) => track
                         .smoother
                         .get_or_insert_with(|| {
@@ -295,7 +337,7 @@ impl Tracker {
                 }
             })
             .collect();
-        let max_missed = self.settings.max_missed;
+        let max_missed = self.options.max_missed;
         self.tracks.retain(|t| t.missed <= max_missed);
         out.sort_by_key(|f| f.id);
         Ok(out)

@@ -12,9 +12,8 @@ use pipnet_infer::core::{
 };
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, load_rgb};
 use pipnet_infer::labeled::read_labeled;
-use pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
 use pipnet_infer::preprocess::cut_chip;
-use pipnet_infer::{FaceLandmarks, Faces, Pipeline, SessionOptions};
+use pipnet_infer::{FaceLandmarks, Faces, Pipeline, PipelineOptions, SessionOptions};
 
 #[test]
 fn test_auto_second_pass_refines_the_faces_its_gate_picks() {
@@ -38,14 +37,20 @@ fn test_auto_second_pass_refines_the_faces_its_gate_picks() {
             )
         })
         .collect();
-    let mut pipeline = Pipeline::open(None, None, false, &SessionOptions::default()).unwrap();
+    let session = SessionOptions::default();
+    let options = PipelineOptions::default();
+    let mut pipeline = Pipeline::open(None, None, false, &session, options).unwrap();
     let mut run = |second_pass: SecondPass| -> Vec<FaceLandmarks> {
-        pipeline.second_pass = second_pass;
+        let options = PipelineOptions {
+            second_pass,
+            ..options
+        };
+        pipeline.set_options(options).unwrap();
         pipeline.landmarks(&crops).unwrap()
     };
     let (once, twice) = (run(SecondPass::Off), run(SecondPass::Always));
     assert_ne!(once, twice, "the second pass changed nothing");
-    pipeline.second_pass = SecondPass::Auto;
+    pipeline.set_options(options).unwrap();
     let located: Vec<_> = crops
         .iter()
         .map(|&(image, crop)| (image, (None, crop)))
@@ -54,7 +59,10 @@ fn test_auto_second_pass_refines_the_faces_its_gate_picks() {
     for (i, ((got, pass), (first, both))) in auto.iter().zip(once.iter().zip(&twice)).enumerate() {
         let got = &got.landmarks;
         let change = pass.change.expect("landmarks make a crop");
-        assert_eq!(pass.second_pass, pipeline.gate.pays(&change, pass.presence));
+        assert_eq!(
+            pass.second_pass,
+            pipeline.options().gate.pays(&change, pass.presence)
+        );
         assert_eq!(got, if pass.second_pass { both } else { first }, "face {i}");
         if i % 2 == 0 {
             assert!(
@@ -80,8 +88,8 @@ fn test_a_turned_face_gets_its_upright_landmarks() {
         .iter()
         .find(|f| f.name == "lfpw_0001_1")
         .expect("an LFPW face: one per photo");
-    let mut pipeline = Pipeline::open(None, None, true, &SessionOptions::default()).unwrap();
-    pipeline.min_presence = DEFAULT_MIN_PRESENCE;
+    let session = SessionOptions::default();
+    let mut pipeline = Pipeline::open(None, None, true, &session, Default::default()).unwrap();
     // The face of `photo` over the true landmarks `truth`, its landmarks and arcface chip.
     let mut find = |photo: &RgbImage, truth: &[Point]| -> (Vec<Point>, RgbImage) {
         let found = pipeline

@@ -10,17 +10,15 @@ use pipnet_infer::core::Scheme;
 use pipnet_infer::core::metrics::nme;
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, load_rgb};
 use pipnet_infer::labeled::read_labeled;
-use pipnet_infer::tracker::{Tracker, TrackerSettings};
+use pipnet_infer::tracker::{Tracker, TrackerOptions};
 use pipnet_infer::{Pipeline, SessionOptions};
 
 type Points = Vec<[f32; 2]>;
 
-fn tracker(settings: TrackerSettings) -> Tracker {
+fn tracker(settings: TrackerOptions) -> Tracker {
     let options = SessionOptions::default();
-    let mut pipeline = Pipeline::open(None, None, true, &options).expect("built-in models");
-    pipeline.second_pass = pipnet_infer::core::SecondPass::Always;
-    pipeline.min_presence = pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
-    Tracker::new(pipeline, settings).expect("tracker")
+    let pipeline = Pipeline::open(None, None, true, &options, settings.pipeline);
+    Tracker::new(pipeline.expect("built-in models"), settings).expect("tracker")
 }
 
 /// A labeled photo of `../shared/data/face68-train` and its landmarks.
@@ -38,7 +36,7 @@ fn labeled(index: usize) -> (RgbImage, Points) {
 fn test_a_moving_face_keeps_one_id_and_is_detected_every_k_frames() {
     let (photo, points) = labeled(3);
     let video = common::synthetic_video(&photo, &points, 30, 256, 1.0, 6.0, 1);
-    let mut tracker = tracker(TrackerSettings::default());
+    let mut tracker = tracker(TrackerOptions::default());
     let mut errors = Vec::new();
     for (t, (frame, truth)) in video.iter().enumerate() {
         let faces = tracker.track(frame, t as f64 / 30.0).unwrap();
@@ -57,9 +55,9 @@ fn test_a_face_gone_too_long_comes_back_with_a_new_id_and_reset_forgets() {
     let (photo, points) = labeled(5);
     let video = common::synthetic_video(&photo, &points, 8, 256, 0.3, 2.0, 2);
     let blank = RgbImage::from_pixel(256, 256, image::Rgb([90, 90, 90]));
-    let settings = TrackerSettings {
+    let settings = TrackerOptions {
         max_missed: 2,
-        ..TrackerSettings::default()
+        ..TrackerOptions::default()
     };
     let mut tracker = tracker(settings);
     let mut ids = Vec::new();
@@ -91,7 +89,7 @@ fn test_a_face_gone_too_long_comes_back_with_a_new_id_and_reset_forgets() {
 fn test_smoothing_calms_a_still_face() {
     let (photo, points) = labeled(7);
     let video = common::synthetic_video(&photo, &points, 20, 256, 0.0, 8.0, 3);
-    let mut tracker = tracker(TrackerSettings::default());
+    let mut tracker = tracker(TrackerOptions::default());
     let (mut raw, mut smooth) = (0.0f32, 0.0f32);
     // Last frame's (raw, smoothed) points.
     let mut last: Option<(Points, Points)> = None;
@@ -128,7 +126,7 @@ fn test_two_faces_crossing_paths_keep_their_ids() {
     let view = 160;
     let upper = common::synthetic_video(&a, &a_points, frames, view, 0.0, 2.0, 11);
     let lower = common::synthetic_video(&b, &b_points, frames, view, 0.0, 2.0, 12);
-    let mut tracker = tracker(TrackerSettings::default());
+    let mut tracker = tracker(TrackerOptions::default());
     let mut ids_at = Vec::new();
     for t in 0..frames {
         let mut canvas = RgbImage::from_pixel(480, 300, image::Rgb([60, 60, 60]));

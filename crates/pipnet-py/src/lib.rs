@@ -17,12 +17,11 @@ use pipnet_infer::core::smooth::OneEuroSettings;
 use pipnet_infer::core::{ChipSpec, FaceCrop, Scheme, SecondPass, five_points};
 use pipnet_infer::folder::{FaceSource, FolderJob, OutputFormat, annotate_folder};
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, PixelFormat, load_rgb, rgb_from_buffer};
-use pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
 use pipnet_infer::preprocess::cut_chip;
-use pipnet_infer::tracker::{Tracker as RustTracker, TrackerSettings};
+use pipnet_infer::tracker::{Tracker as RustTracker, TrackerOptions};
 use pipnet_infer::{
     Device, ErrorKind, Face, Faces, LandmarkModel, OrtLibrary, Pipeline as RustPipeline,
-    SessionOptions,
+    PipelineOptions, SessionOptions,
 };
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
@@ -216,29 +215,12 @@ impl Pipeline {
         ort_library: Option<PathBuf>,
         min_presence: Option<f32>,
     ) -> PyResult<Self> {
-        if min_face.is_some_and(|m| !(m.is_finite() && m > 0.0)) {
-            return Err(PyValueError::new_err(
-                "min_face must be a positive number of pixels (or None)",
-            ));
-        }
-        let min_presence = min_presence.unwrap_or(DEFAULT_MIN_PRESENCE);
-        if !(min_presence.is_finite() && min_presence >= 0.0) {
-            return Err(PyValueError::new_err(
-                "min_presence must be a number >= 0 (0 keeps every face)",
-            ));
-        }
-        let options = session_options(device, threads, batch, ort_library)?;
-        let mut pipeline = py
-            .detach(|| RustPipeline::open(model.as_deref(), detector.as_deref(), true, &options))
-            .map_err(py_err)?;
-        pipeline.min_face = min_face;
-        pipeline.second_pass = match refine {
-            None => SecondPass::Auto,
-            Some(true) => SecondPass::Always,
-            Some(false) => SecondPass::Off,
+        let session = session_options(device, threads, batch, ort_library)?;
+        let options = PipelineOptions {
+            flip,
+            ..pipeline_options(min_face, refine, min_presence, PipelineOptions::default())
         };
-        pipeline.min_presence = min_presence;
-        pipeline.model.set_flip_average(flip);
+        let pipeline = open_pipeline(py, model, detector, &session, options)?;
         Ok(Self {
             inner: Mutex::new(pipeline),
         })
@@ -285,7 +267,7 @@ impl Pipeline {
             }
             windows.push((&image, FaceCrop::new([cx, cy], side, angle)));
         }
-        let found = self.run(py, |p| p.model.landmarks(&windows))?;
+        let found = self.run(py, |p| p.landmarks_in_windows(&windows))?;
         Ok(found
             .into_iter()
             .map(|landmarks| {
@@ -359,7 +341,7 @@ impl Pipeline {
     /// The landmark model's contract metadata.
     fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let pipeline = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        model_info(py, &pipeline.model)
+        model_info(py, pipeline.model())
     }
 }
 
@@ -378,6 +360,46 @@ fn points_array<'py>(py: Python<'py>, points: &[[f32; 2]]) -> Bound<'py, numpy::
     Array2::from_shape_vec((points.len(), 2), points.concat())
         .expect("one row of two per landmark")
         .into_pyarray(py)
+}
+
+/// The keyword arguments as pipeline options, `None` taken from `defaults` (the CLI's for the
+/// object made); [`PipelineOptions::check`] checks the values, as for the CLI and C.
+fn pipeline_options(
+    min_face: Option<f32>,
+    refine: Option<bool>,
+    min_presence: Option<f32>,
+    defaults: PipelineOptions,
+) -> PipelineOptions {
+    PipelineOptions {
+        min_face,
+        second_pass: match refine {
+            None => defaults.second_pass,
+            Some(true) => SecondPass::Always,
+            Some(false) => SecondPass::Off,
+        },
+        min_presence: min_presence.unwrap_or(defaults.min_presence),
+        ..defaults
+    }
+}
+
+/// Opens the pipeline with the GIL released (loading takes a while).
+fn open_pipeline(
+    py: Python<'_>,
+    model: Option<PathBuf>,
+    detector: Option<PathBuf>,
+    session: &SessionOptions,
+    options: PipelineOptions,
+) -> PyResult<RustPipeline> {
+    py.detach(|| {
+        RustPipeline::open(
+            model.as_deref(),
+            detector.as_deref(),
+            true,
+            session,
+            options,
+        )
+    })
+    .map_err(py_err)
 }
 
 /// Faces followed over video frames (`pipnet_infer::tracker`).
@@ -408,42 +430,22 @@ impl Tracker {
         min_cutoff: Option<f64>,
         beta: Option<f64>,
     ) -> PyResult<Self> {
-        let pipeline = Pipeline::new(
-            py,
-            model,
-            device,
-            threads,
-            None,
-            min_face,
-            Some(true),
-            false,
-            detector,
-            ort_library,
-            min_presence,
-        )?;
-        let pipeline = pipeline
-            .inner
-            .into_inner()
-            .unwrap_or_else(PoisonError::into_inner);
-        let defaults = OneEuroSettings::default();
-        let positive = |v: Option<f64>, default: f64, name: &str| match v {
-            None => Ok(default),
-            Some(v) if v.is_finite() && v > 0.0 => Ok(v),
-            Some(v) => Err(PyValueError::new_err(format!(
-                "{name} must be positive, got {v}"
-            ))),
-        };
-        let smoothing = OneEuroSettings {
-            min_cutoff: positive(min_cutoff, defaults.min_cutoff, "min_cutoff")?,
-            beta: positive(beta, defaults.beta, "beta")?,
-            ..defaults
-        };
-        let settings = TrackerSettings {
+        let session = session_options(device, threads, None, ort_library)?;
+        let defaults = TrackerOptions::default();
+        let one_euro = OneEuroSettings::default();
+        let settings = TrackerOptions {
+            pipeline: pipeline_options(min_face, None, min_presence, defaults.pipeline),
             detect_every,
             max_missed,
-            smoothing: smooth.then_some(smoothing),
-            ..TrackerSettings::default()
+            smoothing: smooth.then_some(OneEuroSettings {
+                min_cutoff: min_cutoff.unwrap_or(one_euro.min_cutoff),
+                beta: beta.unwrap_or(one_euro.beta),
+                ..one_euro
+            }),
+            ..defaults
         };
+        settings.check().map_err(py_err)?;
+        let pipeline = open_pipeline(py, model, detector, &session, settings.pipeline)?;
         Ok(Self {
             inner: Mutex::new(RustTracker::new(pipeline, settings).map_err(py_err)?),
         })

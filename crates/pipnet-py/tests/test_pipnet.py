@@ -15,6 +15,7 @@ import pipnet
 
 PHOTOS = Path(os.environ["PIPNET_SAMPLE_PHOTOS"])
 RUST_FACES = json.loads(Path(os.environ["PIPNET_RUST_FACES"]).read_text())
+RUST_TRACKS = json.loads(Path(os.environ["PIPNET_RUST_TRACKS"]).read_text())
 MODELS = PHOTOS.parent.parent / "models"
 
 
@@ -125,13 +126,18 @@ def test_faces_have_presence_and_upright_chips(pipeline, photo):
         face.chip(photo, "huge")
 
 
-def test_a_tracker_keeps_ids_across_frames(photo):
+def test_a_tracker_keeps_ids_across_frames_as_the_rust_tracker_does(photo):
     tracker = pipnet.Tracker(threads=1)
     ids = []
-    for t in range(6):
+    for t, want in enumerate(RUST_TRACKS):
         frame = np.ascontiguousarray(np.roll(photo, 3 * t, axis=1))
         faces = tracker(frame[..., ::-1], time=t / 30, channels="bgr")
         assert all(f.landmarks.shape == (68, 2) and f.raw_landmarks.shape == (68, 2) for f in faces)
+        # Default keyword arguments are the Rust tracker's defaults: same faces, same points.
+        assert [f.id for f in faces] == [w["id"] for w in want], t
+        for face, w in zip(faces, want):
+            np.testing.assert_allclose(face.raw_landmarks, w["raw_landmarks"], atol=1e-3)
+            np.testing.assert_allclose(face.landmarks, w["landmarks"], atol=1e-3)
         ids.append(sorted(f.id for f in faces))
     assert ids[0] and all(frame_ids == ids[0] for frame_ids in ids), ids
     tracker.reset()

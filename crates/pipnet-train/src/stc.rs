@@ -16,7 +16,7 @@ use image::RgbImage;
 use pipnet_core::{Point, SecondPass};
 use pipnet_infer::detect::FaceDetector;
 use pipnet_infer::folder::write_atomic;
-use pipnet_infer::{Face, Faces, LandmarkModel, Pipeline, SessionOptions};
+use pipnet_infer::{Face, Faces, LandmarkModel, Pipeline, PipelineOptions, SessionOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -89,9 +89,12 @@ pub fn pseudo_label(
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<PseudoLabel>> {
     let detector = FaceDetector::builtin(&SessionOptions::default())?;
-    let mut pipeline = Pipeline::new(model, Some(detector));
-    pipeline.second_pass = SecondPass::Always;
-    pipeline.min_face = Some(min_face);
+    let options = PipelineOptions {
+        min_face: Some(min_face),
+        second_pass: SecondPass::Always,
+        ..PipelineOptions::keep_every_face()
+    };
+    let mut pipeline = Pipeline::with_options(model, Some(detector), options)?;
     let mut labels = Vec::new();
     for (chunk_index, chunk) in images.chunks(32).enumerate() {
         let batch: Vec<(&RgbImage, &Faces)> = chunk

@@ -15,7 +15,7 @@ use pipnet_core::{CropRule, NeighborIndex, Scheme};
 use pipnet_infer::eval::{EvalCrops, evaluate};
 use pipnet_infer::image_io::DEFAULT_MAX_PIXELS;
 use pipnet_infer::labeled::LabeledFace;
-use pipnet_infer::{LandmarkModel, Pipeline, SessionOptions};
+use pipnet_infer::{LandmarkModel, Pipeline, PipelineOptions, SessionOptions};
 
 use crate::augment::SampleSpec;
 use crate::average::WeightAverage;
@@ -126,7 +126,7 @@ fn validate(
         return Ok((f32::NAN, f32::NAN));
     }
     let onnx = LandmarkModel::load(out, &SessionOptions::default())?;
-    let mut pipeline = Pipeline::new(onnx, None);
+    let mut pipeline = Pipeline::with_options(onnx, None, PipelineOptions::keep_every_face())?;
     let (_, summary) = evaluate(
         &mut pipeline,
         val,

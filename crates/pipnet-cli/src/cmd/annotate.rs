@@ -4,15 +4,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
 use pipnet_core::SecondPass;
-use pipnet_infer::Pipeline;
 use pipnet_infer::core::ChipSpec;
 use pipnet_infer::detect::RollSearch;
 use pipnet_infer::folder::{FaceSource, FolderJob, OutputFormat, Shard, annotate_folder};
 use pipnet_infer::image_io::DEFAULT_MAX_PIXELS;
 use pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
+use pipnet_infer::{Pipeline, PipelineOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -103,12 +102,15 @@ fn shard(args: &Args) -> anyhow::Result<Option<Shard>> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if args.min_face.is_some_and(|m| m.is_nan() || m <= 0.0) {
-        bail!("--min-face must be a positive number of pixels");
-    }
-    if !(args.min_presence.is_finite() && args.min_presence >= 0.0) {
-        bail!("--min-presence must be a number >= 0 (0 keeps every face)");
-    }
+    let pipeline_options = PipelineOptions {
+        min_face: args.min_face,
+        roll_search: args.roll_search,
+        second_pass: args.refine.second_pass(),
+        min_presence: args.min_presence,
+        flip: args.flip,
+        ..PipelineOptions::default()
+    };
+    pipeline_options.check()?;
     let options = args.session.options()?;
     let shard = shard(&args)?;
     if let Some(shard) = shard {
@@ -124,12 +126,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         FaceSource::Detect => Some(args.detector.load(&options)?),
         _ => None,
     };
-    let mut pipeline = Pipeline::new(model, detector);
-    pipeline.min_face = args.min_face;
-    pipeline.second_pass = args.refine.second_pass();
-    pipeline.roll_search = args.roll_search;
-    pipeline.min_presence = args.min_presence;
-    pipeline.model.set_flip_average(args.flip);
+    let mut pipeline = Pipeline::with_options(model, detector, pipeline_options)?;
     let job = FolderJob {
         inputs: args.inputs,
         out_dir: args.out.clone(),

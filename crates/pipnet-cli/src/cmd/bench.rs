@@ -8,13 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::Context;
-use pipnet_core::SecondPass;
-use pipnet_infer::Pipeline;
 use pipnet_infer::bench::{BenchReport, bench, bench_video, panning_frames};
 use pipnet_infer::folder::IMAGE_EXTENSIONS;
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, load_rgb};
-use pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
-use pipnet_infer::tracker::TrackerSettings;
+use pipnet_infer::tracker::TrackerOptions;
+use pipnet_infer::{Pipeline, PipelineOptions};
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -187,16 +185,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let model = args.model.load(&options)?;
     let detector = args.detector.load(&options)?;
-    let mut pipeline = Pipeline::new(model, Some(detector));
+    let mut pipeline =
+        Pipeline::with_options(model, Some(detector), PipelineOptions::keep_every_face())?;
     let report = bench(&mut pipeline, &images, args.repeat).context("benchmark failed")?;
     let video = match images.first() {
         Some(first) if args.video_frames > 0 => {
             let photo = load_rgb(first, DEFAULT_MAX_PIXELS)?;
             let frames = panning_frames(&photo, args.video_frames);
-            // As `track` runs it: faces it detects get the second pass.
-            pipeline.second_pass = SecondPass::Always;
-            pipeline.min_presence = DEFAULT_MIN_PRESENCE;
-            let (video, back) = bench_video(pipeline, &frames, TrackerSettings::default())
+            // As `track` runs it.
+            let (video, back) = bench_video(pipeline, &frames, TrackerOptions::default())
                 .context("video benchmark failed")?;
             pipeline = back;
             Some(video)
@@ -237,7 +234,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         value["python_package_faces_per_second"] = json!(package.as_ref().ok().map(|p| p.0));
         value["python_package_error"] = json!(package.as_ref().err());
         value["python_package_over_python"] = json!(package_over_python);
-        value["device"] = json!(pipeline.model.execution_provider());
+        value["device"] = json!(pipeline.model().execution_provider());
         value["video"] = json!(video);
         if let Some(peer) = &peer {
             value["peer"] = serde_json::to_value(peer)?;
@@ -252,7 +249,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         report.images,
         report.faces,
         report.batch,
-        pipeline.model.execution_provider(),
+        pipeline.model().execution_provider(),
         args.repeat
     );
     println!(

@@ -14,7 +14,7 @@ use pipnet_infer::image_io::DEFAULT_MAX_PIXELS;
 use pipnet_infer::labeled::LabeledFace;
 use pipnet_infer::labeled::split_validation;
 use pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
-use pipnet_infer::{Device, Pipeline, SessionOptions};
+use pipnet_infer::{Device, Pipeline, PipelineOptions, SessionOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -79,18 +79,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         device: args.device,
         ..Default::default()
     };
-    let mut pipeline = Pipeline::new(args.model.load(&options)?, None);
-    pipeline.second_pass = args.refine.second_pass();
-    pipeline.roll_search = args.roll_search;
-    pipeline.model.set_flip_average(args.flip);
+    let detector = match args.crops.as_str() {
+        "detector" => Some(args.detector.load(&options)?),
+        _ => None,
+    };
+    let pipeline_options = PipelineOptions {
+        second_pass: args.refine.second_pass(),
+        roll_search: args.roll_search,
+        flip: args.flip,
+        ..PipelineOptions::keep_every_face()
+    };
+    let mut pipeline =
+        Pipeline::with_options(args.model.load(&options)?, detector, pipeline_options)?;
     let pass = format!(
         ", second pass {}{}",
-        pipeline.second_pass,
+        pipeline_options.second_pass,
         if args.flip { ", flip-averaged" } else { "" }
     );
-    if args.crops == "detector" {
-        pipeline.detector = Some(args.detector.load(&options)?);
-    }
     if let Some(rolls) = &args.roll {
         if args.crops != "detector" {
             bail!("--roll scores detector crops: add --crops detector");

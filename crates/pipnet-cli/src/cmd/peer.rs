@@ -8,11 +8,11 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use pipnet_core::Scheme;
 use pipnet_core::metrics::{Summary, nme};
-use pipnet_infer::Pipeline;
 use pipnet_infer::bench::{Throughput, bench_photos};
 use pipnet_infer::eval::{EvalCrops, evaluate, landmark_box, pipeline_detector_crops};
 use pipnet_infer::image_io::DEFAULT_MAX_PIXELS;
 use pipnet_infer::labeled::{LabeledFace, read_labeled, split_validation};
+use pipnet_infer::{Pipeline, PipelineOptions};
 use serde_json::{Value, json};
 
 /// Accuracy of one pipeline on labeled faces with its own detector.
@@ -91,9 +91,12 @@ pub fn compare_with_dlib(
         Some(data) => labeled_faces(data, args.split)?,
         None => Vec::new(),
     };
-    pipeline.second_pass = args.refine.second_pass();
-    pipeline.model.set_flip_average(args.flip);
-    pipeline.min_presence = pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
+    // As `annotate` runs.
+    pipeline.set_options(PipelineOptions {
+        second_pass: args.refine.second_pass(),
+        flip: args.flip,
+        ..PipelineOptions::default()
+    })?;
     let ours = bench_photos(pipeline, images, args.repeat).context("timing our pipeline")?;
     let answer = run_dlib(args, images, threads, &labeled)?;
     let dlib: Throughput = serde_json::from_value(answer["timing"].clone())
@@ -112,8 +115,8 @@ pub fn compare_with_dlib(
     Ok(PeerReport {
         peer: "dlib".into(),
         threads,
-        second_pass: pipeline.second_pass.to_string(),
-        flip: pipeline.model.flip_average(),
+        second_pass: pipeline.options().second_pass.to_string(),
+        flip: pipeline.options().flip,
         photos_per_s_over_dlib: ours.photos_per_second / dlib.photos_per_second,
         faces_per_s_over_dlib: ours.faces_per_second / dlib.faces_per_second,
         ours,

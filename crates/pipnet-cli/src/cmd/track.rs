@@ -9,15 +9,15 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use anyhow::{Context, bail};
 use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
-use pipnet_infer::Pipeline;
+use pipnet_infer::core::Scheme;
 use pipnet_infer::core::formats::{FaceAnnotation, csv_face_columns};
 use pipnet_infer::core::smooth::OneEuroSettings;
-use pipnet_infer::core::{Scheme, SecondPass};
 use pipnet_infer::folder::{IMAGE_EXTENSIONS, write_atomic};
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, load_rgb};
 use pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
 use pipnet_infer::preview;
-use pipnet_infer::tracker::{TrackedFace, Tracker, TrackerSettings};
+use pipnet_infer::tracker::{TrackedFace, Tracker, TrackerOptions};
+use pipnet_infer::{Pipeline, PipelineOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -42,10 +42,10 @@ pub struct Args {
     #[arg(long, default_value_t = 30.0)]
     fps: f64,
     /// Run the face detector every this many frames (new faces); held faces need none.
-    #[arg(long, default_value_t = TrackerSettings::default().detect_every)]
+    #[arg(long, default_value_t = TrackerOptions::default().detect_every)]
     detect_every: usize,
     /// End a face's track after this many frames unseen (it then gets a new id).
-    #[arg(long, default_value_t = TrackerSettings::default().max_missed)]
+    #[arg(long, default_value_t = TrackerOptions::default().max_missed)]
     max_missed: usize,
     /// Drop detected faces, and lose held ones, whose presence falls under this.
     #[arg(long, default_value_t = DEFAULT_MIN_PRESENCE)]
@@ -271,27 +271,15 @@ fn annotations(faces: &[TrackedFace], scheme: Scheme) -> Vec<FaceAnnotation> {
         .collect()
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if !(args.min_presence.is_finite() && args.min_presence >= 0.0) {
-        bail!("--min-presence must be a number >= 0");
-    }
-    if !(args.fps.is_finite() && args.fps > 0.0) {
-        bail!("--fps must be a positive number");
-    }
-    if args.detect_every == 0 {
-        bail!("--detect-every must be at least 1");
-    }
-    let mut frames = Frames::open(&args.input, args.fps)?;
-    let options = args.session.options()?;
-    let mut pipeline = Pipeline::new(
-        args.model.load(&options)?,
-        Some(args.detector.load(&options)?),
-    );
-    pipeline.second_pass = SecondPass::Always;
-    pipeline.min_face = args.min_face;
-    pipeline.min_presence = args.min_presence;
-    let scheme = pipeline.model.metadata().scheme;
-    let settings = TrackerSettings {
+/// The tracker's options as the flags give them; their defaults are [`TrackerOptions`]'s.
+fn tracker_options(args: &Args) -> TrackerOptions {
+    let defaults = TrackerOptions::default();
+    TrackerOptions {
+        pipeline: PipelineOptions {
+            min_face: args.min_face,
+            min_presence: args.min_presence,
+            ..defaults.pipeline
+        },
         detect_every: args.detect_every,
         max_missed: args.max_missed,
         smoothing: (!args.no_smooth).then_some(OneEuroSettings {
@@ -299,8 +287,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             beta: args.beta,
             ..OneEuroSettings::default()
         }),
-        ..TrackerSettings::default()
-    };
+        ..defaults
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if !(args.fps.is_finite() && args.fps > 0.0) {
+        bail!("--fps must be a positive number");
+    }
+    let settings = tracker_options(&args);
+    settings.check()?;
+    let mut frames = Frames::open(&args.input, args.fps)?;
+    let options = args.session.options()?;
+    let model = args.model.load(&options)?;
+    let scheme = model.metadata().scheme;
+    let detector = args.detector.load(&options)?;
+    let pipeline = Pipeline::with_options(model, Some(detector), settings.pipeline)?;
     let mut tracker = Tracker::new(pipeline, settings)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
@@ -373,4 +375,37 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         file.display()
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    #[test]
+    fn flags_left_out_give_the_trackers_defaults_that_c_and_python_start_from() {
+        let cli = Cli::parse_from(["track", "video.mp4", "--out", "out"]);
+        assert_eq!(tracker_options(&cli.args), TrackerOptions::default());
+        let cli = Cli::parse_from([
+            "track",
+            "v.mp4",
+            "--out",
+            "o",
+            "--no-smooth",
+            "--min-face",
+            "30",
+        ]);
+        let options = tracker_options(&cli.args);
+        assert_eq!(
+            (options.smoothing, options.pipeline.min_face),
+            (None, Some(30.0))
+        );
+    }
 }
