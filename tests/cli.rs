@@ -2060,3 +2060,114 @@ fn test_track_follows_a_face_through_a_frame_folder() {
         }
     }
 }
+
+#[test]
+fn test_reruns_leave_exactly_one_current_set_of_outputs_per_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    let name = "2008_004176.jpg";
+    std::fs::copy(common::sample_photos().join(name), photos.join(name)).unwrap();
+    let out = tmp.path().join("out");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "annotate",
+            photos.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let (code, _, stderr) = run_pipnet(&args);
+        assert_eq!(code, 0, "{stderr}");
+    };
+    // The image's outputs, relative to `out`, sorted.
+    let outputs = || {
+        let mut files: Vec<String> = walk(&out)
+            .iter()
+            .map(|p| p.strip_prefix(&out).unwrap().display().to_string())
+            .filter(|p| p != ".pipnet-run.json" && p != "failures.jsonl")
+            .collect();
+        files.sort();
+        files
+    };
+    let pts_set = |faces: usize| {
+        let mut files: Vec<String> = (1..=faces)
+            .flat_map(|k| {
+                [
+                    format!("2008_004176_{k}.pts"),
+                    format!("chips/{name}/{k}.png"),
+                ]
+            })
+            .chain([format!("preview/{name}")])
+            .collect();
+        files.sort();
+        files
+    };
+    let with_extras = ["--format", "pts", "--chips", "arcface112", "--preview"];
+
+    // Every detection kept (one of them is no face).
+    run(&[&with_extras[..], &["--min-presence", "0"]].concat());
+    let all = outputs().iter().filter(|f| f.ends_with(".pts")).count();
+    assert!(all >= 3, "{:?}", outputs());
+    assert_eq!(outputs(), pts_set(all));
+    // The default presence cut, forced over the old settings: the dropped face's files go.
+    run(&[&with_extras[..], &["--force"]].concat());
+    assert_eq!(outputs(), pts_set(all - 1));
+    // Same settings as JSON without previews or chips: the image's older files all go.
+    run(&["--format", "json"]);
+    assert_eq!(outputs(), [format!("{name}.json")]);
+    let annotation = read_annotation(&out, name);
+    let settings = annotation.made_by.unwrap().settings;
+    assert_eq!(
+        settings.min_face,
+        Some(40.0),
+        "the detector's default, recorded"
+    );
+    // A record from before sizes were always recorded (no min_face) is the same settings.
+    let record_path = out.join(".pipnet-run.json");
+    let mut record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&record_path).unwrap()).unwrap();
+    record.as_object_mut().unwrap().remove("min_face");
+    std::fs::write(&record_path, record.to_string()).unwrap();
+    run(&["--format", "json"]);
+    let faces = annotation.faces;
+    // The photo cut down to the face farthest from the others: redone (it is newer than its
+    // outputs) with one face, and the other faces' files go.
+    let center = |f: &pipnet_core::formats::FaceAnnotation| {
+        let b = f.face_box;
+        [(b.x0 + b.x1) / 2.0, (b.y0 + b.y1) / 2.0]
+    };
+    let alone = faces
+        .iter()
+        .max_by(|a, b| {
+            let nearest = |f| {
+                faces
+                    .iter()
+                    .filter(|o| *o != f)
+                    .map(|o| {
+                        let (p, q) = (center(f), center(o));
+                        (p[0] - q[0]).hypot(p[1] - q[1])
+                    })
+                    .fold(f32::INFINITY, f32::min)
+            };
+            nearest(a).total_cmp(&nearest(b))
+        })
+        .unwrap();
+    let photo = image::open(photos.join(name)).unwrap().to_rgb8();
+    let [cx, cy] = center(alone);
+    let half = (alone.face_box.x1 - alone.face_box.x0) * 0.9;
+    let x0 = (cx - half).max(0.0) as u32;
+    let y0 = (cy - half).max(0.0) as u32;
+    let side = (2.0 * half) as u32;
+    let cut = image::imageops::crop_imm(
+        &photo,
+        x0,
+        y0,
+        side.min(photo.width() - x0),
+        side.min(photo.height() - y0),
+    )
+    .to_image();
+    cut.save(photos.join(name)).unwrap();
+    run(&["--format", "pts"]);
+    assert_eq!(outputs(), ["2008_004176_1.pts"]);
+}

@@ -525,19 +525,17 @@ pub const RUN_RECORD: &str = ".pipnet-run.json";
 /// The settings of `pipeline` and `faces` that decide a run's results.
 pub fn run_settings(pipeline: &Pipeline, faces: &FaceSource) -> RunSettings {
     let detect = *faces == FaceSource::Detect;
+    let detector = pipeline.detector.as_ref().filter(|_| detect);
     RunSettings {
         model: pipeline.model.id().clone(),
         faces: faces.record_name().into(),
-        detector: pipeline
-            .detector
-            .as_ref()
-            .filter(|_| detect)
-            .map(|d| d.id().clone()),
+        detector: detector.map(|d| d.id().clone()),
         boxes_sha256: match faces {
             FaceSource::Boxes { sha256, .. } => Some(sha256.clone()),
             _ => None,
         },
-        min_face: pipeline.options.min_face.filter(|_| detect),
+        // The size searched down to, the detector's default when none was asked for.
+        min_face: detector.map(|d| pipeline.options.min_face.unwrap_or(d.settings().min_face)),
         second_pass: pipeline.options.second_pass.to_string(),
         roll_search: if detect {
             pipeline.options.roll_search.to_string()
@@ -556,17 +554,29 @@ pub fn run_settings(pipeline: &Pipeline, faces: &FaceSource) -> RunSettings {
 
 /// Checks `out_dir`'s [`RUN_RECORD`] against this run's and writes this run's. Outputs made with
 /// other settings are never taken as done: without `force` that stops the run before any work,
-/// saying what differs; with `force` every image is redone anyway.
-fn claim_output_folder(out_dir: &Path, made_by: &Provenance, force: bool) -> Result<()> {
+/// saying what differs; with `force`, `clear` removes them before the new record is written, so
+/// a killed forced run cannot leave old outputs under the new record. `default_min_face` is the
+/// detector's default size, which older records left out.
+fn claim_output_folder(
+    out_dir: &Path,
+    made_by: &Provenance,
+    default_min_face: Option<f32>,
+    force: bool,
+    clear: impl FnOnce() -> Result<()>,
+) -> Result<()> {
     let path = out_dir.join(RUN_RECORD);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let before: Provenance = serde_json::from_str(&text).map_err(|e| {
+            let mut before: Provenance = serde_json::from_str(&text).map_err(|e| {
                 Error::InvalidInput(format!(
                     "{}: not a pipnet run record ({e}); remove it or choose another --out",
                     path.display()
                 ))
             })?;
+            // Older records of detector runs left the detector's default size out.
+            if before.settings.min_face.is_none() && before.settings.detector.is_some() {
+                before.settings.min_face = default_min_face;
+            }
             let diffs = before.settings.differences(&made_by.settings);
             if !diffs.is_empty() && !force {
                 return Err(Error::InvalidInput(format!(
@@ -579,6 +589,9 @@ fn claim_output_folder(out_dir: &Path, made_by: &Provenance, force: bool) -> Res
             if diffs.is_empty() && before.pipnet == made_by.pipnet {
                 return Ok(());
             }
+            if !diffs.is_empty() {
+                clear()?;
+            }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(&path)(e)),
@@ -590,6 +603,57 @@ fn claim_output_folder(out_dir: &Path, made_by: &Provenance, force: bool) -> Res
 /// The folder of image `name`'s chips: `chips/<name>/`, one `<k>.png` per face (k from 1).
 pub fn chips_dir(out_dir: &Path, name: &str) -> PathBuf {
     out_dir.join("chips").join(name)
+}
+
+/// Every output of image `name` under `out_dir`, in any format: its `.json` and `.csv`, its
+/// per-face `.pts` from face 1 up while they exist (faces are written 2, 3, ... and face 1 last,
+/// and removed from the top, so only face 1 can be missing below the others), its preview, and
+/// its chips folder followed by the chips in it.
+fn existing_outputs(out_dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = [OutputFormat::Json, OutputFormat::Csv]
+        .map(|format| output_path(out_dir, name, format))
+        .into_iter()
+        .chain([preview_path(out_dir, name)])
+        .filter(|path| path.is_file())
+        .collect();
+    found.extend(
+        (0..)
+            .map(|k| (k, pts_path(out_dir, name, k)))
+            .take_while(|(k, path)| *k == 0 || path.is_file())
+            .filter_map(|(_, path)| path.is_file().then_some(path)),
+    );
+    let chips = chips_dir(out_dir, name);
+    if let Ok(entries) = std::fs::read_dir(&chips) {
+        found.push(chips.clone());
+        found.extend(entries.flatten().map(|entry| entry.path()));
+    }
+    found
+}
+
+/// Removes image `name`'s earlier outputs that are not in `new_set`, last found first (a chips
+/// folder after its chips), so that the folder holds one run's outputs per image whatever the
+/// sequence of runs: a face fewer, another format, no previews or chips this time.
+fn remove_stale_outputs(out_dir: &Path, name: &str, new_set: &[PathBuf]) -> Result<()> {
+    for path in existing_outputs(out_dir, name).iter().rev() {
+        if new_set.contains(path) {
+            continue;
+        }
+        let removed = if path.is_dir() {
+            std::fs::remove_dir(path)
+        } else {
+            std::fs::remove_file(path)
+        };
+        match removed {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::Io {
+                    path: path.clone(),
+                    source: e,
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Removes temporaries a killed run left in `out_dir` (`write_atomic` names them `.tmp*`).
@@ -658,7 +722,12 @@ pub fn annotate_folder(
         pipnet: env!("CARGO_PKG_VERSION").into(),
         settings: run_settings(pipeline, &job.faces),
     };
-    claim_output_folder(&job.out_dir, &made_by, job.force)?;
+    let default_min_face = pipeline.detector.as_ref().map(|d| d.settings().min_face);
+    claim_output_folder(&job.out_dir, &made_by, default_min_face, job.force, || {
+        items
+            .iter()
+            .try_for_each(|item| remove_stale_outputs(&job.out_dir, &item.name, &[]))
+    })?;
     remove_stale_temporaries(&job.out_dir);
     let mut summary = FolderSummary {
         images: items.len(),
@@ -834,8 +903,9 @@ fn flush(
     Ok(())
 }
 
-/// Writes one image's outputs, each atomically; the file that marks the image done
-/// ([`output_path`]) goes last, so a killed run redoes the image rather than trusting a half.
+/// Writes one image's outputs, each atomically, and removes what is left of its earlier ones;
+/// the file that marks the image done ([`output_path`]) goes last, so a killed run redoes the
+/// image rather than trusting a half.
 fn write_outputs(run: &Run<'_>, name: &str, image: &RgbImage, faces: &[Face]) -> Result<()> {
     let job = run.job;
     let mut annotation = ImageAnnotation {
@@ -845,52 +915,57 @@ fn write_outputs(run: &Run<'_>, name: &str, image: &RgbImage, faces: &[Face]) ->
         faces: faces.iter().map(|f| f.annotation(run.scheme)).collect(),
         made_by: Some(run.made_by.clone()),
     };
+    let mut new_set = Vec::new();
     if let Some(spec) = job.chips {
-        write_chips(
+        new_set.extend(write_chips(
             &job.out_dir,
             name,
             image,
             spec,
             run.scheme,
             &mut annotation.faces,
-        )?;
+        )?);
     }
     if job.preview {
         let drawn = preview::draw(image, &annotation.faces)?;
-        write_atomic(
-            &preview_path(&job.out_dir, name),
-            &preview::encode_jpeg(&drawn)?,
-        )?;
+        let path = preview_path(&job.out_dir, name);
+        write_atomic(&path, &preview::encode_jpeg(&drawn)?)?;
+        new_set.push(path);
     }
-    match job.format {
-        OutputFormat::Json => write_atomic(
-            &output_path(&job.out_dir, name, job.format),
-            annotation.to_json().as_bytes(),
-        ),
-        OutputFormat::Csv => write_atomic(
-            &output_path(&job.out_dir, name, job.format),
-            annotation.to_csv(run.scheme.num_landmarks()).as_bytes(),
-        ),
+    let marker = output_path(&job.out_dir, name, job.format);
+    let data: Vec<(PathBuf, String)> = match job.format {
+        OutputFormat::Json => vec![(marker, annotation.to_json())],
+        OutputFormat::Csv => vec![(marker, annotation.to_csv(run.scheme.num_landmarks()))],
+        // Faces 2, 3, ... and face 1 (the done marker) last.
         OutputFormat::Pts => {
-            // Later faces first, so face 1 (the done marker) is written last.
-            for (k, face) in annotation.faces.iter().enumerate().rev() {
-                let one_based: Vec<_> = face
-                    .landmarks
-                    .iter()
-                    .map(|p| [p[0] + 1.0, p[1] + 1.0])
-                    .collect();
-                write_atomic(
-                    &pts_path(&job.out_dir, name, k),
-                    format_pts(&one_based).as_bytes(),
-                )?;
-            }
-            Ok(())
+            let faces = &annotation.faces;
+            (1..faces.len())
+                .chain((0..faces.len()).take(1))
+                .map(|k| {
+                    let one_based: Vec<_> = faces[k]
+                        .landmarks
+                        .iter()
+                        .map(|p| [p[0] + 1.0, p[1] + 1.0])
+                        .collect();
+                    (pts_path(&job.out_dir, name, k), format_pts(&one_based))
+                })
+                .collect()
         }
+    };
+    new_set.extend(data.iter().map(|(path, _)| path.clone()));
+    let Some(((marker, text), rest)) = data.split_last() else {
+        return remove_stale_outputs(&job.out_dir, name, &new_set);
+    };
+    for (path, text) in rest {
+        write_atomic(path, text.as_bytes())?;
     }
+    remove_stale_outputs(&job.out_dir, name, &new_set)?;
+    write_atomic(marker, text.as_bytes())
 }
 
 /// Writes each face's chip to `chips/<name>/<k>.png` and records it in the face; the folder is
-/// made even for an image without faces, since it marks the chips done.
+/// made even for an image without faces, since it marks the chips done. Returns the folder and
+/// the chips written.
 fn write_chips(
     out_dir: &Path,
     name: &str,
@@ -898,8 +973,9 @@ fn write_chips(
     spec: ChipSpec,
     scheme: Scheme,
     faces: &mut [FaceAnnotation],
-) -> Result<()> {
+) -> Result<Vec<PathBuf>> {
     let dir = chips_dir(out_dir, name);
+    let mut written = vec![dir.clone()];
     for (k, face) in faces.iter_mut().enumerate() {
         let chip = face_chip(spec, scheme, &face.landmarks)
             .map_err(|e| Error::InvalidInput(format!("chip of face {}: {e}", k + 1)))?;
@@ -908,10 +984,13 @@ fn write_chips(
             .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
             .map_err(|e| Error::InvalidInput(format!("encoding chip {}: {e}", k + 1)))?;
         let file = format!("chips/{name}/{}.png", k + 1);
-        write_atomic(&out_dir.join(&file), &png)?;
+        let path = out_dir.join(&file);
+        write_atomic(&path, &png)?;
+        written.push(path);
         face.chip = Some(ChipRecord { file, chip });
     }
-    std::fs::create_dir_all(&dir).map_err(Error::io(&dir))
+    std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+    Ok(written)
 }
 
 #[cfg(test)]
@@ -1091,6 +1170,43 @@ mod tests {
             shard: None,
             chips: None,
         }
+    }
+
+    #[test]
+    fn stale_outputs_of_an_image_go_and_its_new_set_and_other_images_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        let touch = |rel: &str| write_atomic(&out.join(rel), b"x").unwrap();
+        // Face 1 missing: a run killed before its done marker.
+        for rel in [
+            "sub/a.jpg.json",
+            "sub/a_2.pts",
+            "sub/a_3.pts",
+            "preview/sub/a.jpg",
+            "chips/sub/a.jpg/1.png",
+            "chips/sub/a.jpg/2.png",
+            "sub/ab_1.pts",
+            "sub/a_x.pts",
+        ] {
+            touch(rel);
+        }
+        let new_set = [out.join("sub/a_1.pts"), out.join("chips/sub/a.jpg")];
+        remove_stale_outputs(out, "sub/a.jpg", &new_set).unwrap();
+        let mut left: Vec<String> = walkdir::WalkDir::new(out)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.file_type().is_file())
+            .map(|e| e.path().strip_prefix(out).unwrap().display().to_string())
+            .collect();
+        left.sort();
+        // Another image's files and files that are no output of this one stay.
+        assert_eq!(left, ["sub/a_x.pts", "sub/ab_1.pts"]);
+        assert!(
+            out.join("chips/sub/a.jpg").is_dir(),
+            "the new set's chips folder"
+        );
+        remove_stale_outputs(out, "sub/a.jpg", &[]).unwrap();
+        assert!(!out.join("chips/sub/a.jpg").exists());
     }
 
     #[test]

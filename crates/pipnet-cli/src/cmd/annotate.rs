@@ -69,7 +69,8 @@ pub struct Args {
     #[command(flatten)]
     session: super::SessionArgs,
     /// Redo images whose output is already newer than the image, and replace the outputs of a
-    /// run with other settings (model, detector, boxes, --min-face, --refine, --flip).
+    /// run with other settings (model, detector, --boxes or --crops, --min-face,
+    /// --refine/--no-refine, --roll-search, --flip, --min-presence).
     #[arg(long)]
     force: bool,
     /// Exit 0 when the only failures are images that could not be annotated (they are still
@@ -200,4 +201,61 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(super::EXIT_IMAGES_FAILED)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+    use pipnet_core::formats::{GraphId, RunSettings};
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    #[test]
+    fn force_help_names_every_setting_the_run_record_compares() {
+        let graph = GraphId {
+            name: "m.onnx".into(),
+            sha256: "0".repeat(64),
+            scheme: None,
+        };
+        let settings = RunSettings {
+            model: graph.clone(),
+            faces: "boxes".into(),
+            detector: Some(graph),
+            boxes_sha256: Some("0".repeat(64)),
+            min_face: Some(40.0),
+            second_pass: "auto".into(),
+            roll_search: "off".into(),
+            flip: false,
+            min_presence: 0.3,
+        };
+        let command = Cli::command();
+        let help = command
+            .get_arguments()
+            .find(|a| a.get_id() == "force")
+            .and_then(|a| a.get_help())
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        let record = serde_json::to_value(&settings).unwrap();
+        for key in record.as_object().unwrap().keys() {
+            let named = match key.as_str() {
+                "model" => "model",
+                "faces" => "--crops",
+                "detector" => "detector",
+                "boxes_sha256" => "--boxes",
+                "min_face" => "--min-face",
+                "second_pass" => "--refine",
+                "roll_search" => "--roll-search",
+                "flip" => "--flip",
+                "min_presence" => "--min-presence",
+                other => panic!("a new run setting {other}: name it in --force's help"),
+            };
+            assert!(help.contains(named), "{key} ({named}) missing from: {help}");
+        }
+    }
 }
