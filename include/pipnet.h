@@ -252,8 +252,10 @@ enum PipnetStatus pipnet_tracker_create(const struct PipnetOptions *options,
                                         const struct PipnetTrackerOptions *tracking,
                                         struct PipnetTracker **out);
 
-// The faces of the next frame of a video, seen at `time` seconds (frames in order); face ids
-// stay the same while a face is followed. The new result goes to `*out`.
+// The faces of the next frame of a video, seen at `time` seconds (frames in order: a time
+// before the last frame's is `PIPNET_STATUS_INVALID_ARGUMENT`, `pipnet_tracker_reset` starts
+// a new video); face ids stay the same while a face is followed. The new result goes to
+// `*out`.
 enum PipnetStatus pipnet_tracker_track(const struct PipnetTracker *tracker,
                                        const struct PipnetImage *image,
                                        double time,

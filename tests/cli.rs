@@ -1678,7 +1678,7 @@ fn test_an_output_folder_inside_the_input_is_never_annotated() {
             "0 annotated"
         };
         assert!(
-            stderr.contains(&format!("1 images: {done}")),
+            stderr.contains(&format!("1 image: {done}")),
             "round {round}: {stderr}"
         );
         assert!(
@@ -1915,7 +1915,7 @@ fn test_false_detections_are_dropped_and_chips_are_written() {
         .filter(|k| k.face_box.overlap_of_smaller(&dropped[0].face_box) > 0.2)
         .count();
     assert_eq!(neighbours, 2, "{:?}", dropped[0].face_box);
-    assert!(stderr.contains("1 detected faces dropped"), "{stderr}");
+    assert!(stderr.contains("1 detected face dropped"), "{stderr}");
     for face in &kept.faces {
         let mean = face.landmark_scores.iter().sum::<f32>() / 68.0;
         assert!((face.presence - mean).abs() < 1e-5);
@@ -1937,6 +1937,15 @@ fn test_false_detections_are_dropped_and_chips_are_written() {
         assert!((back[0] - face.landmarks[0][0]).abs() < 1e-3);
     }
     assert!(out.join("chips/2008_004176.jpg/1.png").is_file());
+    let beside: Vec<pipnet_core::formats::ChipRecord> = serde_json::from_str(
+        &std::fs::read_to_string(out.join("chips/2008_004176.jpg/chips.json")).unwrap(),
+    )
+    .unwrap();
+    let in_json: Vec<_> = kept.faces.iter().filter_map(|f| f.chip.clone()).collect();
+    assert_eq!(
+        beside, in_json,
+        "chips.json holds what the image's JSON does"
+    );
     // A bad spec is a usage error.
     let (code, _, stderr) = run_pipnet(&[
         "annotate",
@@ -1974,7 +1983,7 @@ fn test_track_follows_a_face_through_a_frame_folder() {
         "--preview",
     ]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stderr.contains("12 frames: 12 faces, 1 ids"), "{stderr}");
+    assert!(stderr.contains("12 frames: 12 faces, 1 id,"), "{stderr}");
     let text = std::fs::read_to_string(out.join("landmarks.jsonl")).unwrap();
     let lines: Vec<serde_json::Value> = text
         .lines()
@@ -2041,7 +2050,7 @@ fn test_track_follows_a_face_through_a_frame_folder() {
         from_video.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stderr.contains("12 frames: 12 faces, 1 ids"), "{stderr}");
+    assert!(stderr.contains("12 frames: 12 faces, 1 id,"), "{stderr}");
     let decoded = std::fs::read_to_string(from_video.join("landmarks.jsonl")).unwrap();
     for (t, (line, want)) in decoded.lines().zip(&lines).enumerate() {
         let line: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -2098,7 +2107,10 @@ fn test_reruns_leave_exactly_one_current_set_of_outputs_per_image() {
                     format!("chips/{name}/{k}.png"),
                 ]
             })
-            .chain([format!("preview/{name}")])
+            .chain([
+                format!("preview/{name}"),
+                format!("chips/{name}/chips.json"),
+            ])
             .collect();
         files.sort();
         files
@@ -2113,6 +2125,13 @@ fn test_reruns_leave_exactly_one_current_set_of_outputs_per_image() {
     // The default presence cut, forced over the old settings: the dropped face's files go.
     run(&[&with_extras[..], &["--force"]].concat());
     assert_eq!(outputs(), pts_set(all - 1));
+    // .pts has no room for the chips' transforms: they are beside the chips.
+    let chips_json = std::fs::read_to_string(out.join(format!("chips/{name}/chips.json")));
+    let records: Vec<pipnet_core::formats::ChipRecord> =
+        serde_json::from_str(&chips_json.unwrap()).unwrap();
+    let files: Vec<String> = records.iter().map(|r| r.file.clone()).collect();
+    let want: Vec<String> = (1..all).map(|k| format!("chips/{name}/{k}.png")).collect();
+    assert_eq!(files, want);
     // Same settings as JSON without previews or chips: the image's older files all go.
     run(&["--format", "json"]);
     assert_eq!(outputs(), [format!("{name}.json")]);
@@ -2170,4 +2189,42 @@ fn test_reruns_leave_exactly_one_current_set_of_outputs_per_image() {
     cut.save(photos.join(name)).unwrap();
     run(&["--format", "pts"]);
     assert_eq!(outputs(), ["2008_004176_1.pts"]);
+}
+
+#[test]
+fn test_inputs_without_images_are_one_error_for_annotate_and_track() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("notes.txt"), "no photos here").unwrap();
+    let out = tmp.path().join("out");
+    let (out_arg, empty_arg) = (out.to_str().unwrap(), empty.to_str().unwrap());
+    let (code, _, stderr) = run_pipnet(&["annotate", empty_arg, "--out", out_arg]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("no images in") && stderr.contains(".jpg"),
+        "{stderr}"
+    );
+    assert!(!out.join(".pipnet-run.json").exists(), "nothing claimed");
+    let (code, _, stderr) = run_pipnet(&["track", empty_arg, "--out", out_arg]);
+    assert_eq!(code, 2, "{stderr}");
+
+    // A missing input beside a photo is one of two images named, and the one that failed.
+    let photos = tmp.path().join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    std::fs::copy(&real_photos()[0], photos.join("a.jpg")).unwrap();
+    let missing = tmp.path().join("nope.jpg");
+    let (code, _, stderr) = run_pipnet(&[
+        "annotate",
+        photos.to_str().unwrap(),
+        missing.to_str().unwrap(),
+        "--out",
+        out_arg,
+        "--crops",
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("2 images: 1 annotated (1 face), 0 already done, 1 failed"),
+        "{stderr}"
+    );
 }

@@ -150,7 +150,18 @@ fn photo_and_expected(dir: &Path) -> (PathBuf, String) {
         Pipeline::with_options(model, Some(detector), PipelineOptions::default()).unwrap();
     let faces = pipeline.faces(&[(&image, &Faces::Detect)]).unwrap();
     let mut expected = String::new();
-    for face in &faces[0] {
+    for (i, face) in faces[0].iter().enumerate() {
+        let b = face.face_box();
+        expected.push_str(&format!(
+            "# face {} of {}: box {:.1} {:.1} {:.1} {:.1}, presence {:.3}\n",
+            i + 1,
+            faces[0].len(),
+            b.x0,
+            b.y0,
+            b.x1,
+            b.y1,
+            face.presence()
+        ));
         for p in &face.landmarks.in_image {
             expected.push_str(&format!("{:.3} {:.3}\n", p[0], p[1]));
         }
@@ -168,9 +179,12 @@ fn test_c_example_prints_the_rust_landmarks_with_shared_and_static_library() {
     for (name, link) in [("shared", shared_link()), ("static", static_link())] {
         let exe = tmp.path().join(format!("annotate_{name}"));
         compile("cc", std::slice::from_ref(&source), &exe, &link);
-        let printed = run(&[], &exe, &[&common::shipped_model(), &ppm]);
+        let printed = run(&[], &exe, &[&ppm, &common::shipped_model()]);
         assert_eq!(printed, expected, "{name} library");
     }
+    // Without a model path: the built-in model, which is the shipped default.
+    let exe = tmp.path().join("annotate_shared");
+    assert_eq!(run(&[], &exe, &[&ppm]), expected, "built-in model");
 
     // The C++ example, against the shared library.
     let exe = tmp.path().join("minimal");
@@ -643,12 +657,17 @@ fn test_tracker_through_the_abi() {
         moved_apart,
         "smoothed points differ from the raw ones somewhere"
     );
+    // Time going back is refused; a reset starts a new video.
+    let view = rgb_view(&video[0].0);
+    let mut result = std::ptr::null_mut();
+    assert_eq!(
+        unsafe { pipnet_tracker_track(tracker, &view, 0.0, &mut result) },
+        PipnetStatus::InvalidArgument
+    );
     assert_eq!(unsafe { pipnet_tracker_reset(tracker) }, PipnetStatus::Ok);
     assert_eq!(track(&video[0].0, 0.0)[0].0, 2, "ids go on after a reset");
 
     // Misuse.
-    let view = rgb_view(&video[0].0);
-    let mut result = std::ptr::null_mut();
     assert_eq!(
         unsafe { pipnet_tracker_track(tracker, std::ptr::null(), 0.0, &mut result) },
         PipnetStatus::NullPointer

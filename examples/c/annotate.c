@@ -1,6 +1,7 @@
 /*
- * annotate MODEL IMAGE.ppm: detect the faces of a binary PPM (P6) image with pipnet and print
- * one "x y" line per landmark of each face, in image pixels.
+ * annotate IMAGE.ppm [MODEL]: detect the faces of a binary PPM (P6) image with pipnet and print,
+ * per face, a "# face K of N ..." line, then one "x y" line per landmark, in image pixels.
+ * Without MODEL, the landmark model built into the library.
  *
  * Build (see the README's "Use from C"):
  *   cc examples/c/annotate.c -Iinclude -Ltarget/release -lpipnet_ffi \
@@ -36,8 +37,8 @@ static unsigned char *read_ppm(const char *path, uint32_t *width, uint32_t *heig
 }
 
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s MODEL IMAGE.ppm\n", argv[0]);
+    if (argc != 2 && argc != 3) {
+        fprintf(stderr, "usage: %s IMAGE.ppm [MODEL]\n", argv[0]);
         return 2;
     }
     if (pipnet_abi_version() != PIPNET_ABI_VERSION) {
@@ -45,16 +46,16 @@ int main(int argc, char **argv) {
         return 2;
     }
     uint32_t width, height;
-    unsigned char *pixels = read_ppm(argv[2], &width, &height);
+    unsigned char *pixels = read_ppm(argv[1], &width, &height);
     if (!pixels) {
-        fprintf(stderr, "%s: not a binary PPM (P6, maxval 255)\n", argv[2]);
+        fprintf(stderr, "%s: not a binary PPM (P6, maxval 255)\n", argv[1]);
         return 1;
     }
 
-    /* All zeros are the defaults (CPU, every core, a second landmark pass where it pays,
-       built-in detector). */
+    /* All zeros are the CLI's defaults (what each field's zero means: PipnetOptions in
+       pipnet.h); a NULL model path is the built-in model. */
     PipnetOptions options = {0};
-    options.landmark_model = argv[1];
+    options.landmark_model = argc == 3 ? argv[2] : NULL;
     PipnetHandle *pipnet = NULL;
     if (pipnet_create(&options, &pipnet) != PIPNET_STATUS_OK) {
         fprintf(stderr, "pipnet_create: %s\n", pipnet_last_error());
@@ -78,6 +79,9 @@ int main(int argc, char **argv) {
             code = 1;
             break;
         }
+        printf("# face %zu of %zu: box %.1f %.1f %.1f %.1f, presence %.3f\n", i + 1, faces,
+               face.face_box[0], face.face_box[1], face.face_box[2], face.face_box[3],
+               face.presence);
         for (uint32_t k = 0; k < face.num_landmarks; k++) {
             printf("%.3f %.3f\n", face.landmarks[2 * k], face.landmarks[2 * k + 1]);
         }

@@ -808,8 +808,10 @@ pub unsafe extern "C" fn pipnet_tracker_create(
     })
 }
 
-/// The faces of the next frame of a video, seen at `time` seconds (frames in order); face ids
-/// stay the same while a face is followed. The new result goes to `*out`.
+/// The faces of the next frame of a video, seen at `time` seconds (frames in order: a time
+/// before the last frame's is `PIPNET_STATUS_INVALID_ARGUMENT`, `pipnet_tracker_reset` starts
+/// a new video); face ids stay the same while a face is followed. The new result goes to
+/// `*out`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pipnet_tracker_track(
     tracker: *const PipnetTracker,
@@ -821,9 +823,6 @@ pub unsafe extern "C" fn pipnet_tracker_track(
         let tracker = tracker_arg(tracker)?;
         non_null(image, "image")?;
         non_null(out, "out")?;
-        if !time.is_finite() {
-            return Err(fail(PipnetStatus::InvalidArgument, "time is not finite"));
-        }
         let rgb = unsafe { image_arg(&*image)? };
         let mut tracker = tracker
             .tracker

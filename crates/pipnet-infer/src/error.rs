@@ -42,6 +42,18 @@ pub enum Error {
     Image { path: PathBuf, message: String },
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// An output folder holds results made with other settings: the CLI's words say what to do;
+    /// other front ends (Python) say it in theirs.
+    #[error(
+        "{} holds results made with other settings ({}); rerun with --force to redo every \
+         image with the new ones, or choose another --out",
+        folder.display(),
+        differences.join("; ")
+    )]
+    OtherSettings {
+        folder: PathBuf,
+        differences: Vec<String>,
+    },
     #[error("inference: {0}")]
     Inference(String),
     #[error("{path}: {source}")]
@@ -59,7 +71,7 @@ impl Error {
             Error::Contract { .. } => ErrorKind::Contract,
             Error::Device(_) => ErrorKind::Device,
             Error::Image { .. } => ErrorKind::Image,
-            Error::InvalidInput(_) => ErrorKind::InvalidInput,
+            Error::InvalidInput(_) | Error::OtherSettings { .. } => ErrorKind::InvalidInput,
             Error::Inference(_) => ErrorKind::Inference,
             Error::Io { .. } => ErrorKind::Io,
         }

@@ -148,7 +148,8 @@ pub struct Failure {
 /// What a folder run did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FolderSummary {
-    /// Images to do (each file once, however many inputs name it).
+    /// Images named: each image file found once (however many inputs name it), and each
+    /// input, folder entry or boxes-file entry that could not be read as one.
     pub images: usize,
     pub annotated: usize,
     pub skipped: usize,
@@ -579,12 +580,10 @@ fn claim_output_folder(
             }
             let diffs = before.settings.differences(&made_by.settings);
             if !diffs.is_empty() && !force {
-                return Err(Error::InvalidInput(format!(
-                    "{} holds results made with other settings ({}); rerun with --force to \
-                     redo every image with the new ones, or choose another --out",
-                    out_dir.display(),
-                    diffs.join("; ")
-                )));
+                return Err(Error::OtherSettings {
+                    folder: out_dir.to_path_buf(),
+                    differences: diffs,
+                });
             }
             if diffs.is_empty() && before.pipnet == made_by.pipnet {
                 return Ok(());
@@ -710,6 +709,16 @@ pub fn annotate_folder(
     std::fs::create_dir_all(&job.out_dir).map_err(Error::io(&job.out_dir))?;
     let out_dir = std::fs::canonicalize(&job.out_dir).map_err(Error::io(&job.out_dir))?;
     let walk = walk_inputs(&job.inputs, Some(&out_dir));
+    // Nothing at all to annotate is a wrong path or extension, not a finished run; a shard
+    // left with no images of a folder that has some is fine.
+    if walk.items.is_empty() && walk.failures.is_empty() {
+        let inputs: Vec<String> = job.inputs.iter().map(|p| p.display().to_string()).collect();
+        return Err(Error::InvalidInput(format!(
+            "no images in {}: image files end in .{}",
+            inputs.join(", "),
+            IMAGE_EXTENSIONS.join(", .")
+        )));
+    }
     let mut unreadable = walk.failures;
     // Before the shard split: shards share one output folder.
     let mut items = unique_outputs(walk.items, job)?;
@@ -756,6 +765,9 @@ pub fn annotate_folder(
         })
     });
     result?;
+    // Every input named counts: the images found and those the walk or the boxes file name
+    // but that could not be read, so annotated + done + failed = images.
+    summary.images += unreadable.len();
     summary.failures.extend(unreadable);
     // Loaders finish in no fixed order; the report should not depend on it.
     summary.failures.sort_by(|a, b| a.image.cmp(&b.image));
@@ -963,9 +975,10 @@ fn write_outputs(run: &Run<'_>, name: &str, image: &RgbImage, faces: &[Face]) ->
     write_atomic(marker, text.as_bytes())
 }
 
-/// Writes each face's chip to `chips/<name>/<k>.png` and records it in the face; the folder is
-/// made even for an image without faces, since it marks the chips done. Returns the folder and
-/// the chips written.
+/// Writes each face's chip to `chips/<name>/<k>.png` and records it in the face, and the
+/// records (file, transform and inverse per face) to `chips/<name>/chips.json`, so that they are
+/// kept whatever the output format; the folder is made even for an image without faces, since
+/// it marks the chips done. Returns the folder and the files written.
 fn write_chips(
     out_dir: &Path,
     name: &str,
@@ -989,7 +1002,11 @@ fn write_chips(
         written.push(path);
         face.chip = Some(ChipRecord { file, chip });
     }
-    std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+    let records: Vec<&ChipRecord> = faces.iter().filter_map(|f| f.chip.as_ref()).collect();
+    let path = dir.join("chips.json");
+    let text = serde_json::to_string_pretty(&records).unwrap_or_default() + "\n";
+    write_atomic(&path, text.as_bytes())?;
+    written.push(path);
     Ok(written)
 }
 

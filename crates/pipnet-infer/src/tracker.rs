@@ -149,6 +149,8 @@ pub struct Tracker {
     tracks: Vec<Track>,
     next_id: u64,
     frame: usize,
+    /// The time of the last frame since the start or the last reset.
+    last_time: Option<f64>,
     detector_runs: usize,
 }
 
@@ -169,12 +171,11 @@ impl Tracker {
             tracks: Vec::new(),
             next_id: 1,
             frame: 0,
+            last_time: None,
             detector_runs: 0,
         })
     }
 
-    /// How many frames the detector has run on: what tracking saves against detecting every
-    /// frame.
     pub fn options(&self) -> &TrackerOptions {
         &self.options
     }
@@ -188,6 +189,8 @@ impl Tracker {
         &mut self.pipeline
     }
 
+    /// How many frames the detector has run on: what tracking saves against detecting every
+    /// frame.
     pub fn detector_runs(&self) -> usize {
         self.detector_runs
     }
@@ -201,11 +204,21 @@ impl Tracker {
     pub fn reset(&mut self) {
         self.tracks.clear();
         self.frame = 0;
+        self.last_time = None;
     }
 
-    /// The faces of the next frame, seen at `time` seconds (for smoothing; frames must come
-    /// in order).
+    /// The faces of the next frame, seen at `time` seconds (for smoothing). Frames come in
+    /// order: a time before the last frame's is refused (a new video starts with
+    /// [`Self::reset`]).
     pub fn track(&mut self, image: &RgbImage, time: f64) -> Result<Vec<TrackedFace>> {
+        if !time.is_finite() || self.last_time.is_some_and(|last| time < last) {
+            return Err(Error::InvalidInput(format!(
+                "frame time {time} s: must be a finite number of seconds, not before the last \
+                 frame's ({}); reset the tracker for a new video",
+                self.last_time.map_or("none".into(), |t| format!("{t} s"))
+            )));
+        }
+        self.last_time = Some(time);
         let (rule, scheme) = (
             self.pipeline.model.metadata().crop,
             self.pipeline.model.metadata().scheme,

@@ -38,6 +38,18 @@ create_exception!(
 
 /// Caller mistakes (shapes, sizes, option values) are `ValueError`s; the rest `PipnetError`.
 fn py_err(e: pipnet_infer::Error) -> PyErr {
+    if let pipnet_infer::Error::OtherSettings {
+        folder,
+        differences,
+    } = &e
+    {
+        return PyValueError::new_err(format!(
+            "{} holds results made with other settings ({}); pass force=True to redo every \
+             image with the new ones, or another out folder",
+            folder.display(),
+            differences.join("; ")
+        ));
+    }
     match e.kind() {
         ErrorKind::InvalidInput => PyValueError::new_err(e.to_string()),
         _ => PipnetError::new_err(e.to_string()),
@@ -78,7 +90,9 @@ fn rgb_image(image: &Bound<'_, PyAny>) -> PyResult<RgbImage> {
     })?;
     if !array.dtype().is_equiv_to(&dtype::<u8>(py)) {
         return Err(PyTypeError::new_err(format!(
-            "image must be uint8, got {}; convert with np.clip(image, 0, 255).astype(np.uint8)",
+            "image must be uint8, got {}; convert values in 0..255 with np.clip(image, 0, \
+             255).astype(np.uint8), values in 0..1 (floats) with np.clip(image * 255, 0, \
+             255).round().astype(np.uint8)",
             array.dtype()
         )));
     }
@@ -458,11 +472,6 @@ impl Tracker {
         image: &Bound<'py, PyAny>,
         time: f64,
     ) -> PyResult<Vec<PyTrackedFace<'py>>> {
-        if !time.is_finite() {
-            return Err(PyValueError::new_err(
-                "time must be a finite number of seconds",
-            ));
-        }
         let image = rgb_image(image)?;
         let faces = py
             .detach(|| {

@@ -147,6 +147,13 @@ def test_a_tracker_keeps_ids_across_frames_as_the_rust_tracker_does(photo):
         pipnet.Tracker(detect_every=0)
     with pytest.raises(ValueError, match="time"):
         tracker(photo, time=float("nan"))
+    with pytest.raises(ValueError, match="before the last"):
+        tracker(photo, time=0.5)
+
+
+def test_the_package_shows_its_public_names_only():
+    assert dir(pipnet) == sorted(pipnet.__all__)
+    assert all(hasattr(pipnet, name) for name in pipnet.__all__)
 
 
 def test_known_boxes_give_one_face_each_in_order(pipeline, photo):
@@ -179,7 +186,7 @@ def test_crops_are_the_model_windows_that_boxes_make(photo):
 @pytest.mark.parametrize(
     "image, error, message",
     [
-        (np.zeros((64, 64, 3), np.float32), TypeError, "uint8"),
+        (np.zeros((64, 64, 3), np.float32), TypeError, r"np.clip\(image \* 255"),
         ([[0, 0, 0]], TypeError, "numpy array"),
         (np.zeros((64, 64, 2), np.uint8), ValueError, "shape"),
         (np.zeros(64, np.uint8), ValueError, "shape"),
@@ -295,6 +302,11 @@ def test_a_pipeline_annotates_with_its_own_settings(pipeline, tmp_path):
     assert summary["faces"] == len(RUST_FACES[photo.name])
     rows = (tmp_path / f"{photo.name}.csv").read_text().splitlines()
     assert len(rows) == 1 + summary["faces"]  # a header, then a row per face
+    # Other settings into the same folder: refused in Python's words, done with force=True.
+    refined = pipnet.Pipeline(refine=True)
+    with pytest.raises(ValueError, match=r"second pass.*force=True.*another out folder"):
+        refined.annotate(photo, tmp_path, format="csv")
+    assert refined.annotate(photo, tmp_path, format="csv", force=True)["annotated"] == 1
     one_face = tmp_path / "face.jpg"
     one_face.write_bytes(photo.read_bytes())
     assert pipnet.annotate(one_face, tmp_path / "crops", crops=True)["faces"] == 1

@@ -13,6 +13,8 @@ use pipnet_infer::image_io::DEFAULT_MAX_PIXELS;
 use pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
 use pipnet_infer::{Pipeline, PipelineOptions};
 
+use super::count;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Images and folders (walked recursively).
@@ -27,7 +29,8 @@ pub struct Args {
     /// Output format: json, csv (one row per face) or pts (one iBUG file per face).
     #[arg(long, default_value = "json")]
     format: OutputFormat,
-    /// Also write `OUT/preview/<image path>` (a JPEG) with boxes and landmarks drawn.
+    /// Also write `OUT/preview/<image path>` (a JPEG; `.jpg` appended to other names) with
+    /// boxes and landmarks drawn.
     #[arg(long)]
     preview: bool,
     /// Treat every image as one pre-cropped face (no face detection).
@@ -163,16 +166,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if summary.faces_dropped > 0 {
         eprintln!(
-            "pipnet: {} detected faces dropped as false: presence under {}, or landmarks over \
-             another face's (--min-presence 0 keeps them)",
-            summary.faces_dropped, args.min_presence
+            "pipnet: {} dropped as false: presence under {}, or landmarks over another face's \
+             (--min-presence 0 keeps them)",
+            count(summary.faces_dropped, "detected face"),
+            args.min_presence
         );
     }
     if summary.faces > 0 {
         eprintln!(
-            "pipnet: second landmark pass on {} of {} faces ({})",
+            "pipnet: second landmark pass on {} of {} ({})",
             summary.second_passes,
-            summary.faces,
+            count(summary.faces, "face"),
             match args.refine.second_pass() {
                 SecondPass::Auto => "where the first pass said it pays",
                 SecondPass::Always => "--refine",
@@ -186,11 +190,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         n => format!(" ({:.1} images/s)", n as f64 / seconds.max(1e-9)),
     };
     eprintln!(
-        "{} images: {} annotated ({} faces), {} already done, {} failed in {:.1}s{rate}; output \
-         in {}",
-        summary.images,
+        "{}: {} annotated ({}), {} already done, {} failed in {:.1}s{rate}; output in {}",
+        count(summary.images, "image"),
         summary.annotated,
-        summary.faces,
+        count(summary.faces, "face"),
         summary.skipped,
         summary.failures.len(),
         seconds,

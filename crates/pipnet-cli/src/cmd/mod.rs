@@ -26,6 +26,14 @@ use pipnet_infer::{Device, LandmarkModel, SessionOptions};
 pub const EXIT_IMAGES_FAILED: u8 = 1;
 pub const EXIT_ERROR: u8 = 2;
 
+/// `n` and the noun, plural unless `n` is 1: "1 face", "0 faces", "2 faces".
+pub fn count(n: usize, noun: &str) -> String {
+    match n {
+        1 => format!("1 {noun}"),
+        n => format!("{n} {noun}s"),
+    }
+}
+
 /// The arguments of a command this build leaves out (`train`, `export` without the `train`
 /// feature): taken as they come, answered with how to get the command.
 #[cfg(not(feature = "train"))]

@@ -369,8 +369,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut stderr = std::io::stderr().lock();
     writeln!(
         stderr,
-        "{count} frames: {face_count} faces, {} ids, in {seconds:.1}s ({:.1} frames/s); output in {}",
-        ids.len(),
+        "{}: {}, {}, in {seconds:.1}s ({:.1} frames/s); output in {}",
+        super::count(count, "frame"),
+        super::count(face_count, "face"),
+        super::count(ids.len(), "id"),
         count as f64 / seconds.max(1e-9),
         file.display()
     )?;

@@ -27,7 +27,24 @@ import numpy as np
 from . import _native
 from ._native import PipnetError, __version__
 
-__all__ = ["Chip", "Face", "Pipeline", "TrackedFace", "Tracker", "PipnetError", "annotate", "info", "load_image", "__version__"]
+__all__ = [
+    "Chip",
+    "Face",
+    "Pipeline",
+    "TrackedFace",
+    "Tracker",
+    "PipnetError",
+    "annotate",
+    "info",
+    "load_image",
+    "__version__",
+]
+
+
+def __dir__() -> list:
+    """The public names only (PEP 562): not the modules and typing helpers used inside."""
+    return sorted(__all__)
+
 
 PathLike = Union[str, "os.PathLike[str]"]
 _RUN_OPTIONS = ("format", "preview", "crops", "boxes", "force", "chips")
