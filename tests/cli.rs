@@ -7,7 +7,7 @@ use std::process::Command;
 
 use image::{ImageBuffer, ImageEncoder, Luma, Rgb, RgbImage, Rgba};
 use pipnet_core::formats::ImageAnnotation;
-use pipnet_infer::folder::RUN_RECORD;
+use pipnet_infer::run_record::RUN_RECORD;
 use pipnet_train::seeded::tiny_spec;
 
 /// The real `pipnet` binary. These tests are pipnet-cli's integration tests (see its
@@ -1999,21 +1999,111 @@ fn test_track_follows_a_face_through_a_frame_folder() {
         assert_eq!(faces[0]["landmarks"].as_array().unwrap().len(), 68);
         assert_eq!(faces[0]["raw_landmarks"].as_array().unwrap().len(), 68);
     }
-    assert!(out.join("preview/000011.jpg").is_file());
+    assert!(
+        out.join("preview/f011.png.jpg").is_file(),
+        "named after the frame"
+    );
 
+    // Other settings in the same folder: refused, naming them; --force replaces the run.
+    let csv_run = |extra: &[&str]| {
+        let mut args = vec![
+            "track",
+            frames.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--format",
+            "csv",
+            "--no-smooth",
+        ];
+        args.extend(extra);
+        run_pipnet(&args)
+    };
+    let (code, _, stderr) = csv_run(&[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("smoothing: min cutoff 1, beta 2 before, off now")
+            && stderr.contains("--force"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = csv_run(&["--force"]);
+    assert_eq!(code, 0, "{stderr}");
+    let csv = std::fs::read_to_string(out.join("landmarks.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 13, "a header and a row per frame");
+    assert!(csv.starts_with("frame,time,id,score,presence,box_x0"));
+    // Nothing of the first run is left beside the second's.
+    let mut left: Vec<String> = walk(&out)
+        .iter()
+        .map(|p| p.strip_prefix(&out).unwrap().display().to_string())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [".pipnet-run.json", "failures.jsonl", "landmarks.csv"]
+    );
+    // Another input needs --force too; an annotate run cannot take a track folder.
+    let copy = tmp.path().join("copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for file in std::fs::read_dir(&frames).unwrap().flatten() {
+        std::fs::copy(file.path(), copy.join(file.file_name())).unwrap();
+    }
     let (code, _, stderr) = run_pipnet(&[
         "track",
-        frames.to_str().unwrap(),
+        copy.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
         "--format",
         "csv",
         "--no-smooth",
     ]);
-    assert_eq!(code, 0, "{stderr}");
-    let csv = std::fs::read_to_string(out.join("landmarks.csv")).unwrap();
-    assert_eq!(csv.lines().count(), 13, "a header and a row per frame");
-    assert!(csv.starts_with("frame,time,id,score,presence,box_x0"));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("input: "), "{stderr}");
+    let (code, _, stderr) = run_pipnet(&[
+        "annotate",
+        copy.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--force",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("holds the outputs of pipnet track"),
+        "{stderr}"
+    );
+
+    // A frame that cannot be read is reported, and the others are tracked.
+    std::fs::write(
+        copy.join("f005.png"),
+        &std::fs::read(frames.join("f005.png")).unwrap()[..200],
+    )
+    .unwrap();
+    let damaged = tmp.path().join("damaged");
+    let (code, _, stderr) = run_pipnet(&[
+        "track",
+        copy.to_str().unwrap(),
+        "--out",
+        damaged.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("11 frames: 11 faces, 1 id, 1 failed"),
+        "{stderr}"
+    );
+    let failures = std::fs::read_to_string(damaged.join("failures.jsonl")).unwrap();
+    assert!(failures.contains("f005.png"), "{failures}");
+    let frames_written: Vec<u64> = std::fs::read_to_string(damaged.join("landmarks.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["frame"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        frames_written,
+        [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11],
+        "the frame's place kept"
+    );
 
     let empty = tmp.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
@@ -2050,7 +2140,10 @@ fn test_track_follows_a_face_through_a_frame_folder() {
         from_video.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stderr.contains("12 frames: 12 faces, 1 id,"), "{stderr}");
+    assert!(
+        stderr.contains("12 frames: 12 faces, 1 id, 0 failed"),
+        "{stderr}"
+    );
     let decoded = std::fs::read_to_string(from_video.join("landmarks.jsonl")).unwrap();
     for (t, (line, want)) in decoded.lines().zip(&lines).enumerate() {
         let line: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -2068,6 +2161,40 @@ fn test_track_follows_a_face_through_a_frame_folder() {
             );
         }
     }
+
+    // An MP4 with its index in front (`+faststart`), cut in half: ffmpeg decodes what is there
+    // and exits 0; the frames are kept and the cut is reported against the header's count.
+    let mp4 = tmp.path().join("clip.mp4");
+    let made = Command::new("ffmpeg")
+        .args(["-v", "error", "-framerate", "30", "-i"])
+        .arg(frames.join("f%03d.png"))
+        .args(["-c:v", "mpeg4", "-q:v", "2", "-movflags", "+faststart"])
+        .arg(&mp4)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let bytes = std::fs::read(&mp4).unwrap();
+    std::fs::write(&mp4, &bytes[..bytes.len() / 2]).unwrap();
+    let cut = tmp.path().join("cut");
+    let (code, _, stderr) = run_pipnet(&[
+        "track",
+        mp4.to_str().unwrap(),
+        "--out",
+        cut.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("of the 12 frames its header lists were decoded"),
+        "{stderr}"
+    );
+    let kept = std::fs::read_to_string(cut.join("landmarks.jsonl")).unwrap();
+    assert!((1..12).contains(&kept.lines().count()), "{kept}");
+    let failures = std::fs::read_to_string(cut.join("failures.jsonl")).unwrap();
+    assert!(failures.contains("clip.mp4"), "{failures}");
 }
 
 #[test]

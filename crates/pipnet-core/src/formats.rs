@@ -230,6 +230,23 @@ pub struct RunSettings {
     /// Detected faces below this presence were dropped.
     #[serde(default)]
     pub min_presence: f32,
+    /// With `pipnet track`: the video and how faces were followed; `None` for `annotate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub track: Option<TrackSettings>,
+}
+
+/// The settings of a `pipnet track` run beyond the pipeline's: its input and how faces were
+/// followed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrackSettings {
+    /// The video file or frame folder, as an absolute path.
+    pub input: String,
+    /// Frames per second: the video's, or `--fps` for a frame folder.
+    pub fps: f64,
+    pub detect_every: usize,
+    pub max_missed: usize,
+    /// The One Euro filter's `min_cutoff` (Hz) and `beta`; `None`: no smoothing.
+    pub smoothing: Option<[f64; 2]>,
 }
 
 impl RunSettings {
@@ -292,6 +309,26 @@ impl RunSettings {
                 self.min_presence.to_string(),
                 other.min_presence.to_string(),
             );
+        }
+        if let (Some(a), Some(b)) = (&self.track, &other.track) {
+            if a.input != b.input {
+                differ("input", a.input.clone(), b.input.clone());
+            }
+            if a.fps != b.fps {
+                differ("fps", a.fps.to_string(), b.fps.to_string());
+            }
+            if (a.detect_every, a.max_missed) != (b.detect_every, b.max_missed) {
+                let both = |t: &TrackSettings| {
+                    format!("every {}, max missed {}", t.detect_every, t.max_missed)
+                };
+                differ("detection", both(a), both(b));
+            }
+            if a.smoothing != b.smoothing {
+                let filter = |s: Option<[f64; 2]>| {
+                    s.map_or("off".into(), |[c, b]| format!("min cutoff {c}, beta {b}"))
+                };
+                differ("smoothing", filter(a.smoothing), filter(b.smoothing));
+            }
         }
         diffs
     }
@@ -459,6 +496,7 @@ mod tests {
             roll_search: "where-none-found".into(),
             flip: false,
             min_presence: 0.3,
+            track: None,
         }
     }
 

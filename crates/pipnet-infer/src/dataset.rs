@@ -13,7 +13,7 @@ use pipnet_core::formats::{format_pts, parse_pts};
 use pipnet_core::{DatasetCrop, Point};
 
 use crate::error::{Error, Result};
-use crate::folder::write_atomic;
+use crate::files::{image_beside, write_atomic};
 use crate::image_io::{DEFAULT_MAX_PIXELS, load_rgb};
 use crate::labeled::LabeledFace;
 
@@ -28,7 +28,6 @@ pub const SUBSETS_300W: [(&str, &str); 3] = [
 pub const CONTEXT: f32 = 2.2;
 pub const MAX_SIDE: u32 = 512;
 const JPEG_QUALITY: u8 = 92;
-const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "JPG"];
 
 /// What a rebuild wrote: faces per subset found under the source.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -53,16 +52,12 @@ fn output_stem(prefix: &str, stem: &str) -> String {
 
 /// The image beside a `.pts` file (same stem).
 fn image_for(pts: &Path) -> Result<PathBuf> {
-    IMAGE_EXTENSIONS
-        .iter()
-        .map(|ext| pts.with_extension(ext))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            Error::InvalidInput(format!(
-                "{}: no image with the same name (.jpg or .png) beside it",
-                pts.display()
-            ))
-        })
+    image_beside(pts).ok_or_else(|| {
+        Error::InvalidInput(format!(
+            "{}: no image with the same name (.jpg, .png, ...) beside it",
+            pts.display()
+        ))
+    })
 }
 
 /// Rebuilds the layout of `src` (a 300-W tree) into `out`; every subset found is used, and at

@@ -19,15 +19,12 @@ use pipnet_core::{ChipSpec, Scheme, face_chip};
 
 use crate::detect::{FaceDetector, RollSearch};
 use crate::error::{Error, Result};
+use crate::files::{IMAGE_EXTENSIONS, is_image, write_atomic};
 use crate::image_io::load_rgb;
 use crate::pipeline::{Face, Faces, LocatedFace, Pipeline, fan_out, loader_detectors, locate};
 use crate::preprocess::cut_chip;
 use crate::preview;
-
-/// File extensions treated as images when walking a folder.
-pub const IMAGE_EXTENSIONS: &[&str] = &[
-    "jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp", "ppm", "pgm", "pnm",
-];
+use crate::run_record::{RUN_RECORD, claim_output_folder};
 
 /// How faces are found in each image.
 #[derive(Debug, Clone, PartialEq)]
@@ -171,12 +168,6 @@ struct Item {
     path: PathBuf,
     /// Path relative to the input folder (or the file name for a file input), `/`-separated.
     name: String,
-}
-
-fn is_image(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
 /// The image files of `inputs` (files, or folders walked recursively), each folder's sorted by
@@ -518,11 +509,6 @@ pub fn preview_path(out_dir: &Path, name: &str) -> PathBuf {
     }
 }
 
-/// The file in an output folder that records what made its outputs ([`Provenance`]): a rerun
-/// checks it, and a folder walk never enters a folder that holds one. Hidden, so that
-/// `OUT/*.json` are the images' results only.
-pub const RUN_RECORD: &str = ".pipnet-run.json";
-
 /// The settings of `pipeline` and `faces` that decide a run's results.
 pub fn run_settings(pipeline: &Pipeline, faces: &FaceSource) -> RunSettings {
     let detect = *faces == FaceSource::Detect;
@@ -550,53 +536,8 @@ pub fn run_settings(pipeline: &Pipeline, faces: &FaceSource) -> RunSettings {
         } else {
             0.0
         },
+        track: None,
     }
-}
-
-/// Checks `out_dir`'s [`RUN_RECORD`] against this run's and writes this run's. Outputs made with
-/// other settings are never taken as done: without `force` that stops the run before any work,
-/// saying what differs; with `force`, `clear` removes them before the new record is written, so
-/// a killed forced run cannot leave old outputs under the new record. `default_min_face` is the
-/// detector's default size, which older records left out.
-fn claim_output_folder(
-    out_dir: &Path,
-    made_by: &Provenance,
-    default_min_face: Option<f32>,
-    force: bool,
-    clear: impl FnOnce() -> Result<()>,
-) -> Result<()> {
-    let path = out_dir.join(RUN_RECORD);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let mut before: Provenance = serde_json::from_str(&text).map_err(|e| {
-                Error::InvalidInput(format!(
-                    "{}: not a pipnet run record ({e}); remove it or choose another --out",
-                    path.display()
-                ))
-            })?;
-            // Older records of detector runs left the detector's default size out.
-            if before.settings.min_face.is_none() && before.settings.detector.is_some() {
-                before.settings.min_face = default_min_face;
-            }
-            let diffs = before.settings.differences(&made_by.settings);
-            if !diffs.is_empty() && !force {
-                return Err(Error::OtherSettings {
-                    folder: out_dir.to_path_buf(),
-                    differences: diffs,
-                });
-            }
-            if diffs.is_empty() && before.pipnet == made_by.pipnet {
-                return Ok(());
-            }
-            if !diffs.is_empty() {
-                clear()?;
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(&path)(e)),
-    }
-    let text = serde_json::to_string_pretty(made_by).unwrap_or_default() + "\n";
-    write_atomic(&path, text.as_bytes())
 }
 
 /// The folder of image `name`'s chips: `chips/<name>/`, one `<k>.png` per face (k from 1).
@@ -671,24 +612,6 @@ fn remove_stale_temporaries(out_dir: &Path) {
 fn is_done(image: &Path, output: &Path) -> bool {
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     matches!((modified(image), modified(output)), (Some(i), Some(o)) if o >= i)
-}
-
-/// Writes `contents` to `path` through a temporary file in the same folder and a rename, so a
-/// reader (or a killed run) never sees a partial file.
-pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
-    let mut builder = tempfile::Builder::new();
-    // tempfile creates private (0600) files; outputs are ordinary files others may read.
-    #[cfg(unix)]
-    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
-    let mut tmp = builder.tempfile_in(dir).map_err(Error::io(dir))?;
-    std::io::Write::write_all(&mut tmp, contents).map_err(Error::io(path))?;
-    tmp.persist(path).map_err(|e| Error::Io {
-        path: path.to_path_buf(),
-        source: e.error,
-    })?;
-    Ok(())
 }
 
 /// What a loader thread hands over for one image.

@@ -9,7 +9,7 @@ use pipnet_core::formats::{parse_pts, parse_wflw_line};
 use pipnet_core::{FaceCrop, Point};
 
 use crate::error::{Error, Result};
-use crate::folder::IMAGE_EXTENSIONS;
+use crate::files::image_beside;
 use crate::image_io::load_rgb;
 use crate::preprocess::cut_crop;
 
@@ -76,13 +76,9 @@ pub fn read_pts_folder(dir: &Path) -> Result<Vec<LabeledFace>> {
         let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
         let points = parse_pts(&text)
             .map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display())))?;
-        let image = IMAGE_EXTENSIONS
-            .iter()
-            .map(|ext| path.with_extension(ext))
-            .find(|p| p.is_file())
-            .ok_or_else(|| {
-                Error::InvalidInput(format!("{}: no image with the same stem", path.display()))
-            })?;
+        let image = image_beside(&path).ok_or_else(|| {
+            Error::InvalidInput(format!("{}: no image with the same stem", path.display()))
+        })?;
         faces.push(LabeledFace {
             name: path
                 .file_stem()

@@ -268,7 +268,7 @@ pub fn emit_model(weights: &PipNetWeights, meta: &ModelMetadata) -> Result<Model
 /// rename), so a crash never leaves a truncated graph behind.
 pub fn write_model(weights: &PipNetWeights, meta: &ModelMetadata, path: &Path) -> Result<()> {
     let bytes = emit_model(weights, meta)?.encode_to_vec();
-    Ok(pipnet_infer::folder::write_atomic(path, &bytes)?)
+    Ok(pipnet_infer::files::write_atomic(path, &bytes)?)
 }
 
 #[cfg(test)]

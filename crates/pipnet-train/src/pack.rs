@@ -138,7 +138,7 @@ pub fn pack_run(config: &TrainConfig, out: &Path, options: PackOptions) -> Resul
         let path = out.join(DETECTOR_CROPS_FILE);
         let json = serde_json::to_string(&moved)
             .map_err(|e| Error::Spec(format!("{}: {e}", path.display())))?;
-        pipnet_infer::folder::write_atomic(&path, json.as_bytes())?;
+        pipnet_infer::files::write_atomic(&path, json.as_bytes())?;
         packed.data.detector_crops = Some(PathBuf::from(DETECTOR_CROPS_FILE));
     }
     packed.train.out = PathBuf::from(RUN_DIR);
@@ -151,7 +151,7 @@ pub fn pack_run(config: &TrainConfig, out: &Path, options: PackOptions) -> Resul
         config.data.labeled.display(),
         packed.to_toml()
     );
-    pipnet_infer::folder::write_atomic(&config_path, text.as_bytes())?;
+    pipnet_infer::files::write_atomic(&config_path, text.as_bytes())?;
     Ok(Pack {
         faces: train.len(),
         face_bytes,

@@ -313,7 +313,7 @@ pub(crate) fn write_metrics(path: &Path, history: &[EpochRecord]) -> Result<()> 
             r.round
         ));
     }
-    Ok(pipnet_infer::folder::write_atomic(path, csv.as_bytes())?)
+    Ok(pipnet_infer::files::write_atomic(path, csv.as_bytes())?)
 }
 
 #[cfg(test)]

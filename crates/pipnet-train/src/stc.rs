@@ -15,7 +15,7 @@ use std::sync::Arc;
 use image::RgbImage;
 use pipnet_core::{Point, SecondPass};
 use pipnet_infer::detect::FaceDetector;
-use pipnet_infer::folder::write_atomic;
+use pipnet_infer::files::write_atomic;
 use pipnet_infer::{Face, Faces, LandmarkModel, Pipeline, PipelineOptions, SessionOptions};
 use serde::{Deserialize, Serialize};
 

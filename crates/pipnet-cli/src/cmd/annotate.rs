@@ -236,6 +236,7 @@ mod tests {
             roll_search: "off".into(),
             flip: false,
             min_presence: 0.3,
+            track: None,
         };
         let command = Cli::command();
         let help = command

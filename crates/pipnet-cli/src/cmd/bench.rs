@@ -9,7 +9,7 @@ use std::process::{Command, ExitCode};
 
 use anyhow::Context;
 use pipnet_infer::bench::{BenchReport, bench, bench_video, panning_frames};
-use pipnet_infer::folder::IMAGE_EXTENSIONS;
+use pipnet_infer::files::images_in;
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, load_rgb};
 use pipnet_infer::tracker::TrackerOptions;
 use pipnet_infer::{Pipeline, PipelineOptions};
@@ -165,16 +165,7 @@ fn run_python(
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut images: Vec<PathBuf> = std::fs::read_dir(&args.images)
-        .with_context(|| format!("reading {}", args.images.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-        })
-        .collect();
-    images.sort();
+    let images = images_in(&args.images)?;
     let mut options = args.session.options()?;
     // Against a peer, both pipelines get the same number of threads (default: every core).
     let threads = options.threads.unwrap_or_else(|| {

@@ -84,7 +84,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let json = serde_json::to_string_pretty(&settings)? + "\n";
     match &args.out {
         Some(path) => {
-            pipnet_infer::folder::write_atomic(path, json.as_bytes())?;
+            pipnet_infer::files::write_atomic(path, json.as_bytes())?;
             println!("wrote {}", path.display());
         }
         None => print!("{json}"),

@@ -10,12 +10,14 @@ use anyhow::{Context, bail};
 use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
 use pipnet_infer::core::Scheme;
-use pipnet_infer::core::formats::{FaceAnnotation, csv_face_columns};
+use pipnet_infer::core::formats::{FaceAnnotation, Provenance, TrackSettings, csv_face_columns};
 use pipnet_infer::core::smooth::OneEuroSettings;
-use pipnet_infer::folder::{IMAGE_EXTENSIONS, write_atomic};
+use pipnet_infer::files::{images_in, write_atomic};
+use pipnet_infer::folder::{FaceSource, Failure, preview_path, run_settings};
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, load_rgb};
 use pipnet_infer::pipeline::DEFAULT_MIN_PRESENCE;
 use pipnet_infer::preview;
+use pipnet_infer::run_record;
 use pipnet_infer::tracker::{TrackedFace, Tracker, TrackerOptions};
 use pipnet_infer::{Pipeline, PipelineOptions};
 
@@ -35,9 +37,14 @@ pub struct Args {
     /// jsonl (one line per frame) or csv (one row per face and frame).
     #[arg(long, default_value = "jsonl", value_parser = ["jsonl", "csv"])]
     format: String,
-    /// Also write each frame with contours and face ids drawn, `OUT/preview/<frame>.jpg`.
+    /// Also write each frame with contours and face ids drawn: `OUT/preview/<frame file>` (a
+    /// JPEG; `.jpg` appended to other names) for a frame folder, `OUT/preview/<frame
+    /// number>.jpg` for a video.
     #[arg(long)]
     preview: bool,
+    /// Replace the outputs of a run on another input or with other settings in OUT.
+    #[arg(long)]
+    force: bool,
     /// Frames per second of a frame folder (a video's own rate is used for video).
     #[arg(long, default_value_t = 30.0)]
     fps: f64,
@@ -72,34 +79,43 @@ enum Frames {
         fps: f64,
     },
     Video {
+        input: PathBuf,
         child: Child,
+        /// ffmpeg's error output, read on its own thread so that a chatty decoder cannot
+        /// block on a full pipe while this side waits for frames.
+        errors: Option<std::thread::JoinHandle<String>>,
         width: u32,
         height: u32,
         fps: f64,
+        /// The stream header's frame count, when the container has one.
+        expected: Option<usize>,
         next: usize,
+        /// ffmpeg stopped inside a frame.
+        cut_short: bool,
     },
 }
 
 struct Frame {
     image: RgbImage,
+    /// Its place in the input: the file's in a folder, the decoded frame's in a video.
+    index: usize,
     time: f64,
     name: Option<String>,
+}
+
+/// What the next read of a frame source gave.
+enum Next {
+    Frame(Frame),
+    /// A frame file that could not be read: reported, and the rest go on (as a damaged video
+    /// keeps the frames ffmpeg decodes).
+    Failed(Failure),
+    End,
 }
 
 impl Frames {
     fn open(input: &Path, folder_fps: f64) -> anyhow::Result<Self> {
         if input.is_dir() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(input)
-                .with_context(|| format!("reading {}", input.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.is_file()
-                        && p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                            IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())
-                        })
-                })
-                .collect();
-            files.sort();
+            let files = images_in(input)?;
             if files.is_empty() {
                 bail!(
                     "{}: no image files (frames) in this folder",
@@ -115,8 +131,8 @@ impl Frames {
         if !input.is_file() {
             bail!("{}: no such video file or frame folder", input.display());
         }
-        let (width, height, fps) = probe(input)?;
-        let child = Command::new("ffmpeg")
+        let stream = probe(input)?;
+        let mut child = Command::new("ffmpeg")
             .args(["-v", "error", "-nostdin", "-i"])
             .arg(input)
             .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
@@ -124,36 +140,65 @@ impl Frames {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| ffmpeg_missing("ffmpeg", e))?;
+        let errors = child.stderr.take().map(|mut stderr| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                // What could not be read is lost from the report only.
+                let _ = stderr.read_to_string(&mut text);
+                text
+            })
+        });
         Ok(Frames::Video {
+            input: input.to_path_buf(),
             child,
-            width,
-            height,
-            fps,
+            errors,
+            width: stream.width,
+            height: stream.height,
+            fps: stream.fps,
+            expected: stream.frames,
             next: 0,
+            cut_short: false,
         })
     }
 
     fn len(&self) -> Option<usize> {
         match self {
             Frames::Folder { files, .. } => Some(files.len()),
-            Frames::Video { .. } => None,
+            Frames::Video { expected, .. } => *expected,
         }
     }
 
-    fn next_frame(&mut self) -> anyhow::Result<Option<Frame>> {
+    /// Frames per second: `--fps` for a folder, the stream's rate for a video.
+    fn fps(&self) -> f64 {
+        match self {
+            Frames::Folder { fps, .. } | Frames::Video { fps, .. } => *fps,
+        }
+    }
+
+    fn next_frame(&mut self) -> anyhow::Result<Next> {
         match self {
             Frames::Folder { files, next, fps } => {
                 let Some(path) = files.get(*next) else {
-                    return Ok(None);
+                    return Ok(Next::End);
                 };
-                let image = load_rgb(path, DEFAULT_MAX_PIXELS)?;
-                let frame = Frame {
-                    image,
-                    time: *next as f64 / *fps,
-                    name: path.file_name().map(|n| n.to_string_lossy().into_owned()),
-                };
+                let index = *next;
                 *next += 1;
-                Ok(Some(frame))
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                Ok(match load_rgb(path, DEFAULT_MAX_PIXELS) {
+                    Ok(image) => Next::Frame(Frame {
+                        image,
+                        index,
+                        time: index as f64 / *fps,
+                        name: Some(name),
+                    }),
+                    Err(e) => Next::Failed(Failure {
+                        image: name,
+                        error: e.to_string(),
+                    }),
+                })
             }
             Frames::Video {
                 child,
@@ -161,6 +206,8 @@ impl Frames {
                 height,
                 fps,
                 next,
+                cut_short,
+                ..
             } => {
                 let bytes = *width as usize * *height as usize * 3;
                 let mut buf = vec![0u8; bytes];
@@ -175,30 +222,77 @@ impl Frames {
                     }
                     filled += n;
                 }
-                if filled == 0 {
-                    let status = child.wait()?;
-                    if !status.success() {
-                        let mut err = String::new();
-                        if let Some(mut e) = child.stderr.take() {
-                            e.read_to_string(&mut err).ok();
-                        }
-                        bail!("ffmpeg failed ({status}): {}", err.trim());
-                    }
-                    return Ok(None);
-                }
                 if filled < bytes {
-                    bail!("ffmpeg ended inside frame {next} ({filled} of {bytes} bytes)");
+                    *cut_short = filled > 0;
+                    return Ok(Next::End);
                 }
                 let image = RgbImage::from_raw(*width, *height, buf).context("frame size")?;
                 let frame = Frame {
                     image,
+                    index: *next,
                     time: *next as f64 / *fps,
                     name: None,
                 };
                 *next += 1;
-                Ok(Some(frame))
+                Ok(Next::Frame(frame))
             }
         }
+    }
+
+    /// After the last frame: what went wrong with a video (ffmpeg's exit and errors, fewer
+    /// frames than its header says), as one failure naming the file; a folder's failures were
+    /// reported frame by frame.
+    fn finish(self) -> anyhow::Result<Option<Failure>> {
+        let Frames::Video {
+            input,
+            mut child,
+            errors,
+            expected,
+            next,
+            cut_short,
+            ..
+        } = self
+        else {
+            return Ok(None);
+        };
+        let status = child.wait().context("waiting for ffmpeg")?;
+        let errors = errors
+            .and_then(|thread| thread.join().ok())
+            .unwrap_or_default();
+        let mut problems = Vec::new();
+        if !status.success() {
+            problems.push(format!("ffmpeg failed ({status})"));
+        }
+        if let Some(expected) = expected.filter(|&n| next < n) {
+            problems.push(format!(
+                "{next} of the {expected} frames its header lists were decoded: the file is cut \
+                 or damaged"
+            ));
+        }
+        if cut_short {
+            problems.push(format!("ffmpeg stopped inside frame {next}"));
+        }
+        let errors: Vec<&str> = errors
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        if !errors.is_empty() {
+            let shown = errors
+                .iter()
+                .take(5)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" | ");
+            problems.push(format!(
+                "ffmpeg reported {}: {shown}",
+                super::count(errors.len(), "error")
+            ));
+        }
+        Ok((!problems.is_empty()).then(|| Failure {
+            image: input.display().to_string(),
+            error: format!("{}; the frames decoded were tracked", problems.join("; ")),
+        }))
     }
 }
 
@@ -209,13 +303,22 @@ fn ffmpeg_missing(tool: &str, e: std::io::Error) -> anyhow::Error {
     )
 }
 
-/// Width, height and frame rate of the first video stream, from ffprobe.
-fn probe(input: &Path) -> anyhow::Result<(u32, u32, f64)> {
+/// What ffprobe says of a video's first stream.
+struct Stream {
+    width: u32,
+    height: u32,
+    fps: f64,
+    /// Frames listed in the container's header (`None` where it keeps no count, e.g. MKV).
+    frames: Option<usize>,
+}
+
+/// The first video stream's size, frame rate and frame count, from ffprobe.
+fn probe(input: &Path) -> anyhow::Result<Stream> {
     let output = Command::new("ffprobe")
         .args(["-v", "error", "-select_streams", "v:0"])
         .args([
             "-show_entries",
-            "stream=width,height,r_frame_rate",
+            "stream=width,height,r_frame_rate,nb_frames",
             "-of",
             "csv=p=0",
         ])
@@ -226,16 +329,28 @@ fn probe(input: &Path) -> anyhow::Result<(u32, u32, f64)> {
     let line = text.lines().next().unwrap_or_default();
     let fields: Vec<&str> = line.trim().split(',').collect();
     let parsed = match fields.as_slice() {
-        [w, h, rate] => {
+        [w, h, rate, frames @ ..] => {
             let (num, den) = rate.split_once('/').unwrap_or((rate, "1"));
             let fps = num.parse::<f64>().ok().zip(den.parse::<f64>().ok());
-            w.parse().ok().zip(h.parse().ok()).zip(fps)
+            let frames = frames.first().and_then(|n| n.parse::<usize>().ok());
+            w.parse()
+                .ok()
+                .zip(h.parse().ok())
+                .zip(fps)
+                .map(|s| (s, frames))
         }
         _ => None,
     };
     match parsed {
-        Some(((w, h), (num, den))) if w > 0 && h > 0 && num > 0.0 && den > 0.0 => {
-            Ok((w, h, num / den))
+        Some((((width, height), (num, den)), frames))
+            if width > 0 && height > 0 && num > 0.0 && den > 0.0 =>
+        {
+            Ok(Stream {
+                width,
+                height,
+                fps: num / den,
+                frames: frames.filter(|&n| n > 0),
+            })
         }
         _ => bail!(
             "{}: not a video ffprobe can read ({})",
@@ -291,6 +406,96 @@ fn tracker_options(args: &Args) -> TrackerOptions {
     }
 }
 
+/// What `pipnet track` writes into OUT besides its run record; a run removes what an earlier
+/// one left of these before writing its own, so outputs of two runs never mix.
+const OUTPUTS: [&str; 4] = [
+    "landmarks.jsonl",
+    "landmarks.csv",
+    "failures.jsonl",
+    "preview",
+];
+
+/// Checks OUT's run record against this run's (another input or other settings need --force;
+/// another command's folder is refused), records this run, and removes the last run's outputs.
+fn claim_output_folder(args: &Args, tracker: &Tracker, fps: f64) -> anyhow::Result<()> {
+    let pipeline = tracker.pipeline();
+    let options = tracker.options();
+    let input = std::fs::canonicalize(&args.input)
+        .with_context(|| format!("resolving {}", args.input.display()))?;
+    let mut settings = run_settings(pipeline, &FaceSource::Detect);
+    settings.track = Some(TrackSettings {
+        input: input.display().to_string(),
+        fps,
+        detect_every: options.detect_every,
+        max_missed: options.max_missed,
+        smoothing: options.smoothing.map(|s| [s.min_cutoff, s.beta]),
+    });
+    let made_by = Provenance {
+        pipnet: env!("CARGO_PKG_VERSION").into(),
+        settings,
+    };
+    let default_min_face = pipeline.detector().map(|d| d.settings().min_face);
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    // Only a folder a run has claimed holds outputs of ours to remove.
+    let claimed = args.out.join(run_record::RUN_RECORD).is_file();
+    run_record::claim_output_folder(&args.out, &made_by, default_min_face, args.force, || Ok(()))?;
+    for name in OUTPUTS.iter().filter(|_| claimed) {
+        let path = args.out.join(name);
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match removed {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", path.display()));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The output lines of one frame, as `--format` says.
+fn frame_lines(
+    format: &str,
+    frame: &Frame,
+    faces: &[TrackedFace],
+    annotated: &[FaceAnnotation],
+) -> String {
+    if format == "csv" {
+        faces
+            .iter()
+            .zip(annotated)
+            .map(|(face, a)| {
+                let (index, time, id) = (frame.index, frame.time, face.id);
+                format!("{index},{time:.4},{id},{}\n", a.csv_values(false))
+            })
+            .collect()
+    } else {
+        let line = serde_json::json!({
+            "frame": frame.index,
+            "image": frame.name,
+            "time": frame.time,
+            "faces": faces
+                .iter()
+                .zip(annotated)
+                .map(|(face, a)| face_json(face, a))
+                .collect::<Vec<_>>(),
+        });
+        line.to_string() + "\n"
+    }
+}
+
+/// Where a frame's preview goes: named after its file for a frame folder, numbered for a video.
+fn frame_preview_path(out: &Path, frame: &Frame) -> PathBuf {
+    match &frame.name {
+        Some(name) => preview_path(out, name),
+        None => out.join("preview").join(format!("{:06}.jpg", frame.index)),
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if !(args.fps.is_finite() && args.fps > 0.0) {
         bail!("--fps must be a positive number");
@@ -304,8 +509,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let detector = args.detector.load(&options)?;
     let pipeline = Pipeline::with_options(model, Some(detector), settings.pipeline)?;
     let mut tracker = Tracker::new(pipeline, settings)?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    claim_output_folder(&args, &tracker, frames.fps())?;
 
     let bar = match frames.len() {
         Some(n) => ProgressBar::new(n as u64),
@@ -322,61 +526,70 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let (mut count, mut face_count) = (0usize, 0usize);
     let mut ids = std::collections::BTreeSet::new();
+    let mut failures = Vec::new();
     let start = std::time::Instant::now();
-    while let Some(frame) = frames.next_frame()? {
+    loop {
+        let frame = match frames.next_frame()? {
+            Next::Frame(frame) => frame,
+            Next::Failed(failure) => {
+                failures.push(failure);
+                continue;
+            }
+            Next::End => break,
+        };
         let faces = tracker
             .track(&frame.image, frame.time)
-            .with_context(|| format!("frame {count}"))?;
+            .with_context(|| format!("frame {}", frame.index))?;
         face_count += faces.len();
         ids.extend(faces.iter().map(|f| f.id));
         let annotated = annotations(&faces, scheme);
-        if args.format == "csv" {
-            for (face, a) in faces.iter().zip(&annotated) {
-                let (time, id, values) = (frame.time, face.id, a.csv_values(false));
-                text.push_str(&format!("{count},{time:.4},{id},{values}\n"));
-            }
-        } else {
-            let line = serde_json::json!({
-                "frame": count,
-                "image": frame.name,
-                "time": frame.time,
-                "faces": faces
-                    .iter()
-                    .zip(&annotated)
-                    .map(|(face, a)| face_json(face, a))
-                    .collect::<Vec<_>>(),
-            });
-            text.push_str(&line.to_string());
-            text.push('\n');
-        }
+        text.push_str(&frame_lines(&args.format, &frame, &faces, &annotated));
         if args.preview {
             let labels: Vec<String> = faces.iter().map(|f| format!("#{}", f.id)).collect();
             let image = preview::draw_labelled(&frame.image, &annotated, Some(&labels))?;
-            let path = args.out.join("preview").join(format!("{count:06}.jpg"));
+            let path = frame_preview_path(&args.out, &frame);
             write_atomic(&path, &preview::encode_jpeg(&image)?)?;
         }
         count += 1;
         bar.inc(1);
-        bar.set_message(format!("{} ids", ids.len()));
+        bar.set_message(super::count(ids.len(), "id"));
     }
     bar.finish_and_clear();
+    failures.extend(frames.finish()?);
+    let mut stderr = std::io::stderr().lock();
+    for failure in &failures {
+        writeln!(
+            stderr,
+            "pipnet: failed: {}: {}",
+            failure.image, failure.error
+        )?;
+    }
     if count == 0 {
-        bail!("{}: no frames", args.input.display());
+        bail!("{}: no frame could be read", args.input.display());
     }
     let file = args.out.join(format!("landmarks.{}", args.format));
     write_atomic(&file, text.as_bytes())?;
+    let failed: String = failures
+        .iter()
+        .map(|f| serde_json::to_string(f).unwrap_or_default() + "\n")
+        .collect();
+    write_atomic(&args.out.join("failures.jsonl"), failed.as_bytes())?;
     let seconds = start.elapsed().as_secs_f64();
-    let mut stderr = std::io::stderr().lock();
     writeln!(
         stderr,
-        "{}: {}, {}, in {seconds:.1}s ({:.1} frames/s); output in {}",
+        "{}: {}, {}, {} failed, in {seconds:.1}s ({:.1} frames/s); output in {}",
         super::count(count, "frame"),
         super::count(face_count, "face"),
         super::count(ids.len(), "id"),
+        failures.len(),
         count as f64 / seconds.max(1e-9),
         file.display()
     )?;
-    Ok(ExitCode::SUCCESS)
+    Ok(if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(super::EXIT_IMAGES_FAILED)
+    })
 }
 
 #[cfg(test)]
