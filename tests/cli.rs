@@ -2355,3 +2355,45 @@ fn test_inputs_without_images_are_one_error_for_annotate_and_track() {
         "{stderr}"
     );
 }
+
+/// Workers of a cluster job start together on one machine: on an empty cache one of them
+/// fetches ONNX Runtime and the others wait for it; then an offline worker runs from the cache.
+#[test]
+fn test_processes_starting_together_on_an_empty_cache_fetch_onnx_runtime_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let start = |offline: bool| {
+        let mut command = Command::new(pipnet_bin());
+        command
+            .arg("info")
+            .env("PIPNET_CACHE_DIR", &cache)
+            .env_remove("ORT_DYLIB_PATH")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if offline {
+            command.env("PIPNET_OFFLINE", "1");
+        }
+        command.spawn().unwrap()
+    };
+    let workers: Vec<_> = (0..4).map(|_| start(false)).collect();
+    let mut fetched = 0;
+    for worker in workers {
+        let output = worker.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        assert!(String::from_utf8_lossy(&output.stdout).contains("onnxruntime"));
+        fetched += usize::from(stderr.contains("fetching onnxruntime"));
+    }
+    assert_eq!(fetched, 1, "one worker fetches, the others wait for it");
+    let leftovers: Vec<_> = walk(&cache)
+        .into_iter()
+        .filter(|p| !p.ends_with(".fetch.lock") && !p.ends_with("libonnxruntime.so.1.32.0"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let offline = start(true).wait_with_output().unwrap();
+    assert!(
+        offline.status.success(),
+        "{}",
+        String::from_utf8_lossy(&offline.stderr)
+    );
+}

@@ -179,8 +179,9 @@ fn gpu_requirements() -> String {
 }
 
 /// Installs the GPU build with pip (`--require-hashes`: every wheel must match its pin) into a
-/// staging folder, then moves it into the cache in one rename. Returns the library path.
-pub fn fetch_gpu_library() -> Result<PathBuf> {
+/// staging folder, then moves it into the cache in one rename; `announce` runs first, in the
+/// one process that fetches ([`fetch_once`]). Returns the library path.
+pub fn fetch_gpu_library(announce: impl FnOnce()) -> Result<PathBuf> {
     if (std::env::consts::OS, std::env::consts::ARCH) != ("linux", "x86_64") {
         return Err(Error::Runtime(format!(
             "the CUDA build is pinned for linux-x86_64 only, not {}-{}; {HOW_TO_PROVIDE_GPU}",
@@ -194,7 +195,15 @@ pub fn fetch_gpu_library() -> Result<PathBuf> {
         ))
     })?;
     let folder = target.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(folder).map_err(Error::io(folder))?;
+    let done = || Some(target.join(GPU_LIBRARY)).filter(|p| p.is_file());
+    fetch_once(folder, done, || {
+        announce();
+        install_gpu_build(folder, &target)
+    })
+}
+
+/// [`fetch_gpu_library`]'s work, under its lock.
+fn install_gpu_build(folder: &Path, target: &Path) -> Result<PathBuf> {
     let staging = tempfile::tempdir_in(folder).map_err(Error::io(folder))?;
     let requirements = staging.path().join("requirements.txt");
     std::fs::write(&requirements, gpu_requirements()).map_err(Error::io(&requirements))?;
@@ -222,13 +231,33 @@ pub fn fetch_gpu_library() -> Result<PathBuf> {
             )));
         }
     }
-    // Another process may have finished first: its copy is as good as ours.
-    if let Err(e) = std::fs::rename(&install, &target)
-        && !target.join(GPU_LIBRARY).is_file()
-    {
-        return Err(Error::io(&target)(e));
-    }
+    std::fs::rename(&install, target).map_err(Error::io(target))?;
     Ok(target.join(GPU_LIBRARY))
+}
+
+/// Runs `fetch` holding an exclusive lock on `folder/.fetch.lock`, unless `done` finds the
+/// result once the lock is held: processes that start together on an empty cache (workers of
+/// a cluster job on one machine) wait for the first one's fetch instead of each downloading.
+/// The operating system drops the lock with its process, so a killed fetch never leaves it
+/// held; results still land by rename, so a reader never sees half a file.
+fn fetch_once<T>(
+    folder: &Path,
+    done: impl Fn() -> Option<T>,
+    fetch: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    std::fs::create_dir_all(folder).map_err(Error::io(folder))?;
+    let path = folder.join(".fetch.lock");
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(Error::io(&path))?;
+    lock.lock().map_err(Error::io(&path))?;
+    match done() {
+        Some(found) => Ok(found),
+        None => fetch(),
+    }
 }
 
 /// The library to load without fetching: `ORT_DYLIB_PATH` if set (it must exist), else the
@@ -273,8 +302,9 @@ fn run_pip(pip: &mut Command, what: &str, how: &str) -> Result<()> {
 }
 
 /// Downloads the pinned wheel with pip, checks its SHA-256, and extracts the library into the
-/// cache (atomically: concurrent fetches are safe). Returns the cached library path.
-pub fn fetch_library() -> Result<PathBuf> {
+/// cache (once, however many processes ask at the same time; `announce` runs in the one that
+/// fetches). Returns the cached library path.
+pub fn fetch_library(announce: impl FnOnce()) -> Result<PathBuf> {
     let wheel = PINNED
         .iter()
         .find(|(os, arch, _)| *os == std::env::consts::OS && *arch == std::env::consts::ARCH)
@@ -297,7 +327,7 @@ pub fn fetch_library() -> Result<PathBuf> {
         member: WHEEL_MEMBER,
         member_sha256: None,
     };
-    fetch_wheel_member(&pin, &target, HOW_TO_PROVIDE)
+    fetch_wheel_member(&pin, &target, HOW_TO_PROVIDE, announce)
 }
 
 /// One file inside a wheel on PyPI, pinned by the wheel's SHA-256 (and the file's own, where
@@ -342,10 +372,16 @@ pub fn check_sha256(path: &Path, expected: &str) -> Result<()> {
 }
 
 /// Downloads `pin`'s wheel with pip (no dependencies), checks its SHA-256, and extracts the
-/// member to `target` (through a temporary file in the same folder and a rename, so a
-/// concurrent or interrupted fetch never leaves a partial file). `how` says how else to
+/// member to `target` (through a temporary file in the same folder and a rename, so an
+/// interrupted fetch never leaves a partial file), once however many processes ask at the same
+/// time ([`fetch_once`]; `announce` runs in the one that fetches). `how` says how else to
 /// provide the file, for the error messages. `PIPNET_OFFLINE=1` forbids the download.
-pub fn fetch_wheel_member(pin: &PinnedMember, target: &Path, how: &str) -> Result<PathBuf> {
+pub fn fetch_wheel_member(
+    pin: &PinnedMember,
+    target: &Path,
+    how: &str,
+    announce: impl FnOnce(),
+) -> Result<PathBuf> {
     if !fetch_allowed() {
         return Err(Error::Runtime(format!(
             "{} is not in the cache and PIPNET_OFFLINE forbids fetching {}; {how}",
@@ -354,7 +390,20 @@ pub fn fetch_wheel_member(pin: &PinnedMember, target: &Path, how: &str) -> Resul
         )));
     }
     let folder = target.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(folder).map_err(Error::io(folder))?;
+    let done = || Some(target.to_path_buf()).filter(|p| p.is_file());
+    fetch_once(folder, done, || {
+        announce();
+        extract_wheel_member(pin, folder, target, how)
+    })
+}
+
+/// [`fetch_wheel_member`]'s work, under its lock.
+fn extract_wheel_member(
+    pin: &PinnedMember,
+    folder: &Path,
+    target: &Path,
+    how: &str,
+) -> Result<PathBuf> {
     let staging = tempfile::tempdir_in(folder).map_err(Error::io(folder))?;
 
     let mut pip = pip_command();
@@ -507,17 +556,20 @@ fn choose_library(device: Device, on_fetch: impl FnOnce(&str)) -> Result<(PathBu
                  {HOW_TO_PROVIDE_GPU}"
             )));
         }
-        on_fetch(&format!(
-            "onnxruntime-gpu=={ORT_GPU_VERSION} with its CUDA 13 and cuDNN 9 wheels (about 2 GB)"
-        ));
-        return Ok((fetch_gpu_library()?, gpu_build));
+        let announce = || {
+            on_fetch(&format!(
+                "onnxruntime-gpu=={ORT_GPU_VERSION} with its CUDA 13 and cuDNN 9 wheels (about \
+                 2 GB)"
+            ))
+        };
+        return Ok((fetch_gpu_library(announce)?, gpu_build));
     }
     let cpu_build = format!("onnxruntime {ORT_VERSION}");
     match locate_library()? {
         Some(path) => Ok((path, cpu_build)),
         None if fetch_allowed() => {
-            on_fetch(&format!("onnxruntime=={ORT_VERSION}"));
-            Ok((fetch_library()?, cpu_build))
+            let announce = || on_fetch(&format!("onnxruntime=={ORT_VERSION}"));
+            Ok((fetch_library(announce)?, cpu_build))
         }
         None => Err(Error::Runtime(format!(
             "not found and PIPNET_OFFLINE forbids fetching; {HOW_TO_PROVIDE}"

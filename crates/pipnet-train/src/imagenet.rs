@@ -62,6 +62,7 @@ pub fn mobilenet_v2_weights_path() -> Result<PathBuf> {
         &MOBILENET_V2_IMAGENET,
         &target,
         HOW_TO_PROVIDE,
+        || {},
     )?)
 }
 
