@@ -1,5 +1,5 @@
 //! Face-free crops for measuring false detections (the face-presence threshold of
-//! `models/README.md`): from each labeled photo, the largest strip beside the face that stays
+//! `docs/experiments.md`): from each labeled photo, the largest strip beside the face that stays
 //! clear of its landmark box grown by a fifth on every side, when at least 48 x 48 pixels.
 //!
 //! `cargo run --release --example face_free_crops -- LABELED_DIR OUT_DIR`

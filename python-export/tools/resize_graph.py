@@ -1,5 +1,5 @@
 """Runs a trained MobileNetV2 PIPNet graph at another input size, unchanged otherwise: how well
-it does there before any fine-tuning (models/README.md, "The default fine-tuned to 192").
+it does there before any fine-tuning (docs/experiments.md, "The default fine-tuned to 192").
 
     python tools/resize_graph.py IN.onnx SIZE OUT.onnx [--stride16]
 

@@ -50,7 +50,7 @@ pub fn repeated_faces(boxes: &[FaceBox], presence: &[f32]) -> Vec<bool> {
 
 /// The most two faces' landmark boxes may share, as a share of the smaller box. On the sample
 /// photos' crowds real faces share at most 9%; the one detection between two faces covers 80%
-/// and 93% of theirs (`models/README.md`, "Keypoint calibration").
+/// and 93% of theirs (`docs/experiments.md`, "Keypoint calibration").
 pub const MAX_FACE_OVERLAP: f32 = 0.5;
 
 /// The five points of a face in InsightFace's order: the eye centres (image left, then right),

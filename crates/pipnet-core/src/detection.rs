@@ -262,7 +262,7 @@ pub fn cut_by_tile(face: &FaceBox, tile: &FaceCrop, width: u32, height: u32) -> 
 /// centre is the detector box's centre shifted by `(shift_x, shift_y)` times that side; and,
 /// when `keypoints` is set, from the detector's keypoints, which say where the face looks and so
 /// where its landmarks lie (on the validation split they cut the crop's centre and size errors by
-/// about a quarter: `models/README.md`). The keypoint map is used whenever it is set.
+/// about a quarter: `docs/experiments.md`). The keypoint map is used whenever it is set.
 ///
 /// With `roll_offset` set, the face's roll is the detector's eye line plus that offset, both maps
 /// work in the face's upright frame ([`TurnedBox`]) and were fitted there

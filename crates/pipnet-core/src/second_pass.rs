@@ -45,7 +45,7 @@ pub struct SecondPassGate {
 
 impl Default for SecondPassGate {
     /// Chosen on the validation split, upright and turned by up to 60 degrees, with the
-    /// default model (`models/README.md`, "A second pass where it pays"): upright it gives 8% of
+    /// default model (`docs/experiments.md`, "A second pass where it pays"): upright it gives 8% of
     /// faces the second pass and scores what every face refined does (0.0344; its most turned
     /// third too), and turned it fires on 19-56% of faces.
     fn default() -> Self {

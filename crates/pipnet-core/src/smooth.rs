@@ -20,7 +20,7 @@ pub struct OneEuroSettings {
 }
 
 impl Default for OneEuroSettings {
-    /// Chosen on synthetic sequences of the validation faces (`models/README.md`, "Video").
+    /// Chosen on synthetic sequences of the validation faces (`docs/experiments.md`, "Video").
     fn default() -> Self {
         Self {
             min_cutoff: 1.0,

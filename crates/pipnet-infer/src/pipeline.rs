@@ -93,11 +93,11 @@ pub struct FirstPass {
 /// split turned by 90 and 180 degrees, the faces the detector found with its keypoints far out
 /// scored 0.17-0.44 (5th to 95th percentile), the others 0.51-0.79, and some of those it still
 /// missed after a search at 0.5 scored up to 0.59; the second pass's gate uses the same bar
-/// (`models/README.md`, "Faces at any roll").
+/// (`docs/experiments.md`, "Faces at any roll").
 pub const REDETECT_BELOW: f32 = 0.6;
 
 /// The smallest presence a detected face may have to be kept (`--min-presence`), chosen on
-/// the validation split and on face-free crops (`models/README.md`, "Face presence").
+/// the validation split and on face-free crops (`docs/experiments.md`, "Face presence").
 pub const DEFAULT_MIN_PRESENCE: f32 = 0.3;
 
 /// A face to run the landmark model on: the detection it came from (if any) and its crop.

@@ -18,7 +18,7 @@ use crate::model::FaceLandmarks;
 use crate::pipeline::{Face, Faces, LocatedFace, Pipeline, PipelineOptions};
 
 /// How faces are followed, with the options of the pipeline that finds them; the defaults are
-/// `pipnet track`'s, measured (`models/README.md`, "Video"), and the CLI, C and Python trackers
+/// `pipnet track`'s, measured (`docs/experiments.md`, "Video"), and the CLI, C and Python trackers
 /// all start from them.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrackerOptions {

@@ -7,7 +7,7 @@ own crop rule (or the detector's crops), with the contract metadata carried over
 Activation ranges are the 99.99th percentile of each tensor's values over the calibration
 faces (``--calibration percentile``, ``--percentile``): on the validation split this halved
 what INT8 costs the landmarks against the observed extremes (``--calibration minmax``, the
-earlier recipe; ``models/README.md``). The faces are calibrated in chunks, so the histograms of
+earlier recipe; ``docs/experiments.md``). The faces are calibrated in chunks, so the histograms of
 300 faces at 256 px fit in memory.
 
 ``python -m pipnet_export.quantize MODEL.onnx DATA --out MODEL.int8.onnx [--faces 300]

@@ -56,7 +56,7 @@ pub struct Args {
     #[command(flatten)]
     refine: super::RefineArgs,
     /// Also run each face crop mirrored and average the two results (twice the landmark
-    /// work; see models/README.md for what it buys).
+    /// work; see docs/experiments.md for what it buys).
     #[arg(long)]
     flip: bool,
     /// Drop detected faces whose presence (mean landmark score) is below this, and those whose

@@ -149,7 +149,7 @@ impl DetectorArgs {
 
 /// How many landmark passes a face gets, as `annotate` runs it. By default a face gets a
 /// second pass, on a crop made from its first landmarks, only where its first pass says the
-/// crop was off (moved, rescaled or turned) or the face is unsure (models/README.md, "A
+/// crop was off (moved, rescaled or turned) or the face is unsure (docs/experiments.md, "A
 /// second pass where it pays").
 #[derive(clap::Args)]
 pub struct RefineArgs {
