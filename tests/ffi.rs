@@ -216,7 +216,7 @@ fn test_misuse_from_c_gets_error_codes_under_address_sanitizer() {
     let mut flags = vec!["-fsanitize=address,undefined".to_string(), "-g".into()];
     flags.extend(shared_link());
     compile("cc", &[source], &exe, &flags);
-    assert_eq!(run(&[], &exe, &[&common::shipped_model(), &ppm]), expected);
+    assert_eq!(run(&[], &exe, &[&ppm]), expected, "the built-in model");
 
     // And under valgrind's memcheck where it is installed: invalid reads and writes count,
     // leaks do not (ONNX Runtime keeps process-lifetime allocations), and two reports from

@@ -219,11 +219,26 @@ impl Tracker {
             )));
         }
         self.last_time = Some(time);
+        let mut faces = self.follow_held_faces(image)?;
+        let due = self.frame.is_multiple_of(self.options.detect_every);
+        let lost = self.tracks.iter().any(|t| t.missed > 0);
+        if due || lost || self.tracks.is_empty() {
+            faces.extend(self.detect_new_and_lost_faces(image)?);
+        }
+        self.frame += 1;
+        Ok(self.smooth_and_end_tracks(faces, time))
+    }
+
+    /// Phase 1: each held face gets one landmark pass where last frame's points and motion
+    /// put it; a face whose presence falls is lost for this frame (its `missed` count goes up,
+    /// which calls the detector), and of two tracks that slid onto one face the older keeps
+    /// it. Returns the faces held, by track index: followed, not detected, so a face's box is
+    /// its crop's bounds and its score 1.
+    fn follow_held_faces(&mut self, image: &RgbImage) -> Result<Vec<(usize, Face)>> {
         let (rule, scheme) = (
             self.pipeline.model.metadata().crop,
             self.pipeline.model.metadata().scheme,
         );
-        // 1. Held faces: one landmark pass each, where last frame's points and motion put them.
         let held: Vec<usize> = (0..self.tracks.len())
             .filter(|&i| self.tracks[i].missed == 0)
             .collect();
@@ -240,17 +255,12 @@ impl Tracker {
         } else {
             Vec::new()
         };
-        let mut seen: Vec<(usize, FaceLandmarks)> = Vec::new();
-        // A held face whose presence falls is lost for this frame (its track's `missed` goes
-        // up below, which calls the detector).
-        for (&i, found) in held.iter().zip(passes) {
-            if pipnet_core::presence(&found.scores()) >= self.pipeline.options.min_presence {
-                seen.push((i, found));
-            }
-        }
-        // Two tracks that slid onto one face: the older keeps it.
+        let min_presence = self.pipeline.options.min_presence;
         let mut kept: Vec<(usize, FaceLandmarks)> = Vec::new();
-        for (i, found) in seen {
+        for (&i, found) in held.iter().zip(passes) {
+            if pipnet_core::presence(&found.scores()) < min_presence {
+                continue;
+            }
             let duplicate = FaceBox::around(&found.in_image).is_ok_and(|b| {
                 kept.iter()
                     .any(|(_, k)| FaceBox::around(&k.in_image).is_ok_and(|kb| b.iou(&kb) > 0.5))
@@ -265,8 +275,7 @@ impl Tracker {
         for (i, found) in &kept {
             self.tracks[*i].seen(found.in_image.clone(), true);
         }
-        // Followed, not detected: the face's box is its crop's bounds, its score 1.
-        let mut frame_faces: Vec<(usize, Face)> = kept
+        Ok(kept
             .into_iter()
             .map(|(i, landmarks)| {
                 let face = Face {
@@ -276,61 +285,64 @@ impl Tracker {
                 };
                 (i, face)
             })
-            .collect();
+            .collect())
+    }
 
-        // 2. The detector: first frame, every K frames, and while a face is lost.
-        let due = self.frame.is_multiple_of(self.options.detect_every);
-        let lost = self.tracks.iter().any(|t| t.missed > 0);
-        if due || lost || self.tracks.is_empty() {
-            self.detector_runs += 1;
-            // Detections over a held face change nothing; the others get landmarks (with the
-            // refinement pass) and take back a lost track they overlap, or start one.
-            let mut fresh: Vec<(Option<usize>, LocatedFace)> = Vec::new();
-            for located in self.pipeline.locate(image, &Faces::Detect)? {
-                let Some(detection) = located.0 else {
-                    continue;
-                };
-                let overlap =
-                    |t: &Track| t.face_box().map_or(0.0, |tb| detection.face_box.iou(&tb));
-                let best = (0..self.tracks.len())
-                    .map(|i| (i, overlap(&self.tracks[i])))
-                    .filter(|&(_, o)| o > self.options.min_iou)
-                    .max_by(|a, b| a.1.total_cmp(&b.1));
-                match best {
-                    Some((i, _)) if self.tracks[i].missed == 0 => {}
-                    other => fresh.push((other.map(|(i, _)| i), located)),
-                }
-            }
-            if !fresh.is_empty() {
-                let located: Vec<LocatedFace> = fresh.iter().map(|(_, l)| *l).collect();
-                let mut faces = self.pipeline.landmarks_of(&[image], &[&located])?;
-                let faces = faces.pop().unwrap_or_default();
-                for ((lost_track, _), face) in fresh.into_iter().zip(faces) {
-                    if face.presence() < self.pipeline.options.min_presence {
-                        continue;
-                    }
-                    let points = face.landmarks.in_image.clone();
-                    let index = match lost_track {
-                        // Taken back already by another detection of this frame: a duplicate.
-                        Some(i) if self.tracks[i].missed == 0 => continue,
-                        Some(i) => {
-                            self.tracks[i].seen(points, false);
-                            i
-                        }
-                        None => {
-                            self.tracks.push(Track::new(self.next_id, points));
-                            self.next_id += 1;
-                            self.tracks.len() - 1
-                        }
-                    };
-                    frame_faces.push((index, face));
-                }
+    /// Phase 2, on the first frame, every `detect_every` frames and while a face is lost: the
+    /// detector. Detections over a held face change nothing; the others get landmarks (with the
+    /// second pass) and take back a lost track they overlap, or start one. Returns those faces,
+    /// by track index.
+    fn detect_new_and_lost_faces(&mut self, image: &RgbImage) -> Result<Vec<(usize, Face)>> {
+        self.detector_runs += 1;
+        let mut fresh: Vec<(Option<usize>, LocatedFace)> = Vec::new();
+        for located in self.pipeline.locate(image, &Faces::Detect)? {
+            let Some(detection) = located.0 else {
+                continue;
+            };
+            let overlap = |t: &Track| t.face_box().map_or(0.0, |tb| detection.face_box.iou(&tb));
+            let best = (0..self.tracks.len())
+                .map(|i| (i, overlap(&self.tracks[i])))
+                .filter(|&(_, o)| o > self.options.min_iou)
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            match best {
+                Some((i, _)) if self.tracks[i].missed == 0 => {}
+                other => fresh.push((other.map(|(i, _)| i), located)),
             }
         }
-        self.frame += 1;
+        if fresh.is_empty() {
+            return Ok(Vec::new());
+        }
+        let located: Vec<LocatedFace> = fresh.iter().map(|(_, l)| *l).collect();
+        let mut faces = self.pipeline.landmarks_of(&[image], &[&located])?;
+        let faces = faces.pop().unwrap_or_default();
+        let mut found = Vec::new();
+        for ((lost_track, _), face) in fresh.into_iter().zip(faces) {
+            if face.presence() < self.pipeline.options.min_presence {
+                continue;
+            }
+            let points = face.landmarks.in_image.clone();
+            let index = match lost_track {
+                // Taken back already by another detection of this frame: a duplicate.
+                Some(i) if self.tracks[i].missed == 0 => continue,
+                Some(i) => {
+                    self.tracks[i].seen(points, false);
+                    i
+                }
+                None => {
+                    self.tracks.push(Track::new(self.next_id, points));
+                    self.next_id += 1;
+                    self.tracks.len() - 1
+                }
+            };
+            found.push((index, face));
+        }
+        Ok(found)
+    }
 
-        // 3. Smooth, and end the tracks unseen for too long.
-        let mut out: Vec<TrackedFace> = frame_faces
+    /// Phase 3: each face's points through its track's smoother; the tracks unseen for more
+    /// than `max_missed` frames end. Faces come out by id.
+    fn smooth_and_end_tracks(&mut self, faces: Vec<(usize, Face)>, time: f64) -> Vec<TrackedFace> {
+        let mut out: Vec<TrackedFace> = faces
             .into_iter()
             .map(|(i, face)| {
                 let track = &mut self.tracks[i];
@@ -353,6 +365,6 @@ impl Tracker {
         let max_missed = self.options.max_missed;
         self.tracks.retain(|t| t.missed <= max_missed);
         out.sort_by_key(|f| f.id);
-        Ok(out)
+        out
     }
 }

@@ -4,7 +4,7 @@
 //! through the `pipnet` Python package when it is installed there), a video row (tracking
 //! against per-frame annotation), and a peer's whole pipeline beside ours (`peer.rs`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use anyhow::Context;
@@ -14,6 +14,9 @@ use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, load_rgb};
 use pipnet_infer::tracker::TrackerOptions;
 use pipnet_infer::{Pipeline, PipelineOptions};
 use serde_json::json;
+
+use super::peer::{PeerReport, PeerRun, compare_with_dlib};
+use super::python_reference::{export_package, interpreter};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -62,30 +65,6 @@ pub struct Args {
     /// `annotate --flip` does.
     #[arg(long, requires = "peer")]
     pub flip: bool,
-}
-
-/// The Python of the reference and peer pipelines: --python, $PIPNET_PYTHON, else python3.
-pub fn python(args: &Args) -> PathBuf {
-    args.python
-        .clone()
-        .or_else(|| std::env::var_os("PIPNET_PYTHON").map(PathBuf::from))
-        .unwrap_or_else(|| "python3".into())
-}
-
-/// `python-export/src` of this checkout: under the working directory, or above the binary.
-pub fn export_package() -> Option<PathBuf> {
-    let cwd = std::env::current_dir().ok();
-    let exe = std::env::current_exe().ok();
-    cwd.iter()
-        .chain(
-            exe.iter()
-                .flat_map(|e| e.ancestors())
-                .map(Path::to_path_buf)
-                .collect::<Vec<_>>()
-                .iter(),
-        )
-        .map(|dir| dir.join("python-export/src"))
-        .find(|p| p.join("pipnet_export").is_dir())
 }
 
 /// What the Python pipelines read, written once for all of them: the graph as a file (the
@@ -137,7 +116,7 @@ fn run_python(
     runner: &str,
 ) -> Result<PythonRun, String> {
     let package = export_package().ok_or("python-export/src not found (run from the checkout)")?;
-    let python = python(args);
+    let python = interpreter(args.python.as_deref());
     let output = Command::new(&python)
         .args(["-m", "pipnet_export.pipeline"])
         .arg(&inputs.model)
@@ -209,12 +188,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .ok()
         .map(|(fps, _)| report.crops_faces_per_second / fps);
     let peer = match args.peer {
-        Some(_) => Some(super::peer::compare_with_dlib(
-            &args,
-            &mut pipeline,
-            &images,
-            threads,
-        )?),
+        Some(_) => {
+            let run = PeerRun {
+                threads,
+                repeat: args.repeat,
+                options: PipelineOptions {
+                    second_pass: args.refine.second_pass(),
+                    flip: args.flip,
+                    ..PipelineOptions::default()
+                },
+                labeled: args.labeled.clone().map(|data| (data, args.split)),
+                python: interpreter(args.python.as_deref()),
+            };
+            Some(compare_with_dlib(&run, &mut pipeline, &images)?)
+        }
         None => None,
     };
     if args.json {
@@ -303,7 +290,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_peer(p: &super::peer::PeerReport) {
+fn print_peer(p: &PeerReport) {
     println!(
         "\nwhole pipelines on the same {} photos, {} threads each (photos to landmarks):",
         p.ours.photos, p.threads

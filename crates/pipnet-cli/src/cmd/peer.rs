@@ -15,6 +15,8 @@ use pipnet_infer::labeled::{LabeledFace, read_labeled, split_validation};
 use pipnet_infer::{Pipeline, PipelineOptions};
 use serde_json::{Value, json};
 
+use super::python_reference::export_package;
+
 /// Accuracy of one pipeline on labeled faces with its own detector.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Scored {
@@ -80,25 +82,33 @@ fn labeled_faces(data: &Path, split: Option<(f64, u64)>) -> anyhow::Result<Vec<L
     })
 }
 
-/// Runs the comparison. `pipeline` must have its detector; it runs as `annotate` does.
+/// How the comparison runs.
+pub struct PeerRun {
+    /// Threads for each pipeline.
+    pub threads: usize,
+    /// Measured rounds over the photos.
+    pub repeat: usize,
+    /// Ours, as `annotate` would run with them.
+    pub options: PipelineOptions,
+    /// Labeled faces to score both on: their folder, and the validation split to keep.
+    pub labeled: Option<(PathBuf, Option<(f64, u64)>)>,
+    /// The Python that runs dlib.
+    pub python: PathBuf,
+}
+
+/// Runs the comparison. `pipeline` must have its detector.
 pub fn compare_with_dlib(
-    args: &super::bench::Args,
+    run: &PeerRun,
     pipeline: &mut Pipeline,
     images: &[PathBuf],
-    threads: usize,
 ) -> anyhow::Result<PeerReport> {
-    let labeled = match &args.labeled {
-        Some(data) => labeled_faces(data, args.split)?,
+    let labeled = match &run.labeled {
+        Some((data, split)) => labeled_faces(data, *split)?,
         None => Vec::new(),
     };
-    // As `annotate` runs.
-    pipeline.set_options(PipelineOptions {
-        second_pass: args.refine.second_pass(),
-        flip: args.flip,
-        ..PipelineOptions::default()
-    })?;
-    let ours = bench_photos(pipeline, images, args.repeat).context("timing our pipeline")?;
-    let answer = run_dlib(args, images, threads, &labeled)?;
+    pipeline.set_options(run.options)?;
+    let ours = bench_photos(pipeline, images, run.repeat).context("timing our pipeline")?;
+    let answer = run_dlib(run, images, &labeled)?;
     let dlib: Throughput = serde_json::from_value(answer["timing"].clone())
         .context("reading dlib's timing from peer_dlib")?;
     let (ours_labeled, dlib_labeled) = if labeled.is_empty() {
@@ -114,7 +124,7 @@ pub fn compare_with_dlib(
     };
     Ok(PeerReport {
         peer: "dlib".into(),
-        threads,
+        threads: run.threads,
         second_pass: pipeline.options().second_pass.to_string(),
         flip: pipeline.options().flip,
         photos_per_s_over_dlib: ours.photos_per_second / dlib.photos_per_second,
@@ -167,13 +177,8 @@ fn nmes_of_points(
 }
 
 /// Runs `python -m pipnet_export.peer_dlib` and returns its answer.
-fn run_dlib(
-    args: &super::bench::Args,
-    images: &[PathBuf],
-    threads: usize,
-    labeled: &[LabeledFace],
-) -> anyhow::Result<Value> {
-    let package = super::bench::export_package()
+fn run_dlib(run: &PeerRun, images: &[PathBuf], labeled: &[LabeledFace]) -> anyhow::Result<Value> {
+    let package = export_package()
         .context("python-export/src not found: run `pipnet bench --peer` from the checkout")?;
     let cache = pipnet_infer::runtime::cache_dir()
         .context("no cache folder: set PIPNET_CACHE_DIR")?
@@ -187,10 +192,11 @@ fn run_dlib(
         .collect::<anyhow::Result<_>>()?;
     let dir = tempfile::tempdir()?;
     let request = dir.path().join("request.json");
-    let body = json!({"images": images, "threads": threads, "repeat": args.repeat, "faces": faces});
+    let body =
+        json!({"images": images, "threads": run.threads, "repeat": run.repeat, "faces": faces});
     std::fs::write(&request, body.to_string())?;
-    let python = super::bench::python(args);
-    let output = Command::new(&python)
+    let python = &run.python;
+    let output = Command::new(python)
         .args(["-m", "pipnet_export.peer_dlib"])
         .arg(&request)
         .arg("--cache")
