@@ -515,10 +515,17 @@ pub fn runtime(options: &SessionOptions, on_fetch: impl FnOnce(&str)) -> Result<
     if provisioned && options.device == Device::Cuda && RUNTIME.get().is_none() {
         cuda_driver()?;
     }
+    // A failed load is kept for the process (the library cannot be loaded twice) as the
+    // message of its `Error::Runtime`, which every later call returns again.
     let rt = RUNTIME
-        .get_or_init(|| load(options, on_fetch).map_err(|e| e.to_string()))
+        .get_or_init(|| {
+            load(options, on_fetch).map_err(|e| match e {
+                Error::Runtime(message) => message,
+                other => other.to_string(),
+            })
+        })
         .as_ref()
-        .map_err(|e| Error::Runtime(e.trim_start_matches("ONNX Runtime library: ").to_string()))?;
+        .map_err(|message| Error::Runtime(message.clone()))?;
     if let OrtLibrary::File(wanted) = &options.library
         && !same_file(wanted, &rt.library)
     {

@@ -255,7 +255,7 @@ impl TrainConfig {
             source,
         })?;
         let mut config: TrainConfig =
-            toml::from_str(&text).map_err(|e| Error::Spec(format!("{}: {e}", path.display())))?;
+            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let stc_paths = config.stc.iter_mut().flat_map(|s| s.unlabeled.iter_mut());
         let teacher = config.distill.as_mut().map(|d| &mut d.teacher);

@@ -67,7 +67,7 @@ pub(crate) fn split_labeled(
         .iter()
         .find(|f| f.points.len() != scheme.num_landmarks())
     {
-        return Err(Error::Spec(format!(
+        return Err(Error::Config(format!(
             "{}: face {} has {} points, but data.scheme {:?} has {}: set data.scheme to the \
              data's layout",
             config.data.labeled.display(),
@@ -115,7 +115,7 @@ pub(crate) fn load_data(config: &TrainConfig, scheme: Scheme) -> Result<Data> {
         })
         .collect::<Result<Vec<_>>>()?;
     if train.is_empty() {
-        return Err(Error::Spec("no training faces".into()));
+        return Err(Error::Config("no training faces".into()));
     }
     let unlabeled = match &config.stc {
         None => Vec::new(),
@@ -164,7 +164,7 @@ impl NamedCrop {
 fn read_detector_crops(path: &Path) -> Result<HashMap<String, FaceCrop>> {
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
     let crops: Vec<NamedCrop> = serde_json::from_str(&text).map_err(|e| {
-        Error::Spec(format!(
+        Error::Config(format!(
             "{}: not a detector crops file ({e}); repack the run with `pipnet train --pack`",
             path.display()
         ))
@@ -196,7 +196,7 @@ pub(crate) fn detector_crops_of(
             *crop = by_name.remove(&face.name);
         }
         if listed > 0 && by_name.len() == listed {
-            return Err(Error::Spec(format!(
+            return Err(Error::Config(format!(
                 "{}: its {listed} detector crops name none of the {} training faces of {}; \
                  pack the run again with `pipnet train --pack`",
                 path.display(),

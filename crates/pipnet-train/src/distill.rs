@@ -54,7 +54,7 @@ impl Teacher {
         rule: &CropRule,
     ) -> Result<Self> {
         if !(0.0..=1.0).contains(&config.weight) {
-            return Err(Error::Spec(format!(
+            return Err(Error::Config(format!(
                 "[distill] weight {} must lie in 0..=1",
                 config.weight
             )));
@@ -82,7 +82,7 @@ impl Teacher {
     pub fn teach(&mut self, input: &[f32], batch: usize, targets: &mut [PipTargets]) -> Result<()> {
         let outputs = self.model.run_raw(input, batch)?;
         let [cls, off_x, off_y, nb_x, nb_y] = <[Vec<f32>; 5]>::try_from(outputs)
-            .map_err(|o| Error::Spec(format!("teacher gave {} outputs, not 5", o.len())))?;
+            .map_err(|o| Error::Checkpoint(format!("teacher gave {} outputs, not 5", o.len())))?;
         for (b, t) in targets.iter_mut().enumerate() {
             let (own, nb) = (t.cls.len(), t.nb_x.len());
             let soft = TeacherMaps {
@@ -102,7 +102,7 @@ impl Teacher {
 fn sample_part(output: &[f32], b: usize, len: usize) -> Result<&[f32]> {
     output
         .get(b * len..(b + 1) * len)
-        .ok_or_else(|| Error::Spec("teacher output shorter than its batch".into()))
+        .ok_or_else(|| Error::Checkpoint("teacher output shorter than its batch".into()))
 }
 
 /// Refuses a teacher whose outputs cannot mean what the student's do.
@@ -114,7 +114,7 @@ fn check_teacher(
     rule: &CropRule,
 ) -> Result<()> {
     match misfit(meta, spec, scheme, rule, true) {
-        Some(why) => Err(Error::Spec(format!(
+        Some(why) => Err(Error::Checkpoint(format!(
             "[distill] teacher {} cannot teach this network: {why}",
             path.display()
         ))),
@@ -180,14 +180,14 @@ pub fn blend(hard: &mut PipTargets, soft: &TeacherMaps<'_>, w: f32) -> Result<()
         && hard.nb_x.len() == soft.nb_x.len()
         && hard.nb_y.len() == soft.nb_y.len();
     if !lengths_match {
-        return Err(Error::Spec(
+        return Err(Error::Checkpoint(
             "teacher outputs do not match the student's target layout".into(),
         ));
     }
     let mix = |h: &mut f32, s: f32| *h = (1.0 - w) * *h + w * s;
     for (h, &s) in hard.cls.iter_mut().zip(soft.cls) {
         if !s.is_finite() {
-            return Err(Error::Spec(
+            return Err(Error::Checkpoint(
                 "the teacher produced a non-finite score".into(),
             ));
         }

@@ -176,7 +176,7 @@ impl GraphBuilder {
 pub fn emit_model(weights: &PipNetWeights, meta: &ModelMetadata) -> Result<ModelProto> {
     let spec = &weights.spec;
     let mismatch = |what: &str, net: usize, md: usize| {
-        Error::Spec(format!("{what}: network has {net}, metadata says {md}"))
+        Error::Config(format!("{what}: network has {net}, metadata says {md}"))
     };
     for (what, net, md) in [
         ("landmarks", spec.num_landmarks, meta.num_landmarks()),
@@ -189,7 +189,7 @@ pub fn emit_model(weights: &PipNetWeights, meta: &ModelMetadata) -> Result<Model
         }
     }
     if meta.outputs != OutputForm::Raw {
-        return Err(Error::Spec("the emitter writes raw outputs only".into()));
+        return Err(Error::Config("the emitter writes raw outputs only".into()));
     }
 
     let mut g = GraphBuilder::default();

@@ -41,7 +41,7 @@ pub struct GraphWeights {
 /// train` emits it (`Conv` nodes with their weights and biases as initializers).
 pub fn read_graph_weights(path: &Path) -> Result<GraphWeights> {
     let fail = |why: String| {
-        Error::Spec(format!(
+        Error::Checkpoint(format!(
             "train.init {}: {why}; name a PIPNet graph written by `pipnet train` or a run's \
              checkpoint folder",
             path.display()
@@ -161,7 +161,7 @@ impl GraphWeights {
                 .then(|| "its input is normalised otherwise than training's (ImageNet)".into())
         });
         problem.map_or(Ok(()), |why| {
-            Err(Error::Spec(format!(
+            Err(Error::Checkpoint(format!(
                 "train.init {} cannot start this run: {why}",
                 self.path.display()
             )))

@@ -50,7 +50,9 @@ pub fn mobilenet_v2_weights_path() -> Result<PathBuf> {
         return Ok(path);
     }
     let target = cache_dir()
-        .ok_or_else(|| Error::Spec(format!("no cache folder (HOME unset); {HOW_TO_PROVIDE}")))?
+        .ok_or_else(|| {
+            Error::Checkpoint(format!("no cache folder (HOME unset); {HOW_TO_PROVIDE}"))
+        })?
         .join("mobilenet-v2-imagenet")
         .join(WEIGHTS_FILE);
     if target.is_file() {
@@ -77,7 +79,7 @@ pub struct StateTensor {
 /// Every tensor of a PyTorch checkpoint by name; float32 tensors with their values.
 pub fn read_state_dict(path: &Path) -> Result<BTreeMap<String, StateTensor>> {
     let fail = |e: &dyn std::fmt::Display| {
-        Error::Spec(format!(
+        Error::Checkpoint(format!(
             "reading {} as a PyTorch checkpoint: {e}",
             path.display()
         ))

@@ -40,12 +40,32 @@ pub mod onnx {
 pub use emit::{emit_model, write_model};
 pub use network::{Backbone, ConvLayer, NetworkSpec, PipNetWeights};
 
-/// Errors from building or writing a graph.
+/// Errors from training, and from building or writing a graph. Each message says what failed
+/// and what to do; the variant says where the fault lies.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("network specification: {0}")]
-    Spec(String),
+    /// A config, network specification or data set that cannot be trained as given.
+    #[error("{0}")]
+    Config(String),
+    /// A checkpoint, graph or weights file that cannot be read or written, or does not fit the
+    /// network or the run (a teacher graph, `train.init`, a resumed run, pseudo-labels).
+    #[error("{0}")]
+    Checkpoint(String),
+    /// The loss stopped being a finite number.
+    #[error(
+        "training diverged at epoch {epoch}, step {step}: the loss became {loss}; lower the \
+         learning rate (train.lr) or check the data"
+    )]
+    Diverged {
+        epoch: usize,
+        step: usize,
+        loss: f32,
+    },
+    /// The tensor backend failed: a device that would not open, a tensor that could not be
+    /// read, a batch worker that panicked.
+    #[error("training backend: {0}")]
+    Backend(String),
     #[error(transparent)]
     Core(#[from] pipnet_core::Error),
     #[error(transparent)]

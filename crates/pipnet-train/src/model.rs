@@ -84,9 +84,9 @@ impl ConvBn {
         let take = |name: String, shape: &[usize]| -> Result<TensorData> {
             let t = dict
                 .get(&name)
-                .ok_or_else(|| Error::Spec(format!("the checkpoint lacks {name}")))?;
+                .ok_or_else(|| Error::Checkpoint(format!("the checkpoint lacks {name}")))?;
             if t.shape != shape || t.values.len() != shape.iter().product::<usize>() {
-                return Err(Error::Spec(format!(
+                return Err(Error::Checkpoint(format!(
                     "{name} has shape {:?} ({} float values), the network needs {shape:?}",
                     t.shape,
                     t.values.len()
@@ -124,7 +124,7 @@ impl ConvBn {
         ];
         // The stride stays the network's own: a graph may start a network of another stride.
         if dims != wanted || layer.groups != self.groups {
-            return Err(Error::Spec(format!(
+            return Err(Error::Checkpoint(format!(
                 "a graph convolution of shape {wanted:?} (groups {}) where the network has \
                  {dims:?} (groups {})",
                 layer.groups, self.groups
@@ -184,7 +184,7 @@ fn values<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
     t.into_data()
         .convert::<f32>()
         .try_into_vec::<f32>()
-        .map_err(|e| Error::Spec(format!("reading a parameter: {e:?}")))
+        .map_err(|e| Error::Backend(format!("reading a parameter: {e:?}")))
 }
 
 /// A ResNet BasicBlock.
@@ -343,7 +343,7 @@ impl MobileNetV2 {
     ) -> Result<Tensor<4>> {
         let mut next = || {
             convs.next().ok_or_else(|| {
-                Error::Spec("the graph has fewer convolutions than the network".into())
+                Error::Checkpoint("the graph has fewer convolutions than the network".into())
             })
         };
         let mut x = relu6(self.stem.adopt(next()?, image, device)?);
@@ -483,7 +483,7 @@ impl PipNet {
     pub fn new(spec: &NetworkSpec, coarse_levels: usize, device: &Device) -> Result<Self> {
         spec.validate()?;
         if !spec.grid().is_multiple_of(1 << coarse_levels) {
-            return Err(Error::Spec(format!(
+            return Err(Error::Config(format!(
                 "{coarse_levels} curriculum levels need a grid divisible by {}, not {}",
                 1 << coarse_levels,
                 spec.grid()
@@ -524,7 +524,7 @@ impl PipNet {
     ) -> Result<()> {
         match &mut self.features {
             Features::MobilenetV2(net) => net.load_torch(dict, device),
-            Features::Resnet18(_) => Err(Error::Spec(
+            Features::Resnet18(_) => Err(Error::Config(
                 "ImageNet weights exist for the MobileNetV2 backbone only (no ResNet-18 \
                  weights ship in a registry package)"
                     .into(),
@@ -543,7 +543,7 @@ impl PipNet {
         device: &Device,
     ) -> Result<()> {
         let Features::MobilenetV2(net) = &mut self.features else {
-            return Err(Error::Spec(
+            return Err(Error::Config(
                 "starting from a graph is implemented for the MobileNetV2 backbone only".into(),
             ));
         };
@@ -551,7 +551,7 @@ impl PipNet {
         net.adopt(&mut layers, image, device)?;
         let heads: Vec<&ConvLayer> = layers.collect();
         if heads.len() != self.heads.len() {
-            return Err(Error::Spec(format!(
+            return Err(Error::Checkpoint(format!(
                 "the graph has {} convolutions after the backbone, the network {} heads",
                 heads.len(),
                 self.heads.len()
@@ -560,7 +560,7 @@ impl PipNet {
         for (conv, layer) in self.heads.iter_mut().zip(heads) {
             let dims = conv.weight.val().dims();
             if dims != [layer.out_channels, layer.in_channels, 1, 1] {
-                return Err(Error::Spec(format!(
+                return Err(Error::Checkpoint(format!(
                     "a graph head of {} x {} channels where the network has {dims:?}",
                     layer.out_channels, layer.in_channels
                 )));

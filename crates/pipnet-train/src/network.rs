@@ -111,13 +111,13 @@ impl NetworkSpec {
 
     pub(crate) fn validate(&self) -> Result<()> {
         if !matches!(self.last_stage_stride, 1 | 2) {
-            return Err(Error::Spec(format!(
+            return Err(Error::Config(format!(
                 "last_stage_stride {} (must be 1 or 2)",
                 self.last_stage_stride
             )));
         }
         if self.input_size == 0 || !self.input_size.is_multiple_of(self.stride()) {
-            return Err(Error::Spec(format!(
+            return Err(Error::Config(format!(
                 "input size {} is not a positive multiple of stride {}",
                 self.input_size,
                 self.stride()
@@ -126,7 +126,7 @@ impl NetworkSpec {
         if (self.backbone == Backbone::Resnet18 && self.widths.contains(&0))
             || self.num_landmarks == 0
         {
-            return Err(Error::Spec(
+            return Err(Error::Config(
                 "widths and landmark count must be positive".into(),
             ));
         }

@@ -58,14 +58,14 @@ pub struct Pack {
 /// refused: their unlabeled photos would have to travel too.
 pub fn pack_run(config: &TrainConfig, out: &Path, options: PackOptions) -> Result<Pack> {
     if config.stc.is_some() || config.data.label_fraction.is_some() {
-        return Err(Error::Spec(
+        return Err(Error::Config(
             "a self-training run cannot be packed (its unlabeled photos would travel too); \
              pack a supervised config"
                 .into(),
         ));
     }
     if config.distill.is_some() {
-        return Err(Error::Spec(
+        return Err(Error::Config(
             "a distilled run cannot be packed (its teacher graph would travel too, and the \
              teacher would see faces cut at the student's resolution); pack a config without \
              [distill]"
@@ -73,7 +73,7 @@ pub fn pack_run(config: &TrainConfig, out: &Path, options: PackOptions) -> Resul
         ));
     }
     if !(options.resolution > 0.0 && options.resolution.is_finite()) {
-        return Err(Error::Spec(format!(
+        return Err(Error::Config(format!(
             "pack resolution {} must be a positive number",
             options.resolution
         )));
@@ -137,7 +137,7 @@ pub fn pack_run(config: &TrainConfig, out: &Path, options: PackOptions) -> Resul
     if config.augment.detector_crop_probability > 0.0 {
         let path = out.join(DETECTOR_CROPS_FILE);
         let json = serde_json::to_string(&moved)
-            .map_err(|e| Error::Spec(format!("{}: {e}", path.display())))?;
+            .map_err(|e| Error::Checkpoint(format!("{}: {e}", path.display())))?;
         pipnet_infer::files::write_atomic(&path, json.as_bytes())?;
         packed.data.detector_crops = Some(PathBuf::from(DETECTOR_CROPS_FILE));
     }

@@ -200,15 +200,15 @@ pub(crate) fn save_checkpoint(
     model
         .valid()
         .save_file(staging.join("model.bpk"))
-        .map_err(|e| Error::Spec(format!("saving model: {e:?}")))?;
+        .map_err(|e| Error::Checkpoint(format!("saving model: {e:?}")))?;
     if let Some(average) = average {
         average
             .clone()
             .save_file(staging.join(AVERAGE_FILE))
-            .map_err(|e| Error::Spec(format!("saving the weight average: {e:?}")))?;
+            .map_err(|e| Error::Checkpoint(format!("saving the weight average: {e:?}")))?;
     }
     std::fs::write(staging.join("optimizer.bpk"), optimizer_bytes).map_err(io_err(&staging))?;
-    let json = serde_json::to_string_pretty(state).map_err(|e| Error::Spec(e.to_string()))?;
+    let json = serde_json::to_string_pretty(state).map_err(|e| Error::Checkpoint(e.to_string()))?;
     std::fs::write(staging.join("state.json"), json).map_err(io_err(&staging))?;
     let old = paths.root.join("checkpoint.old");
     let _ = std::fs::remove_dir_all(&old);
@@ -224,7 +224,7 @@ pub(crate) fn save_checkpoint(
 pub fn load_state(checkpoint: &Path) -> Result<RunState> {
     let path = checkpoint.join("state.json");
     let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-    serde_json::from_str(&text).map_err(|e| Error::Spec(format!("{}: {e}", path.display())))
+    serde_json::from_str(&text).map_err(|e| Error::Checkpoint(format!("{}: {e}", path.display())))
 }
 
 /// Loads a checkpoint's network (described by its `state`) onto `device`.
@@ -248,7 +248,7 @@ fn load_weights(path: &Path, state: &RunState, device: &Device) -> Result<PipNet
     // Seeded only so the draw takes the init lock; the loaded weights replace it.
     PipNet::seeded(&state.spec, state.coarse_levels, device, 0)?
         .try_load_file(path)
-        .map_err(|e| Error::Spec(format!("loading {}: {e:?}", path.display())))
+        .map_err(|e| Error::Checkpoint(format!("loading {}: {e:?}", path.display())))
 }
 
 /// A checkpoint's state and network, refused unless the network is `spec` with
@@ -263,7 +263,7 @@ pub(crate) fn load_matching(
 ) -> Result<(RunState, PipNet)> {
     let state = load_state(checkpoint)?;
     if state.spec != *spec || state.coarse_levels != coarse_levels {
-        return Err(Error::Spec(format!(
+        return Err(Error::Checkpoint(format!(
             "{what} {}: its network {:?} with {} curriculum heads differs from the config's \
              {spec:?} with {coarse_levels}",
             checkpoint.display(),

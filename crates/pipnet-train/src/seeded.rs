@@ -24,7 +24,7 @@ pub fn synthetic_mean_face(num_landmarks: usize) -> Vec<Point> {
 /// Contract metadata for `spec` with a synthetic mean face.
 pub fn synthetic_metadata(spec: &NetworkSpec, scheme: Scheme) -> Result<ModelMetadata> {
     if spec.num_landmarks != scheme.num_landmarks() {
-        return Err(Error::Spec(format!(
+        return Err(Error::Config(format!(
             "{} landmarks, scheme {scheme} has {}",
             spec.num_landmarks,
             scheme.num_landmarks()

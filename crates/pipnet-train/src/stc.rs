@@ -131,7 +131,7 @@ pub fn pseudo_label(
 pub fn save_pseudo_labels(path: &Path, labels: &[PseudoLabel]) -> Result<()> {
     let mut text = String::new();
     for label in labels {
-        let line = serde_json::to_string(label).map_err(|e| Error::Spec(e.to_string()))?;
+        let line = serde_json::to_string(label).map_err(|e| Error::Checkpoint(e.to_string()))?;
         text.push_str(&line);
         text.push('\n');
     }
@@ -149,7 +149,7 @@ pub fn load_pseudo_labels(path: &Path) -> Result<Vec<PseudoLabel>> {
         .filter(|(_, line)| !line.trim().is_empty())
         .map(|(i, line)| {
             serde_json::from_str(line).map_err(|e| {
-                Error::Spec(format!(
+                Error::Checkpoint(format!(
                     "{} line {}: {e} (delete the file to label the round again)",
                     path.display(),
                     i + 1
@@ -174,7 +174,7 @@ pub fn attach_images(
         .iter()
         .map(|label| {
             let image = by_path.get(label.image.as_path()).ok_or_else(|| {
-                Error::Spec(format!(
+                Error::Checkpoint(format!(
                     "{} labels {}, which is not among the unlabeled images: the data changed \
                      since that round; delete the file to label the round again",
                     source.display(),

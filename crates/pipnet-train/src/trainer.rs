@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use pipnet_core::contract::{IMAGENET_MEAN, IMAGENET_STD};
 use pipnet_core::{CropRule, NeighborIndex, Scheme};
@@ -92,7 +92,7 @@ pub fn training_device(name: &str) -> Result<Device> {
                         .map(String::as_str)
                         .or_else(|| panic.downcast_ref::<&str>().copied())
                         .unwrap_or("no reason given");
-                    Error::Spec(format!(
+                    Error::Backend(format!(
                         "device \"wgpu\": no Vulkan device could be opened ({why}); install a \
                          Vulkan loader and driver (Debian: libvulkan1 with the GPU's driver, \
                          or mesa-vulkan-drivers for a CPU one) or train with --device flex"
@@ -102,12 +102,12 @@ pub fn training_device(name: &str) -> Result<Device> {
             Ok(device.autodiff())
         }
         #[cfg(not(feature = "wgpu"))]
-        "wgpu" => Err(Error::Spec(
+        "wgpu" => Err(Error::Config(
             "device \"wgpu\" needs a pipnet built with the `wgpu` feature \
              (cargo build --release -p pipnet-cli --features wgpu)"
                 .into(),
         )),
-        other => Err(Error::Spec(format!(
+        other => Err(Error::Config(format!(
             "unknown training device {other:?} (flex or wgpu)"
         ))),
     }
@@ -137,6 +137,24 @@ fn validate(
     Ok((summary.nme, summary.failure_rate))
 }
 
+/// What a run trains and carries from step to step and sitting to sitting.
+struct Trainee {
+    model: PipNet,
+    optimizer: ModuleOptimizer,
+    state: RunState,
+    /// The moving average of the weights (`train.ema`), validated instead of the model.
+    average: Option<WeightAverage>,
+}
+
+/// What one epoch's steps measured.
+struct EpochPass {
+    loss_sum: f64,
+    steps: usize,
+    images: usize,
+    /// The learning rate of its last step.
+    lr: f64,
+}
+
 /// Trains as `config` says. With `resume`, continues from the run folder's checkpoint
 /// (the same batches, learning rates and optimizer state as an uninterrupted run).
 pub fn train(
@@ -157,7 +175,6 @@ pub fn train(
         train_faces: data.train.len(),
         val_faces: data.val.len(),
     });
-
     let flip = scheme.flip_permutation();
     let sample_spec = SampleSpec {
         rule,
@@ -166,107 +183,25 @@ pub fn train(
         std: IMAGENET_STD,
         flip: &flip,
     };
-    let mut teacher = config
-        .distill
-        .as_ref()
-        .map(|d| -> Result<TeacherInput<'_>> {
-            let teacher = Teacher::load(d, &spec, scheme.name(), &rule)?;
-            let meta = teacher.metadata();
-            let spec = SampleSpec {
-                rule: meta.crop,
-                input_size: meta.input_size,
-                mean: meta.mean,
-                std: meta.std,
-                flip: &flip,
-            };
-            Ok(TeacherInput { teacher, spec })
-        })
-        .transpose()?;
+    let mut teacher = load_teacher(config, &spec, scheme, &rule, &flip)?;
     let coarse_levels = config.stc.as_ref().map_or(0, |s| s.coarse_levels);
-    if let Some(stc) = &config.stc {
-        if stc.teacher_labels && (config.distill.is_none() || stc.rounds.len() != 1) {
-            return Err(Error::Spec(format!(
-                "[stc] teacher_labels needs a [distill] teacher and one round (rounds = [EPOCH]); \
-                 rounds is {:?}",
-                stc.rounds
-            )));
-        }
-        if coarse_levels == 0 && !stc.teacher_labels {
-            return Err(Error::Spec(
-                "[stc] needs coarse_levels >= 1: pseudo-labels only teach the curriculum heads"
-                    .into(),
-            ));
-        }
-        if stc.rounds.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(Error::Spec(format!(
-                "[stc] rounds {:?} must be strictly ascending epochs",
-                stc.rounds
-            )));
-        }
-    }
-    if let Some(decay) = config.train.ema.filter(|d| !(0.0..1.0).contains(d)) {
-        return Err(Error::Spec(format!(
-            "train.ema is the weight average's decay per step, in [0, 1); got {decay}"
-        )));
-    }
-    let resuming = resume && paths.checkpoint().join("state.json").is_file();
-    let (mut model, mut optimizer, mut state) = if resuming {
-        let (state, model) = load_matching(
-            &paths.checkpoint(),
-            &spec,
-            coarse_levels,
-            &device,
-            "checkpoint",
-        )?;
-        let taught_by = teacher.as_ref().map(|t| t.teacher.describe());
-        if state.teacher != taught_by {
-            return Err(Error::Spec(format!(
-                "the checkpoint was taught by {}, the config names {}: resume with the \
-                     same [distill] teacher or start a new run folder",
-                state.teacher.as_deref().unwrap_or("no teacher"),
-                taught_by.as_deref().unwrap_or("none")
-            )));
-        }
-        let optimizer_path = paths.checkpoint().join("optimizer.bpk");
-        let bytes = std::fs::read(&optimizer_path).map_err(io_err(&optimizer_path))?;
-        let optimizer = AdamConfig::new()
-            .init()
-            .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
-            .map_err(|e| Error::Spec(format!("loading {}: {e:?}", optimizer_path.display())))?;
-        (model, optimizer, state)
-    } else {
-        let taught_by = teacher.as_ref().map(|t| &t.teacher);
-        let (model, state) = start_run(
-            config,
-            &spec,
-            &data,
-            &sample_spec,
-            taught_by,
-            coarse_levels,
-            &device,
-        )?;
-        std::fs::write(paths.root.join("config.toml"), config.to_toml())
-            .map_err(io_err(&paths.root))?;
-        (model, AdamConfig::new().init(), state)
+    check_stc_and_ema(config, coarse_levels)?;
+    let run = RunStart {
+        config,
+        resume,
+        paths: &paths,
+        spec: &spec,
+        data: &data,
+        sample_spec: &sample_spec,
+        teacher: teacher.as_ref().map(|t| &t.teacher),
+        coarse_levels,
+        device: &device,
     };
-    let mut average = match config.train.ema {
-        None => None,
-        Some(decay) if resuming => {
-            let saved = load_average(&paths.checkpoint(), &state, &device)?.ok_or_else(|| {
-                Error::Spec(format!(
-                    "the checkpoint in {} has no weight average: resume without train.ema or \
-                     start a new run folder",
-                    paths.root.display()
-                ))
-            })?;
-            Some(WeightAverage::resume(saved, decay))
-        }
-        Some(decay) => Some(WeightAverage::new(&model, decay)),
-    };
+    let mut trainee = resume_or_start(&run)?;
     let index = NeighborIndex::from_rows(
         spec.num_landmarks,
         spec.num_neighbors,
-        state.neighbors.clone(),
+        trainee.state.neighbors.clone(),
     )?;
     let round_starts = config.stc.as_ref().map_or(&[][..], |s| &s.rounds[..]);
     // Pseudo-labeled samples per epoch: fixed by the config, so the schedule's length is
@@ -281,21 +216,21 @@ pub fn train(
     let steps_of = |epoch: usize| ((data.train.len() + pseudo_count(epoch)) / bs).max(1);
     // A run that an earlier sitting's budget cut short ends there, unless this sitting has a
     // budget of its own to judge by.
-    let mut epochs = match (config.train.max_minutes, state.planned_epochs) {
+    let mut epochs = match (config.train.max_minutes, trainee.state.planned_epochs) {
         (None, Some(planned)) => planned.min(config.train.epochs),
         _ => config.train.epochs,
     };
     let sitting = Instant::now();
     let mut pseudo: (usize, Vec<Face>) = (0, Vec::new());
 
-    while state.epoch < epochs {
+    while trainee.state.epoch < epochs {
         let total_steps: usize = (0..epochs).map(steps_of).sum();
-        let epoch = state.epoch;
+        let epoch = trainee.state.epoch;
         let round = round_at(round_starts, epoch);
         if let Some(stc) = config.stc.as_ref().filter(|_| round > pseudo.0) {
             let labeler = match config.distill.as_ref().filter(|_| stc.teacher_labels) {
                 Some(d) => Labeler::Teacher(&d.teacher),
-                None => Labeler::Network(&model, &state),
+                None => Labeler::Network(&trainee.model, &trainee.state),
             };
             let faces = round_faces(labeler, &data, stc, round, &paths, &mut on_event)?;
             pseudo = (round, faces);
@@ -317,120 +252,340 @@ pub fn train(
             steps: steps_of(epoch),
         });
         let start = Instant::now();
-        let (mut loss_sum, mut steps, mut images, mut lr) = (0.0f64, 0usize, 0usize, 0.0);
-        // Batches are made on a worker thread while the device trains on the previous one.
-        std::thread::scope(|scope| -> Result<()> {
-            let (tx, rx) = sync_channel::<HostBatch>(2);
-            let (faces, spec_ref, index_ref) = (&epoch_faces, &sample_spec, &index);
-            let teacher_ref = teacher.as_mut();
-            let worker = scope.spawn(move || {
-                epoch_batches(
-                    faces,
-                    spec_ref,
-                    config,
-                    index_ref,
-                    epoch,
-                    teacher_ref,
-                    |b| tx.send(b).is_ok(),
-                )
-            });
-            for batch in rx {
-                images += batch.size;
-                let (input, targets) = batch.into_tensors(
-                    spec.num_landmarks,
-                    spec.num_neighbors,
-                    spec.input_size,
-                    &device,
-                );
-                // The heads' losses add up; a head with no active sample adds zero.
-                let loss = model
-                    .forward_levels(input)
-                    .into_iter()
-                    .zip(targets)
-                    .map(|(out, t)| pip_loss(out, t, config.train.loss))
-                    .reduce(|a, b| a + b)
-                    .ok_or_else(|| Error::Spec("the network has no heads".into()))?;
-                let value = loss
-                    .clone()
-                    .into_data()
-                    .convert::<f32>()
-                    .try_into_vec::<f32>()
-                    .map_err(|e| Error::Spec(format!("reading the loss: {e:?}")))?[0];
-                if !value.is_finite() {
-                    return Err(Error::Spec(format!(
-                        "loss became {value} at epoch {}, step {}: lower the learning rate",
-                        epoch + 1,
-                        state.step
-                    )));
-                }
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
-                lr = config
-                    .train
-                    .schedule
-                    .lr(config.train.lr, state.step, total_steps, epoch);
-                model = optimizer.step(lr, model.clone(), grads);
-                if let Some(average) = average.as_mut() {
-                    average.update(&model, state.step);
-                }
-                state.step += 1;
-                steps += 1;
-                loss_sum += f64::from(value);
-                on_event(Event::Step { loss: value });
-            }
-            // The worker ends early only on an error (a teacher that failed): report it.
-            worker
-                .join()
-                .map_err(|_| Error::Spec("the batch worker panicked".into()))?
-        })?;
-        let seconds = start.elapsed().as_secs_f64();
-        state.epoch += 1;
-        let validated = average.as_ref().map_or(&model, WeightAverage::net);
-        let (val_nme, val_fr) = validate(validated, &state, &data.val, &paths.last_model())?;
-        let raw_val_nme = match average {
-            Some(_) => Some(validate(&model, &state, &data.val, &paths.last_raw_model())?.0),
-            None => None,
+        let batches = EpochBatches {
+            faces: &epoch_faces,
+            sample_spec: &sample_spec,
+            index: &index,
+            teacher: teacher.as_mut(),
         };
-        let record = EpochRecord {
-            epoch: state.epoch,
-            train_loss: (loss_sum / steps.max(1) as f64) as f32,
-            val_nme,
-            val_failure_rate: val_fr,
-            lr,
-            seconds,
-            images_per_second: images as f64 / seconds.max(1e-9),
-            round,
-            raw_val_nme,
-        };
-        let best = state
-            .history
-            .iter()
-            .map(|r| r.val_nme)
-            .fold(f32::INFINITY, f32::min);
-        if val_nme < best {
-            std::fs::copy(paths.last_model(), paths.best_model())
-                .map_err(io_err(&paths.best_model()))?;
-        }
-        state.history.push(record.clone());
-        let optimizer_bytes = optimizer
-            .into_bytes()
-            .map_err(|e| Error::Spec(format!("saving optimizer state: {e:?}")))?;
+        let pass = run_epoch(
+            &mut trainee,
+            config,
+            batches,
+            total_steps,
+            &device,
+            &mut on_event,
+        )?;
+        let record = validate_epoch(&mut trainee, &data.val, &paths, &pass, start, round)?;
         if let Some(minutes) = config.train.max_minutes {
-            // The last epoch's pace, validation and checkpoint included, decides how many more
-            // fit; the first epoch of a GPU run also compiles kernels, so this is re-judged
-            // after every epoch and may lengthen the run again, up to the config's epochs.
-            let left = minutes * 60.0 - sitting.elapsed().as_secs_f64();
-            let more = (left / start.elapsed().as_secs_f64().max(1e-3))
-                .floor()
-                .max(0.0);
-            epochs = config.train.epochs.min(state.epoch + more as usize);
-            state.planned_epochs = (epochs < config.train.epochs).then_some(epochs);
+            epochs = epochs_within_budget(config, &mut trainee.state, minutes, sitting, start);
         }
-        let averaged = average.as_ref().map(WeightAverage::net);
-        save_checkpoint(&paths, &model, averaged, &optimizer_bytes, &state)?;
-        write_metrics(&paths.metrics(), &state.history)?;
+        checkpoint(&trainee, &paths)?;
         on_event(Event::EpochEnd(record));
     }
-    Ok(state)
+    Ok(trainee.state)
+}
+
+/// The `[distill]` teacher, with how to render its input (its size and normalisation).
+fn load_teacher<'f>(
+    config: &TrainConfig,
+    spec: &NetworkSpec,
+    scheme: Scheme,
+    rule: &CropRule,
+    flip: &'f [usize],
+) -> Result<Option<TeacherInput<'f>>> {
+    let Some(distill) = &config.distill else {
+        return Ok(None);
+    };
+    let teacher = Teacher::load(distill, spec, scheme.name(), rule)?;
+    let meta = teacher.metadata();
+    let spec = SampleSpec {
+        rule: meta.crop,
+        input_size: meta.input_size,
+        mean: meta.mean,
+        std: meta.std,
+        flip,
+    };
+    Ok(Some(TeacherInput { teacher, spec }))
+}
+
+/// Saves the run so that a later sitting resumes after this epoch: weights (and their
+/// average), optimizer state and run state, and the metrics so far.
+fn checkpoint(trainee: &Trainee, paths: &RunPaths) -> Result<()> {
+    let optimizer_bytes = trainee
+        .optimizer
+        .into_bytes()
+        .map_err(|e| Error::Checkpoint(format!("saving optimizer state: {e:?}")))?;
+    let averaged = trainee.average.as_ref().map(WeightAverage::net);
+    save_checkpoint(
+        paths,
+        &trainee.model,
+        averaged,
+        &optimizer_bytes,
+        &trainee.state,
+    )?;
+    write_metrics(&paths.metrics(), &trainee.state.history)
+}
+
+/// The `[stc]` and `train.ema` settings that no run can train with.
+fn check_stc_and_ema(config: &TrainConfig, coarse_levels: usize) -> Result<()> {
+    if let Some(stc) = &config.stc {
+        if stc.teacher_labels && (config.distill.is_none() || stc.rounds.len() != 1) {
+            return Err(Error::Config(format!(
+                "[stc] teacher_labels needs a [distill] teacher and one round (rounds = [EPOCH]); \
+                 rounds is {:?}",
+                stc.rounds
+            )));
+        }
+        if coarse_levels == 0 && !stc.teacher_labels {
+            return Err(Error::Config(
+                "[stc] needs coarse_levels >= 1: pseudo-labels only teach the curriculum heads"
+                    .into(),
+            ));
+        }
+        if stc.rounds.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(Error::Config(format!(
+                "[stc] rounds {:?} must be strictly ascending epochs",
+                stc.rounds
+            )));
+        }
+    }
+    if let Some(decay) = config.train.ema.filter(|d| !(0.0..1.0).contains(d)) {
+        return Err(Error::Config(format!(
+            "train.ema is the weight average's decay per step, in [0, 1); got {decay}"
+        )));
+    }
+    Ok(())
+}
+
+/// What a run starts or resumes from.
+struct RunStart<'a> {
+    config: &'a TrainConfig,
+    resume: bool,
+    paths: &'a RunPaths,
+    spec: &'a NetworkSpec,
+    data: &'a Data,
+    sample_spec: &'a SampleSpec<'a>,
+    teacher: Option<&'a Teacher>,
+    coarse_levels: usize,
+    device: &'a Device,
+}
+
+/// The run folder's checkpoint when resuming (it must have been taught by the same teacher
+/// and, with `train.ema`, hold a weight average), else a new run ([`start_run`]), which
+/// records its config in the folder.
+fn resume_or_start(run: &RunStart<'_>) -> Result<Trainee> {
+    let (config, paths) = (run.config, run.paths);
+    let resuming = run.resume && paths.checkpoint().join("state.json").is_file();
+    let (model, optimizer, state) = if resuming {
+        let (state, model) = load_matching(
+            &paths.checkpoint(),
+            run.spec,
+            run.coarse_levels,
+            run.device,
+            "checkpoint",
+        )?;
+        let taught_by = run.teacher.map(Teacher::describe);
+        if state.teacher != taught_by {
+            return Err(Error::Checkpoint(format!(
+                "the checkpoint was taught by {}, the config names {}: resume with the \
+                     same [distill] teacher or start a new run folder",
+                state.teacher.as_deref().unwrap_or("no teacher"),
+                taught_by.as_deref().unwrap_or("none")
+            )));
+        }
+        let optimizer_path = paths.checkpoint().join("optimizer.bpk");
+        let bytes = std::fs::read(&optimizer_path).map_err(io_err(&optimizer_path))?;
+        let optimizer = AdamConfig::new()
+            .init()
+            .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+            .map_err(|e| {
+                Error::Checkpoint(format!("loading {}: {e:?}", optimizer_path.display()))
+            })?;
+        (model, optimizer, state)
+    } else {
+        let (model, state) = start_run(
+            config,
+            run.spec,
+            run.data,
+            run.sample_spec,
+            run.teacher,
+            run.coarse_levels,
+            run.device,
+        )?;
+        std::fs::write(paths.root.join("config.toml"), config.to_toml())
+            .map_err(io_err(&paths.root))?;
+        (model, AdamConfig::new().init(), state)
+    };
+    let average = match config.train.ema {
+        None => None,
+        Some(decay) if resuming => {
+            let saved =
+                load_average(&paths.checkpoint(), &state, run.device)?.ok_or_else(|| {
+                    Error::Checkpoint(format!(
+                        "the checkpoint in {} has no weight average: resume without train.ema or \
+                     start a new run folder",
+                        paths.root.display()
+                    ))
+                })?;
+            Some(WeightAverage::resume(saved, decay))
+        }
+        Some(decay) => Some(WeightAverage::new(&model, decay)),
+    };
+    Ok(Trainee {
+        model,
+        optimizer,
+        state,
+        average,
+    })
+}
+
+/// Where an epoch's batches come from.
+struct EpochBatches<'a, 't> {
+    faces: &'a EpochFaces<'a>,
+    sample_spec: &'a SampleSpec<'a>,
+    index: &'a NeighborIndex,
+    teacher: Option<&'a mut TeacherInput<'t>>,
+}
+
+/// One epoch's steps. Batches are made on a worker thread while the device trains on the
+/// previous one; a non-finite loss stops the run ([`Error::Diverged`]).
+fn run_epoch(
+    trainee: &mut Trainee,
+    config: &TrainConfig,
+    batches: EpochBatches<'_, '_>,
+    total_steps: usize,
+    device: &Device,
+    on_event: &mut impl FnMut(Event),
+) -> Result<EpochPass> {
+    let spec = &trainee.state.spec;
+    let (num_landmarks, num_neighbors, input_size) =
+        (spec.num_landmarks, spec.num_neighbors, spec.input_size);
+    let epoch = trainee.state.epoch;
+    let mut pass = EpochPass {
+        loss_sum: 0.0,
+        steps: 0,
+        images: 0,
+        lr: 0.0,
+    };
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = sync_channel::<HostBatch>(2);
+        let EpochBatches {
+            faces,
+            sample_spec,
+            index,
+            teacher,
+        } = batches;
+        let worker = scope.spawn(move || {
+            epoch_batches(faces, sample_spec, config, index, epoch, teacher, |b| {
+                tx.send(b).is_ok()
+            })
+        });
+        for batch in rx {
+            pass.images += batch.size;
+            let (input, targets) =
+                batch.into_tensors(num_landmarks, num_neighbors, input_size, device);
+            // The heads' losses add up; a head with no active sample adds zero.
+            let loss = trainee
+                .model
+                .forward_levels(input)
+                .into_iter()
+                .zip(targets)
+                .map(|(out, t)| pip_loss(out, t, config.train.loss))
+                .reduce(|a, b| a + b)
+                .ok_or_else(|| Error::Config("the network has no heads".into()))?;
+            let value = loss
+                .clone()
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .map_err(|e| Error::Backend(format!("reading the loss: {e:?}")))?[0];
+            let state = &mut trainee.state;
+            if !value.is_finite() {
+                return Err(Error::Diverged {
+                    epoch: epoch + 1,
+                    step: state.step,
+                    loss: value,
+                });
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &trainee.model);
+            pass.lr = config
+                .train
+                .schedule
+                .lr(config.train.lr, state.step, total_steps, epoch);
+            trainee.model = trainee
+                .optimizer
+                .step(pass.lr, trainee.model.clone(), grads);
+            if let Some(average) = trainee.average.as_mut() {
+                average.update(&trainee.model, state.step);
+            }
+            state.step += 1;
+            pass.steps += 1;
+            pass.loss_sum += f64::from(value);
+            on_event(Event::Step { loss: value });
+        }
+        // The worker ends early only on an error (a teacher that failed): report it.
+        worker
+            .join()
+            .map_err(|_| Error::Backend("the batch worker panicked".into()))?
+    })?;
+    Ok(pass)
+}
+
+/// Ends an epoch: validates the weights (the average's with `train.ema`, the raw ones too
+/// then), keeps the graph as `best.onnx` when it beats every earlier epoch, and records it.
+fn validate_epoch(
+    trainee: &mut Trainee,
+    val: &[LabeledFace],
+    paths: &RunPaths,
+    pass: &EpochPass,
+    start: Instant,
+    round: usize,
+) -> Result<EpochRecord> {
+    let seconds = start.elapsed().as_secs_f64();
+    let state = &mut trainee.state;
+    state.epoch += 1;
+    let validated = trainee
+        .average
+        .as_ref()
+        .map_or(&trainee.model, WeightAverage::net);
+    let (val_nme, val_fr) = validate(validated, state, val, &paths.last_model())?;
+    let raw_val_nme = match trainee.average {
+        Some(_) => Some(validate(&trainee.model, state, val, &paths.last_raw_model())?.0),
+        None => None,
+    };
+    let record = EpochRecord {
+        epoch: state.epoch,
+        train_loss: (pass.loss_sum / pass.steps.max(1) as f64) as f32,
+        val_nme,
+        val_failure_rate: val_fr,
+        lr: pass.lr,
+        seconds,
+        images_per_second: pass.images as f64 / seconds.max(1e-9),
+        round,
+        raw_val_nme,
+    };
+    let best = state
+        .history
+        .iter()
+        .map(|r| r.val_nme)
+        .fold(f32::INFINITY, f32::min);
+    if val_nme < best {
+        std::fs::copy(paths.last_model(), paths.best_model())
+            .map_err(io_err(&paths.best_model()))?;
+    }
+    state.history.push(record.clone());
+    Ok(record)
+}
+
+/// The epochs this run can reach within `minutes` of this sitting: the last epoch's pace
+/// (validation and checkpoint included) decides how many more fit. The first epoch of a GPU run
+/// also compiles kernels, so this is judged again after every epoch and may lengthen the run
+/// again, up to the config's epochs. Records the cut in `state.planned_epochs`.
+fn epochs_within_budget(
+    config: &TrainConfig,
+    state: &mut RunState,
+    minutes: f64,
+    sitting: Instant,
+    epoch_start: Instant,
+) -> usize {
+    let left = minutes * 60.0 - sitting.elapsed().as_secs_f64();
+    let more = (left / epoch_start.elapsed().as_secs_f64().max(1e-3))
+        .floor()
+        .max(0.0);
+    let epochs = config.train.epochs.min(state.epoch + more as usize);
+    state.planned_epochs = (epochs < config.train.epochs).then_some(epochs);
+    epochs
 }
 
 /// The network and state a new run starts from: seeded (or ImageNet-initialised) weights and
@@ -486,7 +641,7 @@ fn start_run(
         (None, None, None) => mean_face_of(&data.train, &rule, spec.num_neighbors)?,
     };
     if let Some(t) = teacher.filter(|t| t.metadata().neighbors != index) {
-        return Err(Error::Spec(format!(
+        return Err(Error::Config(format!(
             "[distill] teacher {} has other neighbours than train.init's checkpoint: a student \
              must share its teacher's mean face",
             t.describe()
@@ -534,8 +689,8 @@ fn start_run(
                 model
                     .adopt_graph(&graph.convs, image, device)
                     .map_err(|e| match e {
-                        Error::Spec(why) => {
-                            Error::Spec(format!("train.init {}: {why}", graph.path.display()))
+                        Error::Checkpoint(why) => {
+                            Error::Checkpoint(format!("train.init {}: {why}", graph.path.display()))
                         }
                         other => other,
                     })?;
@@ -603,7 +758,7 @@ fn round_faces(
         .filter(|l| l.score >= stc.min_score)
         .collect();
     if kept.is_empty() {
-        return Err(Error::Spec(format!(
+        return Err(Error::Config(format!(
             "round {round}: no pseudo-labels to train on ({found} of {} unlabeled images had a \
              face, none with a score >= {}); see {}",
             data.unlabeled.len(),

@@ -8,12 +8,12 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use anyhow::Context;
-use pipnet_infer::bench::{BenchReport, bench, bench_video, panning_frames};
+use pipnet_infer::bench::{BenchReport, VideoReport, bench, bench_video, panning_frames};
 use pipnet_infer::files::images_in;
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, load_rgb};
 use pipnet_infer::tracker::TrackerOptions;
 use pipnet_infer::{Pipeline, PipelineOptions};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::peer::{PeerReport, PeerRun, compare_with_dlib};
 use super::python_reference::{export_package, interpreter};
@@ -143,6 +143,28 @@ fn run_python(
     Ok((fps, points))
 }
 
+/// What one `pipnet bench` run measured, printed as a table or as JSON.
+struct Measured {
+    report: BenchReport,
+    video: Option<VideoReport>,
+    /// Faces/s and points of the Python reference (onnxruntime + numpy), or why it did not run.
+    python: Result<PythonRun, String>,
+    /// The same through the `pipnet` Python package.
+    package: Result<PythonRun, String>,
+    peer: Option<PeerReport>,
+    device: &'static str,
+    repeat: usize,
+}
+
+impl Measured {
+    fn package_over_python(&self) -> Option<f64> {
+        match (&self.package, &self.python) {
+            (Ok((ours, _)), Ok((theirs, _))) => Some(ours / theirs),
+            _ => None,
+        }
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let images = images_in(&args.images)?;
     let mut options = args.session.options()?;
@@ -179,14 +201,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let inputs = inputs.as_ref().map_err(Clone::clone)?;
         run_python(&args, &report, inputs, runner)
     });
-    let package_over_python = match (&package, &python) {
-        (Ok((ours, _)), Ok((theirs, _))) => Some(ours / theirs),
-        _ => None,
-    };
-    let throughput_over_python = python
-        .as_ref()
-        .ok()
-        .map(|(fps, _)| report.crops_faces_per_second / fps);
     let peer = match args.peer {
         Some(_) => {
             let run = PeerRun {
@@ -204,31 +218,52 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    let measured = Measured {
+        report,
+        video,
+        python,
+        package,
+        peer,
+        device: pipeline.model().execution_provider(),
+        repeat: args.repeat,
+    };
     if args.json {
-        let mut value = serde_json::to_value(&report)?;
-        value["throughput_over_python"] = json!(throughput_over_python);
-        value["python_faces_per_second"] = json!(python.as_ref().ok().map(|p| p.0));
-        value["python_error"] = json!(python.as_ref().err());
-        value["python_package_faces_per_second"] = json!(package.as_ref().ok().map(|p| p.0));
-        value["python_package_error"] = json!(package.as_ref().err());
-        value["python_package_over_python"] = json!(package_over_python);
-        value["device"] = json!(pipeline.model().execution_provider());
-        value["video"] = json!(video);
-        if let Some(peer) = &peer {
-            value["peer"] = serde_json::to_value(peer)?;
-            value["photos_per_s_over_dlib"] = json!(peer.photos_per_s_over_dlib);
-            value["faces_per_s_over_dlib"] = json!(peer.faces_per_s_over_dlib);
-        }
-        println!("{value}");
-        return Ok(ExitCode::SUCCESS);
+        println!("{}", to_json(&measured)?);
+    } else {
+        print_table(&measured);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--json`: the report's fields, with the Python, video and peer rows beside them.
+fn to_json(m: &Measured) -> anyhow::Result<Value> {
+    let mut value = serde_json::to_value(&m.report)?;
+    value["throughput_over_python"] = json!(
+        m.python
+            .as_ref()
+            .ok()
+            .map(|(fps, _)| m.report.crops_faces_per_second / fps)
+    );
+    value["python_faces_per_second"] = json!(m.python.as_ref().ok().map(|p| p.0));
+    value["python_error"] = json!(m.python.as_ref().err());
+    value["python_package_faces_per_second"] = json!(m.package.as_ref().ok().map(|p| p.0));
+    value["python_package_error"] = json!(m.package.as_ref().err());
+    value["python_package_over_python"] = json!(m.package_over_python());
+    value["device"] = json!(m.device);
+    value["video"] = json!(m.video);
+    if let Some(peer) = &m.peer {
+        value["peer"] = serde_json::to_value(peer)?;
+        value["photos_per_s_over_dlib"] = json!(peer.photos_per_s_over_dlib);
+        value["faces_per_s_over_dlib"] = json!(peer.faces_per_s_over_dlib);
+    }
+    Ok(value)
+}
+
+fn print_table(m: &Measured) {
+    let report = &m.report;
     println!(
         "{} images, {} faces, batch {}, {} ({} measured rounds)",
-        report.images,
-        report.faces,
-        report.batch,
-        pipeline.model().execution_provider(),
-        args.repeat
+        report.images, report.faces, report.batch, m.device, m.repeat
     );
     println!(
         "{:<26} {:>6} {:>10} {:>10}",
@@ -252,7 +287,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "files to landmarks on known crops: {:.1} faces/s",
         report.crops_faces_per_second
     );
-    if let Some(v) = &video {
+    if let Some(v) = &m.video {
         println!(
             "video ({} frames panning across the first photo, {} faces): per frame {:.1} \
              frames/s, tracked {:.1} frames/s ({} detector runs); tracked / per frame = {:.2}",
@@ -264,7 +299,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             v.tracked_over_per_frame
         );
     }
-    match &python {
+    match &m.python {
         Ok((fps, _)) => println!(
             "Python reference (onnxruntime + numpy + Pillow), same graph and crops: {fps:.1} \
              faces/s; ours / Python = {:.2}",
@@ -272,7 +307,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ),
         Err(why) => println!("Python reference: not run: {why}"),
     }
-    match (&package, package_over_python) {
+    match (&m.package, m.package_over_python()) {
         (Ok((fps, _)), ratio) => println!(
             "pipnet Python package (pipnet.load_image + Pipeline.crops), same graph and crops: \
              {fps:.1} faces/s{}",
@@ -284,10 +319,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "pipnet Python package: not run: {why} (install it with `pip install crates/pipnet-py`)"
         ),
     }
-    if let Some(peer) = &peer {
+    if let Some(peer) = &m.peer {
         print_peer(peer);
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn print_peer(p: &PeerReport) {

@@ -1,6 +1,6 @@
 //! `pipnet train --config train.toml [--stc UNLABELED_DIR] [--resume]`
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -157,81 +157,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         stc.unlabeled.extend(args.stc);
     }
     let out = config.train.out.clone();
-    let style = ProgressStyle::with_template(
-        "epoch {prefix:>3} [{bar:30}] {pos}/{len} {per_sec} eta {eta} loss {msg}",
-    )?
-    .progress_chars("=> ");
-    let label_style = ProgressStyle::with_template(
-        "round {prefix} pseudo-labels [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
-    )?
-    .progress_chars("=> ");
-    let mut bar = ProgressBar::hidden();
-    let state = train(&config, args.resume, |event| match event {
-        Event::Loaded {
-            train_faces,
-            val_faces,
-        } => {
-            eprintln!(
-                "training on {train_faces} faces, validating on {val_faces}; run folder {}",
-                out.display()
-            )
-        }
-        Event::Labeling {
-            round,
-            done,
-            images,
-        } => {
-            if bar.length() != Some(images as u64) {
-                bar = ProgressBar::new(images as u64).with_style(label_style.clone());
-                bar.set_prefix(round.to_string());
-            }
-            bar.set_position(done as u64);
-        }
-        Event::PseudoLabels {
-            round,
-            images,
-            found,
-            kept,
-            reused,
-            seconds,
-        } => {
-            bar.finish_and_clear();
-            let how = if reused {
-                "read from the run folder"
-            } else {
-                "labeled"
-            };
-            eprintln!(
-                "round {round}: {found} of {images} unlabeled images have a face, {kept} kept \
-                 ({how}, {seconds:.0}s)"
-            );
-        }
-        Event::EpochStart { epoch, steps } => {
-            bar = ProgressBar::new(steps as u64).with_style(style.clone());
-            bar.set_prefix(epoch.to_string());
-        }
-        Event::Step { loss } => {
-            bar.set_message(format!("{loss:.4}"));
-            bar.inc(1);
-        }
-        Event::EpochEnd(r) => {
-            bar.finish_and_clear();
-            let raw = r
-                .raw_val_nme
-                .map(|v| format!(" (average; network {v:.4})"))
-                .unwrap_or_default();
-            eprintln!(
-                "epoch {:>3}  loss {:.4}  val NME {:.4}{raw}  FR@0.1 {:.3}  lr {:.2e}  {:.0}s  {:.1} img/s",
-                r.epoch,
-                r.train_loss,
-                r.val_nme,
-                r.val_failure_rate,
-                r.lr,
-                r.seconds,
-                r.images_per_second
-            );
-        }
-    })?;
+    let mut progress = Progress::new(&out)?;
+    let state = train(&config, args.resume, |event| progress.show(event))?;
     eprintln!(
         "done: {} epochs; best graph {}, metrics {}",
         state.epoch,
@@ -239,4 +166,99 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         out.join("metrics.csv").display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Training progress on stderr: a bar per epoch and per labeling round, a line per epoch.
+struct Progress {
+    bar: ProgressBar,
+    epoch_style: ProgressStyle,
+    label_style: ProgressStyle,
+    out: PathBuf,
+}
+
+impl Progress {
+    fn new(out: &Path) -> anyhow::Result<Self> {
+        let epoch_style = ProgressStyle::with_template(
+            "epoch {prefix:>3} [{bar:30}] {pos}/{len} {per_sec} eta {eta} loss {msg}",
+        )?
+        .progress_chars("=> ");
+        let label_style = ProgressStyle::with_template(
+            "round {prefix} pseudo-labels [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
+        )?
+        .progress_chars("=> ");
+        Ok(Self {
+            bar: ProgressBar::hidden(),
+            epoch_style,
+            label_style,
+            out: out.to_path_buf(),
+        })
+    }
+
+    fn show(&mut self, event: Event) {
+        match event {
+            Event::Loaded {
+                train_faces,
+                val_faces,
+            } => eprintln!(
+                "training on {train_faces} faces, validating on {val_faces}; run folder {}",
+                self.out.display()
+            ),
+            Event::Labeling {
+                round,
+                done,
+                images,
+            } => {
+                if self.bar.length() != Some(images as u64) {
+                    self.bar = ProgressBar::new(images as u64).with_style(self.label_style.clone());
+                    self.bar.set_prefix(round.to_string());
+                }
+                self.bar.set_position(done as u64);
+            }
+            Event::PseudoLabels {
+                round,
+                images,
+                found,
+                kept,
+                reused,
+                seconds,
+            } => {
+                self.bar.finish_and_clear();
+                let how = if reused {
+                    "read from the run folder"
+                } else {
+                    "labeled"
+                };
+                eprintln!(
+                    "round {round}: {found} of {images} unlabeled images have a face, {kept} kept \
+                     ({how}, {seconds:.0}s)"
+                );
+            }
+            Event::EpochStart { epoch, steps } => {
+                self.bar = ProgressBar::new(steps as u64).with_style(self.epoch_style.clone());
+                self.bar.set_prefix(epoch.to_string());
+            }
+            Event::Step { loss } => {
+                self.bar.set_message(format!("{loss:.4}"));
+                self.bar.inc(1);
+            }
+            Event::EpochEnd(r) => {
+                self.bar.finish_and_clear();
+                let raw = r
+                    .raw_val_nme
+                    .map(|v| format!(" (average; network {v:.4})"))
+                    .unwrap_or_default();
+                eprintln!(
+                    "epoch {:>3}  loss {:.4}  val NME {:.4}{raw}  FR@0.1 {:.3}  lr {:.2e}  {:.0}s  \
+                     {:.1} img/s",
+                    r.epoch,
+                    r.train_loss,
+                    r.val_nme,
+                    r.val_failure_rate,
+                    r.lr,
+                    r.seconds,
+                    r.images_per_second
+                );
+            }
+        }
+    }
 }

@@ -203,16 +203,16 @@ class Pipeline:
         min_presence: Optional[float] = None,
     ) -> None:
         self._native = _native.Pipeline(
-            _path(model),
-            device,
-            _count(threads, "threads"),
-            _count(batch, "batch"),
-            min_face,
-            refine,
-            flip,
-            _path(detector),
-            _onnxruntime_library(),
-            min_presence,
+            model=_path(model),
+            device=device,
+            threads=_count(threads, "threads"),
+            batch=_count(batch, "batch"),
+            min_face=min_face,
+            refine=refine,
+            flip=flip,
+            detector=_path(detector),
+            ort_library=_onnxruntime_library(),
+            min_presence=min_presence,
         )
 
     def __call__(self, image: Any, *, channels: str = "rgb") -> list[Face]:
@@ -264,12 +264,12 @@ class Pipeline:
         return self._native.annotate(
             [os.fspath(p) for p in inputs],
             os.fspath(out),
-            format,
-            preview,
-            crops,
-            _path(boxes),
-            force,
-            chips,
+            format=format,
+            preview=preview,
+            crops=crops,
+            boxes=_path(boxes),
+            force=force,
+            chips=chips,
         )
 
     @property
@@ -323,18 +323,18 @@ class Tracker:
         beta: Optional[float] = None,
     ) -> None:
         self._native = _native.Tracker(
-            _path(model),
-            device,
-            _count(threads, "threads"),
-            min_face,
-            min_presence,
-            _path(detector),
-            _onnxruntime_library(),
-            _count(detect_every, "detect_every"),
-            _count(max_missed, "max_missed", minimum=0),
-            smooth,
-            min_cutoff,
-            beta,
+            model=_path(model),
+            device=device,
+            threads=_count(threads, "threads"),
+            min_face=min_face,
+            min_presence=min_presence,
+            detector=_path(detector),
+            ort_library=_onnxruntime_library(),
+            detect_every=_count(detect_every, "detect_every"),
+            max_missed=_count(max_missed, "max_missed", minimum=0),
+            smooth=smooth,
+            min_cutoff=min_cutoff,
+            beta=beta,
         )
 
     def __call__(self, frame: Any, time: Optional[float] = None, *, channels: str = "rgb") -> list:
@@ -354,7 +354,7 @@ class Tracker:
 
 def info(model: Optional[PathLike] = None) -> dict:
     """The metadata of a landmark model file (None: the built-in model)."""
-    return _native.info(_path(model), _onnxruntime_library())
+    return _native.info(model=_path(model), ort_library=_onnxruntime_library())
 
 
 def annotate(inputs: Union[PathLike, Sequence[PathLike]], out: PathLike, **options: Any) -> dict:
