@@ -1958,6 +1958,22 @@ fn test_false_detections_are_dropped_and_chips_are_written() {
     assert_eq!(code, 2, "{stderr}");
 }
 
+/// Encodes `frames/f000.png, ...` at 30 frames/s into `video` with ffmpeg and `codec`'s options.
+fn encode_video(frames: &Path, codec: &[&str], video: &Path) {
+    let made = Command::new("ffmpeg")
+        .args(["-v", "error", "-framerate", "30", "-i"])
+        .arg(frames.join("f%03d.png"))
+        .args(codec)
+        .arg(video)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+}
+
 /// `pipnet track` on a folder of frames made from a real photo: one line per frame, one id,
 /// smoothed and raw points; CSV too; a missing input and a folder without frames are errors.
 #[test]
@@ -2120,18 +2136,7 @@ fn test_track_follows_a_face_through_a_frame_folder() {
         return;
     }
     let video = tmp.path().join("clip.mkv");
-    let made = Command::new("ffmpeg")
-        .args(["-v", "error", "-framerate", "30", "-i"])
-        .arg(frames.join("f%03d.png"))
-        .args(["-c:v", "ffv1", "-pix_fmt", "bgr0"])
-        .arg(&video)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    encode_video(&frames, &["-c:v", "ffv1", "-pix_fmt", "bgr0"], &video);
     let from_video = tmp.path().join("video");
     let (code, _, stderr) = run_pipnet(&[
         "track",
@@ -2165,18 +2170,8 @@ fn test_track_follows_a_face_through_a_frame_folder() {
     // An MP4 with its index in front (`+faststart`), cut in half: ffmpeg decodes what is there
     // and exits 0; the frames are kept and the cut is reported against the header's count.
     let mp4 = tmp.path().join("clip.mp4");
-    let made = Command::new("ffmpeg")
-        .args(["-v", "error", "-framerate", "30", "-i"])
-        .arg(frames.join("f%03d.png"))
-        .args(["-c:v", "mpeg4", "-q:v", "2", "-movflags", "+faststart"])
-        .arg(&mp4)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let codec = ["-c:v", "mpeg4", "-q:v", "2", "-movflags", "+faststart"];
+    encode_video(&frames, &codec, &mp4);
     let bytes = std::fs::read(&mp4).unwrap();
     std::fs::write(&mp4, &bytes[..bytes.len() / 2]).unwrap();
     let cut = tmp.path().join("cut");

@@ -199,25 +199,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         seconds,
         args.out.display()
     );
-    Ok(if summary.failures.is_empty() || args.allow_failures {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(super::EXIT_IMAGES_FAILED)
-    })
+    Ok(super::exit_for_failures(
+        !summary.failures.is_empty() && !args.allow_failures,
+    ))
 }
 
 #[cfg(test)]
 mod tests {
-    use clap::{CommandFactory, Parser};
     use pipnet_core::formats::{GraphId, RunSettings};
 
     use super::*;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: Args,
-    }
 
     #[test]
     fn force_help_names_every_setting_the_run_record_compares() {
@@ -238,7 +229,7 @@ mod tests {
             min_presence: 0.3,
             track: None,
         };
-        let command = Cli::command();
+        let command = <Args as clap::Args>::augment_args(clap::Command::new("annotate"));
         let help = command
             .get_arguments()
             .find(|a| a.get_id() == "force")

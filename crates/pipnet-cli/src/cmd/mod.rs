@@ -13,6 +13,7 @@ pub mod track;
 pub mod train;
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::Context;
 use pipnet_core::SecondPass;
@@ -26,6 +27,15 @@ use pipnet_infer::{Device, LandmarkModel, SessionOptions};
 /// OUT/failures.jsonl); 2 a usage error or nothing could run (clap's usage errors are 2 too).
 pub const EXIT_IMAGES_FAILED: u8 = 1;
 pub const EXIT_ERROR: u8 = 2;
+
+/// 0 when nothing failed (or failures are allowed), else [`EXIT_IMAGES_FAILED`].
+pub fn exit_for_failures(failed: bool) -> ExitCode {
+    if failed {
+        ExitCode::from(EXIT_IMAGES_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
 
 /// `n` and the noun, plural unless `n` is 1: "1 face", "0 faces", "2 faces".
 pub fn count(n: usize, noun: &str) -> String {
@@ -210,4 +220,16 @@ pub fn parse_split(text: &str) -> Result<(f64, u64), String> {
         f.parse().map_err(|_| format!("bad fraction {f:?}"))?,
         s.parse().map_err(|_| format!("bad seed {s:?}"))?,
     ))
+}
+
+/// A command's arguments parsed from `argv` (the command's name first), for unit tests of how
+/// flags map onto library options.
+#[cfg(test)]
+pub fn parse_args<A: clap::Args>(argv: &[&str]) -> A {
+    #[derive(clap::Parser)]
+    struct Cli<A: clap::Args> {
+        #[command(flatten)]
+        args: A,
+    }
+    <Cli<A> as clap::Parser>::parse_from(argv).args
 }

@@ -585,30 +585,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         count as f64 / seconds.max(1e-9),
         file.display()
     )?;
-    Ok(if failures.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(super::EXIT_IMAGES_FAILED)
-    })
+    Ok(super::exit_for_failures(!failures.is_empty()))
 }
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
+    use super::super::parse_args;
     use super::*;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: Args,
-    }
 
     #[test]
     fn flags_left_out_give_the_trackers_defaults_that_c_and_python_start_from() {
-        let cli = Cli::parse_from(["track", "video.mp4", "--out", "out"]);
-        assert_eq!(tracker_options(&cli.args), TrackerOptions::default());
-        let cli = Cli::parse_from([
+        let args: Args = parse_args(&["track", "video.mp4", "--out", "out"]);
+        assert_eq!(tracker_options(&args), TrackerOptions::default());
+        let args: Args = parse_args(&[
             "track",
             "v.mp4",
             "--out",
@@ -617,7 +606,7 @@ mod tests {
             "--min-face",
             "30",
         ]);
-        let options = tracker_options(&cli.args);
+        let options = tracker_options(&args);
         assert_eq!(
             (options.smoothing, options.pipeline.min_face),
             (None, Some(30.0))
