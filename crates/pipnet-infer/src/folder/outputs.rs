@@ -7,8 +7,8 @@ use image::RgbImage;
 use pipnet_core::formats::{ChipRecord, FaceAnnotation, ImageAnnotation, format_pts};
 use pipnet_core::{ChipSpec, Scheme, face_chip};
 
+use super::job::{OutputFormat, Run};
 use super::shard::Shard;
-use super::{OutputFormat, Run};
 use crate::error::{Error, Result};
 use crate::files::write_atomic;
 use crate::pipeline::Face;

@@ -4,9 +4,8 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use super::OutputFormat;
+use super::job::{Failure, FolderJob, OutputFormat};
 use super::outputs::{output_stem, preview_path};
-use super::{Failure, FolderJob};
 use crate::error::{Error, Result};
 use crate::files::is_image;
 use crate::run_record::RUN_RECORD;
@@ -204,7 +203,7 @@ fn walk_error_text(e: &walkdir::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::FaceSource;
+    use super::super::job::FaceSource;
     use super::*;
 
     #[test]
