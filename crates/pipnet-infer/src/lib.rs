@@ -6,6 +6,7 @@
 //! library itself; [`dataset`] rebuilds the training data's layout from 300-W; [`tracker`]
 //! follows faces over video frames.
 
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod dataset;
 pub mod detect;

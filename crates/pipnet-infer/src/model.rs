@@ -257,6 +257,7 @@ impl LandmarkModel {
     }
 
     /// Runs the session and drops the outputs: the bare ONNX Runtime cost, for benchmarks.
+    #[cfg(feature = "bench")]
     pub fn run_bare(&mut self, input: &[f32], batch: usize) -> Result<()> {
         Self::run_session(
             &mut self.session,
@@ -268,6 +269,8 @@ impl LandmarkModel {
         )
     }
 
+    /// Runs the session and returns its raw outputs (score and offset maps, flattened), e.g.
+    /// for a distillation teacher or a reference decoder.
     pub fn run_raw(&mut self, input: &[f32], batch: usize) -> Result<Vec<Vec<f32>>> {
         let (_, specs) = self.meta.expected_io();
         Self::run_session(
