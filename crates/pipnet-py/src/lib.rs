@@ -126,23 +126,51 @@ fn rgb_image(image: &Bound<'_, PyAny>) -> PyResult<RgbImage> {
     .map_err(py_err)
 }
 
-/// One face as `(box, score, landmarks L x 2, landmark scores L, presence)`.
-type PyFace<'py> = (
-    [f32; 4],
-    f32,
-    Bound<'py, numpy::PyArray2<f32>>,
-    Bound<'py, numpy::PyArray1<f32>>,
-    f32,
-);
+/// One face as the native layer hands it over (`pipnet.Face` wraps it): its box `[x0, y0, x1,
+/// y1]`, score, landmarks (`L x 2`), landmark scores (`L`) and presence.
+#[pyclass(module = "pipnet._native", frozen)]
+struct NativeFace {
+    #[pyo3(get, name = "box")]
+    face_box: [f32; 4],
+    #[pyo3(get)]
+    score: f32,
+    #[pyo3(get)]
+    landmarks: Py<numpy::PyArray2<f32>>,
+    #[pyo3(get)]
+    landmark_scores: Py<numpy::PyArray1<f32>>,
+    #[pyo3(get)]
+    presence: f32,
+}
 
-fn py_face(py: Python<'_>, face: Face) -> PyFace<'_> {
-    (
-        face.face_box().into(),
-        face.score(),
-        points_array(py, &face.landmarks.in_image),
-        Array1::from(face.landmarks.scores()).into_pyarray(py),
-        face.presence(),
-    )
+impl NativeFace {
+    /// `face`, with `landmarks` in place of its own points (a tracker's smoothed ones).
+    fn new(py: Python<'_>, face: &Face, landmarks: &[[f32; 2]]) -> Self {
+        Self {
+            face_box: face.face_box().into(),
+            score: face.score(),
+            landmarks: points_array(py, landmarks).unbind(),
+            landmark_scores: Array1::from(face.landmarks.scores())
+                .into_pyarray(py)
+                .unbind(),
+            presence: face.presence(),
+        }
+    }
+
+    fn of(py: Python<'_>, face: &Face) -> Self {
+        Self::new(py, face, &face.landmarks.in_image)
+    }
+}
+
+/// One face on one frame (`pipnet.TrackedFace` wraps it): its track id, the face with its
+/// smoothed landmarks, and the landmarks as measured.
+#[pyclass(module = "pipnet._native", frozen)]
+struct NativeTrackedFace {
+    #[pyo3(get)]
+    id: u64,
+    #[pyo3(get)]
+    face: Py<NativeFace>,
+    #[pyo3(get)]
+    raw_landmarks: Py<numpy::PyArray2<f32>>,
 }
 
 /// What a model is (scheme, input, grid, provenance), and its raw `metadata_props` under
@@ -199,13 +227,13 @@ impl Pipeline {
         py: Python<'py>,
         image: &Bound<'py, PyAny>,
         faces: Faces,
-    ) -> PyResult<Vec<PyFace<'py>>> {
+    ) -> PyResult<Vec<NativeFace>> {
         let image = rgb_image(image)?;
         let found = self.run(py, |p| p.faces(&[(&image, &faces)]))?;
         Ok(found
             .into_iter()
             .flatten()
-            .map(|face| py_face(py, face))
+            .map(|face| NativeFace::of(py, &face))
             .collect())
     }
 }
@@ -241,11 +269,7 @@ impl Pipeline {
     }
 
     /// Faces found by the detector, with landmarks.
-    fn detect<'py>(
-        &self,
-        py: Python<'py>,
-        image: &Bound<'py, PyAny>,
-    ) -> PyResult<Vec<PyFace<'py>>> {
+    fn detect<'py>(&self, py: Python<'py>, image: &Bound<'py, PyAny>) -> PyResult<Vec<NativeFace>> {
         self.faces(py, image, Faces::Detect)
     }
 
@@ -256,7 +280,7 @@ impl Pipeline {
         py: Python<'py>,
         image: &Bound<'py, PyAny>,
         boxes: Vec<[f32; 4]>,
-    ) -> PyResult<Vec<PyFace<'py>>> {
+    ) -> PyResult<Vec<NativeFace>> {
         let boxes = boxes.into_iter().map(Into::into).collect();
         self.faces(py, image, Faces::LandmarkBoxes(boxes))
     }
@@ -268,7 +292,7 @@ impl Pipeline {
         py: Python<'py>,
         image: &Bound<'py, PyAny>,
         crops: Vec<[f32; 4]>,
-    ) -> PyResult<Vec<PyFace<'py>>> {
+    ) -> PyResult<Vec<NativeFace>> {
         let image = rgb_image(image)?;
         let mut windows = Vec::with_capacity(crops.len());
         for (k, &[cx, cy, side, angle]) in crops.iter().enumerate() {
@@ -290,7 +314,7 @@ impl Pipeline {
                     landmarks,
                     second_pass: false,
                 };
-                py_face(py, face)
+                NativeFace::of(py, &face)
             })
             .collect())
     }
@@ -358,17 +382,6 @@ impl Pipeline {
         model_info(py, pipeline.model())
     }
 }
-
-/// One tracked face: `(id, box, score, smoothed landmarks, raw landmarks, scores, presence)`.
-type PyTrackedFace<'py> = (
-    u64,
-    [f32; 4],
-    f32,
-    Bound<'py, numpy::PyArray2<f32>>,
-    Bound<'py, numpy::PyArray2<f32>>,
-    Bound<'py, numpy::PyArray1<f32>>,
-    f32,
-);
 
 fn points_array<'py>(py: Python<'py>, points: &[[f32; 2]]) -> Bound<'py, numpy::PyArray2<f32>> {
     Array2::from_shape_vec((points.len(), 2), points.concat())
@@ -471,7 +484,7 @@ impl Tracker {
         py: Python<'py>,
         image: &Bound<'py, PyAny>,
         time: f64,
-    ) -> PyResult<Vec<PyTrackedFace<'py>>> {
+    ) -> PyResult<Vec<NativeTrackedFace>> {
         let image = rgb_image(image)?;
         let faces = py
             .detach(|| {
@@ -479,20 +492,16 @@ impl Tracker {
                 tracker.track(&image, time)
             })
             .map_err(py_err)?;
-        Ok(faces
-            .into_iter()
+        faces
+            .iter()
             .map(|t| {
-                (
-                    t.id,
-                    t.face.face_box().into(),
-                    t.face.score(),
-                    points_array(py, &t.smoothed),
-                    points_array(py, &t.face.landmarks.in_image),
-                    Array1::from(t.face.landmarks.scores()).into_pyarray(py),
-                    t.face.presence(),
-                )
+                Ok(NativeTrackedFace {
+                    id: t.id,
+                    face: Py::new(py, NativeFace::new(py, &t.face, &t.smoothed))?,
+                    raw_landmarks: points_array(py, &t.face.landmarks.in_image).unbind(),
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Forgets every face (a new video); ids go on counting.
@@ -571,6 +580,8 @@ fn info(
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Pipeline>()?;
     m.add_class::<Tracker>()?;
+    m.add_class::<NativeFace>()?;
+    m.add_class::<NativeTrackedFace>()?;
     m.add_function(wrap_pyfunction!(info, m)?)?;
     m.add_function(wrap_pyfunction!(load_image, m)?)?;
     m.add_function(wrap_pyfunction!(face_chip, m)?)?;

@@ -92,14 +92,13 @@ class Face:
     """The mean landmark score: low for false detections (``Pipeline(min_presence=...)``)."""
 
     @classmethod
-    def _from_native(cls, native: tuple) -> "Face":
-        box, score, landmarks, landmark_scores, presence = native
+    def _from_native(cls, native: Any) -> "Face":
         return cls(
-            np.asarray(box, dtype=np.float32),
-            float(score),
-            landmarks,
-            landmark_scores,
-            float(presence),
+            np.asarray(native.box, dtype=np.float32),
+            float(native.score),
+            native.landmarks,
+            native.landmark_scores,
+            float(native.presence),
         )
 
     def chip(self, image: Any, spec: str = "arcface112", *, channels: str = "rgb") -> "Chip":
@@ -293,6 +292,19 @@ class TrackedFace:
     landmark_scores: np.ndarray
     presence: float
 
+    @classmethod
+    def _from_native(cls, native: Any) -> "TrackedFace":
+        face = Face._from_native(native.face)
+        return cls(
+            int(native.id),
+            face.box,
+            face.score,
+            face.landmarks,
+            native.raw_landmarks,
+            face.landmark_scores,
+            face.presence,
+        )
+
 
 class Tracker:
     """Landmarks on video: call it on successive frames; faces keep their ``id`` while they are
@@ -342,10 +354,7 @@ class Tracker:
         live camera); it must grow from frame to frame."""
         when = _time.monotonic() if time is None else float(time)
         faces = self._native.track(_image(frame, channels), when)
-        return [
-            TrackedFace(i, np.asarray(b, np.float32), float(s), lm, raw, sc, float(p))
-            for i, b, s, lm, raw, sc, p in faces
-        ]
+        return [TrackedFace._from_native(f) for f in faces]
 
     def reset(self) -> None:
         """Forgets every face (a new video); ids go on counting."""
