@@ -10,14 +10,14 @@
 pub mod bench;
 pub mod dataset;
 pub mod detect;
-pub mod error;
+mod error;
 pub mod eval;
 pub mod files;
 pub mod folder;
 pub mod image_io;
 pub mod labeled;
 pub mod model;
-pub mod options;
+mod options;
 pub mod pipeline;
 pub mod preprocess;
 pub mod preview;

