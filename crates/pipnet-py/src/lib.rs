@@ -273,6 +273,22 @@ impl Pipeline {
         self.faces(py, image, Faces::Detect)
     }
 
+    /// Faces found by the detector in each of `images`, with landmarks: one call, so the
+    /// landmark passes run in batches across the images, as `annotate` runs a folder.
+    fn detect_many<'py>(
+        &self,
+        py: Python<'py>,
+        images: Vec<Bound<'py, PyAny>>,
+    ) -> PyResult<Vec<Vec<NativeFace>>> {
+        let images = images.iter().map(rgb_image).collect::<PyResult<Vec<_>>>()?;
+        let items: Vec<(&RgbImage, &Faces)> = images.iter().map(|i| (i, &Faces::Detect)).collect();
+        let found = self.run(py, |p| p.faces(&items))?;
+        Ok(found
+            .iter()
+            .map(|faces| faces.iter().map(|f| NativeFace::of(py, f)).collect())
+            .collect())
+    }
+
     /// Landmarks for known tight landmark boxes (`[x0, y0, x1, y1]` in pixels, the 300-W
     /// protocol), one face per box, in order.
     fn landmarks<'py>(
@@ -580,6 +596,10 @@ fn info(
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Pipeline>()?;
     m.add_class::<Tracker>()?;
+    m.add(
+        "IMAGE_EXTENSIONS",
+        pipnet_infer::files::IMAGE_EXTENSIONS.to_vec(),
+    )?;
     m.add_class::<NativeFace>()?;
     m.add_class::<NativeTrackedFace>()?;
     m.add_function(wrap_pyfunction!(info, m)?)?;

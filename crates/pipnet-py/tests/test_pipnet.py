@@ -52,6 +52,14 @@ def test_landmarks_equal_the_rust_api_on_every_sample_photo(pipeline):
     assert total >= 40  # the README's 43 faces, give or take a detector change
 
 
+def test_detect_many_finds_what_detect_finds_on_each_image(pipeline):
+    images = [pipnet.load_image(PHOTOS / name) for name in sorted(RUST_FACES)[:3]]
+    for one_call, image in zip(pipeline.detect_many(images), images):
+        assert_same_faces(one_call, pipeline(image), rtol=1e-4)
+    with pytest.raises(ValueError, match="shape"):
+        pipeline.detect_many([images[0], np.zeros(8, np.uint8)])
+
+
 def test_faces_have_numpy_fields_in_image_pixels(pipeline, photo):
     faces = pipeline.detect(photo)
     assert faces
@@ -314,3 +322,41 @@ def test_a_pipeline_annotates_with_its_own_settings(pipeline, tmp_path):
         pipeline.annotate(photo, tmp_path, crops=True, boxes=tmp_path / "boxes.json")
     with pytest.raises(ValueError, match="format"):
         pipeline.annotate(photo, tmp_path, format="xml")
+
+
+def test_ray_annotates_a_folder_to_parquet_as_the_rust_api_does(tmp_path):
+    """examples/python/ray_annotate.py on a local Ray cluster (two actors of one CPU): a row per
+    photo, the landmarks the Rust API finds (and so `pipnet annotate`), a bad file a row with
+    its error."""
+    import subprocess
+    import sys
+
+    import pyarrow.parquet
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    names = sorted(RUST_FACES)[:3]
+    for name in names:
+        (photos / name).write_bytes((PHOTOS / name).read_bytes())
+    (photos / "truncated.jpg").write_bytes((PHOTOS / names[0]).read_bytes()[:3000])
+    out = tmp_path / "parquet"
+    example = PHOTOS.parent / "python" / "ray_annotate.py"
+    done = subprocess.run(
+        [sys.executable, str(example), str(photos), str(out), "--actors", "2", "--cpus-per-actor", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["photos"] == 4 and summary["failed"] == 1, summary
+    rows = {Path(r["path"]).name: r for r in pyarrow.parquet.read_table(out).to_pylist()}
+    assert "truncated" in rows["truncated.jpg"]["error"] and rows["truncated.jpg"]["faces"] == []
+    for name in names:
+        row, want = rows[name], RUST_FACES[name]
+        assert row["error"] is None
+        assert len(row["faces"]) == len(want), name
+        for face, w in zip(row["faces"], want):
+            np.testing.assert_allclose(face["box"], w["box"], rtol=1e-5)
+            np.testing.assert_allclose(face["landmarks"], w["landmarks"], rtol=1e-5, atol=1e-4)
+            np.testing.assert_allclose(face["landmark_scores"], w["landmark_scores"], atol=1e-5)
