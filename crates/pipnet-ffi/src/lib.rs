@@ -152,6 +152,7 @@ pub struct PipnetFace {
 /// Options for `pipnet_tracker_create`; all zeros (or NULL) are the defaults of
 /// `pipnet track`.
 #[repr(C)]
+#[derive(Default)]
 pub struct PipnetTrackerOptions {
     /// Run the detector every this many frames (new faces); 0: 10.
     pub detect_every: u32,
@@ -492,23 +493,12 @@ fn pipeline_options(
     })
 }
 
-/// The pipeline `options` describe, run as `pipeline` says.
-unsafe fn open_pipeline(
-    options: &PipnetOptions,
-    pipeline: PipelineOptions,
-) -> Result<Pipeline, Failure> {
-    let session = session_options(options)?;
-    // NULL: the built-in graph.
+/// The graph files `options` name (NULL: the built-in graph).
+unsafe fn graph_paths(options: &PipnetOptions) -> Result<(Option<&Path>, Option<&Path>), Failure> {
     let landmark_model =
         unsafe { optional_path_arg(options.landmark_model, "options.landmark_model")? };
     let detector = unsafe { optional_path_arg(options.detector_model, "options.detector_model")? };
-    Ok(Pipeline::open(
-        landmark_model,
-        detector,
-        true,
-        &session,
-        pipeline,
-    )?)
+    Ok((landmark_model, detector))
 }
 
 /// Loads the landmark model (and the detector) into a new handle, written to `*out`.
@@ -522,7 +512,9 @@ pub unsafe extern "C" fn pipnet_create(
         non_null(out, "out")?;
         let options = unsafe { &*options };
         let pipeline = pipeline_options(options, PipelineOptions::default())?;
-        let pipeline = unsafe { open_pipeline(options, pipeline)? };
+        let session = session_options(options)?;
+        let (landmark_model, detector) = unsafe { graph_paths(options)? };
+        let pipeline = Pipeline::open(landmark_model, detector, true, &session, pipeline)?;
         let handle = register(PipnetHandle {
             pipeline: Mutex::new(pipeline),
         });
@@ -754,19 +746,15 @@ fn tracker_arg(tracker: *const PipnetTracker) -> Result<Arc<PipnetTracker>, Fail
 }
 
 /// `options` and `tracking` (NULL: all zeros) as tracker options, zeros taken from
-/// [`TrackerOptions::default`], as `pipnet track` runs; [`Tracker::new`] checks the values.
+/// [`TrackerOptions::default`], as `pipnet track` runs; [`Tracker::open`] checks the values.
 fn tracker_options(
     options: &PipnetOptions,
     tracking: Option<&PipnetTrackerOptions>,
 ) -> Result<TrackerOptions, Failure> {
     let defaults = TrackerOptions::default();
     let pipeline = pipeline_options(options, defaults.pipeline)?;
-    let Some(t) = tracking else {
-        return Ok(TrackerOptions {
-            pipeline,
-            ..defaults
-        });
-    };
+    let zeros = PipnetTrackerOptions::default();
+    let t = tracking.unwrap_or(&zeros);
     let count = |v: u32, default: usize| if v == 0 { default } else { v as usize };
     let rate = |v: f32, default: f64| if v == 0.0 { default } else { f64::from(v) };
     let one_euro = OneEuroSettings::default();
@@ -797,8 +785,9 @@ pub unsafe extern "C" fn pipnet_tracker_create(
         let options = unsafe { &*options };
         let tracking = unsafe { tracking.as_ref() };
         let settings = tracker_options(options, tracking)?;
-        let pipeline = unsafe { open_pipeline(options, settings.pipeline)? };
-        let tracker = Tracker::new(pipeline, settings)?;
+        let session = session_options(options)?;
+        let (landmark_model, detector) = unsafe { graph_paths(options)? };
+        let tracker = Tracker::open(landmark_model, detector, &session, settings)?;
         unsafe {
             *out = register(PipnetTracker {
                 tracker: Mutex::new(tracker),

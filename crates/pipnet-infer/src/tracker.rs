@@ -9,12 +9,15 @@
 //! `max_missed` frames ends. Each track's points go through a One Euro filter per coordinate
 //! ([`LandmarkSmoother`]), restarted when the track restarts.
 
+use std::path::Path;
+
 use image::RgbImage;
 use pipnet_core::smooth::{LandmarkSmoother, OneEuroSettings};
 use pipnet_core::{CropRule, FaceBox, FaceCrop, Point, Scheme, SecondPass, landmark_crop};
 
 use crate::error::{Error, Result};
 use crate::model::FaceLandmarks;
+use crate::options::SessionOptions;
 use crate::pipeline::{Face, Faces, LocatedFace, Pipeline, PipelineOptions};
 
 /// How faces are followed, with the options of the pipeline that finds them; the defaults are
@@ -174,6 +177,20 @@ impl Tracker {
             last_time: None,
             detector_runs: 0,
         })
+    }
+
+    /// Opens the landmark model and the face detector (the graph files named, else the
+    /// built-in ones) into a tracker, after checking `options`: bad options fail before any
+    /// model is loaded.
+    pub fn open(
+        landmark_model: Option<&Path>,
+        detector: Option<&Path>,
+        session: &SessionOptions,
+        options: TrackerOptions,
+    ) -> Result<Self> {
+        options.check()?;
+        let pipeline = Pipeline::open(landmark_model, detector, true, session, options.pipeline)?;
+        Self::new(pipeline, options)
     }
 
     pub fn options(&self) -> &TrackerOptions {

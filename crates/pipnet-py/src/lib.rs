@@ -487,10 +487,11 @@ impl Tracker {
             }),
             ..defaults
         };
-        settings.check().map_err(py_err)?;
-        let pipeline = open_pipeline(py, model, detector, &session, settings.pipeline)?;
+        let tracker = py
+            .detach(|| RustTracker::open(model.as_deref(), detector.as_deref(), &session, settings))
+            .map_err(py_err)?;
         Ok(Self {
-            inner: Mutex::new(RustTracker::new(pipeline, settings).map_err(py_err)?),
+            inner: Mutex::new(tracker),
         })
     }
 
