@@ -42,6 +42,8 @@ enum Command {
     Eval(cmd::eval::Args),
     /// Fit the face detector's box -> landmark crop map on labeled faces.
     Calibrate(cmd::calibrate::Args),
+    /// Learn the 3-D mean face that head poses are fitted with, from labeled 2-D landmarks.
+    PoseShape(cmd::pose_shape::Args),
     /// Landmarks on a video or a folder of frames, with face ids and smoothing.
     Track(cmd::track::Args),
     /// Time each pipeline stage, and compare with the Python reference pipeline.
@@ -83,6 +85,7 @@ fn main() -> ExitCode {
         Command::Train(_) | Command::Export(_) => cmd::NotBuilt::error(),
         Command::Eval(args) => cmd::eval::run(args),
         Command::Calibrate(args) => cmd::calibrate::run(args),
+        Command::PoseShape(args) => cmd::pose_shape::run(args),
         Command::Track(args) => cmd::track::run(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::Data(command) => cmd::data::run(command),

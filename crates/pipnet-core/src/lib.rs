@@ -17,6 +17,7 @@ pub mod formats;
 pub mod meanface;
 pub mod metrics;
 pub mod scheme;
+pub mod pose;
 pub mod second_pass;
 pub mod smooth;
 
@@ -30,6 +31,7 @@ pub use decode::{Decoder, Landmark, PipMaps, average_with_mirror, decode_pip, de
 pub use detection::{BoxCalibration, Detection, KeypointMap};
 pub use meanface::{NeighborIndex, mean_face};
 pub use scheme::{Contour, Scheme};
+pub use pose::{HeadPose, MeanShape};
 pub use second_pass::{CropChange, SecondPass, SecondPassGate};
 
 /// A 2-D point; the unit (crop-normalised or image pixels) is given by the context.

@@ -7,6 +7,7 @@ pub mod eval;
 pub mod export;
 pub mod info;
 pub mod peer;
+pub mod pose_shape;
 mod python_reference;
 pub mod track;
 #[cfg(feature = "train")]
