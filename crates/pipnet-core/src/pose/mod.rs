@@ -263,6 +263,11 @@ fn refine(
             break;
         }
     }
+    if scale < 0.0 {
+        // -s R projects as s Rz(180 degrees) R: the same fit with a positive scale.
+        rotation = Rotation3::from_axis_angle(&Vector3::z_axis(), std::f64::consts::PI) * rotation;
+        scale = -scale;
+    }
     WeakPerspective {
         rotation,
         scale,
