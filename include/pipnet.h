@@ -39,7 +39,7 @@
 #include <stdint.h>
 
 // Bumped whenever a signature, struct layout or constant of this header changes.
-#define PIPNET_ABI_VERSION 3
+#define PIPNET_ABI_VERSION 4
 
 #define PIPNET_PIXEL_RGB 0
 
@@ -145,6 +145,29 @@ typedef struct PipnetImage {
   uint32_t format;
 } PipnetImage;
 
+// A head pose from the landmarks: a 3-D mean face fitted with a weak-perspective camera.
+// Camera axes: x right, y down, z away from the camera; `rotation = Rz(roll) * Ry(yaw) *
+// Rx(pitch)`. Roll > 0: tilted clockwise in the picture; yaw > 0: nose toward the image's
+// left; pitch > 0: nose down. A shape point X (units: outer-eye-corner distance, origin at
+// the shape's centroid) lands at `scale * rotation[0..2] * X + translation` in the image.
+typedef struct PipnetHeadPose {
+  // Degrees.
+  float yaw;
+  // Degrees.
+  float pitch;
+  // Degrees.
+  float roll;
+  // Shape to camera coordinates, row-major 3x3.
+  float rotation[9];
+  // Image pixels where the shape's origin lands.
+  float translation[2];
+  // Pixels per shape unit.
+  float scale;
+  // RMS distance of the landmarks from the fitted shape, over `scale` (0.03-0.06 on real
+  // faces; far above: do not trust the pose).
+  float residual;
+} PipnetHeadPose;
+
 // One face of a result. Pointers stay valid until the result is freed.
 typedef struct PipnetFace {
   // Face box `[x0, y0, x1, y1]` in image pixels: the detector's box, or the crop's bounds.
@@ -164,6 +187,11 @@ typedef struct PipnetFace {
   // `num_landmarks` (x, y) pairs as measured: from `pipnet_tracker_track` with smoothing,
   // `landmarks` holds the smoothed points and this the raw ones; otherwise the same points.
   const float *raw_landmarks;
+  // Non-zero when `pose` holds the face's head pose; 0 where the scheme has no 3-D mean
+  // face (WFLW 98) or the landmarks fit none.
+  uint32_t has_pose;
+  // The head pose fitted to `landmarks` (the smoothed points from the tracker).
+  struct PipnetHeadPose pose;
 } PipnetFace;
 
 // An aligned face chip: `size` x `size` RGB, and the similarity between chip and image as

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use pipnet_ffi::*;
+use pipnet_infer::core::{Scheme, head_pose};
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, load_rgb};
 use pipnet_infer::{Faces, Pipeline, PipelineOptions, SessionOptions, Tracker, TrackerOptions};
 
@@ -153,7 +154,7 @@ fn photo_and_expected(dir: &Path) -> (PathBuf, String) {
     for (i, face) in faces[0].iter().enumerate() {
         let b = face.face_box();
         expected.push_str(&format!(
-            "# face {} of {}: box {:.1} {:.1} {:.1} {:.1}, presence {:.3}\n",
+            "# face {} of {}: box {:.1} {:.1} {:.1} {:.1}, presence {:.3}",
             i + 1,
             faces[0].len(),
             b.x0,
@@ -161,6 +162,14 @@ fn photo_and_expected(dir: &Path) -> (PathBuf, String) {
             b.x1,
             b.y1,
             face.presence()
+        ));
+        let pose = face
+            .annotation(pipeline.model().metadata().scheme)
+            .pose
+            .unwrap();
+        expected.push_str(&format!(
+            ", yaw {:.1} pitch {:.1} roll {:.1}\n",
+            pose.yaw, pose.pitch, pose.roll
         ));
         for p in &face.landmarks.in_image {
             expected.push_str(&format!("{:.3} {:.3}\n", p[0], p[1]));
@@ -607,7 +616,7 @@ fn test_tracker_through_the_abi() {
     let defaults = TrackerOptions::default();
     let pipeline = Pipeline::open(None, None, true, &session, defaults.pipeline).unwrap();
     let mut rust_tracker = Tracker::new(pipeline, defaults).unwrap();
-    let track = |frame: &image::RgbImage, time: f64| -> Vec<(u64, Vec<f32>, Vec<f32>)> {
+    let track = |frame: &image::RgbImage, time: f64| -> Vec<(u64, Vec<f32>, Vec<f32>, Option<PipnetHeadPose>)> {
         let view = rgb_view(frame);
         let mut result = std::ptr::null_mut();
         assert_eq!(
@@ -625,7 +634,13 @@ fn test_tracker_through_the_abi() {
                     unsafe { std::slice::from_raw_parts(p, 2 * face.num_landmarks as usize) }
                         .to_vec()
                 };
-                (face.id, points(face.landmarks), points(face.raw_landmarks))
+                let pose = (face.has_pose != 0).then_some(face.pose);
+                (
+                    face.id,
+                    points(face.landmarks),
+                    points(face.raw_landmarks),
+                    pose,
+                )
             })
             .collect();
         assert_eq!(unsafe { pipnet_result_free(result) }, PipnetStatus::Ok);
@@ -636,7 +651,7 @@ fn test_tracker_through_the_abi() {
         let time = t as f64 / 30.0;
         let faces = track(frame, time);
         assert_eq!(faces.len(), 1, "frame {t}");
-        let (id, smoothed, raw) = &faces[0];
+        let (id, smoothed, raw, pose) = &faces[0];
         assert_eq!(*id, 1, "frame {t}");
         moved_apart |= smoothed != raw;
         let want = rust_tracker.track(frame, time).unwrap();
@@ -652,6 +667,18 @@ fn test_tracker_through_the_abi() {
                 .fold(0.0f32, f32::max);
             assert!(worst < 1e-3, "frame {t}: C and Rust differ by {worst} px");
         }
+        // The pose is the smoothed points' pose.
+        let pose = pose.expect("a 68-point face has a pose");
+        let want_pose = head_pose(Scheme::W300_68, &want[0].smoothed).unwrap();
+        let differ = [pose.yaw, pose.pitch, pose.roll]
+            .iter()
+            .zip([want_pose.yaw, want_pose.pitch, want_pose.roll])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            differ < 0.05,
+            "frame {t}: C and Rust poses differ by {differ} degrees"
+        );
     }
     assert!(
         moved_apart,

@@ -79,9 +79,14 @@ int main(int argc, char **argv) {
             code = 1;
             break;
         }
-        printf("# face %zu of %zu: box %.1f %.1f %.1f %.1f, presence %.3f\n", i + 1, faces,
+        printf("# face %zu of %zu: box %.1f %.1f %.1f %.1f, presence %.3f", i + 1, faces,
                face.face_box[0], face.face_box[1], face.face_box[2], face.face_box[3],
                face.presence);
+        if (face.has_pose) {
+            printf(", yaw %.1f pitch %.1f roll %.1f", face.pose.yaw, face.pose.pitch,
+                   face.pose.roll);
+        }
+        printf("\n");
         for (uint32_t k = 0; k < face.num_landmarks; k++) {
             printf("%.3f %.3f\n", face.landmarks[2 * k], face.landmarks[2 * k + 1]);
         }

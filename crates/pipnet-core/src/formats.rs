@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chip::FaceChip;
 use crate::crop::FaceBox;
+use crate::pose::HeadPose;
 use crate::{Error, Point, Result};
 
 /// Parses an iBUG `.pts` file (`version: 1`, `n_points: N`, `{`, N lines `x y`, `}`).
@@ -142,6 +143,10 @@ pub struct FaceAnnotation {
     /// has them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub five_points: Option<[Point; 5]>,
+    /// The head pose fitted to the landmarks ([`crate::pose`]), where the scheme has a mean
+    /// shape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pose: Option<HeadPose>,
     /// The aligned chip written for this face (`--chips`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chip: Option<ChipRecord>,
@@ -149,9 +154,11 @@ pub struct FaceAnnotation {
 
 /// The CSV columns of one face after a file's own key columns (`image,face` for `annotate`,
 /// `frame,time,id` for `track`): `score,presence,box_x0,box_y0,box_x1,box_y1`, then
+/// the head pose `yaw,pitch,roll,pose_residual` (degrees; empty without a pose), then
 /// `x0,y0,...` for `points` landmarks and, with `scores`, the landmark scores `s0,...`.
 pub fn csv_face_columns(points: usize, scores: bool) -> String {
-    let mut columns = String::from("score,presence,box_x0,box_y0,box_x1,box_y1");
+    let mut columns =
+        String::from("score,presence,box_x0,box_y0,box_x1,box_y1,yaw,pitch,roll,pose_residual");
     for i in 0..points {
         columns.push_str(&format!(",x{i},y{i}"));
     }
@@ -171,6 +178,13 @@ impl FaceAnnotation {
             "{:.4},{:.4},{:.2},{:.2},{:.2},{:.2}",
             self.score, self.presence, b.x0, b.y0, b.x1, b.y1
         );
+        match &self.pose {
+            Some(p) => values.push_str(&format!(
+                ",{:.2},{:.2},{:.2},{:.4}",
+                p.yaw, p.pitch, p.roll, p.residual
+            )),
+            None => values.push_str(",,,,"),
+        }
         for p in &self.landmarks {
             values.push_str(&format!(",{:.3},{:.3}", p[0], p[1]));
         }
@@ -456,6 +470,7 @@ mod tests {
             landmark_scores: vec![1.0, 0.5],
             presence: 0.75,
             five_points: None,
+            pose: None,
             chip: None,
         };
         let a = ImageAnnotation {
@@ -591,6 +606,7 @@ mod tests {
                 landmark_scores: vec![0.25],
                 presence: 0.25,
                 five_points: None,
+                pose: None,
                 chip: None,
             }],
             made_by: Some(Provenance {

@@ -5,6 +5,7 @@
 //! [`scheme`] (what the points are) -> [`meanface`] (mean face and neighbour index) ->
 //! [`detection`] (detector outputs to face boxes) -> [`crop`] (face box to square crop and back) -> [`decode`] (PIP decode + neighbour-vote merge)
 //! -> [`second_pass`] (whether a face is cropped again from its landmarks)
+//! -> [`pose`] (head pose from the landmarks)
 //! -> [`chip`] (five points, presence, aligned chips) -> [`smooth`] (One Euro filter over video
 //! frames) -> [`metrics`] (NME, FR, AUC, CED) and [`formats`] (.pts, WFLW lines, JSON).
 
@@ -16,8 +17,8 @@ pub mod detection;
 pub mod formats;
 pub mod meanface;
 pub mod metrics;
-pub mod scheme;
 pub mod pose;
+pub mod scheme;
 pub mod second_pass;
 pub mod smooth;
 
@@ -30,8 +31,8 @@ pub use crop::{CropRule, DatasetCrop, FaceBox, FaceCrop, TurnedBox};
 pub use decode::{Decoder, Landmark, PipMaps, average_with_mirror, decode_pip, decode_pip_scalar};
 pub use detection::{BoxCalibration, Detection, KeypointMap};
 pub use meanface::{NeighborIndex, mean_face};
+pub use pose::{HeadPose, MeanShape, head_pose};
 pub use scheme::{Contour, Scheme};
-pub use pose::{HeadPose, MeanShape};
 pub use second_pass::{CropChange, SecondPass, SecondPassGate};
 
 /// A 2-D point; the unit (crop-normalised or image pixels) is given by the context.

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use pipnet_infer::core::smooth::OneEuroSettings;
-use pipnet_infer::core::{ChipSpec, Scheme, SecondPass, face_chip};
+use pipnet_infer::core::{ChipSpec, HeadPose, Scheme, SecondPass, face_chip, head_pose};
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, PixelFormat, rgb_from_buffer};
 use pipnet_infer::preprocess::cut_chip;
 use pipnet_infer::{
@@ -27,7 +27,7 @@ use pipnet_infer::{
 };
 
 /// Bumped whenever a signature, struct layout or constant of this header changes.
-pub const PIPNET_ABI_VERSION: u32 = 3;
+pub const PIPNET_ABI_VERSION: u32 = 4;
 
 /// Every function returns one of these; on anything but `PIPNET_STATUS_OK`,
 /// `pipnet_last_error()` says what went wrong.
@@ -147,6 +147,50 @@ pub struct PipnetFace {
     /// `num_landmarks` (x, y) pairs as measured: from `pipnet_tracker_track` with smoothing,
     /// `landmarks` holds the smoothed points and this the raw ones; otherwise the same points.
     pub raw_landmarks: *const f32,
+    /// Non-zero when `pose` holds the face's head pose; 0 where the scheme has no 3-D mean
+    /// face (WFLW 98) or the landmarks fit none.
+    pub has_pose: u32,
+    /// The head pose fitted to `landmarks` (the smoothed points from the tracker).
+    pub pose: PipnetHeadPose,
+}
+
+/// A head pose from the landmarks: a 3-D mean face fitted with a weak-perspective camera.
+/// Camera axes: x right, y down, z away from the camera; `rotation = Rz(roll) * Ry(yaw) *
+/// Rx(pitch)`. Roll > 0: tilted clockwise in the picture; yaw > 0: nose toward the image's
+/// left; pitch > 0: nose down. A shape point X (units: outer-eye-corner distance, origin at
+/// the shape's centroid) lands at `scale * rotation[0..2] * X + translation` in the image.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PipnetHeadPose {
+    /// Degrees.
+    pub yaw: f32,
+    /// Degrees.
+    pub pitch: f32,
+    /// Degrees.
+    pub roll: f32,
+    /// Shape to camera coordinates, row-major 3x3.
+    pub rotation: [f32; 9],
+    /// Image pixels where the shape's origin lands.
+    pub translation: [f32; 2],
+    /// Pixels per shape unit.
+    pub scale: f32,
+    /// RMS distance of the landmarks from the fitted shape, over `scale` (0.03-0.06 on real
+    /// faces; far above: do not trust the pose).
+    pub residual: f32,
+}
+
+impl From<&HeadPose> for PipnetHeadPose {
+    fn from(p: &HeadPose) -> Self {
+        Self {
+            yaw: p.yaw,
+            pitch: p.pitch,
+            roll: p.roll,
+            rotation: std::array::from_fn(|k| p.rotation[k / 3][k % 3]),
+            translation: p.translation,
+            scale: p.scale,
+            residual: p.residual,
+        }
+    }
 }
 
 /// Options for `pipnet_tracker_create`; all zeros (or NULL) are the defaults of
@@ -196,11 +240,15 @@ struct ResultFace {
     id: u64,
     /// Measured points when `landmarks` are smoothed ones; empty: the same as `landmarks`.
     raw: Vec<f32>,
+    /// Fitted to `landmarks`.
+    pose: Option<HeadPose>,
 }
 
 impl ResultFace {
-    fn new(face: &Face, id: u64, smoothed: Option<&[[f32; 2]]>) -> Self {
+    fn new(face: &Face, scheme: Scheme, id: u64, smoothed: Option<&[[f32; 2]]>) -> Self {
         let flat = |p: &[[f32; 2]]| p.iter().flatten().copied().collect::<Vec<f32>>();
+        let shown = smoothed.unwrap_or(&face.landmarks.in_image);
+        let pose = head_pose(scheme, shown);
         let measured = flat(&face.landmarks.in_image);
         let (landmarks, raw) = match smoothed {
             Some(points) => (flat(points), measured),
@@ -214,6 +262,7 @@ impl ResultFace {
             presence: face.presence(),
             id,
             raw,
+            pose,
         }
     }
 }
@@ -415,8 +464,11 @@ unsafe fn image_arg(image: &PipnetImage) -> Result<image::RgbImage, Failure> {
     )?)
 }
 
-fn into_result(faces: Vec<Face>, out: *mut *mut PipnetResult) {
-    let faces = faces.iter().map(|f| ResultFace::new(f, 0, None)).collect();
+fn into_result(faces: Vec<Face>, scheme: Scheme, out: *mut *mut PipnetResult) {
+    let faces = faces
+        .iter()
+        .map(|f| ResultFace::new(f, scheme, 0, None))
+        .collect();
     // `out` was checked for null by the caller of this function.
     unsafe { *out = register(PipnetResult { faces }) };
 }
@@ -567,8 +619,10 @@ pub unsafe extern "C" fn pipnet_detect(
         non_null(image, "image")?;
         non_null(out, "out")?;
         let rgb = unsafe { image_arg(&*image)? };
-        let mut faces = lock(&handle).faces(&[(&rgb, &Faces::Detect)])?;
-        into_result(faces.pop().unwrap_or_default(), out);
+        let mut pipeline = lock(&handle);
+        let mut faces = pipeline.faces(&[(&rgb, &Faces::Detect)])?;
+        let scheme = pipeline.model().metadata().scheme;
+        into_result(faces.pop().unwrap_or_default(), scheme, out);
         Ok(())
     })
 }
@@ -602,8 +656,10 @@ pub unsafe extern "C" fn pipnet_landmarks_in_crops(
             })
             .collect::<Result<_, _>>()?;
         let whole: Vec<_> = rgb.iter().map(|im| (im, &Faces::WholeImage)).collect();
-        let faces = lock(&handle).faces(&whole)?;
-        into_result(faces.into_iter().flatten().collect(), out);
+        let mut pipeline = lock(&handle);
+        let faces = pipeline.faces(&whole)?;
+        let scheme = pipeline.model().metadata().scheme;
+        into_result(faces.into_iter().flatten().collect(), scheme, out);
         Ok(())
     })
 }
@@ -659,6 +715,8 @@ pub unsafe extern "C" fn pipnet_result_face(
                 } else {
                     face.raw.as_ptr()
                 },
+                has_pose: u32::from(face.pose.is_some()),
+                pose: face.pose.as_ref().map(Into::into).unwrap_or_default(),
             }
         };
         Ok(())
@@ -818,10 +876,11 @@ pub unsafe extern "C" fn pipnet_tracker_track(
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let smoothing = tracker.options().smoothing.is_some();
+        let scheme = tracker.pipeline().model().metadata().scheme;
         let faces = tracker
             .track(&rgb, time)?
             .iter()
-            .map(|t| ResultFace::new(&t.face, t.id, smoothing.then_some(&t.smoothed[..])))
+            .map(|t| ResultFace::new(&t.face, scheme, t.id, smoothing.then_some(&t.smoothed[..])))
             .collect();
         unsafe { *out = register(PipnetResult { faces }) };
         Ok(())

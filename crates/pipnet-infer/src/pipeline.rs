@@ -15,7 +15,7 @@ use pipnet_core::detection::Detection;
 use pipnet_core::formats::FaceAnnotation;
 use pipnet_core::{
     CropChange, CropRule, FaceBox, FaceCrop, Scheme, SecondPass, SecondPassGate, five_points,
-    landmark_crop,
+    head_pose, landmark_crop,
 };
 
 use crate::detect::{FaceDetector, RollSearch};
@@ -71,6 +71,7 @@ impl Face {
             presence: pipnet_core::presence(&scores),
             landmark_scores: scores,
             five_points: five_points(scheme, &self.landmarks.in_image).ok(),
+            pose: head_pose(scheme, &self.landmarks.in_image),
             chip: None,
         }
     }

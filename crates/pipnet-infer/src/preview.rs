@@ -153,6 +153,7 @@ mod tests {
             landmark_scores: vec![1.0],
             presence: 1.0,
             five_points: None,
+            pose: None,
             chip: None,
         };
         let drawn = draw(&image, &[face]).unwrap();
@@ -186,6 +187,7 @@ mod tests {
             landmark_scores: vec![1.0; 68],
             presence: 1.0,
             five_points: None,
+            pose: None,
             chip: None,
         };
         let drawn = draw(&image, &[face]).unwrap();
@@ -236,6 +238,7 @@ mod tests {
             landmark_scores: vec![1.0; 68],
             presence: 1.0,
             five_points: None,
+            pose: None,
             chip: None,
         };
         let stroke = 5.0; // 600 px box / 120

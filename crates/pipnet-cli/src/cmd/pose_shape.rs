@@ -40,7 +40,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             other.len()
         );
     }
-    let fit = learn_mean_shape(scheme, &faces, args.max_iterations).context("learning the shape")?;
+    let fit =
+        learn_mean_shape(scheme, &faces, args.max_iterations).context("learning the shape")?;
     eprintln!(
         "{} faces (each also mirrored), {} iterations: median residual {:.4}, \
          training yaw 5-95%: {:.1} to {:.1} degrees",

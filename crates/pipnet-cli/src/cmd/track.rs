@@ -9,9 +9,9 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use anyhow::{Context, bail};
 use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
-use pipnet_infer::core::Scheme;
 use pipnet_infer::core::formats::{FaceAnnotation, Provenance, TrackSettings, csv_face_columns};
 use pipnet_infer::core::smooth::OneEuroSettings;
+use pipnet_infer::core::{Scheme, head_pose};
 use pipnet_infer::files::{images_in, write_atomic};
 use pipnet_infer::folder::{FaceSource, Failure, preview_path, run_settings};
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, load_rgb};
@@ -361,7 +361,8 @@ fn probe(input: &Path) -> anyhow::Result<Stream> {
 }
 
 /// A tracked face as the output records it (`annotated` is [`annotations`]'s): the smoothed
-/// points as `landmarks`, the measured ones as `raw_landmarks`.
+/// points as `landmarks`, the measured ones as `raw_landmarks`, the pose of the smoothed
+/// points (`null` without one).
 fn face_json(face: &TrackedFace, annotated: &FaceAnnotation) -> serde_json::Value {
     serde_json::json!({
         "id": face.id,
@@ -371,16 +372,18 @@ fn face_json(face: &TrackedFace, annotated: &FaceAnnotation) -> serde_json::Valu
         "landmarks": annotated.landmarks,
         "raw_landmarks": face.face.landmarks.in_image,
         "landmark_scores": annotated.landmark_scores,
+        "pose": annotated.pose,
     })
 }
 
-/// The faces as outputs record them, with the smoothed points as landmarks (CSV rows and
-/// previews).
+/// The faces as outputs record them, with the smoothed points as landmarks and the head pose
+/// fitted to those (CSV rows, JSON lines and previews).
 fn annotations(faces: &[TrackedFace], scheme: Scheme) -> Vec<FaceAnnotation> {
     faces
         .iter()
         .map(|f| FaceAnnotation {
             landmarks: f.smoothed.clone(),
+            pose: head_pose(scheme, &f.smoothed),
             ..f.face.annotation(scheme)
         })
         .collect()

@@ -309,7 +309,11 @@ mod tests {
             .zip(&truth.points)
             .map(|(a, b)| (super::super::v3(*a), super::super::v3(*b)))
             .unzip();
-        let cross: Matrix3<f64> = learned.iter().zip(&wanted).map(|(a, b)| b * a.transpose()).sum();
+        let cross: Matrix3<f64> = learned
+            .iter()
+            .zip(&wanted)
+            .map(|(a, b)| b * a.transpose())
+            .sum();
         let align = Rotation3::from_matrix(&cross);
         for (a, b) in learned.iter().zip(&wanted) {
             assert!((align * a - b).norm() < 0.01, "{a:?} vs {b:?}");

@@ -106,6 +106,20 @@ impl MeanShape {
     }
 }
 
+/// The head pose of a face with `landmarks` of `scheme`, or `None` where the scheme has no
+/// mean shape (WFLW 98) or the landmarks fit none (not finite, no extent).
+pub fn head_pose(scheme: Scheme, landmarks: &[Point]) -> Option<HeadPose> {
+    static FACE68: std::sync::OnceLock<Option<MeanShape>> = std::sync::OnceLock::new();
+    match scheme {
+        Scheme::W300_68 => FACE68
+            .get_or_init(|| MeanShape::for_scheme(scheme))
+            .as_ref()?
+            .fit(landmarks)
+            .ok(),
+        _ => None,
+    }
+}
+
 fn invalid(detail: impl Into<String>) -> Error {
     Error::Invalid {
         what: "head pose",
@@ -326,7 +340,8 @@ mod tests {
             for pitch in [-30.0, 0.0, 25.0] {
                 for roll in [-150.0, -20.0, 0.0, 90.0, 180.0] {
                     let truth = pose_at(yaw, pitch, roll, 80.0, [320.0, 240.0]);
-                    let points: Vec<Point> = shape.points.iter().map(|&p| truth.project(p)).collect();
+                    let points: Vec<Point> =
+                        shape.points.iter().map(|&p| truth.project(p)).collect();
                     let fit = shape.fit(&points).unwrap();
                     let close = |a: f32, b: f32| {
                         let d = (a - b).rem_euclid(360.0);
@@ -351,7 +366,10 @@ mod tests {
         let perm = Scheme::W300_68.flip_permutation();
         let truth = pose_at(35.0, 12.0, 20.0, 50.0, [100.0, 90.0]);
         let points: Vec<Point> = shape.points.iter().map(|&p| truth.project(p)).collect();
-        let mirrored: Vec<Point> = perm.iter().map(|&j| [640.0 - points[j][0], points[j][1]]).collect();
+        let mirrored: Vec<Point> = perm
+            .iter()
+            .map(|&j| [640.0 - points[j][0], points[j][1]])
+            .collect();
         let fit = shape.fit(&mirrored).unwrap();
         assert!((fit.yaw + 35.0).abs() < 0.01, "{fit:?}");
         assert!((fit.pitch - 12.0).abs() < 0.01, "{fit:?}");
@@ -364,7 +382,10 @@ mod tests {
         let perm = Scheme::W300_68.flip_permutation();
         for (i, p) in shape.points.iter().enumerate() {
             let q = shape.points[perm[i]];
-            assert!((p[0] + q[0]).abs() < 1e-4 && (p[1] - q[1]).abs() < 1e-4, "{i}");
+            assert!(
+                (p[0] + q[0]).abs() < 1e-4 && (p[1] - q[1]).abs() < 1e-4,
+                "{i}"
+            );
             assert!((p[2] - q[2]).abs() < 1e-4, "{i}");
         }
         let (a, b) = Scheme::W300_68.normalizer();
