@@ -616,7 +616,9 @@ fn test_tracker_through_the_abi() {
     let defaults = TrackerOptions::default();
     let pipeline = Pipeline::open(None, None, true, &session, defaults.pipeline).unwrap();
     let mut rust_tracker = Tracker::new(pipeline, defaults).unwrap();
-    let track = |frame: &image::RgbImage, time: f64| -> Vec<(u64, Vec<f32>, Vec<f32>, Option<PipnetHeadPose>)> {
+    /// A face of a C result, copied out: id, landmarks, raw landmarks, pose.
+    type CFace = (u64, Vec<f32>, Vec<f32>, Option<PipnetHeadPose>);
+    let track = |frame: &image::RgbImage, time: f64| -> Vec<CFace> {
         let view = rgb_view(frame);
         let mut result = std::ptr::null_mut();
         assert_eq!(

@@ -6,6 +6,7 @@ mod common;
 mod annotate;
 mod bench;
 mod eval;
+mod pose;
 mod runtime;
 mod track;
 #[cfg(feature = "train")]

@@ -103,6 +103,39 @@ impl Summary {
     }
 }
 
+/// Spearman's rank correlation of paired values (ties get their mean rank): +1 when `b` rises
+/// whenever `a` does, -1 when it falls; `NaN` with fewer than two pairs or a constant side.
+pub fn spearman(a: &[f32], b: &[f32]) -> f32 {
+    fn ranks(v: &[f32]) -> Vec<f64> {
+        let mut order: Vec<usize> = (0..v.len()).collect();
+        order.sort_by(|&i, &j| v[i].total_cmp(&v[j]));
+        let mut ranks = vec![0.0; v.len()];
+        let mut start = 0;
+        while start < order.len() {
+            let mut end = start + 1;
+            while end < order.len() && v[order[end]] == v[order[start]] {
+                end += 1;
+            }
+            let mean = (start + end - 1) as f64 / 2.0;
+            for &k in &order[start..end] {
+                ranks[k] = mean;
+            }
+            start = end;
+        }
+        ranks
+    }
+    let n = a.len().min(b.len());
+    let (ra, rb) = (ranks(&a[..n]), ranks(&b[..n]));
+    let mean = (n as f64 - 1.0) / 2.0;
+    let (mut cov, mut va, mut vb) = (0.0, 0.0, 0.0);
+    for (x, y) in ra.iter().zip(&rb) {
+        cov += (x - mean) * (y - mean);
+        va += (x - mean).powi(2);
+        vb += (y - mean).powi(2);
+    }
+    (cov / (va * vb).sqrt()) as f32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,5 +179,15 @@ mod tests {
         assert_eq!(curve.len(), 11);
         assert!(curve.windows(2).all(|w| w[0].1 <= w[1].1));
         assert!((curve[10].1 - 2.0 / 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn spearman_follows_order_not_size() {
+        let a = [1.0, 2.0, 3.0, 4.0, 5.0];
+        assert!((spearman(&a, &[1.0, 8.0, 27.0, 64.0, 125.0]) - 1.0).abs() < 1e-6);
+        assert!((spearman(&a, &[5.0, 4.0, 3.0, 2.0, 1.0]) + 1.0).abs() < 1e-6);
+        let tied = spearman(&a, &[1.0, 1.0, 2.0, 2.0, 3.0]);
+        assert!(tied > 0.9 && tied < 1.0, "{tied}");
+        assert!(spearman(&a, &[2.0; 5]).is_nan());
     }
 }

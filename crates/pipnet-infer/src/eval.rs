@@ -6,7 +6,7 @@
 use image::RgbImage;
 use pipnet_core::detection::Detection;
 use pipnet_core::metrics::{Summary, nme};
-use pipnet_core::{CropRule, FaceBox, FaceCrop, Point, head_turn};
+use pipnet_core::{CropRule, FaceBox, FaceCrop, HeadPose, Point, head_pose};
 
 use crate::detect::{FaceDetector, RollSearch};
 use crate::error::{Error, Result};
@@ -25,8 +25,10 @@ pub struct FaceResult {
     pub crop: FaceCrop,
     /// What the first pass said, and whether the face got the second.
     pub first_pass: FirstPass,
-    /// How far the true landmarks turn the head ([`head_turn`]).
-    pub head_turn: Option<f32>,
+    /// The yaw of the true landmarks' head pose ([`head_pose`]), degrees.
+    pub true_yaw: Option<f32>,
+    /// The head pose of the predicted landmarks.
+    pub pose: Option<HeadPose>,
 }
 
 /// How each labeled face is cropped for evaluation.
@@ -90,6 +92,7 @@ pub fn evaluate(
         let found = pipeline.landmarks_with_passes(&pairs)?;
         for ((face, (found, first_pass)), (_, crop)) in chunk.iter().zip(found).zip(located) {
             let found = found.landmarks;
+            let pose = head_pose(meta.scheme, &found.in_image);
             let error = nme(&found.in_image, &face.points, meta.scheme)
                 .map_err(|e| Error::InvalidInput(format!("{}: {e}", face.name)))?;
             results.push(FaceResult {
@@ -99,7 +102,8 @@ pub fn evaluate(
                 predicted: found.in_image,
                 crop,
                 first_pass,
-                head_turn: head_turn(meta.scheme, &face.points).ok(),
+                true_yaw: head_pose(meta.scheme, &face.points).map(|p| p.yaw),
+                pose,
             });
         }
     }
@@ -107,13 +111,13 @@ pub fn evaluate(
     Ok((results, Summary::new(&nmes, threshold)))
 }
 
-/// The faces split into thirds by how far their true landmarks turn the head
-/// ([`FaceResult::head_turn`], by its size): frontal, middle, most turned; each third's
-/// summary at `threshold` with the largest turn in it. Faces without a turn are left out.
+/// The faces split into thirds by how far their true landmarks turn the head (the size of
+/// [`FaceResult::true_yaw`]): frontal, middle, most turned; each third's summary at
+/// `threshold` with the largest |yaw| in it, degrees. Faces without a pose are left out.
 pub fn by_head_turn(results: &[FaceResult], threshold: f32) -> Vec<(f32, Summary)> {
     let mut turned: Vec<(f32, f32)> = results
         .iter()
-        .filter_map(|r| Some((r.head_turn?.abs(), r.nme)))
+        .filter_map(|r| Some((r.true_yaw?.abs(), r.nme)))
         .collect();
     turned.sort_by(|a, b| a.0.total_cmp(&b.0));
     let n = turned.len();
@@ -123,6 +127,36 @@ pub fn by_head_turn(results: &[FaceResult], threshold: f32) -> Vec<(f32, Summary
         .map(|third| {
             let nmes: Vec<f32> = third.iter().map(|t| t.1).collect();
             (third[third.len() - 1].0, Summary::new(&nmes, threshold))
+        })
+        .collect()
+}
+
+/// How the predicted head poses of the same faces (by name) differ between two evaluations of
+/// one set of faces, `changed` on photos turned by `roll` radians and, with `mirrored`, also
+/// mirrored: per face `[yaw, pitch, roll]` differences in degrees after undoing what the change
+/// should do (the roll grows by `roll`; a mirror negates yaw and roll). Zero for a perfect
+/// pose; faces without a pose in either are left out.
+pub fn pose_changes(
+    base: &[FaceResult],
+    changed: &[FaceResult],
+    roll: f32,
+    mirrored: bool,
+) -> Vec<[f32; 3]> {
+    let by_name: std::collections::HashMap<&str, &HeadPose> = base
+        .iter()
+        .filter_map(|r| Some((r.name.as_str(), r.pose.as_ref()?)))
+        .collect();
+    let sign = if mirrored { -1.0 } else { 1.0 };
+    changed
+        .iter()
+        .filter_map(|r| {
+            let (before, after) = (by_name.get(r.name.as_str())?, r.pose.as_ref()?);
+            let wrap = |d: f32| (d + 180.0).rem_euclid(360.0) - 180.0;
+            Some([
+                sign * after.yaw - before.yaw,
+                after.pitch - before.pitch,
+                wrap(sign * (after.roll - roll.to_degrees()) - before.roll),
+            ])
         })
         .collect()
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use image::RgbImage;
 use pipnet_core::formats::{parse_pts, parse_wflw_line};
-use pipnet_core::{FaceCrop, Point};
+use pipnet_core::{FaceCrop, Point, Scheme};
 
 use crate::error::{Error, Result};
 use crate::files::image_beside;
@@ -23,17 +23,53 @@ pub struct LabeledFace {
     /// Radians the photo is turned by when loaded ([`LabeledFace::turned`]); `points` are
     /// turned already.
     pub roll: f32,
+    /// Whether the photo is mirrored left-right when loaded, before any turn
+    /// ([`LabeledFace::mirrored`]); `points` are mirrored already.
+    pub mirrored: bool,
 }
 
 impl LabeledFace {
     /// The face's photo as evaluation sees it: decoded, then turned by [`Self::roll`].
     pub fn load(&self, max_pixels: u64) -> Result<RgbImage> {
-        let photo = load_rgb(&self.image, max_pixels)?;
+        let mut photo = load_rgb(&self.image, max_pixels)?;
+        if self.mirrored {
+            image::imageops::flip_horizontal_in_place(&mut photo);
+        }
         if self.roll == 0.0 {
             return Ok(photo);
         }
         let (window, side) = FaceCrop::turned_image(photo.width(), photo.height(), self.roll);
         Ok(cut_crop(&photo, &window, side))
+    }
+
+    /// This face as read from disk, on its photo mirrored left-right: points mirrored and
+    /// renumbered as the scheme's mirror pairs say (the left eye's points become the right
+    /// eye's), so the truth is exact. Decodes the photo for its width.
+    pub fn mirrored(&self, max_pixels: u64) -> Result<Self> {
+        if self.roll != 0.0 || self.mirrored {
+            return Err(Error::InvalidInput(format!(
+                "{}: already turned or mirrored; mirror the face as read",
+                self.name
+            )));
+        }
+        let scheme = Scheme::with_landmarks(self.points.len()).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "{}: no landmark scheme has {} points to mirror",
+                self.name,
+                self.points.len()
+            ))
+        })?;
+        let width = self.load(max_pixels)?.width() as f32;
+        let points = scheme
+            .flip_permutation()
+            .iter()
+            .map(|&j| [width - 1.0 - self.points[j][0], self.points[j][1]])
+            .collect();
+        Ok(Self {
+            points,
+            mirrored: true,
+            ..self.clone()
+        })
     }
 
     /// This face as read from disk, on its photo turned by `angle` radians about the photo's
@@ -90,6 +126,7 @@ pub fn read_pts_folder(dir: &Path) -> Result<Vec<LabeledFace>> {
                 .map(|[x, y]| [x - 1.0, y - 1.0])
                 .collect(),
             roll: 0.0,
+            mirrored: false,
         });
     }
     faces.sort_by(|a, b| a.name.cmp(&b.name));
@@ -151,6 +188,7 @@ pub fn read_wflw_list(list: &Path, images: &Path) -> Result<Vec<LabeledFace>> {
             name: format!("{}_{k}", record.image),
             points: record.points,
             roll: 0.0,
+            mirrored: false,
         });
     }
     if faces.is_empty() {
@@ -194,6 +232,7 @@ mod tests {
             name: name.into(),
             points: vec![],
             roll: 0.0,
+            mirrored: false,
         }
     }
 

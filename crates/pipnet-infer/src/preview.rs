@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use image::RgbImage;
-use pipnet_core::Scheme;
 use pipnet_core::formats::FaceAnnotation;
+use pipnet_core::{HeadPose, MeanShape, Point, Scheme};
 use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 
@@ -51,15 +51,22 @@ pub fn ensure_font() -> std::result::Result<(), String> {
 /// red dots. Line
 /// widths and text follow the face's size, so small and large faces both read well.
 pub fn draw(image: &RgbImage, faces: &[FaceAnnotation]) -> Result<RgbImage> {
-    draw_labelled(image, faces, None)
+    draw_marked(image, faces, Marks::default())
 }
 
-/// [`draw`], with `labels[k]` (e.g. a track id) written above face `k` instead of its score.
-pub fn draw_labelled(
-    image: &RgbImage,
-    faces: &[FaceAnnotation],
-    labels: Option<&[String]>,
-) -> Result<RgbImage> {
+/// What a preview draws beyond boxes, contours and points.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Marks<'a> {
+    /// Written above face `k` instead of its score (e.g. a track id).
+    pub labels: Option<&'a [String]>,
+    /// Each face's head-pose axes ([`FaceAnnotation::pose`]) from its nose tip, one
+    /// outer-eye-corner distance long: x (toward the face's left) red, y (down the face) green,
+    /// and the way the face looks (out of it) blue.
+    pub pose_axes: bool,
+}
+
+/// [`draw`], with the [`Marks`] asked for.
+pub fn draw_marked(image: &RgbImage, faces: &[FaceAnnotation], marks: Marks) -> Result<RgbImage> {
     let (w, h) = image.dimensions();
     let with_text = ensure_font().is_ok();
     let mut buf = image.as_raw().clone();
@@ -107,6 +114,12 @@ pub fn draw_labelled(
                 root.draw(&Circle::new(px(p), radius, RED.filled()))
                     .map_err(|e| draw_err(e.to_string()))?;
             }
+            if let Some(pose) = face.pose.filter(|_| marks.pose_axes) {
+                for (axis, colour) in pose_axes(&pose, points.len()) {
+                    let line = PathElement::new(axis.map(px).to_vec(), colour.stroke_width(stroke));
+                    root.draw(&line).map_err(|e| draw_err(e.to_string()))?;
+                }
+            }
             if with_text {
                 let height = (size / 7.0).clamp(12.0, 48.0);
                 let style = ("sans-serif", height).into_font().color(&GREEN);
@@ -116,7 +129,8 @@ pub fn draw_labelled(
                 } else {
                     b.y0 + 2.0
                 };
-                let text = labels
+                let text = marks
+                    .labels
                     .and_then(|l| l.get(k).cloned())
                     .unwrap_or_else(|| format!("{:.2}", face.score));
                 root.draw(&Text::new(text, px([b.x0 + 2.0, y]), style))
@@ -128,6 +142,25 @@ pub fn draw_labelled(
     RgbImage::from_raw(w, h, buf)
         .ok_or_else(|| Error::InvalidInput("preview buffer has the wrong size".into()))
 }
+
+/// The three axes [`Marks::pose_axes`] draws, as image segments with their colours: from the
+/// mean face's nose tip where the scheme has a mean face, else from its origin.
+fn pose_axes(pose: &HeadPose, points: usize) -> [([Point; 2], RGBColor); 3] {
+    let nose = Scheme::with_landmarks(points)
+        .and_then(MeanShape::for_scheme)
+        .and_then(|shape| shape.points.get(NOSE_TIP).copied())
+        .unwrap_or([0.0; 3]);
+    let tip = |d: [f32; 3]| pose.project([nose[0] + d[0], nose[1] + d[1], nose[2] + d[2]]);
+    let from = pose.project(nose);
+    [
+        ([from, tip([1.0, 0.0, 0.0])], RGBColor(230, 40, 40)),
+        ([from, tip([0.0, 1.0, 0.0])], RGBColor(40, 200, 40)),
+        ([from, tip([0.0, 0.0, -1.0])], RGBColor(40, 110, 255)),
+    ]
+}
+
+/// The nose tip's landmark in the 300-W scheme (the only one with a mean face).
+const NOSE_TIP: usize = 30;
 
 /// JPEG bytes of `image` at quality 90.
 pub fn encode_jpeg(image: &RgbImage) -> Result<Vec<u8>> {

@@ -14,7 +14,9 @@ use numpy::{
     PyUntypedArrayMethods, dtype,
 };
 use pipnet_infer::core::smooth::OneEuroSettings;
-use pipnet_infer::core::{ChipSpec, FaceCrop, Scheme, SecondPass, five_points};
+use pipnet_infer::core::{
+    ChipSpec, FaceCrop, HeadPose, Scheme, SecondPass, five_points, head_pose,
+};
 use pipnet_infer::folder::{FaceSource, FolderJob, OutputFormat, annotate_folder};
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, PixelFormat, load_rgb, rgb_from_buffer};
 use pipnet_infer::preprocess::cut_chip;
@@ -127,7 +129,7 @@ fn rgb_image(image: &Bound<'_, PyAny>) -> PyResult<RgbImage> {
 }
 
 /// One face as the native layer hands it over (`pipnet.Face` wraps it): its box `[x0, y0, x1,
-/// y1]`, score, landmarks (`L x 2`), landmark scores (`L`) and presence.
+/// y1]`, score, landmarks (`L x 2`), landmark scores (`L`), presence and head pose.
 #[pyclass(module = "pipnet._native", frozen)]
 struct NativeFace {
     #[pyo3(get, name = "box")]
@@ -140,12 +142,37 @@ struct NativeFace {
     landmark_scores: Py<numpy::PyArray1<f32>>,
     #[pyo3(get)]
     presence: f32,
+    /// Fitted to `landmarks`; `None` where the scheme has no mean shape.
+    pose: Option<HeadPose>,
+}
+
+#[pymethods]
+impl NativeFace {
+    /// The head pose as a dict of `yaw`, `pitch`, `roll`, `rotation` (3 x 3 rows),
+    /// `translation`, `scale`, `residual`; `None` without one.
+    #[getter]
+    fn pose<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(p) = &self.pose else {
+            return Ok(None);
+        };
+        let pose = PyDict::new(py);
+        pose.set_item("yaw", p.yaw)?;
+        pose.set_item("pitch", p.pitch)?;
+        pose.set_item("roll", p.roll)?;
+        pose.set_item("rotation", p.rotation)?;
+        pose.set_item("translation", p.translation)?;
+        pose.set_item("scale", p.scale)?;
+        pose.set_item("residual", p.residual)?;
+        Ok(Some(pose))
+    }
 }
 
 impl NativeFace {
-    /// `face`, with `landmarks` in place of its own points (a tracker's smoothed ones).
+    /// `face`, with `landmarks` in place of its own points (a tracker's smoothed ones); the
+    /// pose is fitted to those.
     fn new(py: Python<'_>, face: &Face, landmarks: &[[f32; 2]]) -> Self {
         Self {
+            pose: Scheme::with_landmarks(landmarks.len()).and_then(|s| head_pose(s, landmarks)),
             face_box: face.face_box().into(),
             score: face.score(),
             landmarks: points_array(py, landmarks).unbind(),
@@ -338,8 +365,8 @@ impl Pipeline {
     /// `pipnet annotate` with this pipeline: one output per image into `out` (a rerun resumes)
     /// and the summary as a dict. `crops`: every image is one face crop; `boxes`: a JSON file of
     /// tight landmark boxes per image, as `--boxes`.
-    #[pyo3(signature = (inputs, out, format="json", preview=false, crops=false, boxes=None,
-        force=false, chips=None))]
+    #[pyo3(signature = (inputs, out, format="json", preview=false, pose_axes=false, crops=false,
+        boxes=None, force=false, chips=None))]
     #[allow(clippy::too_many_arguments)] // Python keyword arguments
     fn annotate<'py>(
         &self,
@@ -348,6 +375,7 @@ impl Pipeline {
         out: PathBuf,
         format: &str,
         preview: bool,
+        pose_axes: bool,
         crops: bool,
         boxes: Option<PathBuf>,
         force: bool,
@@ -371,6 +399,7 @@ impl Pipeline {
             faces,
             format: format.parse::<OutputFormat>().map_err(py_err)?,
             preview,
+            pose_axes,
             force,
             max_pixels: DEFAULT_MAX_PIXELS,
             shard: None,

@@ -13,7 +13,7 @@ use pipnet_infer::{Faces, Pipeline, SessionOptions, Tracker, TrackerOptions};
 use serde_json::{Value, json};
 
 /// Every face of every sample photo, as `Pipeline(...)` with default settings finds them:
-/// `{"<file>": [{"box", "score", "landmarks", "landmark_scores"}, ...]}`.
+/// `{"<file>": [{"box", "score", "landmarks", "landmark_scores", "pose"}, ...]}`.
 fn rust_faces() -> Value {
     let session = SessionOptions::default();
     let mut pipeline = Pipeline::open(None, None, true, &session, Default::default()).unwrap();
@@ -29,6 +29,7 @@ fn rust_faces() -> Value {
                     "score": f.score(),
                     "landmarks": f.landmarks.in_image,
                     "landmark_scores": f.landmarks.scores(),
+                    "pose": f.annotation(pipnet_infer::core::Scheme::W300_68).pose,
                 })
             })
             .collect();

@@ -48,6 +48,9 @@ def test_landmarks_equal_the_rust_api_on_every_sample_photo(pipeline):
             np.testing.assert_allclose(face.landmarks, w["landmarks"], rtol=1e-5, atol=1e-5)
             np.testing.assert_allclose(face.landmark_scores, w["landmark_scores"], atol=1e-5)
             assert face.score == pytest.approx(w["score"], abs=1e-5)
+            for name in ("yaw", "pitch", "roll", "scale", "residual"):
+                assert getattr(face.pose, name) == pytest.approx(w["pose"][name], abs=1e-3)
+            np.testing.assert_allclose(face.pose.rotation, w["pose"]["rotation"], atol=1e-5)
         total += len(faces)
     assert total >= 40  # the README's 43 faces, give or take a detector change
 
@@ -108,6 +111,24 @@ def test_bgr_arrays_are_read_as_bgr_when_told(pipeline, photo):
         pipeline(photo, channels="hsv")
     with pytest.raises(ValueError, match="HxWx3"):
         pipeline(photo[..., 0], channels="bgr")
+
+
+def test_head_poses_mirror_with_the_photo_and_project_the_mean_face(pipeline, photo):
+    faces = pipeline.detect(photo)
+    mirrored = pipeline.detect(np.ascontiguousarray(photo[:, ::-1]))
+    width = photo.shape[1]
+    assert faces and len(mirrored) == len(faces)
+    for face in faces:
+        pose = face.pose
+        assert pose.rotation.shape == (3, 3) and pose.translation.shape == (2,)
+        np.testing.assert_allclose(pose.rotation @ pose.rotation.T, np.eye(3), atol=1e-5)
+        assert pose.project([0, 0, 0])[0] == pytest.approx(pose.translation, abs=1e-4)
+        assert 0 < pose.residual < 0.2
+        # The same face in the mirrored photo: the one whose box mirrors this one's.
+        twin = min(mirrored, key=lambda m: abs(width - 1 - m.box[2] - face.box[0]))
+        assert twin.pose.yaw == pytest.approx(-pose.yaw, abs=3)
+        assert twin.pose.roll == pytest.approx(-pose.roll, abs=2)
+        assert twin.pose.pitch == pytest.approx(pose.pitch, abs=3)
 
 
 def test_faces_have_presence_and_upright_chips(pipeline, photo):

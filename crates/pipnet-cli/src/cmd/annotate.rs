@@ -33,6 +33,10 @@ pub struct Args {
     /// boxes and landmarks drawn.
     #[arg(long)]
     preview: bool,
+    /// Draw each face's head-pose axes on the previews (x red, y green, facing direction
+    /// blue).
+    #[arg(long, requires = "preview")]
+    pose_axes: bool,
     /// Treat every image as one pre-cropped face (no face detection).
     #[arg(long, conflicts_with = "boxes")]
     crops: bool,
@@ -137,6 +141,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         faces,
         format: args.format,
         preview: args.preview,
+        pose_axes: args.pose_axes,
         force: args.force,
         max_pixels: args.max_pixels,
         shard,

@@ -8,7 +8,8 @@ use anyhow::{Context, bail};
 use pipnet_core::metrics::{Summary, ced_curve};
 use pipnet_infer::detect::RollSearch;
 use pipnet_infer::eval::{
-    EvalCrops, FaceResult, by_head_turn, evaluate, pipeline_detector_crops, turn_faces,
+    EvalCrops, FaceResult, by_head_turn, evaluate, pipeline_detector_crops, pose_changes,
+    turn_faces,
 };
 use pipnet_infer::image_io::DEFAULT_MAX_PIXELS;
 use pipnet_infer::labeled::LabeledFace;
@@ -39,6 +40,12 @@ pub struct Args {
     /// annotate's --min-presence), NME, FR@0.1 and the most turned third's NME.
     #[arg(long, value_parser = super::parse_rolls, value_name = "DEGREES")]
     roll: Option<std::vec::Vec<f32>>,
+    /// With --roll (which must include 0): also check the head poses of the predicted
+    /// landmarks: each face's pose at each other roll, and on the mirrored photo, against its
+    /// pose at 0 (turning the photo by A should add A to the roll and leave yaw and pitch;
+    /// mirroring should negate yaw and roll).
+    #[arg(long, requires = "roll")]
+    pose_checks: bool,
     /// Where the detector also searches the photo turned by quarter turns: off,
     /// where-none-found (the default, as `annotate`) or always.
     #[arg(long, default_value = "where-none-found")]
@@ -100,7 +107,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if args.crops != "detector" {
             bail!("--roll scores detector crops: add --crops detector");
         }
-        let results = by_roll(&mut pipeline, &faces, rolls, &pass)?;
+        let by_roll = by_roll(&mut pipeline, &faces, rolls, &pass)?;
+        if args.pose_checks {
+            check_poses(&mut pipeline, &faces, &by_roll)?;
+        }
+        let mut results = Vec::new();
+        for (roll, mut at_roll) in by_roll {
+            for r in &mut at_roll {
+                r.name = format!("{}@{:.0}", r.name, roll.to_degrees());
+            }
+            results.extend(at_roll);
+        }
         write_reports(&args, &results, &Summary::new(&[], 0.1))?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -159,24 +176,24 @@ fn print_passes_and_turns(results: &[FaceResult]) {
         results.len(),
         100.0 * second as f64 / results.len().max(1) as f64
     );
-    println!("by head turn (nose between the jaw ends, true landmarks; 0 frontal, 1 profile):");
+    println!("by head turn (|yaw| of the true landmarks' head pose):");
     for (k, (largest, third)) in by_head_turn(results, 0.1).iter().enumerate() {
         let name = ["frontal third", "middle third", "most turned third"][k.min(2)];
         println!(
-            "  {name:<18} (turn <= {largest:.2}): NME {:.4}, FR@0.1 {:.4}",
+            "  {name:<18} (|yaw| <= {largest:4.1} degrees): NME {:.4}, FR@0.1 {:.4}",
             third.nme, third.failure_rate
         );
     }
 }
 
-/// Scores the faces turned by each of `rolls` on detector crops, one row each; returns every
-/// evaluated face (named with its roll).
+/// Scores the faces turned by each of `rolls` on detector crops, one row each; returns the
+/// evaluated faces at each roll.
 fn by_roll(
     pipeline: &mut Pipeline,
     faces: &[LabeledFace],
     rolls: &[f32],
     pass: &str,
-) -> anyhow::Result<Vec<FaceResult>> {
+) -> anyhow::Result<Vec<(f32, Vec<FaceResult>)>> {
     println!("detector crops{pass}; lost: not found, or presence under {DEFAULT_MIN_PRESENCE}");
     println!(
         "{:>6} {:>12} {:>8} {:>8} {:>12} {:>12}",
@@ -185,9 +202,7 @@ fn by_roll(
     let mut all = Vec::new();
     for &roll in rolls {
         let turned = turn_faces(faces, roll, DEFAULT_MAX_PIXELS)?;
-        let detected = pipeline_detector_crops(pipeline, &turned, DEFAULT_MAX_PIXELS)?;
-        let crops = EvalCrops::Given(&detected.located);
-        let (mut results, summary) = score(pipeline, &detected.found, crops)?;
+        let (results, summary) = detector_results(pipeline, &turned)?;
         let kept = results
             .iter()
             .filter(|r| r.presence >= DEFAULT_MIN_PRESENCE)
@@ -205,12 +220,80 @@ fn by_roll(
             hardest,
             100.0 * second as f64 / results.len().max(1) as f64
         );
-        for r in &mut results {
-            r.name = format!("{}@{:.0}", r.name, roll.to_degrees());
-        }
-        all.extend(results);
+        all.push((roll, results));
     }
     Ok(all)
+}
+
+/// The faces the detector finds, scored on its crops.
+fn detector_results(
+    pipeline: &mut Pipeline,
+    faces: &[LabeledFace],
+) -> anyhow::Result<(Vec<FaceResult>, Summary)> {
+    let detected = pipeline_detector_crops(pipeline, faces, DEFAULT_MAX_PIXELS)?;
+    score(
+        pipeline,
+        &detected.found,
+        EvalCrops::Given(&detected.located),
+    )
+}
+
+/// Prints how far each face's predicted pose moves, beyond what the change of photo should
+/// do, between roll 0 and each other roll, and between the photo and its mirror image
+/// ([`pose_changes`]): median and 95th percentile of the size of each angle's difference.
+fn check_poses(
+    pipeline: &mut Pipeline,
+    faces: &[LabeledFace],
+    by_roll: &[(f32, Vec<FaceResult>)],
+) -> anyhow::Result<()> {
+    let Some((_, upright)) = by_roll.iter().find(|(roll, _)| *roll == 0.0) else {
+        bail!("--pose-checks compares with the upright photos: add 0 to --roll");
+    };
+    let mirrored = faces
+        .iter()
+        .map(|f| f.mirrored(DEFAULT_MAX_PIXELS))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (mirrored, _) = detector_results(pipeline, &mirrored)?;
+    println!(
+        "head pose of the predicted landmarks against the upright photo's, degrees \
+         (median / 95th percentile of |difference|):"
+    );
+    println!(
+        "{:>12} {:>6} {:>14} {:>14} {:>14}",
+        "photo", "faces", "yaw", "pitch", "roll"
+    );
+    let turned = by_roll
+        .iter()
+        .filter(|(roll, _)| *roll != 0.0)
+        .map(|(roll, results)| {
+            let name = format!("turned {:.0}", roll.to_degrees());
+            (name, pose_changes(upright, results, *roll, false))
+        });
+    let mirror = (
+        "mirrored".to_string(),
+        pose_changes(upright, &mirrored, 0.0, true),
+    );
+    for (name, changes) in turned.chain([mirror]) {
+        let column = |k: usize| {
+            let mut sizes: Vec<f32> = changes.iter().map(|c| c[k].abs()).collect();
+            sizes.sort_by(f32::total_cmp);
+            let at = |q: f32| {
+                sizes
+                    .get(((sizes.len() as f32 - 1.0) * q).round() as usize)
+                    .copied()
+                    .unwrap_or(f32::NAN)
+            };
+            format!("{:.2} / {:.2}", at(0.5), at(0.95))
+        };
+        println!(
+            "{name:>12} {:>6} {:>14} {:>14} {:>14}",
+            changes.len(),
+            column(0),
+            column(1),
+            column(2)
+        );
+    }
+    Ok(())
 }
 
 fn write_reports(args: &Args, results: &[FaceResult], summary: &Summary) -> anyhow::Result<()> {
@@ -243,7 +326,7 @@ fn write_reports(args: &Args, results: &[FaceResult], summary: &Summary) -> anyh
     if let Some(path) = &args.per_face {
         let mut csv = String::from(
             "face,nme,crop_x,crop_y,crop_side,crop_angle,presence,first_presence,shift,scale,\
-             turn,second_pass,head_turn\n",
+             turn,second_pass,true_yaw,yaw,pitch,roll\n",
         );
         for r in results {
             let (c, p) = (r.crop, r.first_pass);
@@ -251,7 +334,8 @@ fn write_reports(args: &Args, results: &[FaceResult], summary: &Summary) -> anyh
                 .change
                 .map_or([f32::NAN; 3], |c| [c.shift, c.scale, c.turn]);
             csv.push_str(&format!(
-                "{},{:.6},{:.3},{:.3},{:.3},{:.6},{:.4},{:.4},{:.5},{:.5},{:.5},{},{:.4}\n",
+                "{},{:.6},{:.3},{:.3},{:.3},{:.6},{:.4},{:.4},{:.5},{:.5},{:.5},{},{:.2},{:.2},{:.2},\
+                 {:.2}\n",
                 r.name,
                 r.nme,
                 c.center[0],
@@ -264,7 +348,10 @@ fn write_reports(args: &Args, results: &[FaceResult], summary: &Summary) -> anyh
                 change[1],
                 change[2],
                 u8::from(p.second_pass),
-                r.head_turn.unwrap_or(f32::NAN)
+                r.true_yaw.unwrap_or(f32::NAN),
+                r.pose.map_or(f32::NAN, |p| p.yaw),
+                r.pose.map_or(f32::NAN, |p| p.pitch),
+                r.pose.map_or(f32::NAN, |p| p.roll),
             ));
         }
         std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))?;

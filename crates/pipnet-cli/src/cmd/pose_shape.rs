@@ -1,15 +1,16 @@
 //! `pipnet pose-shape DATA [--split F:S] [--max-iterations N] [--out FILE]`: learn the 3-D mean
 //! face that head poses are fitted with, from the 2-D landmarks of a labeled folder's training
-//! part ([`pipnet_core::pose::learn_mean_shape`]), and write it as the Rust source
-//! `crates/pipnet-core/src/pose/face68.rs` ships.
+//! part ([`pipnet_core::pose::learn_mean_shape`]), check its poses on the validation part, and
+//! write it as the Rust source `crates/pipnet-core/src/pose/face68.rs` ships.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use pipnet_core::Scheme;
+use pipnet_core::metrics::spearman;
 use pipnet_core::pose::{ShapeFit, learn_mean_shape};
+use pipnet_core::{MeanShape, Point, Scheme, head_turn, roll};
 use pipnet_infer::files::write_atomic;
 use pipnet_infer::labeled::split_validation;
 
@@ -31,7 +32,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (fraction, seed) = args.split;
-    let (training, _) = split_validation(args.data.read()?, fraction, seed);
+    let (training, validation) = split_validation(args.data.read()?, fraction, seed);
     let scheme = Scheme::W300_68;
     let faces: Vec<_> = training.into_iter().map(|f| f.points).collect();
     if let Some(other) = faces.iter().find(|f| f.len() != scheme.num_landmarks()) {
@@ -47,12 +48,65 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
          training yaw 5-95%: {:.1} to {:.1} degrees",
         fit.faces, fit.iterations, fit.median_residual, fit.yaw_range[0], fit.yaw_range[1]
     );
+    let validation: Vec<_> = validation.into_iter().map(|f| f.points).collect();
+    report_on_validation(&fit.shape, &validation);
     let source = rust_source(&fit, &args);
     match &args.out {
         Some(path) => write_atomic(path, source.as_bytes())?,
         None => print!("{source}"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Checks the poses the shape gives the validation faces' true landmarks against two things
+/// the landmarks say without any 3-D model: how far the nose sits off the middle of the jaw
+/// ([`head_turn`], which should fall as yaw rises: yaw > 0 turns the nose to the image's left)
+/// and the eye line's angle ([`roll`], which the pose's roll should follow).
+fn report_on_validation(shape: &MeanShape, faces: &[Vec<Point>]) {
+    let scheme = shape.scheme;
+    let rows: Vec<[f32; 4]> = faces
+        .iter()
+        .filter_map(|f| {
+            let pose = shape.fit(f).ok()?;
+            let eye_line = roll(scheme, f).ok()?.to_degrees();
+            Some([
+                pose.yaw,
+                head_turn(scheme, f).ok()?,
+                pose.roll - eye_line,
+                pose.residual,
+            ])
+        })
+        .collect();
+    let column = |k: usize| rows.iter().map(|r| r[k]).collect::<Vec<f32>>();
+    let median = |mut v: Vec<f32>| {
+        v.sort_by(f32::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f32::NAN)
+    };
+    eprintln!(
+        "validation: {} faces; median residual {:.4}; rank correlation of yaw with the nose's \
+         offset between the jaw ends {:.3}; roll - eye-line angle: median {:.2}, median |.| \
+         {:.2} degrees",
+        rows.len(),
+        median(column(3)),
+        spearman(&column(0), &column(1)),
+        median(column(2)),
+        median(column(2).iter().map(|d| d.abs()).collect()),
+    );
+    eprintln!(
+        "  {:>16} {:>6} {:>12}",
+        "yaw (degrees)", "faces", "nose offset"
+    );
+    let edges = [-90.0, -30.0, -15.0, -5.0, 5.0, 15.0, 30.0, 90.0];
+    for w in edges.windows(2) {
+        let turns: Vec<f32> = rows
+            .iter()
+            .filter(|r| r[0] >= w[0] && r[0] < w[1])
+            .map(|r| r[1])
+            .collect();
+        let mean = turns.iter().sum::<f32>() / turns.len().max(1) as f32;
+        let bucket = format!("{:.0} to {:.0}", w[0], w[1]);
+        eprintln!("  {bucket:>16} {:>6} {mean:>12.3}", turns.len());
+    }
 }
 
 /// The shape as a Rust constant, with where it came from and its licence.

@@ -42,6 +42,9 @@ pub struct Args {
     /// number>.jpg` for a video.
     #[arg(long)]
     preview: bool,
+    /// Draw each face's head-pose axes (of the smoothed points) on the previews.
+    #[arg(long, requires = "preview")]
+    pose_axes: bool,
     /// Replace the outputs of a run on another input or with other settings in OUT.
     #[arg(long)]
     force: bool,
@@ -549,7 +552,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         text.push_str(&frame_lines(&args.format, &frame, &faces, &annotated));
         if args.preview {
             let labels: Vec<String> = faces.iter().map(|f| format!("#{}", f.id)).collect();
-            let image = preview::draw_labelled(&frame.image, &annotated, Some(&labels))?;
+            let marks = preview::Marks {
+                labels: Some(&labels),
+                pose_axes: args.pose_axes,
+            };
+            let image = preview::draw_marked(&frame.image, &annotated, marks)?;
             let path = frame_preview_path(&args.out, &frame);
             write_atomic(&path, &preview::encode_jpeg(&image)?)?;
         }

@@ -267,7 +267,7 @@ fn refine(
         let next_scale = scale + step[3];
         let next_translation = [translation[0] + step[4], translation[1] + step[5]];
         let next_cost = sum_squares(&next_rotation, next_scale, next_translation);
-        if !(next_cost < cost) {
+        if next_cost.is_nan() || next_cost >= cost {
             break;
         }
         let converged = cost - next_cost < 1e-12 * cost.max(1e-300);

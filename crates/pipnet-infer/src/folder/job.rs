@@ -111,6 +111,8 @@ pub struct FolderJob {
     pub format: OutputFormat,
     /// Also write a JPEG per image with boxes and landmarks drawn ([`preview_path`](super::preview_path)).
     pub preview: bool,
+    /// Draw each face's head-pose axes on the previews ([`Marks::pose_axes`](crate::preview::Marks::pose_axes)).
+    pub pose_axes: bool,
     /// Redo images whose output is already newer than the image.
     pub force: bool,
     pub max_pixels: u64,

@@ -169,7 +169,11 @@ pub(super) fn write_outputs(
         )?);
     }
     if job.preview {
-        let drawn = preview::draw(image, &annotation.faces)?;
+        let marks = preview::Marks {
+            pose_axes: job.pose_axes,
+            ..Default::default()
+        };
+        let drawn = preview::draw_marked(image, &annotation.faces, marks)?;
         let path = preview_path(&job.out_dir, name);
         write_atomic(&path, &preview::encode_jpeg(&drawn)?)?;
         new_set.push(path);

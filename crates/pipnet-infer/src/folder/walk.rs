@@ -289,6 +289,7 @@ mod tests {
             faces: FaceSource::Detect,
             format,
             preview,
+            pose_axes: false,
             force: false,
             max_pixels: 1,
             shard: None,

@@ -30,6 +30,7 @@ from ._native import PipnetError, __version__
 __all__ = [
     "Chip",
     "Face",
+    "HeadPose",
     "Pipeline",
     "TrackedFace",
     "Tracker",
@@ -47,7 +48,7 @@ def __dir__() -> list:
 
 
 PathLike = Union[str, "os.PathLike[str]"]
-_RUN_OPTIONS = ("format", "preview", "crops", "boxes", "force", "chips")
+_RUN_OPTIONS = ("format", "preview", "pose_axes", "crops", "boxes", "force", "chips")
 
 
 @functools.lru_cache(maxsize=None)
@@ -90,15 +91,20 @@ class Face:
     0 elsewhere; not normalised, it can exceed 1)."""
     presence: float
     """The mean landmark score: low for false detections (``Pipeline(min_presence=...)``)."""
+    pose: Optional["HeadPose"]
+    """The head pose fitted to ``landmarks``; ``None`` where the scheme has no 3-D mean face
+    (WFLW's 98 points)."""
 
     @classmethod
     def _from_native(cls, native: Any) -> "Face":
+        pose = native.pose
         return cls(
             np.asarray(native.box, dtype=np.float32),
             float(native.score),
             native.landmarks,
             native.landmark_scores,
             float(native.presence),
+            None if pose is None else HeadPose._from_native(pose),
         )
 
     def chip(self, image: Any, spec: str = "arcface112", *, channels: str = "rgb") -> "Chip":
@@ -110,6 +116,49 @@ class Face:
         if channels == "bgr":
             pixels = np.ascontiguousarray(pixels[..., ::-1])
         return Chip(pixels, np.array(to_chip), np.array(to_image), np.array(five, np.float32))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class HeadPose:
+    """A head pose from the landmarks: a 3-D mean face (learned from 300-W's 2-D landmarks)
+    fitted with a weak-perspective camera. Camera axes are OpenCV's (x right, y down, z away
+    from the camera) and ``rotation = Rz(roll) @ Ry(yaw) @ Rx(pitch)``: roll > 0 tilts the head
+    clockwise in the picture, yaw > 0 turns the nose toward the image's left, pitch > 0 turns it
+    down. Yaw and pitch are relative to the mean pose of 300-W's training photos."""
+
+    yaw: float
+    """Degrees."""
+    pitch: float
+    """Degrees."""
+    roll: float
+    """Degrees."""
+    rotation: np.ndarray
+    """``(3, 3)`` float32, mean-face coordinates -> camera coordinates."""
+    translation: np.ndarray
+    """``(2,)`` float32 image pixels: where the mean face's origin (its centroid) lands."""
+    scale: float
+    """Image pixels per mean-face unit (the outer-eye-corner distance)."""
+    residual: float
+    """RMS distance of the landmarks from the fitted mean face, over ``scale``: 0.03-0.06 on
+    real faces; far above, do not trust the pose."""
+
+    @classmethod
+    def _from_native(cls, native: dict) -> "HeadPose":
+        return cls(
+            float(native["yaw"]),
+            float(native["pitch"]),
+            float(native["roll"]),
+            np.asarray(native["rotation"], dtype=np.float32),
+            np.asarray(native["translation"], dtype=np.float32),
+            float(native["scale"]),
+            float(native["residual"]),
+        )
+
+    def project(self, points: Any) -> np.ndarray:
+        """Image pixels of ``(N, 3)`` points in mean-face units, e.g. ``[[0, 0, 0], [1, 0, 0]]``
+        for the origin and the end of the x axis (to draw the axes)."""
+        points = np.asarray(points, dtype=np.float32).reshape(-1, 3)
+        return self.scale * points @ self.rotation[:2].T + self.translation
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -253,6 +302,7 @@ class Pipeline:
         *,
         format: str = "json",
         preview: bool = False,
+        pose_axes: bool = False,
         crops: bool = False,
         boxes: Optional[PathLike] = None,
         force: bool = False,
@@ -260,7 +310,8 @@ class Pipeline:
     ) -> dict:
         """``pipnet annotate`` with this pipeline: image files and folders (walked recursively)
         into ``out``, one file per image (``json``, ``csv`` or ``pts``; ``preview`` adds JPEGs
-        with the landmarks drawn), written atomically; a rerun skips images already done
+        with the landmarks drawn, and each face's head-pose axes with ``pose_axes``), written
+        atomically; a rerun skips images already done
         (``force`` redoes them). ``crops``: every image is one face crop; ``boxes``: a JSON file
         of tight landmark boxes per image (as ``--boxes``). Unreadable images are listed in
         ``out/failures.jsonl`` and in the summary returned: ``{"images", "annotated",
@@ -272,6 +323,7 @@ class Pipeline:
             os.fspath(out),
             format=format,
             preview=preview,
+            pose_axes=pose_axes,
             crops=crops,
             boxes=_path(boxes),
             force=force,
@@ -376,6 +428,7 @@ def info(model: Optional[PathLike] = None) -> dict:
 def annotate(inputs: Union[PathLike, Sequence[PathLike]], out: PathLike, **options: Any) -> dict:
     """``pipnet annotate`` as a function: :meth:`Pipeline.annotate` on a pipeline made with the
     options that are :class:`Pipeline`'s (``model``, ``device``, ``threads``, ...); the rest
-    (``format``, ``preview``, ``crops``, ``boxes``, ``force``) go to the run."""
+    (``format``, ``preview``, ``pose_axes``, ``crops``, ``boxes``, ``force``, ``chips``) go to
+    the run."""
     run = {key: options.pop(key) for key in _RUN_OPTIONS if key in options}
     return Pipeline(**options).annotate(inputs, out, **run)

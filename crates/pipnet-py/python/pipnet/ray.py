@@ -11,7 +11,7 @@ EXIF orientation applied, any colour type converted), or also carries its pixels
 (an ``HxWx3`` uint8 array, e.g. from ``ray.data.read_images(..., include_paths=True)``). Each
 output row is one image: ``path``, ``width``, ``height``, ``error`` (null, or why the image could
 not be annotated: a bad image is a row with its error, never a failed job) and ``faces``, a list
-of ``{box, score, presence, landmarks, landmark_scores}`` in image pixels, the fields of
+of ``{box, score, presence, landmarks, landmark_scores, pose}`` in image pixels, the fields of
 :class:`pipnet.Face`. The rows are Arrow tables with a fixed schema, so they write to Parquet and
 JSON as they are.
 
@@ -39,6 +39,20 @@ _FACE = pa.struct(
         ("presence", pa.float32()),
         ("landmarks", pa.list_(pa.list_(pa.float32(), 2))),
         ("landmark_scores", pa.list_(pa.float32())),
+        (
+            "pose",
+            pa.struct(
+                [
+                    ("yaw", pa.float32()),
+                    ("pitch", pa.float32()),
+                    ("roll", pa.float32()),
+                    ("rotation", pa.list_(pa.list_(pa.float32(), 3), 3)),
+                    ("translation", pa.list_(pa.float32(), 2)),
+                    ("scale", pa.float32()),
+                    ("residual", pa.float32()),
+                ]
+            ),
+        ),
     ]
 )
 
@@ -127,4 +141,13 @@ def _face_row(face: pipnet.Face) -> dict:
         "presence": face.presence,
         "landmarks": face.landmarks.tolist(),
         "landmark_scores": face.landmark_scores.tolist(),
+        "pose": None if face.pose is None else {
+            "yaw": face.pose.yaw,
+            "pitch": face.pose.pitch,
+            "roll": face.pose.roll,
+            "rotation": face.pose.rotation.tolist(),
+            "translation": face.pose.translation.tolist(),
+            "scale": face.pose.scale,
+            "residual": face.pose.residual,
+        },
     }
