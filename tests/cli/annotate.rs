@@ -633,8 +633,16 @@ fn test_boxes_file_and_csv_and_pts_outputs() {
                 let csv = std::fs::read_to_string(out.join(format!("{file}.csv"))).unwrap();
                 let rows: Vec<&str> = csv.lines().collect();
                 assert_eq!(rows.len(), faces.len() + 1, "{csv}");
-                // image, face, score, presence, the box; x and y, then the score, per point.
-                assert_eq!(rows[1].split(',').count(), 8 + 3 * 68);
+                // image, face, score, presence, the box, the pose; x and y, then the score,
+                // per point.
+                assert_eq!(rows[1].split(',').count(), 12 + 3 * 68);
+                let header: Vec<&str> = rows[0].split(',').collect();
+                let row: Vec<&str> = rows[1].split(',').collect();
+                let yaw = header.iter().position(|c| *c == "yaw").unwrap();
+                let residual: f32 = row[header.iter().position(|c| *c == "pose_residual").unwrap()]
+                    .parse()
+                    .unwrap();
+                assert!(row[yaw].parse::<f32>().unwrap().abs() < 90.0 && residual < 0.2);
                 assert_eq!(rows[0].split(',').count(), rows[1].split(',').count());
             } else {
                 for k in 1..=faces.len() {

@@ -59,9 +59,9 @@ pub fn draw(image: &RgbImage, faces: &[FaceAnnotation]) -> Result<RgbImage> {
 pub struct Marks<'a> {
     /// Written above face `k` instead of its score (e.g. a track id).
     pub labels: Option<&'a [String]>,
-    /// Each face's head-pose axes ([`FaceAnnotation::pose`]) from its nose tip, one
-    /// outer-eye-corner distance long: x (toward the face's left) red, y (down the face) green,
-    /// and the way the face looks (out of it) blue.
+    /// Each face's head-pose axes ([`FaceAnnotation::pose`]) from its nose tip, 1.5
+    /// outer-eye-corner distances long: x (toward the face's left) red, y (down the face)
+    /// green, and the way the face looks (out of it) blue.
     pub pose_axes: bool,
 }
 
@@ -116,7 +116,8 @@ pub fn draw_marked(image: &RgbImage, faces: &[FaceAnnotation], marks: Marks) -> 
             }
             if let Some(pose) = face.pose.filter(|_| marks.pose_axes) {
                 for (axis, colour) in pose_axes(&pose, points.len()) {
-                    let line = PathElement::new(axis.map(px).to_vec(), colour.stroke_width(stroke));
+                    let width = colour.stroke_width(stroke.max(2));
+                    let line = PathElement::new(axis.map(px).to_vec(), width);
                     root.draw(&line).map_err(|e| draw_err(e.to_string()))?;
                 }
             }
@@ -150,7 +151,7 @@ fn pose_axes(pose: &HeadPose, points: usize) -> [([Point; 2], RGBColor); 3] {
         .and_then(MeanShape::for_scheme)
         .and_then(|shape| shape.points.get(NOSE_TIP).copied())
         .unwrap_or([0.0; 3]);
-    let tip = |d: [f32; 3]| pose.project([nose[0] + d[0], nose[1] + d[1], nose[2] + d[2]]);
+    let tip = |d: [f32; 3]| pose.project(std::array::from_fn(|k| nose[k] + AXIS_LENGTH * d[k]));
     let from = pose.project(nose);
     [
         ([from, tip([1.0, 0.0, 0.0])], RGBColor(230, 40, 40)),
@@ -158,6 +159,9 @@ fn pose_axes(pose: &HeadPose, points: usize) -> [([Point; 2], RGBColor); 3] {
         ([from, tip([0.0, 0.0, -1.0])], RGBColor(40, 110, 255)),
     ]
 }
+
+/// Pose axes' length in mean-face units (outer-eye-corner distances).
+const AXIS_LENGTH: f32 = 1.5;
 
 /// The nose tip's landmark in the 300-W scheme (the only one with a mean face).
 const NOSE_TIP: usize = 30;

@@ -78,16 +78,20 @@ fn report_on_validation(shape: &MeanShape, faces: &[Vec<Point>]) {
         })
         .collect();
     let column = |k: usize| rows.iter().map(|r| r[k]).collect::<Vec<f32>>();
-    let median = |mut v: Vec<f32>| {
+    let quantile = |mut v: Vec<f32>, q: f32| {
         v.sort_by(f32::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(f32::NAN)
+        let k = ((v.len() as f32 - 1.0) * q).round() as usize;
+        v.get(k).copied().unwrap_or(f32::NAN)
     };
+    let median = |v: Vec<f32>| quantile(v, 0.5);
     eprintln!(
-        "validation: {} faces; median residual {:.4}; rank correlation of yaw with the nose's \
+        "validation: {} faces; residual median {:.4}, 5-95% {:.4}-{:.4}; rank correlation of yaw with the nose's \
          offset between the jaw ends {:.3}; roll - eye-line angle: median {:.2}, median |.| \
          {:.2} degrees",
         rows.len(),
         median(column(3)),
+        quantile(column(3), 0.05),
+        quantile(column(3), 0.95),
         spearman(&column(0), &column(1)),
         median(column(2)),
         median(column(2).iter().map(|d| d.abs()).collect()),
