@@ -1,5 +1,5 @@
 //! `pipnet eval DATA [--model MODEL] [--crops truth|detector] [--roll DEGREES,...]
-//! [--refine | --no-refine] [--flip] [--ced ced.csv] [--plot ced.png]`
+//! [--pose-checks] [--refine | --no-refine] [--flip] [--ced ced.csv] [--plot ced.png]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
