@@ -132,12 +132,21 @@ fn test_turned_and_mirrored_photos_change_the_pose_as_they_should() {
                 sizes[2].push(wrap(sign * (b.roll - c.roll) - a.roll).abs());
             }
         }
-        assert!(sizes[0].len() >= 10, "{}: {} faces matched", c.suffix, sizes[0].len());
+        assert!(
+            sizes[0].len() >= 10,
+            "{}: {} faces matched",
+            c.suffix,
+            sizes[0].len()
+        );
         for (k, angle) in ["yaw", "pitch", "roll"].iter().enumerate() {
             let mut v = sizes[k].clone();
             v.sort_by(f32::total_cmp);
             let median = v[v.len() / 2];
-            eprintln!("{}: {angle} median {median:.2} over {} faces", c.suffix, v.len());
+            eprintln!(
+                "{}: {angle} median {median:.2} over {} faces",
+                c.suffix,
+                v.len()
+            );
             assert!(
                 median <= c.bound[k],
                 "{}: median |{angle} difference| {median:.2} degrees over {} faces, more than \

@@ -41,6 +41,7 @@ fn test_track_follows_a_face_through_a_frame_folder() {
         "--out",
         out.to_str().unwrap(),
         "--preview",
+        "--pose-axes",
     ]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("12 frames: 12 faces, 1 id,"), "{stderr}");
@@ -58,6 +59,16 @@ fn test_track_follows_a_face_through_a_frame_folder() {
         assert_eq!(faces[0]["id"], 1);
         assert_eq!(faces[0]["landmarks"].as_array().unwrap().len(), 68);
         assert_eq!(faces[0]["raw_landmarks"].as_array().unwrap().len(), 68);
+        // The pose is the smoothed points' pose.
+        let smoothed: Vec<[f32; 2]> =
+            serde_json::from_value(faces[0]["landmarks"].clone()).unwrap();
+        let want = pipnet_core::head_pose(pipnet_core::Scheme::W300_68, &smoothed).unwrap();
+        let roll = faces[0]["pose"]["roll"].as_f64().unwrap() as f32;
+        assert!(
+            (roll - want.roll).abs() < 1e-3,
+            "frame {t}: roll {roll} vs {}",
+            want.roll
+        );
     }
     assert!(
         out.join("preview/f011.png.jpg").is_file(),

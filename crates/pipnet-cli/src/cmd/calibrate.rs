@@ -11,15 +11,12 @@ use pipnet_core::{BoxCalibration, Detection, Point, Scheme, TurnedBox, roll};
 use pipnet_infer::detect::{FaceDetector, RollSearch};
 use pipnet_infer::eval::{detect_labeled, turn_faces};
 use pipnet_infer::image_io::DEFAULT_MAX_PIXELS;
-use pipnet_infer::labeled::{LabeledFace, split_validation};
+use pipnet_infer::labeled::LabeledFace;
 
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    data: super::LabeledArgs,
-    /// Fit on the training part of this split (the validation part is left for `pipnet eval`).
-    #[arg(long, value_parser = super::parse_split, default_value = "0.1:1")]
-    split: (f64, u64),
+    data: super::SplitLabeledArgs,
     #[command(flatten)]
     detector: super::DetectorArgs,
     /// Write the detector settings with the fitted calibration here (default: print them).
@@ -32,8 +29,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (fraction, seed) = args.split;
-    let (training, validation) = split_validation(args.data.read()?, fraction, seed);
+    let (training, validation) = args.data.read()?;
     let mut detector = args.detector.load(&Default::default())?;
     let mut pairs = Vec::new();
     for &roll in &args.roll {

@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use pipnet_core::SecondPass;
 use pipnet_infer::detect::{DetectorSettings, FaceDetector};
-use pipnet_infer::labeled::{LabeledFace, read_labeled};
+use pipnet_infer::labeled::{LabeledFace, read_labeled, split_validation};
 use pipnet_infer::runtime::Runtime;
 use pipnet_infer::session::GraphSource;
 use pipnet_infer::{Device, LandmarkModel, SessionOptions};
@@ -197,6 +197,26 @@ pub struct LabeledArgs {
 impl LabeledArgs {
     pub fn read(&self) -> anyhow::Result<Vec<LabeledFace>> {
         Ok(read_labeled(&self.data, self.images.as_deref())?)
+    }
+}
+
+/// A labeled folder split as a training config splits it (`--split FRACTION:SEED`): for the
+/// commands that fit something on the training part and check it on the validation part.
+#[derive(clap::Args)]
+pub struct SplitLabeledArgs {
+    #[command(flatten)]
+    data: LabeledArgs,
+    /// Fit on the training part of this split, check on its validation part (the faces
+    /// `pipnet eval --split` scores).
+    #[arg(long, value_parser = parse_split, default_value = "0.1:1")]
+    pub split: (f64, u64),
+}
+
+impl SplitLabeledArgs {
+    /// The faces as (training part, validation part).
+    pub fn read(&self) -> anyhow::Result<(Vec<LabeledFace>, Vec<LabeledFace>)> {
+        let (fraction, seed) = self.split;
+        Ok(split_validation(self.data.read()?, fraction, seed))
     }
 }
 

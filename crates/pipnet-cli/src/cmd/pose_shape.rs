@@ -12,15 +12,11 @@ use pipnet_core::metrics::spearman;
 use pipnet_core::pose::{ShapeFit, learn_mean_shape};
 use pipnet_core::{MeanShape, Point, Scheme, head_turn, roll};
 use pipnet_infer::files::write_atomic;
-use pipnet_infer::labeled::split_validation;
 
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    data: super::LabeledArgs,
-    /// Learn from the training part of this split (the validation part checks the poses).
-    #[arg(long, value_parser = super::parse_split, default_value = "0.1:1")]
-    split: (f64, u64),
+    data: super::SplitLabeledArgs,
     /// At most this many rounds of alternating pose and shape fits after the factorization
     /// (they stop earlier once the shape is still).
     #[arg(long, default_value_t = 500)]
@@ -31,8 +27,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (fraction, seed) = args.split;
-    let (training, validation) = split_validation(args.data.read()?, fraction, seed);
+    let (training, validation) = args.data.read()?;
     let scheme = Scheme::W300_68;
     let faces: Vec<_> = training.into_iter().map(|f| f.points).collect();
     if let Some(other) = faces.iter().find(|f| f.len() != scheme.num_landmarks()) {
@@ -115,7 +110,7 @@ fn report_on_validation(shape: &MeanShape, faces: &[Vec<Point>]) {
 
 /// The shape as a Rust constant, with where it came from and its licence.
 fn rust_source(fit: &ShapeFit, args: &Args) -> String {
-    let (fraction, seed) = args.split;
+    let (fraction, seed) = args.data.split;
     let header = [
         "The 3-D mean face of the 300-W 68 points (pipnet_core::pose). Generated; do not edit."
             .to_string(),
