@@ -47,7 +47,7 @@ const CHANGES: [Change; 3] = [
 
 /// The changed photo and the map from the photo's pixels to its pixels.
 fn change(photo: &RgbImage, change: &Change) -> (RgbImage, Box<dyn Fn(Point) -> Point>) {
-    let (w, h) = (photo.width() as f32, photo.height() as f32);
+    let w = photo.width() as f32;
     if change.mirrored {
         let flipped = image::imageops::flip_horizontal(photo);
         return (flipped, Box::new(move |p| [w - 1.0 - p[0], p[1]]));
