@@ -113,22 +113,28 @@ def test_bgr_arrays_are_read_as_bgr_when_told(pipeline, photo):
         pipeline(photo[..., 0], channels="bgr")
 
 
-def test_head_poses_mirror_with_the_photo_and_project_the_mean_face(pipeline, photo):
-    faces = pipeline.detect(photo)
-    mirrored = pipeline.detect(np.ascontiguousarray(photo[:, ::-1]))
-    width = photo.shape[1]
-    assert faces and len(mirrored) == len(faces)
-    for face in faces:
-        pose = face.pose
-        assert pose.rotation.shape == (3, 3) and pose.translation.shape == (2,)
-        np.testing.assert_allclose(pose.rotation @ pose.rotation.T, np.eye(3), atol=1e-5)
-        assert pose.project([0, 0, 0])[0] == pytest.approx(pose.translation, abs=1e-4)
-        assert 0 < pose.residual < 0.2
-        # The same face in the mirrored photo: the one whose box mirrors this one's.
-        twin = min(mirrored, key=lambda m: abs(width - 1 - m.box[2] - face.box[0]))
-        assert twin.pose.yaw == pytest.approx(-pose.yaw, abs=3)
-        assert twin.pose.roll == pytest.approx(-pose.roll, abs=2)
-        assert twin.pose.pitch == pytest.approx(pose.pitch, abs=3)
+def test_head_poses_mirror_with_the_photo_and_project_the_mean_face(pipeline):
+    # Mirroring negates yaw and roll and keeps pitch: the median face must agree as well as 95%
+    # of the validation faces did (`pipnet eval --pose-checks`, README "Head pose").
+    sizes = []
+    for name in ("2008_002506.jpg", "2008_001322.jpg", "2009_004587.jpg"):
+        photo = pipnet.load_image(PHOTOS / name)
+        faces = pipeline.detect(photo)
+        mirrored = pipeline.detect(np.ascontiguousarray(photo[:, ::-1]))
+        width = photo.shape[1]
+        assert faces and len(mirrored) == len(faces), name
+        for face in faces:
+            pose = face.pose
+            assert pose.rotation.shape == (3, 3) and pose.translation.shape == (2,)
+            np.testing.assert_allclose(pose.rotation @ pose.rotation.T, np.eye(3), atol=1e-5)
+            assert pose.project([0, 0, 0])[0] == pytest.approx(pose.translation, abs=1e-4)
+            assert 0 < pose.residual < 0.2
+            # The same face in the mirrored photo: the one whose box mirrors this one's.
+            twin = min(mirrored, key=lambda m: abs(width - 1 - m.box[2] - face.box[0])).pose
+            sizes.append([twin.yaw + pose.yaw, twin.pitch - pose.pitch, twin.roll + pose.roll])
+    assert len(sizes) >= 6
+    median = np.median(np.abs(sizes), axis=0)
+    assert (median <= [1.49, 1.40, 0.97]).all(), median
 
 
 def test_faces_have_presence_and_upright_chips(pipeline, photo):
