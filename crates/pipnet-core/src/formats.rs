@@ -477,16 +477,37 @@ mod tests {
             image: "a,b.jpg".into(),
             width: 20,
             height: 20,
-            faces: vec![face(0.0), face(5.0)],
+            faces: vec![
+                face(0.0),
+                FaceAnnotation {
+                    pose: Some(HeadPose {
+                        yaw: 10.0,
+                        pitch: -5.0,
+                        roll: 2.5,
+                        rotation: [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+                        translation: [8.0, 6.0],
+                        scale: 4.0,
+                        residual: 0.04,
+                    }),
+                    ..face(5.0)
+                },
+            ],
             made_by: None,
         };
         let csv = a.to_csv(2);
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines.len(), 3);
-        assert!(lines[0].ends_with(",x0,y0,x1,y1,s0,s1"), "{}", lines[0]);
+        assert!(
+            lines[0].ends_with(",box_y1,yaw,pitch,roll,pose_residual,x0,y0,x1,y1,s0,s1"),
+            "{}",
+            lines[0]
+        );
+        // Without a pose its columns are empty.
+        assert!(lines[1].contains(",10.00,11.00,,,,,0.000,"), "{}", lines[1]);
         assert_eq!(
             lines[2],
-            "\"a,b.jpg\",2,0.9000,0.7500,5.00,1.00,15.00,11.00,5.000,2.000,6.000,3.000,1.0000,0.5000"
+            "\"a,b.jpg\",2,0.9000,0.7500,5.00,1.00,15.00,11.00,10.00,-5.00,2.50,0.0400,5.000,2.000,\
+             6.000,3.000,1.0000,0.5000"
         );
         // No faces: the same header, no rows.
         let empty = ImageAnnotation {
