@@ -60,7 +60,8 @@ fn eval_detector_crops(dir: &Path, extra: &[&str]) -> (PathBuf, PathBuf, String)
 #[test]
 fn test_eval_roll_turns_the_photos_and_loses_no_face() {
     let tmp = tempfile::tempdir().unwrap();
-    let (faces, per_face, stdout) = eval_detector_crops(tmp.path(), &["--roll", "0,40,90,180"]);
+    let (faces, per_face, stdout) =
+        eval_detector_crops(tmp.path(), &["--roll", "0,40,90,180", "--pose-checks"]);
     let rows: Vec<Vec<&str>> = stdout
         .lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
@@ -76,9 +77,28 @@ fn test_eval_roll_turns_the_photos_and_loses_no_face() {
     let csv = std::fs::read_to_string(&per_face).unwrap();
     assert_eq!(csv.lines().count(), 1 + 4 * 3);
     assert!(csv.contains("@180,"), "{csv}");
+    // The pose checks: a row per turn and the mirror, all three faces in each.
+    for photo in ["turned 40", "turned 90", "turned 180", "mirrored"] {
+        let row = stdout
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix(photo))
+            .unwrap_or_else(|| panic!("no {photo} row in {stdout}"));
+        assert_eq!(row.split_whitespace().next(), Some("3"), "{photo}{row}");
+    }
     let (code, _, stderr) = run_pipnet(&["eval", faces.to_str().unwrap(), "--roll", "40"]);
     assert_eq!(code, 2);
     assert!(stderr.contains("--crops detector"), "{stderr}");
+    let (code, _, stderr) = run_pipnet(&[
+        "eval",
+        faces.to_str().unwrap(),
+        "--crops",
+        "detector",
+        "--roll",
+        "40",
+        "--pose-checks",
+    ]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("add 0 to --roll"), "{stderr}");
 }
 
 /// `pipnet eval --crops detector --per-face` writes the crop each face's first pass used, the

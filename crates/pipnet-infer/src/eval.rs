@@ -238,3 +238,61 @@ pub fn detector_crops(
     }
     Ok(detected)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(name: &str, [yaw, pitch, roll]: [f32; 3]) -> FaceResult {
+        FaceResult {
+            name: name.into(),
+            nme: 0.0,
+            predicted: Vec::new(),
+            presence: 1.0,
+            crop: FaceCrop::new([0.0, 0.0], 1.0, 0.0),
+            first_pass: FirstPass {
+                change: None,
+                presence: 1.0,
+                second_pass: false,
+            },
+            true_yaw: None,
+            pose: Some(HeadPose {
+                yaw,
+                pitch,
+                roll,
+                rotation: [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+                translation: [0.0; 2],
+                scale: 1.0,
+                residual: 0.0,
+            }),
+        }
+    }
+
+    #[test]
+    fn pose_changes_undo_the_turn_and_the_mirror_and_match_faces_by_name() {
+        let base = [
+            result("a", [10.0, 5.0, 20.0]),
+            result("b", [0.0, 0.0, 170.0]),
+        ];
+        let turned = [
+            result("b", [1.0, -2.0, -160.0]),
+            result("a", [10.5, 5.0, 50.0]),
+            result("lost", [0.0; 3]),
+        ];
+        let changes = pose_changes(&base, &turned, 30f32.to_radians(), false);
+        let close = |a: [f32; 3], b: [f32; 3]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-4);
+        assert_eq!(
+            changes.len(),
+            2,
+            "the face missing from the base is left out"
+        );
+        assert!(
+            close(changes[0], [1.0, -2.0, 0.0]),
+            "{changes:?}: roll wraps round"
+        );
+        assert!(close(changes[1], [0.5, 0.0, 0.0]), "{changes:?}");
+        let mirrored = [result("a", [-10.0, 6.0, -20.0])];
+        let changes = pose_changes(&base, &mirrored, 0.0, true);
+        assert!(close(changes[0], [0.0, 1.0, 0.0]), "{changes:?}");
+    }
+}

@@ -107,6 +107,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if args.crops != "detector" {
             bail!("--roll scores detector crops: add --crops detector");
         }
+        if args.pose_checks && !rolls.contains(&0.0) {
+            bail!("--pose-checks compares with the upright photos: add 0 to --roll");
+        }
         let by_roll = by_roll(&mut pipeline, &faces, rolls, &pass)?;
         if args.pose_checks {
             check_poses(&mut pipeline, &faces, &by_roll)?;
@@ -247,7 +250,7 @@ fn check_poses(
     by_roll: &[(f32, Vec<FaceResult>)],
 ) -> anyhow::Result<()> {
     let Some((_, upright)) = by_roll.iter().find(|(roll, _)| *roll == 0.0) else {
-        bail!("--pose-checks compares with the upright photos: add 0 to --roll");
+        bail!("--pose-checks compares with the upright photos, which were not scored");
     };
     let mirrored = faces
         .iter()
