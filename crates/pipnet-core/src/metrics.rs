@@ -103,6 +103,16 @@ impl Summary {
     }
 }
 
+/// The value at quantile `q` (0..=1) of `values` by nearest rank: the sorted values' element
+/// `round((n - 1) * q)`, so 0.5 is the median (the upper one of an even count); `NaN` when
+/// `values` is empty.
+pub fn quantile(values: &[f32], q: f32) -> f32 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f32::total_cmp);
+    let rank = ((sorted.len() as f32 - 1.0) * q).round();
+    sorted.get(rank as usize).copied().unwrap_or(f32::NAN)
+}
+
 /// Spearman's rank correlation of paired values (ties get their mean rank): +1 when `b` rises
 /// whenever `a` does, -1 when it falls; `NaN` with fewer than two pairs or a constant side.
 pub fn spearman(a: &[f32], b: &[f32]) -> f32 {
@@ -179,6 +189,17 @@ mod tests {
         assert_eq!(curve.len(), 11);
         assert!(curve.windows(2).all(|w| w[0].1 <= w[1].1));
         assert!((curve[10].1 - 2.0 / 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn quantile_is_the_nearest_rank() {
+        let v = [5.0, 1.0, 4.0, 2.0, 3.0];
+        assert_eq!(quantile(&v, 0.5), 3.0);
+        assert_eq!(quantile(&v, 0.0), 1.0);
+        assert_eq!(quantile(&v, 1.0), 5.0);
+        assert_eq!(quantile(&v, 0.95), 5.0);
+        assert_eq!(quantile(&[1.0, 2.0], 0.5), 2.0);
+        assert!(quantile(&[], 0.5).is_nan());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use pipnet_core::metrics::{Summary, ced_curve};
+use pipnet_core::metrics::{Summary, ced_curve, quantile};
 use pipnet_infer::detect::RollSearch;
 use pipnet_infer::eval::{
     EvalCrops, FaceResult, by_head_turn, evaluate, pipeline_detector_crops, pose_changes,
@@ -278,15 +278,12 @@ fn check_poses(
     );
     for (name, changes) in turned.chain([mirror]) {
         let column = |k: usize| {
-            let mut sizes: Vec<f32> = changes.iter().map(|c| c[k].abs()).collect();
-            sizes.sort_by(f32::total_cmp);
-            let at = |q: f32| {
-                sizes
-                    .get(((sizes.len() as f32 - 1.0) * q).round() as usize)
-                    .copied()
-                    .unwrap_or(f32::NAN)
-            };
-            format!("{:.2} / {:.2}", at(0.5), at(0.95))
+            let sizes: Vec<f32> = changes.iter().map(|c| c[k].abs()).collect();
+            format!(
+                "{:.2} / {:.2}",
+                quantile(&sizes, 0.5),
+                quantile(&sizes, 0.95)
+            )
         };
         println!(
             "{name:>12} {:>6} {:>14} {:>14} {:>14}",

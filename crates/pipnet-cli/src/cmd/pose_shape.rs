@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use pipnet_core::metrics::spearman;
+use pipnet_core::metrics::{quantile, spearman};
 use pipnet_core::pose::{ShapeFit, learn_mean_shape};
 use pipnet_core::{MeanShape, Point, Scheme, head_turn, roll};
 use pipnet_infer::files::write_atomic;
@@ -73,23 +73,20 @@ fn report_on_validation(shape: &MeanShape, faces: &[Vec<Point>]) {
         })
         .collect();
     let column = |k: usize| rows.iter().map(|r| r[k]).collect::<Vec<f32>>();
-    let quantile = |mut v: Vec<f32>, q: f32| {
-        v.sort_by(f32::total_cmp);
-        let k = ((v.len() as f32 - 1.0) * q).round() as usize;
-        v.get(k).copied().unwrap_or(f32::NAN)
-    };
-    let median = |v: Vec<f32>| quantile(v, 0.5);
+    let residuals = column(3);
+    let roll_gaps = column(2);
+    let roll_gap_sizes: Vec<f32> = roll_gaps.iter().map(|d| d.abs()).collect();
     eprintln!(
-        "validation: {} faces; residual median {:.4}, 5-95% {:.4}-{:.4}; rank correlation of yaw with the nose's \
-         offset between the jaw ends {:.3}; roll - eye-line angle: median {:.2}, median |.| \
-         {:.2} degrees",
+        "validation: {} faces; residual median {:.4}, 5-95% {:.4}-{:.4}; rank correlation of \
+         yaw with the nose's offset between the jaw ends {:.3}; roll - eye-line angle: median \
+         {:.2}, median |.| {:.2} degrees",
         rows.len(),
-        median(column(3)),
-        quantile(column(3), 0.05),
-        quantile(column(3), 0.95),
+        quantile(&residuals, 0.5),
+        quantile(&residuals, 0.05),
+        quantile(&residuals, 0.95),
         spearman(&column(0), &column(1)),
-        median(column(2)),
-        median(column(2).iter().map(|d| d.abs()).collect()),
+        quantile(&roll_gaps, 0.5),
+        quantile(&roll_gap_sizes, 0.5),
     );
     eprintln!(
         "  {:>16} {:>6} {:>12}",

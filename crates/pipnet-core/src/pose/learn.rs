@@ -13,6 +13,7 @@
 use nalgebra::{DMatrix, Matrix3, Rotation3, SymmetricEigen, Vector3};
 
 use super::{MeanShape, WeakPerspective, euler, fit_weak_perspective};
+use crate::metrics::quantile;
 use crate::{Error, Point, Result, Scheme};
 
 /// Alternation stops when no shape point moves further than this in a round (eye-corner
@@ -95,14 +96,11 @@ pub fn learn_mean_shape(
     normalize_gauge(scheme, &mut shape, None);
 
     let fits = fit_all(&shape, &views)?;
-    let mut residuals: Vec<f32> = fits.iter().map(|f| (f.rms / f.scale) as f32).collect();
-    residuals.sort_by(f32::total_cmp);
-    let mut yaws: Vec<f32> = fits
+    let residuals: Vec<f32> = fits.iter().map(|f| (f.rms / f.scale) as f32).collect();
+    let yaws: Vec<f32> = fits
         .iter()
         .map(|f| euler(&f.rotation).0.to_degrees() as f32)
         .collect();
-    yaws.sort_by(f32::total_cmp);
-    let at = |v: &[f32], q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
     Ok(ShapeFit {
         shape: MeanShape {
             scheme,
@@ -113,8 +111,8 @@ pub fn learn_mean_shape(
         },
         faces: faces.len(),
         iterations: rounds,
-        median_residual: at(&residuals, 0.5),
-        yaw_range: [at(&yaws, 0.05), at(&yaws, 0.95)],
+        median_residual: quantile(&residuals, 0.5),
+        yaw_range: [quantile(&yaws, 0.05), quantile(&yaws, 0.95)],
     })
 }
 
