@@ -5,14 +5,13 @@
 //! here must agree as well as 95% of those did.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use image::RgbImage;
 use pipnet_core::formats::{FaceAnnotation, ImageAnnotation};
 use pipnet_core::{FaceCrop, Point};
 use pipnet_infer::preprocess::cut_crop;
 
-use crate::{common, pipnet_bin, succeeds};
+use crate::{common, pipnet_bin, read_annotation, succeeds};
 
 /// How a photo was changed: its file suffix, the roll it adds (degrees), whether it mirrors,
 /// and the 95th percentile of |yaw, pitch, roll| differences measured for it on the validation
@@ -66,16 +65,6 @@ fn centre(face: &FaceAnnotation) -> Point {
     [(b.x0 + b.x1) / 2.0, (b.y0 + b.y1) / 2.0]
 }
 
-fn read_outputs(out: &Path, names: &[String]) -> HashMap<String, ImageAnnotation> {
-    names
-        .iter()
-        .map(|name| {
-            let text = std::fs::read_to_string(out.join(format!("{name}.json"))).unwrap();
-            (name.clone(), serde_json::from_str(&text).unwrap())
-        })
-        .collect()
-}
-
 #[test]
 fn test_turned_and_mirrored_photos_change_the_pose_as_they_should() {
     let tmp = tempfile::tempdir().unwrap();
@@ -107,7 +96,10 @@ fn test_turned_and_mirrored_photos_change_the_pose_as_they_should() {
             .arg("--out")
             .arg(&out),
     );
-    let outputs = read_outputs(&out, &names);
+    let outputs: HashMap<&String, ImageAnnotation> = names
+        .iter()
+        .map(|n| (n, read_annotation(&out, n)))
+        .collect();
 
     for c in &CHANGES {
         let mut sizes: [Vec<f32>; 3] = Default::default();
@@ -124,12 +116,13 @@ fn test_turned_and_mirrored_photos_change_the_pose_as_they_should() {
                 }) else {
                     continue;
                 };
-                let (a, b) = (face.pose.unwrap(), twin.pose.unwrap());
-                let sign = if c.mirrored { -1.0 } else { 1.0 };
-                let wrap = |d: f32| (d + 180.0).rem_euclid(360.0) - 180.0;
-                sizes[0].push((sign * b.yaw - a.yaw).abs());
-                sizes[1].push((b.pitch - a.pitch).abs());
-                sizes[2].push(wrap(sign * (b.roll - c.roll) - a.roll).abs());
+                let change =
+                    twin.pose
+                        .unwrap()
+                        .change_from(&face.pose.unwrap(), c.roll, c.mirrored);
+                for (size, d) in sizes.iter_mut().zip(change) {
+                    size.push(d.abs());
+                }
             }
         }
         assert!(

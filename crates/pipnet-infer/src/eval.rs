@@ -133,9 +133,9 @@ pub fn by_head_turn(results: &[FaceResult], threshold: f32) -> Vec<(f32, Summary
 
 /// How the predicted head poses of the same faces (by name) differ between two evaluations of
 /// one set of faces, `changed` on photos turned by `roll` radians and, with `mirrored`, also
-/// mirrored: per face `[yaw, pitch, roll]` differences in degrees after undoing what the change
-/// should do (the roll grows by `roll`; a mirror negates yaw and roll). Zero for a perfect
-/// pose; faces without a pose in either are left out.
+/// mirrored: per face [`HeadPose::change_from`], the `[yaw, pitch, roll]` differences in
+/// degrees after undoing what the change should do. Faces without a pose in either are left
+/// out.
 pub fn pose_changes(
     base: &[FaceResult],
     changed: &[FaceResult],
@@ -146,17 +146,11 @@ pub fn pose_changes(
         .iter()
         .filter_map(|r| Some((r.name.as_str(), r.pose.as_ref()?)))
         .collect();
-    let sign = if mirrored { -1.0 } else { 1.0 };
     changed
         .iter()
         .filter_map(|r| {
             let (before, after) = (by_name.get(r.name.as_str())?, r.pose.as_ref()?);
-            let wrap = |d: f32| (d + 180.0).rem_euclid(360.0) - 180.0;
-            Some([
-                sign * after.yaw - before.yaw,
-                after.pitch - before.pitch,
-                wrap(sign * (after.roll - roll.to_degrees()) - before.roll),
-            ])
+            Some(after.change_from(before, roll.to_degrees(), mirrored))
         })
         .collect()
 }

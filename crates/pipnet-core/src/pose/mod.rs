@@ -25,6 +25,7 @@ pub use learn::{ShapeFit, learn_mean_shape};
 use nalgebra::{Matrix3, Matrix6, Rotation3, Vector3, Vector6};
 use serde::{Deserialize, Serialize};
 
+use crate::detection::wrap_angle;
 use crate::{Error, Point, Result, Scheme};
 
 /// A face's head pose ([module docs](self) for the conventions).
@@ -50,6 +51,20 @@ pub struct HeadPose {
 }
 
 impl HeadPose {
+    /// How this pose differs from `before`, the same face's pose on the photo before it was
+    /// mirrored (with `mirrored`) and then turned by `roll` degrees, once what those changes
+    /// should do is undone (a mirror negates yaw and roll; a turn adds to roll): `[yaw, pitch,
+    /// roll]` in degrees, roll wrapped to -180..180. Zero for a pose that follows the photo.
+    pub fn change_from(&self, before: &HeadPose, roll: f32, mirrored: bool) -> [f32; 3] {
+        let sign = if mirrored { -1.0 } else { 1.0 };
+        let roll_change = sign * (self.roll - roll) - before.roll;
+        [
+            sign * self.yaw - before.yaw,
+            self.pitch - before.pitch,
+            wrap_angle(roll_change.to_radians()).to_degrees(),
+        ]
+    }
+
     /// Where a point of the shape's frame (shape units) lands in the image.
     pub fn project(&self, point: [f32; 3]) -> Point {
         let r = &self.rotation;
@@ -395,6 +410,25 @@ mod tests {
         // Nose tip (30) nearer the camera than the jaw ends (0, 16); chin (8) below the eyes.
         assert!(shape.points[30][2] < shape.points[0][2] - 0.3);
         assert!(shape.points[8][1] > shape.points[36][1]);
+    }
+
+    #[test]
+    fn a_change_of_photo_is_undone_before_poses_are_compared() {
+        let before = pose_at(10.0, 5.0, 170.0, 1.0, [0.0; 2]);
+        let turned = pose_at(10.5, 4.0, -160.0, 1.0, [0.0; 2]);
+        let change = turned.change_from(&before, 30.0, false);
+        let close = |a: [f32; 3], b: [f32; 3]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-4);
+        assert!(
+            close(change, [0.5, -1.0, 0.0]),
+            "{change:?}: the roll wraps round"
+        );
+        let mirrored = pose_at(-10.0, 5.0, -170.0, 1.0, [0.0; 2]);
+        assert!(close(mirrored.change_from(&before, 0.0, true), [0.0; 3]));
+        let mirrored_and_turned = pose_at(-10.0, 5.0, -140.0, 1.0, [0.0; 2]);
+        assert!(close(
+            mirrored_and_turned.change_from(&before, 30.0, true),
+            [0.0; 3]
+        ));
     }
 
     #[test]
