@@ -149,8 +149,7 @@ pub fn draw_marked(image: &RgbImage, faces: &[FaceAnnotation], marks: Marks) -> 
 fn pose_axes(pose: &HeadPose, points: usize) -> [([Point; 2], RGBColor); 3] {
     let nose = Scheme::with_landmarks(points)
         .and_then(MeanShape::for_scheme)
-        .and_then(|shape| shape.points.get(NOSE_TIP).copied())
-        .unwrap_or([0.0; 3]);
+        .map_or([0.0; 3], MeanShape::nose_tip);
     let tip = |d: [f32; 3]| pose.project(std::array::from_fn(|k| nose[k] + AXIS_LENGTH * d[k]));
     let from = pose.project(nose);
     [
@@ -162,9 +161,6 @@ fn pose_axes(pose: &HeadPose, points: usize) -> [([Point; 2], RGBColor); 3] {
 
 /// Pose axes' length in mean-face units (outer-eye-corner distances).
 const AXIS_LENGTH: f32 = 1.5;
-
-/// The nose tip's landmark in the 300-W scheme (the only one with a mean face).
-const NOSE_TIP: usize = 30;
 
 /// JPEG bytes of `image` at quality 90.
 pub fn encode_jpeg(image: &RgbImage) -> Result<Vec<u8>> {

@@ -12,7 +12,7 @@
 
 use nalgebra::{DMatrix, Matrix3, Rotation3, SymmetricEigen, Vector3};
 
-use super::{MeanShape, WeakPerspective, euler, fit_weak_perspective};
+use super::{MeanShape, NOSE_TIP, WeakPerspective, euler, fit_weak_perspective};
 use crate::metrics::quantile;
 use crate::{Error, Point, Result, Scheme};
 
@@ -203,7 +203,7 @@ fn factorize(views: &[Vec<[f64; 2]>]) -> Result<Vec<Vector3<f64>>> {
 /// scheme learned here.)
 fn orient_nose_to_camera(shape: &mut [Vector3<f64>]) {
     let away = (shape[45] - shape[36]).cross(&(shape[8] - shape[27]));
-    let nose = shape[30] - (shape[0] + shape[16]) / 2.0;
+    let nose = shape[NOSE_TIP] - (shape[0] + shape[16]) / 2.0;
     if nose.dot(&away) > 0.0 {
         for p in shape.iter_mut() {
             p.z = -p.z;

@@ -22,6 +22,8 @@ mod learn;
 
 pub use learn::{ShapeFit, learn_mean_shape};
 
+use std::sync::OnceLock;
+
 use nalgebra::{Matrix3, Matrix6, Rotation3, Vector3, Vector6};
 use serde::{Deserialize, Serialize};
 
@@ -87,14 +89,20 @@ pub struct MeanShape {
 impl MeanShape {
     /// The shape shipped for `scheme`, learned from the 300-W training landmarks
     /// (`face68.rs` says how); `None` for schemes without one (WFLW 98).
-    pub fn for_scheme(scheme: Scheme) -> Option<MeanShape> {
+    pub fn for_scheme(scheme: Scheme) -> Option<&'static MeanShape> {
+        static FACE68: OnceLock<MeanShape> = OnceLock::new();
         match scheme {
-            Scheme::W300_68 => Some(MeanShape {
+            Scheme::W300_68 => Some(FACE68.get_or_init(|| MeanShape {
                 scheme,
                 points: face68::FACE68.to_vec(),
-            }),
+            })),
             _ => None,
         }
+    }
+
+    /// The nose tip, where previews start the pose axes.
+    pub fn nose_tip(&self) -> [f32; 3] {
+        self.points[NOSE_TIP]
     }
 
     /// The head pose whose projection of this shape best fits `landmarks` (least squares over
@@ -125,16 +133,11 @@ impl MeanShape {
 /// The head pose of a face with `landmarks` of `scheme`, or `None` where the scheme has no
 /// mean shape (WFLW 98) or the landmarks fit none (not finite, no extent).
 pub fn head_pose(scheme: Scheme, landmarks: &[Point]) -> Option<HeadPose> {
-    static FACE68: std::sync::OnceLock<Option<MeanShape>> = std::sync::OnceLock::new();
-    match scheme {
-        Scheme::W300_68 => FACE68
-            .get_or_init(|| MeanShape::for_scheme(scheme))
-            .as_ref()?
-            .fit(landmarks)
-            .ok(),
-        _ => None,
-    }
+    MeanShape::for_scheme(scheme)?.fit(landmarks).ok()
 }
+
+/// The nose tip's landmark in the 300-W scheme, the only one a mean face is learned for.
+const NOSE_TIP: usize = 30;
 
 fn invalid(detail: impl Into<String>) -> Error {
     Error::Invalid {
@@ -310,7 +313,7 @@ fn refine(
 mod tests {
     use super::*;
 
-    fn shape() -> MeanShape {
+    fn shape() -> &'static MeanShape {
         MeanShape::for_scheme(Scheme::W300_68).unwrap()
     }
 
