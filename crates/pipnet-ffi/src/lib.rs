@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use pipnet_infer::core::smooth::OneEuroSettings;
-use pipnet_infer::core::{ChipSpec, HeadPose, Scheme, SecondPass, face_chip, head_pose};
+use pipnet_infer::core::{ChipSpec, HeadPose, Scheme, SecondPass, face_chip};
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, PixelFormat, rgb_from_buffer};
 use pipnet_infer::preprocess::cut_chip;
 use pipnet_infer::{
@@ -247,22 +247,20 @@ struct ResultFace {
 impl ResultFace {
     fn new(face: &Face, scheme: Scheme, id: u64, smoothed: Option<&[[f32; 2]]>) -> Self {
         let flat = |p: &[[f32; 2]]| p.iter().flatten().copied().collect::<Vec<f32>>();
-        let shown = smoothed.unwrap_or(&face.landmarks.in_image);
-        let pose = head_pose(scheme, shown);
-        let measured = flat(&face.landmarks.in_image);
-        let (landmarks, raw) = match smoothed {
-            Some(points) => (flat(points), measured),
-            None => (measured, Vec::new()),
+        let shown = face.annotation_with(scheme, smoothed.unwrap_or(&face.landmarks.in_image));
+        let raw = match smoothed {
+            Some(_) => flat(&face.landmarks.in_image),
+            None => Vec::new(),
         };
         Self {
-            face_box: face.face_box().into(),
-            score: face.score(),
-            landmarks,
-            scores: face.landmarks.scores(),
-            presence: face.presence(),
+            face_box: shown.face_box.into(),
+            score: shown.score,
+            landmarks: flat(&shown.landmarks),
+            scores: shown.landmark_scores,
+            presence: shown.presence,
             id,
             raw,
-            pose,
+            pose: shown.pose,
         }
     }
 }

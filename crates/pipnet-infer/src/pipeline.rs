@@ -14,8 +14,8 @@ use image::RgbImage;
 use pipnet_core::detection::Detection;
 use pipnet_core::formats::FaceAnnotation;
 use pipnet_core::{
-    CropChange, CropRule, FaceBox, FaceCrop, Scheme, SecondPass, SecondPassGate, five_points,
-    head_pose, landmark_crop,
+    CropChange, CropRule, FaceBox, FaceCrop, Point, Scheme, SecondPass, SecondPassGate,
+    five_points, head_pose, landmark_crop,
 };
 
 use crate::detect::{FaceDetector, RollSearch};
@@ -61,17 +61,24 @@ impl Face {
         pipnet_core::presence(&self.landmarks.scores())
     }
 
-    /// The face as outputs record it, with its five points where `scheme` has them; no chip.
+    /// The face as outputs record it, with its five points and head pose where `scheme` has
+    /// them; no chip.
     pub fn annotation(&self, scheme: Scheme) -> FaceAnnotation {
+        self.annotation_with(scheme, &self.landmarks.in_image)
+    }
+
+    /// [`Self::annotation`] with `points` (a tracker's smoothed ones) in place of the face's
+    /// own landmarks, its five points and pose fitted to them.
+    pub fn annotation_with(&self, scheme: Scheme, points: &[Point]) -> FaceAnnotation {
         let scores = self.landmarks.scores();
         FaceAnnotation {
             face_box: self.face_box(),
             score: self.score(),
-            landmarks: self.landmarks.in_image.clone(),
+            landmarks: points.to_vec(),
             presence: pipnet_core::presence(&scores),
             landmark_scores: scores,
-            five_points: five_points(scheme, &self.landmarks.in_image).ok(),
-            pose: head_pose(scheme, &self.landmarks.in_image),
+            five_points: five_points(scheme, points).ok(),
+            pose: head_pose(scheme, points),
             chip: None,
         }
     }

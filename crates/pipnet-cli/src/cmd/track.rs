@@ -9,9 +9,9 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use anyhow::{Context, bail};
 use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
+use pipnet_infer::core::Scheme;
 use pipnet_infer::core::formats::{FaceAnnotation, Provenance, TrackSettings, csv_face_columns};
 use pipnet_infer::core::smooth::OneEuroSettings;
-use pipnet_infer::core::{Scheme, head_pose};
 use pipnet_infer::files::{images_in, write_atomic};
 use pipnet_infer::folder::{FaceSource, Failure, preview_path, run_settings};
 use pipnet_infer::image_io::{DEFAULT_MAX_PIXELS, load_rgb};
@@ -384,11 +384,7 @@ fn face_json(face: &TrackedFace, annotated: &FaceAnnotation) -> serde_json::Valu
 fn annotations(faces: &[TrackedFace], scheme: Scheme) -> Vec<FaceAnnotation> {
     faces
         .iter()
-        .map(|f| FaceAnnotation {
-            landmarks: f.smoothed.clone(),
-            pose: head_pose(scheme, &f.smoothed),
-            ..f.face.annotation(scheme)
-        })
+        .map(|f| f.face.annotation_with(scheme, &f.smoothed))
         .collect()
 }
 
