@@ -245,21 +245,41 @@ pub struct Throughput {
     pub seconds: f64,
     pub photos_per_second: f64,
     pub faces_per_second: f64,
+    /// Seconds of each measured pass, in order.
+    pub rounds: Vec<f64>,
 }
 
-/// Times `repeat` passes of the whole pipeline over `images` after one warm-up pass. Photos
-/// are decoded and their faces found on one thread per core, as `annotate` does.
-pub fn bench_photos(
+impl Throughput {
+    /// From the faces one pass found and the seconds of each measured pass.
+    pub fn from_rounds(photos: usize, faces: usize, rounds: Vec<f64>) -> Self {
+        let seconds = median(rounds.clone());
+        Self {
+            photos,
+            faces,
+            seconds,
+            photos_per_second: photos as f64 / seconds,
+            faces_per_second: faces as f64 / seconds,
+            rounds,
+        }
+    }
+}
+
+/// Times `repeat` passes of the whole pipeline over `images` after one warm-up pass, calling
+/// `after_round` after each measured pass (where a peer runs its own round, so that each pair
+/// of rounds sees the same machine load). Photos are decoded and their faces found on one
+/// thread per core, as `annotate` does.
+pub fn bench_photos<E: From<Error>>(
     pipeline: &mut Pipeline,
     images: &[PathBuf],
     repeat: usize,
-) -> Result<Throughput> {
+    mut after_round: impl FnMut() -> std::result::Result<(), E>,
+) -> std::result::Result<Throughput, E> {
     if images.is_empty() {
-        return Err(Error::InvalidInput("no images to benchmark".into()));
+        return Err(Error::InvalidInput("no images to benchmark".into()).into());
     }
-    let sessions = match &pipeline.detector {
-        Some(d) => d.for_loaders(images.len()),
-        None => Ok(Vec::new()),
+    let mut sessions = match &pipeline.detector {
+        Some(d) => d.for_loaders(images.len())?,
+        None => Vec::new(),
     };
     let rule = pipeline.model.metadata().crop;
     let search = (pipeline.options.min_face, pipeline.options.roll_search);
@@ -269,48 +289,82 @@ pub fn bench_photos(
         let found = locate(detector, &rule, search, &image, &Faces::Detect)?;
         Ok((image, found))
     };
-    let result = sessions.and_then(|mut sessions| {
-        let mut pass = || -> Result<usize> {
-            let detectors = loader_detectors(&mut sessions);
-            fan_out(images.iter().collect(), detectors, group, load, |receive| {
-                let mut faces = 0;
-                let mut pending: Vec<(RgbImage, Vec<LocatedFace>)> = Vec::new();
-                let mut run = |pending: &mut Vec<(RgbImage, Vec<LocatedFace>)>| -> Result<()> {
-                    let images: Vec<&RgbImage> = pending.iter().map(|(image, _)| image).collect();
-                    let located: Vec<&[LocatedFace]> =
-                        pending.iter().map(|(_, f)| f.as_slice()).collect();
-                    for mut found in pipeline.landmarks_of(&images, &located)? {
-                        pipeline.drop_false_detections(&mut found);
-                        faces += found.len();
-                    }
-                    pending.clear();
-                    Ok(())
-                };
-                for loaded in receive {
-                    pending.push(loaded?);
-                    if pending.len() == group {
-                        run(&mut pending)?;
-                    }
+    let mut pass = || -> Result<usize> {
+        let detectors = loader_detectors(&mut sessions);
+        fan_out(images.iter().collect(), detectors, group, load, |receive| {
+            let mut faces = 0;
+            let mut pending: Vec<(RgbImage, Vec<LocatedFace>)> = Vec::new();
+            let mut run = |pending: &mut Vec<(RgbImage, Vec<LocatedFace>)>| -> Result<()> {
+                let images: Vec<&RgbImage> = pending.iter().map(|(image, _)| image).collect();
+                let located: Vec<&[LocatedFace]> =
+                    pending.iter().map(|(_, f)| f.as_slice()).collect();
+                for mut found in pipeline.landmarks_of(&images, &located)? {
+                    pipeline.drop_false_detections(&mut found);
+                    faces += found.len();
                 }
-                run(&mut pending)?;
-                Ok(faces)
-            })
+                pending.clear();
+                Ok(())
+            };
+            for loaded in receive {
+                pending.push(loaded?);
+                if pending.len() == group {
+                    run(&mut pending)?;
+                }
+            }
+            run(&mut pending)?;
+            Ok(faces)
+        })
+    };
+    let faces = pass()?;
+    let mut rounds = Vec::new();
+    for _ in 0..repeat.max(1) {
+        timed(&mut rounds, &mut pass)?;
+        after_round()?;
+    }
+    Ok(Throughput::from_rounds(images.len(), faces, rounds))
+}
+
+/// What else the machine was doing around a measurement: on a shared virtual machine a rate can
+/// move by half between runs with nothing of ours changed, so a report says how loaded it was.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct MachineLoad {
+    /// The 1-minute load average just before (runnable processes, the measurement not yet
+    /// among them).
+    pub load_average_before: f64,
+    /// Share of CPU time the hypervisor gave to other machines during it (`steal`).
+    pub steal_share: f64,
+}
+
+impl MachineLoad {
+    /// Runs `f` and says how loaded the machine was around it; `None` without Linux's `/proc`.
+    pub fn around<T>(f: impl FnOnce() -> T) -> (T, Option<Self>) {
+        let load_average_before = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|text| text.split_whitespace().next()?.parse().ok());
+        let before = cpu_ticks();
+        let value = f();
+        let load = match (load_average_before, before, cpu_ticks()) {
+            (Some(load_average_before), Some((t0, s0)), Some((t1, s1))) if t1 > t0 => Some(Self {
+                load_average_before,
+                steal_share: s1.saturating_sub(s0) as f64 / (t1 - t0) as f64,
+            }),
+            _ => None,
         };
-        let faces = pass()?;
-        let mut seconds = Vec::new();
-        for _ in 0..repeat.max(1) {
-            timed(&mut seconds, &mut pass)?;
-        }
-        Ok((faces, median(seconds)))
-    });
-    let (faces, seconds) = result?;
-    Ok(Throughput {
-        photos: images.len(),
-        faces,
-        seconds,
-        photos_per_second: images.len() as f64 / seconds,
-        faces_per_second: faces as f64 / seconds,
-    })
+        (value, load)
+    }
+}
+
+/// All CPUs' ticks since boot and the stolen ones among them (`/proc/stat`'s first line: user,
+/// nice, system, idle, iowait, irq, softirq, steal).
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields = text.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<u64> = fields
+        .split_whitespace()
+        .take(8)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    Some((ticks.iter().sum(), *ticks.get(7)?))
 }
 
 /// The video row of `pipnet bench`: frames/s of annotating each frame as a photo (detector and

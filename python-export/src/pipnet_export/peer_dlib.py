@@ -3,9 +3,13 @@ then ``shape_predictor_68_face_landmarks.dat``), timed on the same photos as ``p
 --peer dlib``, and run on labeled faces so both can be scored the same way.
 
 ``python -m pipnet_export.peer_dlib REQUEST.json --cache DIR`` reads ``{"images": [paths],
-"threads": N, "repeat": R, "faces": [{"image", "box": [x0, y0, x1, y1]}]}`` and prints
-``{"timing": {"photos", "faces", "seconds", "photos_per_second", "faces_per_second"},
-"labeled": [68 points, or null where its detector missed the face]}``. ``threads`` processes share the photos (dlib's detector runs on one core).
+"threads": N, "faces": [{"image", "box": [x0, y0, x1, y1]}]}``, warms up and prints
+``{"ready": true}``; then for each line ``round`` on its standard input it times one pass over the
+photos and prints ``{"seconds", "faces"}``, so the caller can interleave its own rounds with
+dlib's and compare each pair measured under the same load. At ``done`` (or the end of input) it
+prints ``{"timing": {"photos", "faces", "seconds" (the median round), "photos_per_second",
+"faces_per_second", "rounds": [seconds]}, "labeled": [68 points, or null where its detector
+missed the face]}``. ``threads`` processes share the photos (dlib's detector runs on one core).
 
 dlib comes from the pinned ``dlib-bin`` wheel (``python-export/requirements-peer-dlib.txt``,
 installed with ``--require-hashes`` when missing); the predictor file from the pinned
@@ -135,7 +139,6 @@ def _main(argv: list[str]) -> int:
     predictor = str(ensure_predictor(args.cache))
     images = [str(p) for p in request["images"]]
     threads = max(1, int(request.get("threads", 1)))
-    repeat = max(1, int(request.get("repeat", 3)))
 
     _load(predictor)
     pool = None
@@ -145,12 +148,19 @@ def _main(argv: list[str]) -> int:
         pool = multiprocessing.get_context("fork").Pool(threads, _load, (predictor,))
     run = (lambda paths: pool.map(_faces_in, paths, chunksize=1)) if pool else (lambda paths: list(map(_faces_in, paths)))
     run(images[:threads])  # warm-up
+    print(json.dumps({"ready": True}), flush=True)
     times, faces = [], 0
-    for _ in range(repeat):
+    for line in sys.stdin:
+        if line.strip() != "round":
+            break
         start = time.perf_counter()
         found = run(images)
         times.append(time.perf_counter() - start)
         faces = sum(len(f) for f in found)
+        print(json.dumps({"seconds": times[-1], "faces": faces}), flush=True)
+    if not times:
+        print("peer_dlib: no round was asked for (send 'round' lines on stdin)", file=sys.stderr)
+        return 2
     seconds = sorted(times)[len(times) // 2]
 
     # Labeled faces: dlib's own detections, the one that overlaps the true landmark box most
@@ -169,6 +179,7 @@ def _main(argv: list[str]) -> int:
             "seconds": seconds,
             "photos_per_second": len(images) / seconds if seconds > 0 else 0.0,
             "faces_per_second": faces / seconds if seconds > 0 else 0.0,
+            "rounds": times,
         },
         "labeled": labeled,
     }))

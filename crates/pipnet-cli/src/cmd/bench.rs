@@ -358,8 +358,20 @@ fn print_peer(p: &PeerReport) {
             t.photos_per_second, t.faces_per_second, t.faces
         );
     }
+    let [low, high] = p.photos_per_s_over_dlib_range;
     println!(
-        "pipnet / dlib: {:.2}x photos/s, {:.2}x faces/s",
-        p.photos_per_s_over_dlib, p.faces_per_s_over_dlib
+        "pipnet / dlib: {:.2}x photos/s (median of {} rounds, each ours then dlib's; \
+         {low:.2}-{high:.2}x), {:.2}x faces/s",
+        p.photos_per_s_over_dlib,
+        p.ours.rounds.len(),
+        p.faces_per_s_over_dlib
     );
+    if let Some(load) = &p.load {
+        println!(
+            "machine load: 1-minute load average {:.2} before; {:.1}% of CPU time stolen by \
+             the hypervisor during the rounds",
+            load.load_average_before,
+            100.0 * load.steal_share
+        );
+    }
 }

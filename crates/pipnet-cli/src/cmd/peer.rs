@@ -2,13 +2,14 @@
 //! with the same number of threads, and optionally both scored on the same labeled faces, each
 //! with its own face detector. dlib runs in Python (`python-export`'s `peer_dlib`).
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use pipnet_core::Scheme;
 use pipnet_core::metrics::{Summary, nme};
-use pipnet_infer::bench::{Throughput, bench_photos};
+use pipnet_infer::bench::{MachineLoad, Throughput, bench_photos};
 use pipnet_infer::eval::{EvalCrops, evaluate, landmark_box, pipeline_detector_crops};
 use pipnet_infer::image_io::DEFAULT_MAX_PIXELS;
 use pipnet_infer::labeled::{LabeledFace, read_labeled, split_validation};
@@ -67,8 +68,14 @@ pub struct PeerReport {
     pub flip: bool,
     pub ours: Throughput,
     pub dlib: Throughput,
+    /// The median over rounds of ours / dlib's photos/s, each of our rounds paired with the
+    /// dlib round run right after it.
     pub photos_per_s_over_dlib: f64,
+    /// The lowest and highest of those rounds' ratios.
+    pub photos_per_s_over_dlib_range: [f64; 2],
     pub faces_per_s_over_dlib: f64,
+    /// How loaded the machine was around the timed rounds.
+    pub load: Option<MachineLoad>,
     pub ours_labeled: Option<Scored>,
     pub dlib_labeled: Option<Scored>,
 }
@@ -107,10 +114,27 @@ pub fn compare_with_dlib(
         None => Vec::new(),
     };
     pipeline.set_options(run.options)?;
-    let ours = bench_photos(pipeline, images, run.repeat).context("timing our pipeline")?;
-    let answer = run_dlib(run, images, &labeled)?;
+    let mut peer = DlibProcess::start(run, images, &labeled)?;
+    let (ours, load) = MachineLoad::around(|| {
+        bench_photos(pipeline, images, run.repeat, || peer.round())
+            .context("timing our pipeline against dlib")
+    });
+    let ours = ours?;
+    let answer = peer.finish()?;
     let dlib: Throughput = serde_json::from_value(answer["timing"].clone())
         .context("reading dlib's timing from peer_dlib")?;
+    // Same photos each round: the photos/s ratio is dlib's seconds over ours.
+    let mut ratios: Vec<f64> = dlib
+        .rounds
+        .iter()
+        .zip(&ours.rounds)
+        .map(|(theirs, ours)| theirs / ours)
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let (Some(&low), Some(&high)) = (ratios.first(), ratios.last()) else {
+        bail!("peer_dlib timed no round");
+    };
+    let photos_ratio = ratios[ratios.len() / 2];
     let (ours_labeled, dlib_labeled) = if labeled.is_empty() {
         (None, None)
     } else {
@@ -127,8 +151,10 @@ pub fn compare_with_dlib(
         threads: run.threads,
         second_pass: pipeline.options().second_pass.to_string(),
         flip: pipeline.options().flip,
-        photos_per_s_over_dlib: ours.photos_per_second / dlib.photos_per_second,
-        faces_per_s_over_dlib: ours.faces_per_second / dlib.faces_per_second,
+        photos_per_s_over_dlib: photos_ratio,
+        photos_per_s_over_dlib_range: [low, high],
+        faces_per_s_over_dlib: photos_ratio * ours.faces as f64 / dlib.faces.max(1) as f64,
+        load,
         ours,
         dlib,
         ours_labeled,
@@ -176,43 +202,119 @@ fn nmes_of_points(
         .context("scoring dlib's landmarks")
 }
 
-/// Runs `python -m pipnet_export.peer_dlib` and returns its answer.
-fn run_dlib(run: &PeerRun, images: &[PathBuf], labeled: &[LabeledFace]) -> anyhow::Result<Value> {
-    let package = export_package()
-        .context("python-export/src not found: run `pipnet bench --peer` from the checkout")?;
-    let cache = pipnet_infer::runtime::cache_dir()
-        .context("no cache folder: set PIPNET_CACHE_DIR")?
-        .join("dlib");
-    let faces: Vec<Value> = labeled
-        .iter()
-        .map(|f| {
-            let b = landmark_box(f)?;
-            Ok(json!({"image": f.image, "box": [b.x0, b.y0, b.x1, b.y1]}))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let dir = tempfile::tempdir()?;
-    let request = dir.path().join("request.json");
-    let body =
-        json!({"images": images, "threads": run.threads, "repeat": run.repeat, "faces": faces});
-    std::fs::write(&request, body.to_string())?;
-    let python = &run.python;
-    let output = Command::new(python)
-        .args(["-m", "pipnet_export.peer_dlib"])
-        .arg(&request)
-        .arg("--cache")
-        .arg(&cache)
-        .env("PYTHONPATH", &package)
-        .output()
-        .with_context(|| format!("running {}", python.display()))?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        bail!(
-            "the dlib pipeline failed ({}): {}",
-            python.display(),
-            stderr.trim().lines().last().unwrap_or("no output")
-        );
+/// dlib's pipeline in its own Python process (`python -m pipnet_export.peer_dlib`), warmed up
+/// once and then timed a round at a time, so its rounds can be interleaved with ours.
+struct DlibProcess {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    /// The request file and the process's stderr.
+    dir: tempfile::TempDir,
+    python: PathBuf,
+}
+
+impl DlibProcess {
+    /// Starts the process and waits until it has loaded dlib and warmed up.
+    fn start(run: &PeerRun, images: &[PathBuf], labeled: &[LabeledFace]) -> anyhow::Result<Self> {
+        let package = export_package()
+            .context("python-export/src not found: run `pipnet bench --peer` from the checkout")?;
+        let cache = pipnet_infer::runtime::cache_dir()
+            .context("no cache folder: set PIPNET_CACHE_DIR")?
+            .join("dlib");
+        let faces: Vec<Value> = labeled
+            .iter()
+            .map(|f| {
+                let b = landmark_box(f)?;
+                Ok(json!({"image": f.image, "box": [b.x0, b.y0, b.x1, b.y1]}))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let dir = tempfile::tempdir()?;
+        let request = dir.path().join("request.json");
+        let body = json!({"images": images, "threads": run.threads, "faces": faces});
+        std::fs::write(&request, body.to_string())?;
+        // A file, not a pipe: a chatty stderr cannot fill a pipe nobody reads and stall it.
+        let stderr = std::fs::File::create(dir.path().join("stderr.txt"))?;
+        let python = run.python.clone();
+        let mut child = Command::new(&python)
+            .args(["-m", "pipnet_export.peer_dlib"])
+            .arg(&request)
+            .arg("--cache")
+            .arg(&cache)
+            .env("PYTHONPATH", &package)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("running {}", python.display()))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            bail!("running {}: no pipes to the dlib process", python.display());
+        };
+        let mut process = Self {
+            child,
+            stdin,
+            stdout: BufReader::new(stdout),
+            dir,
+            python,
+        };
+        process.answer()?;
+        Ok(process)
     }
-    serde_json::from_slice(&output.stdout).context("reading peer_dlib's answer")
+
+    /// One timed pass of dlib over the photos.
+    fn round(&mut self) -> anyhow::Result<()> {
+        self.send("round")?;
+        self.answer().map(drop)
+    }
+
+    /// Ends the rounds; dlib's timing over them and its landmarks for the labeled faces.
+    fn finish(&mut self) -> anyhow::Result<Value> {
+        self.send("done")?;
+        let answer = self.answer()?;
+        self.child.wait()?;
+        Ok(answer)
+    }
+
+    fn send(&mut self, line: &str) -> anyhow::Result<()> {
+        writeln!(self.stdin, "{line}")
+            .and_then(|()| self.stdin.flush())
+            .map_err(|_| self.failed())
+    }
+
+    /// The process's next line that is a JSON object.
+    fn answer(&mut self) -> anyhow::Result<Value> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.stdout.read_line(&mut line)? == 0 {
+                return Err(self.failed());
+            }
+            if let Ok(value @ Value::Object(_)) = serde_json::from_str(&line) {
+                return Ok(value);
+            }
+        }
+    }
+
+    /// Why the process stopped answering: its exit status and the last line of its stderr.
+    fn failed(&mut self) -> anyhow::Error {
+        let status = self.child.wait().map_or("?".into(), |s| s.to_string());
+        let stderr =
+            std::fs::read_to_string(self.dir.path().join("stderr.txt")).unwrap_or_default();
+        anyhow!(
+            "the dlib pipeline failed ({}, {status}): {}",
+            self.python.display(),
+            stderr.trim().lines().last().unwrap_or("no output")
+        )
+    }
+}
+
+impl Drop for DlibProcess {
+    /// A comparison that fails on our side does not leave dlib running.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 #[cfg(test)]
