@@ -132,12 +132,15 @@ fn run(wrapper: &[&str], program: &Path, args: &[&Path]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// The six-face sample photo as a binary PPM, and the landmarks the Rust API finds in it,
-/// formatted as the C example prints them.
-fn photo_and_expected(dir: &Path) -> (PathBuf, String) {
+/// The six-face sample photo, turned clockwise by `quarter_turns`, as a binary PPM, and the
+/// landmarks the Rust API finds in it, formatted as the C example prints them.
+fn photo_and_expected(dir: &Path, quarter_turns: u32) -> (PathBuf, String) {
     let photo = common::sample_photos().join("2008_002470.jpg");
-    let image = load_rgb(&photo, DEFAULT_MAX_PIXELS).unwrap();
-    let ppm = dir.join("photo.ppm");
+    let mut image = load_rgb(&photo, DEFAULT_MAX_PIXELS).unwrap();
+    for _ in 0..quarter_turns {
+        image = image::imageops::rotate90(&image);
+    }
+    let ppm = dir.join(format!("photo-{quarter_turns}.ppm"));
     let mut bytes = format!("P6\n{} {}\n255\n", image.width(), image.height()).into_bytes();
     bytes.extend_from_slice(image.as_raw());
     std::fs::write(&ppm, bytes).unwrap();
@@ -183,7 +186,7 @@ fn photo_and_expected(dir: &Path) -> (PathBuf, String) {
 #[cfg(target_os = "linux")]
 fn test_c_example_prints_the_rust_landmarks_with_shared_and_static_library() {
     let tmp = tempfile::tempdir().unwrap();
-    let (ppm, expected) = photo_and_expected(tmp.path());
+    let (ppm, expected) = photo_and_expected(tmp.path(), 0);
     let source = common::repo_root().join("examples/c/annotate.c");
     for (name, link) in [("shared", shared_link()), ("static", static_link())] {
         let exe = tmp.path().join(format!("annotate_{name}"));
@@ -194,6 +197,15 @@ fn test_c_example_prints_the_rust_landmarks_with_shared_and_static_library() {
     // Without a model path: the built-in model, which is the shipped default.
     let exe = tmp.path().join("annotate_shared");
     assert_eq!(run(&[], &exe, &[&ppm]), expected, "built-in model");
+    // The photo lying on its side and upside down: the turned faces' landmarks too.
+    for quarter_turns in [1, 2] {
+        let (ppm, expected) = photo_and_expected(tmp.path(), quarter_turns);
+        let printed = run(&[], &exe, &[&ppm]);
+        assert_eq!(
+            printed, expected,
+            "photo turned {quarter_turns} quarter turns"
+        );
+    }
 
     // The C++ example, against the shared library.
     let exe = tmp.path().join("minimal");
@@ -219,7 +231,7 @@ fn test_misuse_from_c_gets_error_codes_under_address_sanitizer() {
     assert!(printed.contains("ok destroy twice: status 3"), "{printed}");
 
     // The C example under AddressSanitizer too.
-    let (ppm, expected) = photo_and_expected(tmp.path());
+    let (ppm, expected) = photo_and_expected(tmp.path(), 0);
     let exe = tmp.path().join("annotate_asan");
     let source = common::repo_root().join("examples/c/annotate.c");
     let mut flags = vec!["-fsanitize=address,undefined".to_string(), "-g".into()];

@@ -237,7 +237,7 @@ pub struct RunSettings {
     #[serde(default)]
     pub second_pass: String,
     /// Where the detector searched photos turned by quarter turns (`off`,
-    /// `where-none-found`, `always`); empty with given faces and in older records.
+    /// `where-needed`, `always`); empty with given faces and in older records.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub roll_search: String,
     pub flip: bool,
@@ -529,7 +529,7 @@ mod tests {
             boxes_sha256: None,
             min_face: None,
             second_pass: "always".into(),
-            roll_search: "where-none-found".into(),
+            roll_search: "where-needed".into(),
             flip: false,
             min_presence: 0.3,
             track: None,

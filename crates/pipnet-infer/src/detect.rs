@@ -106,10 +106,14 @@ pub struct SearchLevel {
 pub enum RollSearch {
     /// The photo as it is only.
     Off,
-    /// The turns only for a photo where the upright search finds no face: what a photo with
-    /// faces costs stays as it was.
+    /// The turns only for a photo that needs them: where the upright search finds no face, or
+    /// only faces that their landmarks do not confirm (presence under
+    /// [`crate::pipeline::DEFAULT_MIN_PRESENCE`]), or a face that its landmarks show rolled
+    /// past 45 degrees: a photo taken sideways or upside down, whose other faces the upright
+    /// search may have missed ([`crate::Pipeline::landmarks_of`]). A photo of upright faces
+    /// costs what it did.
     #[default]
-    WhereNoneFound,
+    WhereNeeded,
     /// Every photo at all four turns (four times the detector's work).
     Always,
 }
@@ -118,7 +122,7 @@ impl std::fmt::Display for RollSearch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             RollSearch::Off => "off",
-            RollSearch::WhereNoneFound => "where-none-found",
+            RollSearch::WhereNeeded => "where-needed",
             RollSearch::Always => "always",
         })
     }
@@ -129,10 +133,10 @@ impl std::str::FromStr for RollSearch {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "off" => Ok(RollSearch::Off),
-            "where-none-found" => Ok(RollSearch::WhereNoneFound),
+            "where-needed" => Ok(RollSearch::WhereNeeded),
             "always" => Ok(RollSearch::Always),
             other => Err(Error::InvalidInput(format!(
-                "unknown roll search {other:?} (expected off, where-none-found or always)"
+                "unknown roll search {other:?} (expected off, where-needed or always)"
             ))),
         }
     }
@@ -140,6 +144,35 @@ impl std::str::FromStr for RollSearch {
 
 /// A map from a turned photo's pixel to the photo's, given the photo's width and height.
 type PixelMap = fn(Point, f32, f32) -> Point;
+
+/// A face [`FaceDetector::detect_any_roll`] found: its detection in the first turn of the photo
+/// that found it, and its detections in the other quarter turns that found it too.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FoundFace {
+    pub detection: Detection,
+    /// Whether the photo as it is found it (else a turn of it did).
+    pub upright: bool,
+    /// By turn (a quarter, half and three quarters clockwise), mapped back onto the photo.
+    pub seen_turned: [Option<Detection>; 3],
+}
+
+impl From<Detection> for FoundFace {
+    /// A face the photo as it is showed.
+    fn from(detection: Detection) -> Self {
+        Self {
+            detection,
+            upright: true,
+            seen_turned: [None; 3],
+        }
+    }
+}
+
+impl FoundFace {
+    /// The face's detection and those of the other turns.
+    pub fn detections(&self) -> impl Iterator<Item = Detection> + '_ {
+        std::iter::once(self.detection).chain(self.seen_turned.iter().flatten().copied())
+    }
+}
 
 /// Side of the tiles [`FaceDetector::redetect_turned`] searches, over the detector box's size:
 /// the face fills about half of it, as in a close-up photo.
@@ -396,24 +429,43 @@ impl FaceDetector {
         Ok(weighted_nms(found, self.settings.iou_threshold))
     }
 
-    /// [`Self::detect`], and as `search` asks, again on the photo turned by each quarter turn,
-    /// detections mapped back onto the photo; a face found in two turns (rolled near 45
-    /// degrees) is blended into one by the same overlap rule as any other.
+    /// [`Self::detect`], and as `search` asks, again on the photo turned by each quarter turn
+    /// ([`Self::detect_turns`]); best score first. [`RollSearch::WhereNeeded`] turns only a
+    /// photo where the upright search finds nothing; the landmark stage decides on the others.
     pub fn detect_any_roll(
         &mut self,
         image: &RgbImage,
         min_face: Option<f32>,
         search: RollSearch,
-    ) -> Result<Vec<Detection>> {
-        let mut found = self.detect(image, min_face)?;
+    ) -> Result<Vec<FoundFace>> {
+        let mut found: Vec<FoundFace> = self
+            .detect(image, min_face)?
+            .into_iter()
+            .map(FoundFace::from)
+            .collect();
         let wanted = match search {
             RollSearch::Off => false,
-            RollSearch::WhereNoneFound => found.is_empty(),
+            RollSearch::WhereNeeded => found.is_empty(),
             RollSearch::Always => true,
         };
-        if !wanted {
-            return Ok(found);
+        if wanted {
+            self.detect_turns(image, min_face, &mut found)?;
         }
+        Ok(found)
+    }
+
+    /// Searches `image` turned by each quarter turn and adds what it finds to `found` (faces
+    /// the photo as it is showed), detections mapped back onto the photo; best score first. A
+    /// face several turns found is one [`FoundFace`]: its detection in the first of them and
+    /// the others beside it, unblended. The detector scores a face it sees upside down about
+    /// as high as one it sees upright, so neither the score nor a blend can say which turn saw
+    /// it right; the landmark stage can ([`crate::Pipeline::landmarks_with_passes`]).
+    pub fn detect_turns(
+        &mut self,
+        image: &RgbImage,
+        min_face: Option<f32>,
+        found: &mut Vec<FoundFace>,
+    ) -> Result<()> {
         let (w, h) = (image.width() as f32, image.height() as f32);
         // Each turn's pixel [u, v] back on the photo.
         let back: [PixelMap; 3] = [
@@ -422,38 +474,57 @@ impl FaceDetector {
             |[u, v], w, _| [w - 1.0 - v, u],
         ];
         let turned = [rotate90(image), rotate180(image), rotate270(image)];
-        for (turned, back) in turned.iter().zip(back) {
-            let more = self.detect(turned, min_face)?;
-            found.extend(more.iter().map(|d| d.map(|p| back(p, w, h))));
+        let iou = self.settings.iou_threshold;
+        for (turn, (turned, back)) in turned.iter().zip(back).enumerate() {
+            let before = found.len();
+            for d in self.detect(turned, min_face)? {
+                let d = d.map(|p| back(p, w, h));
+                // One detection per face and turn: the turn's own search already merged its
+                // overlaps.
+                match found[..before]
+                    .iter_mut()
+                    .find(|f| f.detection.iou(&d) >= iou)
+                {
+                    Some(face) => face.seen_turned[turn] = Some(d),
+                    None => found.push(FoundFace {
+                        upright: false,
+                        ..FoundFace::from(d)
+                    }),
+                }
+            }
         }
-        Ok(weighted_nms(found, self.settings.iou_threshold))
+        found.sort_by(|a, b| b.detection.score.total_cmp(&a.detection.score));
+        Ok(())
     }
 
-    /// Looks for the face of `detection` again in three square tiles around it, each turned a
-    /// quarter turn further: a face the detector found rolled far from upright shows near
-    /// upright in one of them, where its keypoints can be trusted. Returns the best-scoring
-    /// detection there that overlaps the original (IoU above 0.3), mapped back onto the photo.
+    /// Looks for the face of `detection` again in four square tiles around it, turned by
+    /// none to three quarter turns: a face the detector found rolled far from upright shows
+    /// near upright in one of them, where its keypoints can be trusted (the unturned one is
+    /// for a detection that came from a turned copy of the photo). Returns each tile's
+    /// best-scoring detection that overlaps the original (IoU above 0.3), mapped back onto the
+    /// photo: the score does not say which tile saw the face upright, so the caller judges.
     pub fn redetect_turned(
         &mut self,
         image: &RgbImage,
         detection: &Detection,
-    ) -> Result<Option<Detection>> {
+    ) -> Result<Vec<Detection>> {
         let b = &detection.face_box;
         let side = REDETECT_TILE * (b.width() * b.height()).sqrt();
         if !(side.is_finite() && side >= 1.0) {
-            return Ok(None);
+            return Ok(Vec::new());
         }
-        let mut best: Option<Detection> = None;
-        for k in 1..4 {
+        let mut found = Vec::new();
+        for k in 0..4 {
             let tile = FaceCrop::new(b.center(), side, k as f32 * FRAC_PI_2);
-            for d in self.detect_tile(image, &tile, self.settings.score_threshold)? {
-                let d = d.map(|p| tile.to_image(p));
-                if d.iou(detection) > 0.3 && best.is_none_or(|b| d.score > b.score) {
-                    best = Some(d);
-                }
-            }
+            let best = self
+                .detect_tile(image, &tile, self.settings.score_threshold)?
+                .into_iter()
+                .map(|d| d.map(|p| tile.to_image(p)))
+                .filter(|d| d.iou(detection) > 0.3)
+                .max_by(|a, b| a.score.total_cmp(&b.score));
+            found.extend(best);
         }
-        Ok(best)
+        Ok(found)
     }
 
     /// The levels a `width` x `height` photo is searched at for faces down to `min_face`

@@ -8,7 +8,7 @@ use pipnet_core::detection::Detection;
 use pipnet_core::metrics::{Summary, nme};
 use pipnet_core::{CropRule, FaceBox, FaceCrop, HeadPose, Point, head_pose};
 
-use crate::detect::{FaceDetector, RollSearch};
+use crate::detect::{FaceDetector, FoundFace, RollSearch};
 use crate::error::{Error, Result};
 use crate::labeled::LabeledFace;
 use crate::pipeline::{FirstPass, LocatedFace, Pipeline};
@@ -156,14 +156,15 @@ pub fn pose_changes(
 }
 
 /// Runs the detector on each labeled face's image (turning it as `search` says) and keeps the
-/// detection that overlaps the face's true landmark box most (intersection over union above
-/// `min_iou`), or `None` when no detection does: the share of `Some` is the detector's recall.
+/// face whose detections (in any turn of the photo) overlap its true landmark box most
+/// (intersection over union above `min_iou`), or `None` when none does: the share of `Some` is
+/// the detector's recall.
 pub fn detect_labeled(
     detector: &mut FaceDetector,
     faces: &[LabeledFace],
     (min_iou, search): (f32, RollSearch),
     max_pixels: u64,
-) -> Result<Vec<Option<Detection>>> {
+) -> Result<Vec<Option<FoundFace>>> {
     faces
         .iter()
         .map(|face| {
@@ -176,7 +177,7 @@ pub fn detect_labeled(
             let found = detector.detect_any_roll(&image, None, search)?;
             Ok(found
                 .into_iter()
-                .map(|d| (truth.iou(&d), d))
+                .map(|f| (f.detections().map(|d| truth.iou(&d)).fold(0.0, f32::max), f))
                 .filter(|(iou, _)| *iou > min_iou)
                 .max_by(|a, b| a.0.total_cmp(&b.0))
                 .map(|(_, d)| d))
@@ -197,7 +198,10 @@ pub struct DetectedFaces {
 }
 
 /// [`detector_crops`] with the pipeline's own detector and roll search: the faces `annotate`
-/// would find and crop.
+/// would find and crop. With [`RollSearch::WhereNeeded`], whose turned search the landmark
+/// stage decides on, a face the detector missed is looked for among the faces the whole
+/// pipeline finds in its photo ([`Pipeline::landmarks_of`]), cropped from the detection that
+/// pipeline ended with.
 pub fn pipeline_detector_crops(
     pipeline: &mut Pipeline,
     faces: &[LabeledFace],
@@ -208,7 +212,37 @@ pub fn pipeline_detector_crops(
     let detector = pipeline.detector.as_mut().ok_or_else(|| {
         Error::InvalidInput("detector crops asked for, but the pipeline has no detector".into())
     })?;
-    detector_crops(detector, faces, &rule, search, max_pixels)
+    let mut detected = detector_crops(detector, faces, &rule, search, max_pixels)?;
+    if pipeline.options.roll_search != RollSearch::WhereNeeded {
+        return Ok(detected);
+    }
+    let mut added = DetectedFaces::default();
+    for (i, face) in faces.iter().enumerate() {
+        if detected.index.contains(&i) {
+            continue;
+        }
+        let truth = landmark_box(face)?;
+        let image = face.load(max_pixels)?;
+        let located = pipeline.locate(&image, &crate::Faces::Detect)?;
+        let found = pipeline.landmarks_of(&[&image], &[&located])?;
+        let best = found
+            .iter()
+            .flatten()
+            .filter_map(|f| f.detection)
+            .map(|d| (d.face_box.iou(&truth), d))
+            .filter(|(iou, _)| *iou > search.0)
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        let crop = best.and_then(|(_, d)| Some((d, pipeline.detector.as_ref()?.crop(&d, &rule))));
+        if let Some((d, crop)) = crop {
+            added.found.push(face.clone());
+            added.located.push((Some(FoundFace::from(d)), crop));
+            added.index.push(i);
+        }
+    }
+    detected.found.extend(added.found);
+    detected.located.extend(added.located);
+    detected.index.extend(added.index);
+    Ok(detected)
 }
 
 /// Finds each labeled face with `detector` and crops it as [`DetectedFaces`] says.
@@ -226,7 +260,9 @@ pub fn detector_crops(
     {
         if let Some(d) = d {
             detected.found.push(faces[i].clone());
-            detected.located.push((Some(d), detector.crop(&d, rule)));
+            detected
+                .located
+                .push((Some(d), detector.crop(&d.detection, rule)));
             detected.index.push(i);
         }
     }

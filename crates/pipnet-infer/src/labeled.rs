@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use image::RgbImage;
 use pipnet_core::formats::{parse_pts, parse_wflw_line};
-use pipnet_core::{FaceCrop, Point, Scheme};
+use pipnet_core::{FaceBox, FaceCrop, Point, Scheme};
 
 use crate::error::{Error, Result};
 use crate::files::image_beside;
@@ -26,14 +26,22 @@ pub struct LabeledFace {
     /// Whether the photo is mirrored left-right when loaded, before any turn
     /// ([`LabeledFace::mirrored`]); `points` are mirrored already.
     pub mirrored: bool,
+    /// The factor (at most 1) the photo is shrunk by when loaded, after any mirror and before
+    /// any turn ([`LabeledFace::shrunk`]); `points` are shrunk already.
+    pub shrink: f32,
 }
 
 impl LabeledFace {
-    /// The face's photo as evaluation sees it: decoded, then turned by [`Self::roll`].
+    /// The face's photo as evaluation sees it: decoded, mirrored ([`Self::mirrored`]), shrunk
+    /// ([`Self::shrink`]), then turned by [`Self::roll`].
     pub fn load(&self, max_pixels: u64) -> Result<RgbImage> {
         let mut photo = load_rgb(&self.image, max_pixels)?;
         if self.mirrored {
             image::imageops::flip_horizontal_in_place(&mut photo);
+        }
+        if self.shrink < 1.0 {
+            let (w, h) = shrunk_size(photo.width(), photo.height(), self.shrink);
+            photo = image::imageops::resize(&photo, w, h, image::imageops::FilterType::Triangle);
         }
         if self.roll == 0.0 {
             return Ok(photo);
@@ -72,6 +80,45 @@ impl LabeledFace {
         })
     }
 
+    /// This face as read from disk (or mirrored), on its photo shrunk so that the longer side
+    /// of its true landmark box is `side` pixels (never enlarged), its points shrunk with it:
+    /// small faces made from large ones, as a camera further away would see them (the photo is
+    /// averaged down, not subsampled). Decodes the photo for its size.
+    pub fn shrunk(&self, side: f32, max_pixels: u64) -> Result<Self> {
+        if self.roll != 0.0 || self.shrink != 1.0 {
+            return Err(Error::InvalidInput(format!(
+                "{}: already turned or shrunk; shrink the face as read",
+                self.name
+            )));
+        }
+        let b = FaceBox::around(&self.points)
+            .map_err(|e| Error::InvalidInput(format!("{}: {e}", self.name)))?;
+        let factor = (side / b.width().max(b.height())).min(1.0);
+        if factor.is_nan() || factor <= 0.0 {
+            return Err(Error::InvalidInput(format!(
+                "{}: cannot shrink its face to {side} pixels",
+                self.name
+            )));
+        }
+        let photo = self.load(max_pixels)?;
+        let (w, h) = shrunk_size(photo.width(), photo.height(), factor);
+        // Each axis by the factor the rounded size gives, pixel centres mapped onto centres.
+        let (fx, fy) = (
+            w as f32 / photo.width() as f32,
+            h as f32 / photo.height() as f32,
+        );
+        let points = self
+            .points
+            .iter()
+            .map(|&[x, y]| [(x + 0.5) * fx - 0.5, (y + 0.5) * fy - 0.5])
+            .collect();
+        Ok(Self {
+            points,
+            shrink: factor,
+            ..self.clone()
+        })
+    }
+
     /// This face as read from disk, on its photo turned by `angle` radians about the photo's
     /// centre ([`FaceCrop::turned_image`]: the face's roll grows by `angle`), its points
     /// turned with it: hard faces made from easy ones, with exact truth. Decodes the photo for
@@ -96,6 +143,12 @@ impl LabeledFace {
             ..self.clone()
         })
     }
+}
+
+/// A `width` x `height` photo's size shrunk by `factor`, rounded, at least one pixel.
+fn shrunk_size(width: u32, height: u32, factor: f32) -> (u32, u32) {
+    let size = |n: u32| ((n as f32 * factor).round() as u32).max(1);
+    (size(width), size(height))
 }
 
 /// Reads every `<stem>.pts` in `dir` (not recursive) with its image `<stem>.<image ext>`,
@@ -127,6 +180,7 @@ pub fn read_pts_folder(dir: &Path) -> Result<Vec<LabeledFace>> {
                 .collect(),
             roll: 0.0,
             mirrored: false,
+            shrink: 1.0,
         });
     }
     faces.sort_by(|a, b| a.name.cmp(&b.name));
@@ -189,6 +243,7 @@ pub fn read_wflw_list(list: &Path, images: &Path) -> Result<Vec<LabeledFace>> {
             points: record.points,
             roll: 0.0,
             mirrored: false,
+            shrink: 1.0,
         });
     }
     if faces.is_empty() {
@@ -233,6 +288,7 @@ mod tests {
             points: vec![],
             roll: 0.0,
             mirrored: false,
+            shrink: 1.0,
         }
     }
 
@@ -340,5 +396,46 @@ mod tests {
         std::fs::write(&list, "").unwrap();
         let err = read_labeled(&list, Some(&images)).unwrap_err().to_string();
         assert!(err.contains("no faces"), "{err}");
+    }
+
+    #[test]
+    fn test_a_shrunk_face_keeps_its_points_on_the_same_pixels() {
+        // A 200 x 100 photo with one bright pixel per point; shrunk so the 80-pixel box
+        // becomes 40 pixels: each point must land where its pixel's brightness went.
+        let dir = tempfile::tempdir().unwrap();
+        let points = [[60.0f32, 30.0], [140.0, 70.0], [100.0, 50.0]];
+        let photo = RgbImage::from_fn(200, 100, |x, y| {
+            let lit = points.iter().any(|p| {
+                (p[0] as u32..p[0] as u32 + 2).contains(&x)
+                    && (p[1] as u32..p[1] as u32 + 2).contains(&y)
+            });
+            image::Rgb(if lit { [255; 3] } else { [0; 3] })
+        });
+        let path = dir.path().join("a.png");
+        photo.save(&path).unwrap();
+        let face = LabeledFace {
+            image: path,
+            name: "a".into(),
+            // The centre of each lit 2 x 2 block.
+            points: points.iter().map(|p| [p[0] + 0.5, p[1] + 0.5]).collect(),
+            roll: 0.0,
+            mirrored: false,
+            shrink: 1.0,
+        };
+        let small = face.shrunk(40.0, u64::MAX).unwrap();
+        assert_eq!(small.shrink, 0.5);
+        let shrunk = small.load(u64::MAX).unwrap();
+        assert_eq!(shrunk.dimensions(), (100, 50));
+        for p in &small.points {
+            // The block's two-pixel square became one pixel, at the point.
+            let [x, y] = p.map(|v| v.round() as u32);
+            assert!(shrunk.get_pixel(x, y)[0] > 100, "{p:?}");
+            assert!((p[0] - p[0].round()).abs() < 1e-4, "{p:?}");
+        }
+        // Turning a shrunk face works; shrinking twice, or a turned face, is refused.
+        assert!(small.turned(1.0, u64::MAX).is_ok());
+        assert!(small.shrunk(20.0, u64::MAX).is_err());
+        // Never enlarged.
+        assert_eq!(face.shrunk(400.0, u64::MAX).unwrap().shrink, 1.0);
     }
 }

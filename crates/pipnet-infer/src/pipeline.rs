@@ -6,19 +6,20 @@
 //! on the photo turned by quarter turns, for faces rolled past what the detector's keypoints
 //! get right.
 
+use std::f32::consts::{FRAC_PI_2, FRAC_PI_4};
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, sync_channel};
 
 use image::RgbImage;
-use pipnet_core::detection::Detection;
+use pipnet_core::detection::{Detection, wrap_angle};
 use pipnet_core::formats::FaceAnnotation;
 use pipnet_core::{
     CropChange, CropRule, FaceBox, FaceCrop, Point, Scheme, SecondPass, SecondPassGate,
     five_points, head_pose, landmark_crop,
 };
 
-use crate::detect::{FaceDetector, RollSearch};
+use crate::detect::{FaceDetector, FoundFace, RollSearch};
 use crate::error::{Error, Result};
 use crate::model::{FaceLandmarks, LandmarkModel};
 use crate::options::SessionOptions;
@@ -96,20 +97,20 @@ pub struct FirstPass {
     pub second_pass: bool,
 }
 
-/// A detected face whose first pass has a presence under this is looked for again on the photo
-/// turned by quarter turns around it ([`Pipeline::landmarks_with_passes`]). On the validation
-/// split turned by 90 and 180 degrees, the faces the detector found with its keypoints far out
-/// scored 0.17-0.44 (5th to 95th percentile), the others 0.51-0.79, and some of those it still
-/// missed after a search at 0.5 scored up to 0.59; the second pass's gate uses the same bar
-/// (`docs/experiments.md`, "Faces at any roll").
-pub const REDETECT_BELOW: f32 = 0.6;
+/// A detected face whose first pass has a presence under this gets other crops tried, other ways
+/// up ([`Pipeline::landmarks_with_passes`]). On the validation split turned by 90 and 180
+/// degrees, the faces the detector found with its keypoints far out scored 0.17-0.44 (5th to
+/// 95th percentile), the others 0.51-0.79; the second pass's gate uses the same bar
+/// (`docs/experiments.md`, "Tilted and turned faces").
+pub const REORIENT_BELOW: f32 = 0.6;
 
 /// The smallest presence a detected face may have to be kept (`--min-presence`), chosen on
 /// the validation split and on face-free crops (`docs/experiments.md`, "Face presence").
 pub const DEFAULT_MIN_PRESENCE: f32 = 0.3;
 
-/// A face to run the landmark model on: the detection it came from (if any) and its crop.
-pub type LocatedFace = (Option<Detection>, FaceCrop);
+/// A face to run the landmark model on: what the detector found (if it came from the detector)
+/// and its crop.
+pub type LocatedFace = (Option<FoundFace>, FaceCrop);
 
 /// Finds the faces of one image: `detector` (down to `min_face` pixels, turning the photo as
 /// `roll_search` says) for [`Faces::Detect`], else the crops `faces` declares, made with the
@@ -145,7 +146,7 @@ pub fn locate(
             let found = detector.detect_any_roll(image, min_face, roll_search)?;
             found
                 .into_iter()
-                .map(|d| (Some(d), detector.crop(&d, rule)))
+                .map(|f| (Some(f), detector.crop(&f.detection, rule)))
                 .collect()
         }
     })
@@ -357,10 +358,9 @@ impl Pipeline {
     }
 
     /// Landmarks for located faces, batched: the first pass; for a detected face that shows
-    /// little of a face (presence under [`REDETECT_BELOW`]), the detector again on the photo
-    /// turned by quarter turns around it ([`FaceDetector::redetect_turned`]); then the second
-    /// pass where [`PipelineOptions::second_pass`] runs it. Returns each face with what its
-    /// first pass said.
+    /// little of a face (presence under [`REORIENT_BELOW`]), other ways up
+    /// ([`Self::reorient`]); then the second pass where [`PipelineOptions::second_pass`] runs
+    /// it. Returns each face with what its first pass said.
     pub fn landmarks_with_passes(
         &mut self,
         faces: &[(&RgbImage, LocatedFace)],
@@ -374,13 +374,13 @@ impl Pipeline {
             .landmarks(&crops)?
             .into_iter()
             .zip(faces)
-            .map(|(landmarks, &(_, (detection, _)))| Face {
-                detection,
+            .map(|(landmarks, &(_, (detector_found, _)))| Face {
+                detection: detector_found.map(|f| f.detection),
                 landmarks,
                 second_pass: false,
             })
             .collect();
-        self.redetect_turned(&crops, &mut found)?;
+        self.reorient(faces, &mut found)?;
         let meta = self.model.metadata();
         let (rule, scheme) = (meta.crop, meta.scheme);
         let mut again = Vec::new();
@@ -419,29 +419,35 @@ impl Pipeline {
         Ok(found.into_iter().zip(passes).collect())
     }
 
-    /// Detected faces whose first pass shows little of a face are found again by the detector
-    /// in tiles around them turned by each quarter turn; where it finds one there, the face is
-    /// cropped from that detection and kept if its landmarks show more of a face. Past about 45
-    /// degrees of roll the detector still finds faces upright, but its eye keypoints, and so the
-    /// crop's angle, can be far out.
-    fn redetect_turned(
-        &mut self,
-        crops: &[(&RgbImage, FaceCrop)],
-        found: &mut [Face],
-    ) -> Result<()> {
+    /// Detected faces whose first pass shows little of a face get other crops tried: their
+    /// first crop turned by each quarter turn, the crops of the same face's detections in the
+    /// other turns of the photo ([`FoundFace::seen_turned`]) and of the detector's finds in
+    /// tiles around it turned by none to three quarter turns
+    /// ([`FaceDetector::redetect_turned`]); the crop whose landmarks show most of a face is
+    /// kept. Past about 45 degrees of roll the detector still finds faces upright, but its eye
+    /// keypoints, and so the crop's angle, can be far out (upside down, it marks the eyes of an
+    /// upright face); the landmark model's presence tells the right way up from the wrong ones.
+    fn reorient(&mut self, faces: &[(&RgbImage, LocatedFace)], found: &mut [Face]) -> Result<()> {
         let Some(detector) = self.detector.as_mut() else {
             return Ok(());
         };
         let rule = self.model.metadata().crop;
         let mut retry = Vec::new();
         for (i, face) in found.iter().enumerate() {
-            let Some(detection) = face.detection.filter(|_| face.presence() < REDETECT_BELOW)
-            else {
+            let (image, (Some(detector_found), crop)) = faces[i] else {
                 continue;
             };
-            let image = crops[i].0;
-            if let Some(turned) = detector.redetect_turned(image, &detection)? {
-                retry.push((i, turned, (image, detector.crop(&turned, &rule))));
+            if face.presence() >= REORIENT_BELOW {
+                continue;
+            }
+            let detection = detector_found.detection;
+            for k in 1..4 {
+                let angle = wrap_angle(crop.angle + k as f32 * FRAC_PI_2);
+                retry.push((i, detection, (image, FaceCrop { angle, ..crop })));
+            }
+            let seen_turned = detector_found.seen_turned.into_iter().flatten();
+            for other in seen_turned.chain(detector.redetect_turned(image, &detection)?) {
+                retry.push((i, other, (image, detector.crop(&other, &rule))));
             }
         }
         let again: Vec<(&RgbImage, FaceCrop)> = retry.iter().map(|r| r.2).collect();
@@ -507,10 +513,58 @@ impl Pipeline {
             .flat_map(|(image, faces)| faces.iter().map(|face| (*image, *face)))
             .collect();
         let mut found = self.landmarks_with_passes(&faces)?.into_iter();
-        Ok(located
+        let mut found: Vec<Vec<Face>> = located
             .iter()
             .map(|faces| found.by_ref().take(faces.len()).map(|f| f.0).collect())
-            .collect())
+            .collect();
+        for ((image, located), faces) in images.iter().zip(located).zip(&mut found) {
+            self.add_turned_faces(image, located, faces)?;
+        }
+        Ok(found)
+    }
+
+    /// [`RollSearch::WhereNeeded`] in the landmark stage, for an image whose faces the upright
+    /// search found: where none of them is a face its landmarks confirm (presence at least
+    /// [`DEFAULT_MIN_PRESENCE`]), or one is rolled past 45 degrees, the photo is searched
+    /// turned by each quarter turn too, and the faces found only there are added to `faces`.
+    fn add_turned_faces(
+        &mut self,
+        image: &RgbImage,
+        located: &[LocatedFace],
+        faces: &mut Vec<Face>,
+    ) -> Result<()> {
+        let searched_upright_only = !located.is_empty()
+            && located
+                .iter()
+                .all(|(found, _)| found.is_some_and(|f| f.upright));
+        if self.options.roll_search != RollSearch::WhereNeeded || !searched_upright_only {
+            return Ok(());
+        }
+        let scheme = self.model.metadata().scheme;
+        let rolled = |f: &&Face| {
+            pipnet_core::roll(scheme, &f.landmarks.in_image).is_ok_and(|r| r.abs() > FRAC_PI_4)
+        };
+        let mut confirmed = faces
+            .iter()
+            .filter(|f| f.presence() >= DEFAULT_MIN_PRESENCE)
+            .peekable();
+        if confirmed.peek().is_some() && !confirmed.any(|f| rolled(&f)) {
+            return Ok(());
+        }
+        let Some(detector) = self.detector.as_mut() else {
+            return Ok(());
+        };
+        let mut found: Vec<FoundFace> = located.iter().filter_map(|(found, _)| *found).collect();
+        detector.detect_turns(image, self.options.min_face, &mut found)?;
+        let rule = self.model.metadata().crop;
+        let more: Vec<(&RgbImage, LocatedFace)> = found
+            .into_iter()
+            .filter(|f| !f.upright)
+            .map(|f| (image, (Some(f), detector.crop(&f.detection, &rule))))
+            .collect();
+        let more = self.landmarks_with_passes(&more)?;
+        faces.extend(more.into_iter().map(|(face, _)| face));
+        Ok(())
     }
 }
 

@@ -313,7 +313,7 @@ impl Tracker {
         self.detector_runs += 1;
         let mut fresh: Vec<(Option<usize>, LocatedFace)> = Vec::new();
         for located in self.pipeline.locate(image, &Faces::Detect)? {
-            let Some(detection) = located.0 else {
+            let Some(detection) = located.0.map(|f| f.detection) else {
                 continue;
             };
             let overlap = |t: &Track| t.face_box().map_or(0.0, |tb| detection.face_box.iou(&tb));

@@ -13,15 +13,15 @@ use pipnet_infer::{Faces, Pipeline, SessionOptions, Tracker, TrackerOptions};
 use serde_json::{Value, json};
 
 /// Every face of every sample photo, as `Pipeline(...)` with default settings finds them:
-/// `{"<file>": [{"box", "score", "landmarks", "landmark_scores", "pose"}, ...]}`.
+/// `{"<file>": [{"box", "score", "landmarks", "landmark_scores", "pose"}, ...]}`; and under
+/// `"turned"`, the first photo by name turned a quarter turn clockwise and upside down
+/// (`{"file", "<quarter turns>": faces}`), as a photo taken with the camera on its side.
 fn rust_faces() -> Value {
     let session = SessionOptions::default();
     let mut pipeline = Pipeline::open(None, None, true, &session, Default::default()).unwrap();
-    let mut photos = serde_json::Map::new();
-    for (file, _) in common::sample_face_boxes() {
-        let image = load_rgb(&common::sample_photos().join(&file), DEFAULT_MAX_PIXELS).unwrap();
-        let faces = pipeline.faces(&[(&image, &Faces::Detect)]).unwrap();
-        let faces: Vec<Value> = faces[0]
+    let mut faces_in = |image: &image::RgbImage| -> Value {
+        let faces = pipeline.faces(&[(image, &Faces::Detect)]).unwrap();
+        faces[0]
             .iter()
             .map(|f| {
                 json!({
@@ -32,10 +32,19 @@ fn rust_faces() -> Value {
                     "pose": f.annotation(pipnet_infer::core::Scheme::W300_68).pose,
                 })
             })
-            .collect();
-        photos.insert(file, faces.into());
+            .collect()
+    };
+    let mut photos = serde_json::Map::new();
+    for (file, _) in common::sample_face_boxes() {
+        let image = load_rgb(&common::sample_photos().join(&file), DEFAULT_MAX_PIXELS).unwrap();
+        photos.insert(file, faces_in(&image));
     }
-    photos.into()
+    let first = photos.keys().min().cloned().expect("sample photos");
+    let image = load_rgb(&common::sample_photos().join(&first), DEFAULT_MAX_PIXELS).unwrap();
+    let quarter = image::imageops::rotate90(&image);
+    let half = image::imageops::rotate180(&image);
+    let turned = json!({"file": first, "1": faces_in(&quarter), "2": faces_in(&half)});
+    json!({"photos": photos, "turned": turned})
 }
 
 /// The first sample photo by name rolled right by `3 * t` pixels, for t in 0..6 (numpy's

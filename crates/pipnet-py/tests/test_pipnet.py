@@ -14,7 +14,8 @@ import pytest
 import pipnet
 
 PHOTOS = Path(os.environ["PIPNET_SAMPLE_PHOTOS"])
-RUST_FACES = json.loads(Path(os.environ["PIPNET_RUST_FACES"]).read_text())
+_RUST = json.loads(Path(os.environ["PIPNET_RUST_FACES"]).read_text())
+RUST_FACES, RUST_TURNED = _RUST["photos"], _RUST["turned"]
 RUST_TRACKS = json.loads(Path(os.environ["PIPNET_RUST_TRACKS"]).read_text())
 MODELS = PHOTOS.parent.parent / "models"
 
@@ -53,6 +54,19 @@ def test_landmarks_equal_the_rust_api_on_every_sample_photo(pipeline):
             np.testing.assert_allclose(face.pose.rotation, w["pose"]["rotation"], atol=1e-5)
         total += len(faces)
     assert total >= 40  # the README's 43 faces, give or take a detector change
+
+
+@pytest.mark.parametrize("quarter_turns", [1, 2])
+def test_a_photo_taken_sideways_or_upside_down_gets_the_rust_landmarks(pipeline, quarter_turns):
+    # np.rot90 with k=-1 turns clockwise, as the Rust side's image::imageops::rotate90.
+    image = np.rot90(pipnet.load_image(PHOTOS / RUST_TURNED["file"]), k=-quarter_turns)
+    faces, want = pipeline(image), RUST_TURNED[str(quarter_turns)]
+    # Every face of the upright photo is found turned too.
+    assert len(faces) == len(want) == len(RUST_FACES[RUST_TURNED["file"]])
+    for face, w in zip(faces, want):
+        np.testing.assert_allclose(face.box, w["box"], rtol=1e-5)
+        np.testing.assert_allclose(face.landmarks, w["landmarks"], rtol=1e-5, atol=1e-5)
+        assert face.pose.roll == pytest.approx(w["pose"]["roll"], abs=1e-3)
 
 
 def test_detect_many_finds_what_detect_finds_on_each_image(pipeline):

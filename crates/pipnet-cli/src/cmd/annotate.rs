@@ -53,9 +53,10 @@ pub struct Args {
     min_face: Option<f32>,
     /// Where the detector also searches each photo turned by quarter turns, for faces rolled
     /// past the ~45 degrees it finds upright (sideways and upside-down photos): off,
-    /// where-none-found (photos with no upright face; free where faces are found) or always
-    /// (every photo, four times the detector's work).
-    #[arg(long, default_value = "where-none-found")]
+    /// where-needed (photos with no face found upright, or with a face whose landmarks show it
+    /// rolled past 45 degrees; free on photos of upright faces) or always (every photo, four
+    /// times the detector's work).
+    #[arg(long, default_value = "where-needed")]
     roll_search: RollSearch,
     #[command(flatten)]
     refine: super::RefineArgs,

@@ -101,7 +101,7 @@ fn matched(
         .filter_map(|(face, d)| {
             let scheme = Scheme::with_landmarks(face.points.len())?;
             let roll = roll(scheme, &face.points).ok()?;
-            Some((d?, face.points.clone(), roll))
+            Some((d?.detection, face.points.clone(), roll))
         })
         .collect::<Vec<_>>();
     println!(

@@ -1,5 +1,5 @@
 //! `pipnet eval DATA [--model MODEL] [--crops truth|detector] [--roll DEGREES,...]
-//! [--pose-checks] [--refine | --no-refine] [--flip] [--ced ced.csv] [--plot ced.png]`
+//! [--pose-checks] [--face-size PIXELS] [--refine | --no-refine] [--flip] [--ced ced.csv] [--plot ced.png]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,9 +46,14 @@ pub struct Args {
     /// mirroring should negate yaw and roll).
     #[arg(long, requires = "roll")]
     pose_checks: bool,
+    /// With --roll: first shrink each face's photo so that the longer side of its true
+    /// landmark box is PIXELS (never enlarged; averaged down, as a camera further away sees
+    /// it), e.g. 40 for the faces of a crowded group photo.
+    #[arg(long, requires = "roll", value_name = "PIXELS")]
+    face_size: Option<f32>,
     /// Where the detector also searches the photo turned by quarter turns: off,
-    /// where-none-found (the default, as `annotate`) or always.
-    #[arg(long, default_value = "where-none-found")]
+    /// where-needed (the default, as `annotate`) or always.
+    #[arg(long, default_value = "where-needed")]
     roll_search: RollSearch,
     #[command(flatten)]
     refine: super::RefineArgs,
@@ -109,6 +114,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         if args.pose_checks && !rolls.contains(&0.0) {
             bail!("--pose-checks compares with the upright photos: add 0 to --roll");
+        }
+        if let Some(side) = args.face_size {
+            faces = faces
+                .iter()
+                .map(|f| f.shrunk(side, DEFAULT_MAX_PIXELS))
+                .collect::<Result<_, _>>()?;
         }
         let by_roll = by_roll(&mut pipeline, &faces, rolls, &pass)?;
         if args.pose_checks {
