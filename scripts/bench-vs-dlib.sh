@@ -24,18 +24,22 @@ for round in $(seq "$rounds"); do
     # shellcheck disable=SC2086 # ARGS are words on purpose
     (cd "${dir:-.}" && "$binary" bench --peer dlib --no-python --video-frames 0 --threads 2 \
       --repeat 3 --json $extra "$@") > "$out/run.json"
-    python3 - "$label" "$out/run.json" >> "$out/runs.tsv" <<'EOF'
+    python3 - "$round" "$label" "$out/run.json" "$out/runs.tsv" <<'EOF'
 import json, sys
-label, path = sys.argv[1], sys.argv[2]
+round_, label, path, table = sys.argv[1:]
 peer = json.load(open(path))["peer"]
+ratio = peer["photos_per_s_over_dlib"]
 low, high = peer.get("photos_per_s_over_dlib_range", [None, None])
-load = peer.get("load") or {}
-print(label, peer["photos_per_s_over_dlib"], peer["ours"]["photos_per_second"],
-      peer["dlib"]["photos_per_second"], peer["ours"]["faces"], low, high,
-      load.get("load_average_before"), load.get("steal_share"), sep="\t")
+load = peer.get("load")
+notes = f"; its rounds {low:.2f}-{high:.2f}x" if low is not None else ""
+if load:
+    notes += (f"; load average {load['load_average_before']:.2f} before, "
+              f"{100 * load['steal_share']:.1f}% stolen")
+print(f"round {round_}: {label:<28} {ratio:.2f}x (ours {peer['ours']['photos_per_second']:.2f}, "
+      f"dlib {peer['dlib']['photos_per_second']:.2f} photos/s; {peer['ours']['faces']} faces{notes})")
+with open(table, "a") as f:
+    print(label, ratio, sep="\t", file=f)
 EOF
-    tail -1 "$out/runs.tsv" | awk -F'\t' -v r="$round" \
-      '{printf "round %s %-28s %.2fx (ours %.2f, dlib %.2f photos/s; %s faces; rounds %s-%s; load %s, steal %s)\n", r, $1, $2, $3, $4, $5, $6, $7, $8, $9}'
   done
 done
 python3 - "$out/runs.tsv" <<'EOF'

@@ -497,16 +497,18 @@ impl FaceDetector {
         Ok(())
     }
 
-    /// Looks for the face of `detection` again in four square tiles around it, turned by
-    /// none to three quarter turns: a face the detector found rolled far from upright shows
-    /// near upright in one of them, where its keypoints can be trusted (the unturned one is
-    /// for a detection that came from a turned copy of the photo). Returns each tile's
-    /// best-scoring detection that overlaps the original (IoU above 0.3), mapped back onto the
-    /// photo: the score does not say which tile saw the face upright, so the caller judges.
+    /// Looks for the face of `detection` again in square tiles around it, turned by each of
+    /// `quarter_turns` (0 to 3) quarter turns: a face the detector found rolled far from
+    /// upright shows near upright in one of them, where its keypoints can be trusted (the
+    /// unturned one is for a detection that came from a turned copy of the photo). Returns
+    /// each tile's best-scoring detection that overlaps the original (IoU above 0.3), mapped
+    /// back onto the photo: the score does not say which tile saw the face upright, so the
+    /// caller judges.
     pub fn redetect_turned(
         &mut self,
         image: &RgbImage,
         detection: &Detection,
+        quarter_turns: &[u8],
     ) -> Result<Vec<Detection>> {
         let b = &detection.face_box;
         let side = REDETECT_TILE * (b.width() * b.height()).sqrt();
@@ -514,8 +516,8 @@ impl FaceDetector {
             return Ok(Vec::new());
         }
         let mut found = Vec::new();
-        for k in 0..4 {
-            let tile = FaceCrop::new(b.center(), side, k as f32 * FRAC_PI_2);
+        for &k in quarter_turns {
+            let tile = FaceCrop::new(b.center(), side, f32::from(k) * FRAC_PI_2);
             let best = self
                 .detect_tile(image, &tile, self.settings.score_threshold)?
                 .into_iter()

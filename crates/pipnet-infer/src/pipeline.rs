@@ -104,6 +104,14 @@ pub struct FirstPass {
 /// (`docs/experiments.md`, "Tilted and turned faces").
 pub const REORIENT_BELOW: f32 = 0.6;
 
+/// Under this presence a face gets every other way up tried ([`Pipeline::landmarks_with_passes`]);
+/// from here to [`REORIENT_BELOW`], unless other turns of the photo found it too, only the half
+/// turn (its crop and the detector in a tile turned so). Small upright faces of crowded photos
+/// often score 0.5-0.6, and trying every way up on them cost a third more landmark runs there;
+/// faces the detector saw upside down reach 0.6 too, and the half turn is what they need
+/// (`docs/experiments.md`, "Faces at any roll, judged by the landmarks").
+pub const REORIENT_FULLY_BELOW: f32 = 0.5;
+
 /// The smallest presence a detected face may have to be kept (`--min-presence`), chosen on
 /// the validation split and on face-free crops (`docs/experiments.md`, "Face presence").
 pub const DEFAULT_MIN_PRESENCE: f32 = 0.3;
@@ -437,16 +445,28 @@ impl Pipeline {
             let (image, (Some(detector_found), crop)) = faces[i] else {
                 continue;
             };
-            if face.presence() >= REORIENT_BELOW {
+            let presence = face.presence();
+            if presence >= REORIENT_BELOW {
                 continue;
             }
             let detection = detector_found.detection;
-            for k in 1..4 {
+            let turn = |k: i32| {
                 let angle = wrap_angle(crop.angle + k as f32 * FRAC_PI_2);
-                retry.push((i, detection, (image, FaceCrop { angle, ..crop })));
-            }
+                (i, detection, (image, FaceCrop { angle, ..crop }))
+            };
+            // Between the bars: mostly small or blurred faces the right way up, and faces the
+            // detector saw upside down, which the half turn (crop and tile) rights.
+            let half_turn_only =
+                presence >= REORIENT_FULLY_BELOW && detector_found.seen_turned == [None; 3];
+            let turns: &[u8] = if half_turn_only { &[2] } else { &[0, 1, 2, 3] };
+            retry.extend(
+                turns
+                    .iter()
+                    .filter(|&&k| k > 0)
+                    .map(|&k| turn(i32::from(k))),
+            );
             let seen_turned = detector_found.seen_turned.into_iter().flatten();
-            for other in seen_turned.chain(detector.redetect_turned(image, &detection)?) {
+            for other in seen_turned.chain(detector.redetect_turned(image, &detection, turns)?) {
                 retry.push((i, other, (image, detector.crop(&other, &rule))));
             }
         }
