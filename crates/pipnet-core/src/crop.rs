@@ -232,6 +232,13 @@ impl CropRule {
     }
 }
 
+/// A `width` x `height` image's size scaled by `factor`, each side rounded and at least one
+/// pixel: what a resize by that factor makes.
+pub fn scaled_size(width: u32, height: u32, factor: f32) -> (u32, u32) {
+    let size = |n: u32| ((n as f32 * factor).round() as u32).max(1);
+    (size(width), size(height))
+}
+
 /// `p` turned by `angle` radians about the image origin (the [`FaceCrop`] convention: positive
 /// turns x towards y).
 pub fn turn(p: Point, angle: f32) -> Point {
@@ -386,14 +393,14 @@ impl DatasetCrop {
         }
         let (width, height) = (x1 - x0, y1 - y0);
         let scale = (max_side as f32 / width.max(height) as f32).min(1.0);
-        let size = |v: u32| ((v as f32 * scale).round() as u32).max(1);
+        let (out_width, out_height) = scaled_size(width, height, scale);
         Ok(Self {
             x0,
             y0,
             width,
             height,
-            out_width: size(width),
-            out_height: size(height),
+            out_width,
+            out_height,
         })
     }
 

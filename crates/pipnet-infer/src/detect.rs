@@ -13,6 +13,7 @@ use image::RgbImage;
 use image::imageops::{FilterType, resize, rotate90, rotate180, rotate270};
 use ort::session::Session;
 use ort::value::TensorRef;
+use pipnet_core::crop::scaled_size;
 use pipnet_core::detection::{
     BLAZEFACE_LAYERS, BoxCalibration, Detection, cut_by_tile, decode_anchor_layer, search_levels,
     tiles, weighted_nms,
@@ -544,9 +545,7 @@ impl FaceDetector {
         )
         .into_iter()
         .map(|tile_side| {
-            let factor = (s / tile_side).min(1.0);
-            let size = |n: u32| ((n as f32 * factor).round() as u32).max(1);
-            let (lw, lh) = (size(width), size(height));
+            let (lw, lh) = scaled_size(width, height, (s / tile_side).min(1.0));
             let level_side = tile_side * (lw as f32 / width as f32).max(lh as f32 / height as f32);
             SearchLevel {
                 size: (lw, lh),

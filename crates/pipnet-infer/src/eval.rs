@@ -216,7 +216,6 @@ pub fn pipeline_detector_crops(
     if pipeline.options.roll_search != RollSearch::WhereNeeded {
         return Ok(detected);
     }
-    let mut added = DetectedFaces::default();
     for (i, face) in faces.iter().enumerate() {
         if detected.index.contains(&i) {
             continue;
@@ -234,14 +233,11 @@ pub fn pipeline_detector_crops(
             .max_by(|a, b| a.0.total_cmp(&b.0));
         let crop = best.and_then(|(_, d)| Some((d, pipeline.detector.as_ref()?.crop(&d, &rule))));
         if let Some((d, crop)) = crop {
-            added.found.push(face.clone());
-            added.located.push((Some(FoundFace::from(d)), crop));
-            added.index.push(i);
+            detected.found.push(face.clone());
+            detected.located.push((Some(FoundFace::from(d)), crop));
+            detected.index.push(i);
         }
     }
-    detected.found.extend(added.found);
-    detected.located.extend(added.located);
-    detected.index.extend(added.index);
     Ok(detected)
 }
 

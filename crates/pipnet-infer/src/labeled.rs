@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use image::RgbImage;
+use pipnet_core::crop::scaled_size;
 use pipnet_core::formats::{parse_pts, parse_wflw_line};
 use pipnet_core::{FaceBox, FaceCrop, Point, Scheme};
 
@@ -40,7 +41,7 @@ impl LabeledFace {
             image::imageops::flip_horizontal_in_place(&mut photo);
         }
         if self.shrink < 1.0 {
-            let (w, h) = shrunk_size(photo.width(), photo.height(), self.shrink);
+            let (w, h) = scaled_size(photo.width(), photo.height(), self.shrink);
             photo = image::imageops::resize(&photo, w, h, image::imageops::FilterType::Triangle);
         }
         if self.roll == 0.0 {
@@ -101,7 +102,7 @@ impl LabeledFace {
             )));
         }
         let photo = self.load(max_pixels)?;
-        let (w, h) = shrunk_size(photo.width(), photo.height(), factor);
+        let (w, h) = scaled_size(photo.width(), photo.height(), factor);
         // Each axis by the factor the rounded size gives, pixel centres mapped onto centres.
         let (fx, fy) = (
             w as f32 / photo.width() as f32,
@@ -143,12 +144,6 @@ impl LabeledFace {
             ..self.clone()
         })
     }
-}
-
-/// A `width` x `height` photo's size shrunk by `factor`, rounded, at least one pixel.
-fn shrunk_size(width: u32, height: u32, factor: f32) -> (u32, u32) {
-    let size = |n: u32| ((n as f32 * factor).round() as u32).max(1);
-    (size(width), size(height))
 }
 
 /// Reads every `<stem>.pts` in `dir` (not recursive) with its image `<stem>.<image ext>`,

@@ -450,8 +450,8 @@ impl Pipeline {
                 continue;
             }
             let detection = detector_found.detection;
-            let turn = |k: i32| {
-                let angle = wrap_angle(crop.angle + k as f32 * FRAC_PI_2);
+            let turn = |k: u8| {
+                let angle = wrap_angle(crop.angle + f32::from(k) * FRAC_PI_2);
                 (i, detection, (image, FaceCrop { angle, ..crop }))
             };
             // Between the bars: mostly small or blurred faces the right way up, and faces the
@@ -459,12 +459,7 @@ impl Pipeline {
             let half_turn_only =
                 presence >= REORIENT_FULLY_BELOW && detector_found.seen_turned == [None; 3];
             let turns: &[u8] = if half_turn_only { &[2] } else { &[0, 1, 2, 3] };
-            retry.extend(
-                turns
-                    .iter()
-                    .filter(|&&k| k > 0)
-                    .map(|&k| turn(i32::from(k))),
-            );
+            retry.extend(turns.iter().filter(|&&k| k > 0).map(|&k| turn(k)));
             let seen_turned = detector_found.seen_turned.into_iter().flatten();
             for other in seen_turned.chain(detector.redetect_turned(image, &detection, turns)?) {
                 retry.push((i, other, (image, detector.crop(&other, &rule))));
@@ -564,11 +559,11 @@ impl Pipeline {
         let rolled = |f: &&Face| {
             pipnet_core::roll(scheme, &f.landmarks.in_image).is_ok_and(|r| r.abs() > FRAC_PI_4)
         };
-        let mut confirmed = faces
+        let confirmed: Vec<&Face> = faces
             .iter()
             .filter(|f| f.presence() >= DEFAULT_MIN_PRESENCE)
-            .peekable();
-        if confirmed.peek().is_some() && !confirmed.any(|f| rolled(&f)) {
+            .collect();
+        if !confirmed.is_empty() && !confirmed.iter().any(rolled) {
             return Ok(());
         }
         let Some(detector) = self.detector.as_mut() else {
