@@ -1,8 +1,12 @@
 //! Face crop -> model input: bilinear sampling through the crop's similarity transform, written
 //! straight into the `[3, S, S]` planes of the input tensor with the model's normalisation.
 
+use fast_image_resize::images::{Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::RgbImage;
 use pipnet_core::{FaceChip, FaceCrop};
+
+use crate::error::{Error, Result};
 
 /// Per-channel normalisation folded into one multiply-add: `v * scale[c] + shift[c]` equals
 /// `(v / 255 - mean[c]) / std[c]`.
@@ -119,6 +123,39 @@ fn write_upright_crop(
     }
 }
 
+/// Averages `image` down to `width` x `height` with a triangle filter as wide as the step, so
+/// nothing aliases (the `image` crate's `Triangle` resize, through `fast_image_resize`'s SIMD
+/// convolution: the `image` crate's took longer than the detector run on the picture it made).
+/// `resizer` keeps its buffers between calls.
+pub fn shrink(
+    resizer: &mut Resizer,
+    image: &RgbImage,
+    width: u32,
+    height: u32,
+) -> Result<RgbImage> {
+    let failed = |e: String| {
+        Error::InvalidInput(format!(
+            "shrinking a {}x{} image to {width}x{height}: {e}",
+            image.width(),
+            image.height()
+        ))
+    };
+    let source = ImageRef::new(
+        image.width(),
+        image.height(),
+        image.as_raw(),
+        PixelType::U8x3,
+    )
+    .map_err(|e| failed(e.to_string()))?;
+    let mut shrunk = Image::new(width, height, PixelType::U8x3);
+    let triangle = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    resizer
+        .resize(&source, &mut shrunk, &triangle)
+        .map_err(|e| failed(e.to_string()))?;
+    RgbImage::from_raw(width, height, shrunk.into_vec())
+        .ok_or_else(|| failed("wrong buffer size".into()))
+}
+
 /// Cuts an aligned face chip ([`pipnet_core::face_chip`]) out of `image` as 8-bit RGB.
 pub fn cut_chip(image: &RgbImage, chip: &FaceChip) -> RgbImage {
     cut_crop(image, &chip.crop(), chip.size)
@@ -166,30 +203,31 @@ fn write_rotated_crop(
     let m = t.to_homogeneous();
     let inv = 1.0 / size as f32;
     let (dxu, dyu) = (m[(0, 0)] * inv, m[(1, 0)] * inv);
-    let black = [0, 1, 2].map(|c| norm.shift[c]);
+    let row_len = w as usize * 3;
+    let (r_out, rest) = out.split_at_mut(plane);
+    let (g_out, b_out) = rest.split_at_mut(plane);
     for v in 0..size {
         let cv = (v as f32 + 0.5) * inv;
         let x_row = m[(0, 0)] * 0.5 * inv + m[(0, 1)] * cv + m[(0, 2)];
         let y_row = m[(1, 0)] * 0.5 * inv + m[(1, 1)] * cv + m[(1, 2)];
-        for u in 0..size {
-            let at = v * size + u;
+        let at = v * size;
+        let rows = r_out[at..at + size]
+            .iter_mut()
+            .zip(&mut g_out[at..at + size])
+            .zip(&mut b_out[at..at + size]);
+        for (u, ((r, g), b)) in rows.enumerate() {
             let (x, y) = (x_row + u as f32 * dxu, y_row + u as f32 * dyu);
-            let (x0, y0) = (x.floor(), y.floor());
-            let (fx, fy) = (x - x0, y - y0);
-            let (xi, yi) = (x0 as i64, y0 as i64);
-            if xi >= 0 && yi >= 0 && xi + 1 < w && yi + 1 < h {
+            let ((xi, fx), (yi, fy)) = (floor_split(x), floor_split(y));
+            let rgb = if xi >= 0 && yi >= 0 && xi + 1 < w && yi + 1 < h {
                 // Fast path: all four neighbours inside.
-                let i00 = ((yi * w + xi) * 3) as usize;
-                let i10 = i00 + 3;
-                let i01 = i00 + (w as usize) * 3;
-                let i11 = i01 + 3;
-                for c in 0..3 {
-                    let top = f32::from(raw[i00 + c]) * (1.0 - fx) + f32::from(raw[i10 + c]) * fx;
-                    let bottom =
-                        f32::from(raw[i01 + c]) * (1.0 - fx) + f32::from(raw[i11 + c]) * fx;
-                    let value = top * (1.0 - fy) + bottom * fy;
-                    out[c * plane + at] = value * norm.scale[c] + norm.shift[c];
-                }
+                let i00 = yi as usize * row_len + xi as usize * 3;
+                let top = &raw[i00..i00 + 6];
+                let bottom = &raw[i00 + row_len..i00 + row_len + 6];
+                [0, 1, 2].map(|c| {
+                    let t = f32::from(top[c]) * (1.0 - fx) + f32::from(top[c + 3]) * fx;
+                    let b = f32::from(bottom[c]) * (1.0 - fx) + f32::from(bottom[c + 3]) * fx;
+                    t * (1.0 - fy) + b * fy
+                })
             } else if xi >= -1 && yi >= -1 && xi < w && yi < h {
                 // Border: missing neighbours count as black.
                 let pixel = |px: i64, py: i64, c: usize| {
@@ -199,19 +237,28 @@ fn write_rotated_crop(
                         0.0
                     }
                 };
-                for c in 0..3 {
-                    let top = pixel(xi, yi, c) * (1.0 - fx) + pixel(xi + 1, yi, c) * fx;
-                    let bottom = pixel(xi, yi + 1, c) * (1.0 - fx) + pixel(xi + 1, yi + 1, c) * fx;
-                    let value = top * (1.0 - fy) + bottom * fy;
-                    out[c * plane + at] = value * norm.scale[c] + norm.shift[c];
-                }
+                [0, 1, 2].map(|c| {
+                    let t = pixel(xi, yi, c) * (1.0 - fx) + pixel(xi + 1, yi, c) * fx;
+                    let b = pixel(xi, yi + 1, c) * (1.0 - fx) + pixel(xi + 1, yi + 1, c) * fx;
+                    t * (1.0 - fy) + b * fy
+                })
             } else {
-                for c in 0..3 {
-                    out[c * plane + at] = black[c];
-                }
-            }
+                [0.0; 3]
+            };
+            *r = rgb[0] * norm.scale[0] + norm.shift[0];
+            *g = rgb[1] * norm.scale[1] + norm.shift[1];
+            *b = rgb[2] * norm.scale[2] + norm.shift[2];
         }
     }
+}
+
+/// `(floor(x), x - floor(x))` without a call into libm: baseline x86-64 has no rounding
+/// instruction, so `f32::floor` is a function call per sample there. Saturates far outside any
+/// image, where the caller reads black anyway.
+fn floor_split(x: f32) -> (i64, f32) {
+    let t = x as i64;
+    let i = if t as f32 > x { t - 1 } else { t };
+    (i, x - i as f32)
 }
 
 #[cfg(test)]
@@ -306,6 +353,49 @@ mod tests {
         for v in &out {
             assert!((v * 255.0 - 50.0).abs() < 1e-3, "{v}");
         }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn floor_split_is_floor_and_fraction(x in -300.0f32..300.0) {
+            for x in [x, x.round(), x.trunc() + 0.5] {
+                let (i, f) = floor_split(x);
+                proptest::prop_assert_eq!(i as f32, x.floor());
+                proptest::prop_assert_eq!(f, x - x.floor());
+            }
+        }
+    }
+
+    #[test]
+    fn shrink_averages_like_the_image_crates_triangle_filter() {
+        let image = RgbImage::from_fn(301, 203, |x, y| {
+            Rgb([
+                (x * 7 % 256) as u8,
+                (y * 13 % 256) as u8,
+                ((x ^ y) % 256) as u8,
+            ])
+        });
+        let mut resizer = Resizer::new();
+        for (w, h) in [(256, 173), (150, 101), (97, 31)] {
+            let ours = shrink(&mut resizer, &image, w, h).unwrap();
+            let reference =
+                image::imageops::resize(&image, w, h, image::imageops::FilterType::Triangle);
+            let worst = ours
+                .as_raw()
+                .iter()
+                .zip(reference.as_raw())
+                .map(|(&a, &b)| a.abs_diff(b))
+                .max();
+            assert!(worst <= Some(2), "{w}x{h}: off by {worst:?}");
+        }
+        // Single-pixel stripes average out instead of aliasing into bands.
+        let stripes = RgbImage::from_fn(200, 20, |x, _| Rgb([if x % 2 == 0 { 0 } else { 200 }; 3]));
+        let grey = shrink(&mut resizer, &stripes, 60, 6).unwrap();
+        assert!(
+            grey.pixels().all(|p| p.0[0].abs_diff(100) <= 2),
+            "{:?}",
+            grey.get_pixel(5, 3)
+        );
     }
 
     #[test]
