@@ -218,16 +218,21 @@ fn write_rotated_crop(
         for (u, ((r, g), b)) in rows.enumerate() {
             let (x, y) = (x_row + u as f32 * dxu, y_row + u as f32 * dyu);
             let ((xi, fx), (yi, fy)) = (floor_split(x), floor_split(y));
+            // Bilinear weights of the four neighbours.
+            let (gx, gy) = (1.0 - fx, 1.0 - fy);
+            let weights = [gx * gy, fx * gy, gx * fy, fx * fy];
             let rgb = if xi >= 0 && yi >= 0 && xi + 1 < w && yi + 1 < h {
                 // Fast path: all four neighbours inside.
                 let i00 = yi as usize * row_len + xi as usize * 3;
                 let top = &raw[i00..i00 + 6];
                 let bottom = &raw[i00 + row_len..i00 + row_len + 6];
-                [0, 1, 2].map(|c| {
-                    let t = f32::from(top[c]) * (1.0 - fx) + f32::from(top[c + 3]) * fx;
-                    let b = f32::from(bottom[c]) * (1.0 - fx) + f32::from(bottom[c + 3]) * fx;
-                    t * (1.0 - fy) + b * fy
-                })
+                let mix = |c: usize| {
+                    weights[0] * f32::from(top[c])
+                        + weights[1] * f32::from(top[c + 3])
+                        + weights[2] * f32::from(bottom[c])
+                        + weights[3] * f32::from(bottom[c + 3])
+                };
+                [mix(0), mix(1), mix(2)]
             } else if xi >= -1 && yi >= -1 && xi < w && yi < h {
                 // Border: missing neighbours count as black.
                 let pixel = |px: i64, py: i64, c: usize| {
@@ -237,11 +242,13 @@ fn write_rotated_crop(
                         0.0
                     }
                 };
-                [0, 1, 2].map(|c| {
-                    let t = pixel(xi, yi, c) * (1.0 - fx) + pixel(xi + 1, yi, c) * fx;
-                    let b = pixel(xi, yi + 1, c) * (1.0 - fx) + pixel(xi + 1, yi + 1, c) * fx;
-                    t * (1.0 - fy) + b * fy
-                })
+                let mix = |c: usize| {
+                    weights[0] * pixel(xi, yi, c)
+                        + weights[1] * pixel(xi + 1, yi, c)
+                        + weights[2] * pixel(xi, yi + 1, c)
+                        + weights[3] * pixel(xi + 1, yi + 1, c)
+                };
+                [mix(0), mix(1), mix(2)]
             } else {
                 [0.0; 3]
             };
