@@ -395,11 +395,12 @@ mod tests {
                 .max();
             assert!(worst <= Some(2), "{w}x{h}: off by {worst:?}");
         }
-        // Single-pixel stripes average out instead of aliasing into bands.
+        // Single-pixel stripes of 0 and 200 average out to about 100 (the triangle leaves a
+        // ripple of a few levels at this 10:3 step) instead of aliasing into bands.
         let stripes = RgbImage::from_fn(200, 20, |x, _| Rgb([if x % 2 == 0 { 0 } else { 200 }; 3]));
         let grey = shrink(&mut resizer, &stripes, 60, 6).unwrap();
         assert!(
-            grey.pixels().all(|p| p.0[0].abs_diff(100) <= 2),
+            grey.pixels().all(|p| p.0[0].abs_diff(100) <= 8),
             "{:?}",
             grey.get_pixel(5, 3)
         );

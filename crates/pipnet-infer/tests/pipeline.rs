@@ -1,7 +1,8 @@
 //! The pipeline on real labeled faces: `SecondPass::Auto` gives the second pass exactly to the
 //! faces its gate picks (those whose crop was off among them) and leaves the others as one pass
 //! found them; a face turned in the image plane gets the landmarks it gets upright, and a group
-//! photo taken sideways or upside down gets all its faces.
+//! photo taken sideways or upside down gets all its faces, while a small face among upright ones
+//! is not searched other ways up.
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
@@ -178,4 +179,53 @@ fn test_a_group_photo_taken_sideways_or_upside_down_finds_every_face() {
             );
         }
     }
+}
+
+#[test]
+fn test_a_small_face_among_upright_faces_is_not_searched_other_ways_up() {
+    // 2007_007763.jpg: seven small upright faces; the one by the right edge shows less of a
+    // face (presence about 0.55, measured) than the reorientation's bar. Among faces its
+    // landmarks confirm the same way up it is left as it is: no detector run beyond the
+    // photo's own search. Cut out alone, the same face is searched again turned.
+    let photo = load_rgb(
+        &common::sample_photos().join("2007_007763.jpg"),
+        DEFAULT_MAX_PIXELS,
+    )
+    .unwrap();
+    let session = SessionOptions::default();
+    let mut pipeline = Pipeline::open(None, None, true, &session, Default::default()).unwrap();
+    let mut runs_beyond_detection = |image: &RgbImage| {
+        let runs = |p: &Pipeline| p.detector().map(|d| d.graph_runs()).unwrap();
+        let start = runs(&pipeline);
+        pipeline.locate(image, &Faces::Detect).unwrap();
+        let searched = runs(&pipeline) - start;
+        let faces = pipeline
+            .faces(&[(image, &Faces::Detect)])
+            .unwrap()
+            .remove(0);
+        (faces, runs(&pipeline) - start - 2 * searched)
+    };
+    let (faces, extra) = runs_beyond_detection(&photo);
+    assert_eq!(faces.len(), 7);
+    let unsure = faces
+        .iter()
+        .min_by(|a, b| a.presence().total_cmp(&b.presence()))
+        .unwrap();
+    assert!(unsure.presence() < 0.6, "{}", unsure.presence());
+    assert_eq!(
+        extra, 0,
+        "detector runs to reorient faces of an upright group"
+    );
+    let b = unsure.face_box();
+    let side = 3.0 * b.width().max(b.height());
+    let [x, y] = b.center();
+    let (x0, y0) = (
+        (x - side / 2.0).max(0.0) as u32,
+        (y - side / 2.0).max(0.0) as u32,
+    );
+    let alone = image::imageops::crop_imm(&photo, x0, y0, side as u32, side as u32).to_image();
+    let (faces, extra) = runs_beyond_detection(&alone);
+    assert_eq!(faces.len(), 1);
+    assert!(faces[0].presence() < 0.6, "{}", faces[0].presence());
+    assert!(extra > 0, "the face alone was not searched other ways up");
 }
