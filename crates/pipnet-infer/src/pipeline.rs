@@ -427,7 +427,8 @@ impl Pipeline {
         Ok(found.into_iter().zip(passes).collect())
     }
 
-    /// Detected faces whose first pass shows little of a face get other crops tried: their
+    /// Detected faces whose first pass shows little of a face, unless another face of the same
+    /// photo shows one the same way up as their crop, get other crops tried: their
     /// first crop turned by each quarter turn, the crops of the same face's detections in the
     /// other turns of the photo ([`FoundFace::seen_turned`]) and of the detector's finds in
     /// tiles around it turned by none to three quarter turns
@@ -460,8 +461,8 @@ impl Pipeline {
             }
             // A face cropped the way up that another face of its photo confirms is small,
             // blurred or hidden, not turned: photos hold their faces one way up, and in a
-            // crowded photo such faces are many (trying every way up on them cost a third
-            // more landmark runs on the sample photos).
+            // crowded photo such faces are many (8 crops tried for nothing on the sample
+            // photos' 43 faces).
             let confirmed = faces.iter().zip(&way_up).any(|(&(other, _), roll)| {
                 std::ptr::eq(other, image)
                     && roll.is_some_and(|r| wrap_angle(r - crop.angle).abs() < FRAC_PI_4)

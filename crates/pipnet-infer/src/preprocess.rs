@@ -273,6 +273,17 @@ mod tests {
     use super::*;
     use image::Rgb;
 
+    /// A `w` x `h` image whose channels vary along x, along y and with both.
+    fn pattern(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| {
+            Rgb([
+                (x * 7 % 256) as u8,
+                (y * 11 % 256) as u8,
+                ((x * y) % 256) as u8,
+            ])
+        })
+    }
+
     fn identity_norm() -> Normalization {
         // scale 1/255, shift 0: output = v / 255.
         Normalization::new([0.0; 3], [1.0; 3])
@@ -313,13 +324,7 @@ mod tests {
 
     #[test]
     fn test_upright_fast_path_matches_the_general_sampler() {
-        let image = RgbImage::from_fn(37, 23, |x, y| {
-            Rgb([
-                (x * 7 % 256) as u8,
-                (y * 11 % 256) as u8,
-                ((x * y) % 256) as u8,
-            ])
-        });
+        let image = pattern(37, 23);
         let norm = Normalization::new([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
         // Inside, over every edge, larger than the image, and tiny.
         for crop in [
@@ -375,13 +380,7 @@ mod tests {
 
     #[test]
     fn shrink_averages_like_the_image_crates_triangle_filter() {
-        let image = RgbImage::from_fn(301, 203, |x, y| {
-            Rgb([
-                (x * 7 % 256) as u8,
-                (y * 13 % 256) as u8,
-                ((x ^ y) % 256) as u8,
-            ])
-        });
+        let image = pattern(301, 203);
         let mut resizer = Resizer::new();
         for (w, h) in [(256, 173), (150, 101), (97, 31)] {
             let ours = shrink(&mut resizer, &image, w, h).unwrap();
