@@ -106,10 +106,11 @@ pub const REORIENT_BELOW: f32 = 0.6;
 
 /// Under this presence a face gets every other way up tried ([`Pipeline::landmarks_with_passes`]);
 /// from here to [`REORIENT_BELOW`], unless other turns of the photo found it too, only the half
-/// turn (its crop and the detector in a tile turned so). Small upright faces of crowded photos
-/// often score 0.5-0.6, and trying every way up on them cost a third more landmark runs there;
-/// faces the detector saw upside down reach 0.6 too, and the half turn is what they need
-/// (`docs/experiments.md`, "Faces at any roll, judged by the landmarks").
+/// turn (its crop and the detector in a tile turned so). Small upright faces often score
+/// 0.5-0.6 (trying every way up on those of the crowded sample photos cost a third more landmark
+/// runs, before other faces of a photo could confirm its way up); faces the detector saw upside
+/// down reach 0.6 too, and the half turn is what they need (`docs/experiments.md`, "Faces at
+/// any roll, judged by the landmarks").
 pub const REORIENT_FULLY_BELOW: f32 = 0.5;
 
 /// The smallest presence a detected face may have to be kept (`--min-presence`), chosen on

@@ -91,8 +91,7 @@ fn test_a_turned_face_gets_its_upright_landmarks() {
         .iter()
         .find(|f| f.name == "lfpw_0001_1")
         .expect("an LFPW face: one per photo");
-    let session = SessionOptions::default();
-    let mut pipeline = Pipeline::open(None, None, true, &session, Default::default()).unwrap();
+    let mut pipeline = detecting_pipeline();
     // The face of `photo` over the true landmarks `truth`, its landmarks and arcface chip.
     let mut find = |photo: &RgbImage, truth: &[Point]| -> (Vec<Point>, RgbImage) {
         let found = pipeline
@@ -138,13 +137,8 @@ fn test_a_group_photo_taken_sideways_or_upside_down_finds_every_face() {
     // Six faces upright. Turned, the upright search alone finds five of them sideways and three
     // upside down (measured); the default search turns the photo once its landmarks show faces
     // rolled past 45 degrees, and finds all six, each once, at the roll of the turn.
-    let photo = load_rgb(
-        &common::sample_photos().join("2008_002470.jpg"),
-        DEFAULT_MAX_PIXELS,
-    )
-    .unwrap();
-    let session = SessionOptions::default();
-    let mut pipeline = Pipeline::open(None, None, true, &session, Default::default()).unwrap();
+    let photo = sample_photo("2008_002470.jpg");
+    let mut pipeline = detecting_pipeline();
     let upright = pipeline
         .faces(&[(&photo, &Faces::Detect)])
         .unwrap()
@@ -187,13 +181,8 @@ fn test_a_small_face_among_upright_faces_is_not_searched_other_ways_up() {
     // face (presence about 0.55, measured) than the reorientation's bar. Among faces its
     // landmarks confirm the same way up it is left as it is: no detector run beyond the
     // photo's own search. Cut out alone, the same face is searched again turned.
-    let photo = load_rgb(
-        &common::sample_photos().join("2007_007763.jpg"),
-        DEFAULT_MAX_PIXELS,
-    )
-    .unwrap();
-    let session = SessionOptions::default();
-    let mut pipeline = Pipeline::open(None, None, true, &session, Default::default()).unwrap();
+    let photo = sample_photo("2007_007763.jpg");
+    let mut pipeline = detecting_pipeline();
     let mut runs_beyond_detection = |image: &RgbImage| {
         let runs = |p: &Pipeline| p.detector().map(|d| d.graph_runs()).unwrap();
         let start = runs(&pipeline);
@@ -228,4 +217,14 @@ fn test_a_small_face_among_upright_faces_is_not_searched_other_ways_up() {
     assert_eq!(faces.len(), 1);
     assert!(faces[0].presence() < 0.6, "{}", faces[0].presence());
     assert!(extra > 0, "the face alone was not searched other ways up");
+}
+
+fn sample_photo(name: &str) -> RgbImage {
+    load_rgb(&common::sample_photos().join(name), DEFAULT_MAX_PIXELS).unwrap()
+}
+
+/// The default pipeline with the built-in detector.
+fn detecting_pipeline() -> Pipeline {
+    let session = SessionOptions::default();
+    Pipeline::open(None, None, true, &session, Default::default()).unwrap()
 }
