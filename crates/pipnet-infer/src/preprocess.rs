@@ -184,7 +184,10 @@ pub fn mirror_crops(input: &mut [f32], size: usize) {
     }
 }
 
-/// The general case: step through the image along each output row.
+/// The general case: step through the image along each output row. Along a row the sample
+/// point moves in a straight line, so the pixels whose four neighbours all lie inside the image
+/// form one run ([`inside_run`]), sampled without bounds tests; only the pixels before and
+/// after it take the border path, where a missing neighbour reads black.
 fn write_rotated_crop(
     image: &RgbImage,
     crop: &FaceCrop,
@@ -206,57 +209,89 @@ fn write_rotated_crop(
     let row_len = w as usize * 3;
     let (r_out, rest) = out.split_at_mut(plane);
     let (g_out, b_out) = rest.split_at_mut(plane);
+    let mut write = |at: usize, rgb: [f32; 3]| {
+        r_out[at] = rgb[0] * norm.scale[0] + norm.shift[0];
+        g_out[at] = rgb[1] * norm.scale[1] + norm.shift[1];
+        b_out[at] = rgb[2] * norm.scale[2] + norm.shift[2];
+    };
     for v in 0..size {
         let cv = (v as f32 + 0.5) * inv;
         let x_row = m[(0, 0)] * 0.5 * inv + m[(0, 1)] * cv + m[(0, 2)];
         let y_row = m[(1, 0)] * 0.5 * inv + m[(1, 1)] * cv + m[(1, 2)];
-        let at = v * size;
-        let rows = r_out[at..at + size]
-            .iter_mut()
-            .zip(&mut g_out[at..at + size])
-            .zip(&mut b_out[at..at + size]);
-        for (u, ((r, g), b)) in rows.enumerate() {
-            let (x, y) = (x_row + u as f32 * dxu, y_row + u as f32 * dyu);
-            let ((xi, fx), (yi, fy)) = (floor_split(x), floor_split(y));
-            // Bilinear weights of the four neighbours.
+        let at_u = |u: usize| (x_row + u as f32 * dxu, y_row + u as f32 * dyu);
+        let inside = inside_run(size, |u| {
+            let (x, y) = at_u(u);
+            let ((xi, _), (yi, _)) = (floor_split(x), floor_split(y));
+            xi >= 0 && yi >= 0 && xi + 1 < w && yi + 1 < h
+        });
+        for u in (0..inside.start).chain(inside.end..size) {
+            let (x, y) = at_u(u);
+            write(v * size + u, sample_border(raw, w, h, x, y));
+        }
+        for u in inside {
+            let (x, y) = at_u(u);
+            // Inside, x and y are not negative: truncation is the floor.
+            let (xi, yi) = (x as usize, y as usize);
+            let (fx, fy) = (x - xi as f32, y - yi as f32);
             let (gx, gy) = (1.0 - fx, 1.0 - fy);
             let weights = [gx * gy, fx * gy, gx * fy, fx * fy];
-            let rgb = if xi >= 0 && yi >= 0 && xi + 1 < w && yi + 1 < h {
-                // Fast path: all four neighbours inside.
-                let i00 = yi as usize * row_len + xi as usize * 3;
-                let top = &raw[i00..i00 + 6];
-                let bottom = &raw[i00 + row_len..i00 + row_len + 6];
-                let mix = |c: usize| {
-                    weights[0] * f32::from(top[c])
-                        + weights[1] * f32::from(top[c + 3])
-                        + weights[2] * f32::from(bottom[c])
-                        + weights[3] * f32::from(bottom[c + 3])
-                };
-                [mix(0), mix(1), mix(2)]
-            } else if xi >= -1 && yi >= -1 && xi < w && yi < h {
-                // Border: missing neighbours count as black.
-                let pixel = |px: i64, py: i64, c: usize| {
-                    if px >= 0 && py >= 0 && px < w && py < h {
-                        f32::from(raw[((py * w + px) * 3) as usize + c])
-                    } else {
-                        0.0
-                    }
-                };
-                let mix = |c: usize| {
-                    weights[0] * pixel(xi, yi, c)
-                        + weights[1] * pixel(xi + 1, yi, c)
-                        + weights[2] * pixel(xi, yi + 1, c)
-                        + weights[3] * pixel(xi + 1, yi + 1, c)
-                };
-                [mix(0), mix(1), mix(2)]
-            } else {
-                [0.0; 3]
+            let i00 = yi * row_len + xi * 3;
+            let top = &raw[i00..i00 + 6];
+            let bottom = &raw[i00 + row_len..i00 + row_len + 6];
+            let mix = |c: usize| {
+                weights[0] * f32::from(top[c])
+                    + weights[1] * f32::from(top[c + 3])
+                    + weights[2] * f32::from(bottom[c])
+                    + weights[3] * f32::from(bottom[c + 3])
             };
-            *r = rgb[0] * norm.scale[0] + norm.shift[0];
-            *g = rgb[1] * norm.scale[1] + norm.shift[1];
-            *b = rgb[2] * norm.scale[2] + norm.shift[2];
+            write(v * size + u, [mix(0), mix(1), mix(2)]);
         }
     }
+}
+
+/// The run of `0..len` where `inside` holds, given that it holds on one run at most (a line
+/// crosses a rectangle once): found from the run's first point, the last point where it
+/// holds at or after it, and the few steps a scan needs to reach the first.
+fn inside_run(len: usize, inside: impl Fn(usize) -> bool) -> std::ops::Range<usize> {
+    let Some(start) = (0..len).find(|&u| inside(u)) else {
+        return 0..0;
+    };
+    // Binary search for the end: `inside` is true at `start` and false from the end on.
+    let (mut lo, mut hi) = (start, len);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if inside(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    start..hi
+}
+
+/// Bilinear sample at image point `(x, y)` where some of the four neighbours may lie outside
+/// the image: those read as black.
+fn sample_border(raw: &[u8], w: i64, h: i64, x: f32, y: f32) -> [f32; 3] {
+    let ((xi, fx), (yi, fy)) = (floor_split(x), floor_split(y));
+    if !(xi >= -1 && yi >= -1 && xi < w && yi < h) {
+        return [0.0; 3];
+    }
+    let (gx, gy) = (1.0 - fx, 1.0 - fy);
+    let weights = [gx * gy, fx * gy, gx * fy, fx * fy];
+    let pixel = |px: i64, py: i64, c: usize| {
+        if px >= 0 && py >= 0 && px < w && py < h {
+            f32::from(raw[((py * w + px) * 3) as usize + c])
+        } else {
+            0.0
+        }
+    };
+    let mix = |c: usize| {
+        weights[0] * pixel(xi, yi, c)
+            + weights[1] * pixel(xi + 1, yi, c)
+            + weights[2] * pixel(xi, yi + 1, c)
+            + weights[3] * pixel(xi + 1, yi + 1, c)
+    };
+    [mix(0), mix(1), mix(2)]
 }
 
 /// `(floor(x), x - floor(x))` without a call into libm: baseline x86-64 has no rounding
@@ -374,6 +409,37 @@ mod tests {
                 let (i, f) = floor_split(x);
                 proptest::prop_assert_eq!(i as f32, x.floor());
                 proptest::prop_assert_eq!(f, x - x.floor());
+            }
+        }
+
+        /// The turned sampler's run without bounds tests reads what the border path reads at
+        /// every pixel: crops inside the image, over its edges and beyond, at any angle.
+        #[test]
+        fn turned_crops_read_what_the_border_path_reads(
+            cx in -20.0f32..60.0,
+            cy in -20.0f32..45.0,
+            side in 2.0f32..90.0,
+            angle in -3.2f32..3.2,
+        ) {
+            let image = pattern(37, 23);
+            let crop = FaceCrop::new([cx, cy], side, angle);
+            let size = 16;
+            let mut out = vec![0.0; 3 * size * size];
+            write_rotated_crop(&image, &crop, size, &identity_norm(), &mut out);
+            let (w, h) = (37, 23);
+            for v in 0..size {
+                for u in 0..size {
+                    let s = size as f32;
+                    let [x, y] = crop.to_image([(u as f32 + 0.5) / s, (v as f32 + 0.5) / s]);
+                    let want = sample_border(image.as_raw(), w, h, x, y);
+                    for (c, want) in want.iter().enumerate() {
+                        let got = out[c * size * size + v * size + u] * 255.0;
+                        proptest::prop_assert!(
+                            (got - want).abs() < 0.05,
+                            "pixel ({u}, {v}) channel {c}: {got} vs {want}"
+                        );
+                    }
+                }
             }
         }
     }
