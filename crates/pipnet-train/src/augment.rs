@@ -3,7 +3,7 @@
 //! Training from scratch leans on these: there are no pretrained weights to fall back on.
 
 use image::RgbImage;
-use pipnet_core::{CropRule, FaceBox, FaceCrop, Point};
+use pipnet_core::{CropRule, FaceBox, FaceCrop, Point, Scheme, landmark_crop};
 use pipnet_infer::preprocess::{Normalization, write_crop};
 use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
@@ -33,6 +33,11 @@ pub struct Augmentation {
     /// detector's box error, face by face, joins the random transforms. Faces the detector
     /// misses keep the landmark crop. The detector runs once over the training photos.
     pub detector_crop_probability: f32,
+    /// Draw the rotation about the face's own roll instead of about upright: the landmark crop
+    /// turned to the true eye line ([`pipnet_core::landmark_crop`]), a detector crop at its own
+    /// angle. This is what the runtime's crops look like since they turn with the face, so the
+    /// rotation range only has to cover their residual roll.
+    pub roll_aligned: bool,
 }
 
 impl Default for Augmentation {
@@ -48,6 +53,7 @@ impl Default for Augmentation {
             occlusion_size: (0.125, 1.0 / 3.0),
             grayscale_probability: 0.0,
             detector_crop_probability: 0.0,
+            roll_aligned: false,
         }
     }
 }
@@ -67,6 +73,7 @@ impl Augmentation {
 #[derive(Debug, Clone)]
 pub struct SampleSpec<'a> {
     pub rule: CropRule,
+    pub scheme: Scheme,
     pub input_size: usize,
     pub mean: [f32; 3],
     pub std: [f32; 3],
@@ -100,14 +107,20 @@ pub struct SampleBase<'a> {
 /// Draws the transforms of one sample; without `augment`, the rule's landmark crop as it is.
 pub fn draw_sample(
     face: SampleBase<'_>,
-    rule: &CropRule,
+    spec: &SampleSpec<'_>,
     augment: Option<&Augmentation>,
     rng: &mut impl Rng,
 ) -> SampleDraw {
     let (width, height) = face.image_size;
-    let mut base = FaceBox::around(face.points)
-        .map(|b| rule.crop(&b))
-        .unwrap_or_else(|_| FaceCrop::whole_image(width, height));
+    let rule = &spec.rule;
+    let aligned = augment
+        .filter(|aug| aug.roll_aligned)
+        .and_then(|_| landmark_crop(rule, spec.scheme, face.points).ok());
+    let mut base = aligned.unwrap_or_else(|| {
+        FaceBox::around(face.points)
+            .map(|b| rule.crop(&b))
+            .unwrap_or_else(|_| FaceCrop::whole_image(width, height))
+    });
     let Some(aug) = augment else {
         return SampleDraw {
             crop: base,
@@ -135,7 +148,10 @@ pub fn draw_sample(
     let side = base.side * uniform(rng, aug.scale);
     let shift = |rng: &mut _| uniform(rng, (-aug.shift, aug.shift)) * side;
     let center = [base.center[0] + shift(rng), base.center[1] + shift(rng)];
-    let angle = uniform(rng, (-aug.rotation_deg, aug.rotation_deg)).to_radians();
+    let mut angle = uniform(rng, (-aug.rotation_deg, aug.rotation_deg)).to_radians();
+    if aug.roll_aligned {
+        angle += base.angle;
+    }
     let flip = rng.random::<f32>() < aug.flip_probability;
     let gray = rng.random::<f32>() < aug.grayscale_probability;
     let gain = uniform(rng, aug.brightness);
@@ -226,7 +242,7 @@ pub fn make_sample(
         detected: None,
         image_size: image.dimensions(),
     };
-    let draw = draw_sample(base, &spec.rule, augment, rng);
+    let draw = draw_sample(base, spec, augment, rng);
     render_sample(image, points, &draw, spec, out)
 }
 
@@ -241,7 +257,6 @@ fn mirror_planes(data: &mut [f32], s: usize) {
 mod tests {
     use super::*;
     use image::Rgb;
-    use pipnet_core::Scheme;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
@@ -268,6 +283,7 @@ mod tests {
     fn spec(flip: &[usize]) -> SampleSpec<'_> {
         SampleSpec {
             rule: CropRule::default(),
+            scheme: Scheme::W300_68,
             input_size: 32,
             mean: [0.5; 3],
             std: [0.25; 3],
@@ -380,7 +396,7 @@ mod tests {
             detected: None,
             image_size: image.dimensions(),
         };
-        let draw = draw_sample(base, &small_spec.rule, Some(&aug), &mut rng);
+        let draw = draw_sample(base, &small_spec, Some(&aug), &mut rng);
         assert!(draw.flip && draw.occlusion.is_some());
         let mut small = vec![0.0; 3 * 32 * 32];
         let mut large = vec![0.0; 3 * 64 * 64];
@@ -419,8 +435,9 @@ mod tests {
             detector_crop_probability: p,
             ..Augmentation::default()
         };
-        let rule = CropRule::default();
-        let landmark_crop = rule.crop(&FaceBox::around(&pts).unwrap());
+        let flip = Scheme::W300_68.flip_permutation();
+        let spec = spec(&flip);
+        let landmark_crop = spec.rule.crop(&FaceBox::around(&pts).unwrap());
         let draw = |p: f32, detected: Option<&FaceCrop>, seed: u64| {
             let base = SampleBase {
                 points: &pts,
@@ -428,7 +445,7 @@ mod tests {
                 image_size: (160, 160),
             };
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            draw_sample(base, &rule, Some(&still(p)), &mut rng).crop
+            draw_sample(base, &spec, Some(&still(p)), &mut rng).crop
         };
         for seed in 0..8 {
             assert_eq!(draw(1.0, Some(&detected), seed), detected);
@@ -440,5 +457,52 @@ mod tests {
             .filter(|&seed| draw(0.5, Some(&detected), seed) == detected)
             .count();
         assert!((60..140).contains(&picked), "{picked} of 200 at p = 0.5");
+    }
+
+    #[test]
+    fn test_roll_aligned_rotations_turn_about_the_eye_line() {
+        // The face tilted by 25 degrees: aligned draws stay within the range of its roll,
+        // upright ones of 0; a detector crop keeps its own angle.
+        let tilt = 25f32.to_radians();
+        let pts: Vec<Point> = face_points()
+            .iter()
+            .map(|&p| {
+                let [x, y] = pipnet_core::crop::turn([p[0] - 70.0, p[1] - 65.0], tilt);
+                [x + 70.0, y + 65.0]
+            })
+            .collect();
+        let flip = Scheme::W300_68.flip_permutation();
+        let spec = spec(&flip);
+        let detected = FaceCrop::new([70.0, 65.0], 90.0, -0.5);
+        let angles = |aligned: bool, detector: f32| -> Vec<f32> {
+            let aug = Augmentation {
+                rotation_deg: 10.0,
+                roll_aligned: aligned,
+                detector_crop_probability: detector,
+                ..Augmentation::default()
+            };
+            (0..100)
+                .map(|seed| {
+                    let base = SampleBase {
+                        points: &pts,
+                        detected: Some(&detected),
+                        image_size: (160, 160),
+                    };
+                    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                    draw_sample(base, &spec, Some(&aug), &mut rng).crop.angle
+                })
+                .collect()
+        };
+        let roll = pipnet_core::roll(Scheme::W300_68, &pts).unwrap();
+        assert!((roll - tilt).abs() < 0.02, "{roll}");
+        let within = |angles: &[f32], about: f32| {
+            angles
+                .iter()
+                .all(|a| (a - about).abs() <= 10f32.to_radians() + 1e-5)
+        };
+        assert!(within(&angles(true, 0.0), roll));
+        assert!(within(&angles(false, 0.0), 0.0));
+        assert!(!within(&angles(true, 0.0), 0.0));
+        assert!(within(&angles(true, 1.0), -0.5));
     }
 }

@@ -157,7 +157,7 @@ pub(crate) fn epoch_batches(
                     detected: face.detected.as_ref(),
                     image_size: face.image.dimensions(),
                 };
-                draw_sample(base, &spec.rule, Some(&config.augment), &mut rng)
+                draw_sample(base, spec, Some(&config.augment), &mut rng)
             })
             .collect();
         let render = |spec: &SampleSpec<'_>, input: &mut [f32]| -> Vec<Vec<Point>> {

@@ -178,6 +178,7 @@ pub fn train(
     let flip = scheme.flip_permutation();
     let sample_spec = SampleSpec {
         rule,
+        scheme,
         input_size: spec.input_size,
         mean: IMAGENET_MEAN,
         std: IMAGENET_STD,
@@ -291,6 +292,7 @@ fn load_teacher<'f>(
     let meta = teacher.metadata();
     let spec = SampleSpec {
         rule: meta.crop,
+        scheme,
         input_size: meta.input_size,
         mean: meta.mean,
         std: meta.std,
