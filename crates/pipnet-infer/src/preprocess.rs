@@ -250,8 +250,7 @@ fn write_rotated_crop(
 }
 
 /// The run of `0..len` where `inside` holds, given that it holds on one run at most (a line
-/// crosses a rectangle once): found from the run's first point, the last point where it
-/// holds at or after it, and the few steps a scan needs to reach the first.
+/// crosses a rectangle once): a scan finds where it starts, a binary search where it ends.
 fn inside_run(len: usize, inside: impl Fn(usize) -> bool) -> std::ops::Range<usize> {
     let Some(start) = (0..len).find(|&u| inside(u)) else {
         return 0..0;
