@@ -232,19 +232,12 @@ fn write_rotated_crop(
             let (x, y) = at_u(u);
             // Inside, x and y are not negative: truncation is the floor.
             let (xi, yi) = (x as usize, y as usize);
-            let (fx, fy) = (x - xi as f32, y - yi as f32);
-            let (gx, gy) = (1.0 - fx, 1.0 - fy);
-            let weights = [gx * gy, fx * gy, gx * fy, fx * fy];
             let i00 = yi * row_len + xi * 3;
-            let top = &raw[i00..i00 + 6];
-            let bottom = &raw[i00 + row_len..i00 + row_len + 6];
-            let mix = |c: usize| {
-                weights[0] * f32::from(top[c])
-                    + weights[1] * f32::from(top[c + 3])
-                    + weights[2] * f32::from(bottom[c])
-                    + weights[3] * f32::from(bottom[c + 3])
-            };
-            write(v * size + u, [mix(0), mix(1), mix(2)]);
+            let rows = [&raw[i00..i00 + 6], &raw[i00 + row_len..i00 + row_len + 6]];
+            let rgb = bilinear(x - xi as f32, y - yi as f32, |dx, dy, c| {
+                f32::from(rows[dy][dx * 3 + c])
+            });
+            write(v * size + u, rgb);
         }
     }
 }
@@ -275,20 +268,28 @@ fn sample_border(raw: &[u8], w: i64, h: i64, x: f32, y: f32) -> [f32; 3] {
     if !(xi >= -1 && yi >= -1 && xi < w && yi < h) {
         return [0.0; 3];
     }
-    let (gx, gy) = (1.0 - fx, 1.0 - fy);
-    let weights = [gx * gy, fx * gy, gx * fy, fx * fy];
-    let pixel = |px: i64, py: i64, c: usize| {
+    bilinear(fx, fy, |dx, dy, c| {
+        let (px, py) = (xi + dx as i64, yi + dy as i64);
         if px >= 0 && py >= 0 && px < w && py < h {
             f32::from(raw[((py * w + px) * 3) as usize + c])
         } else {
             0.0
         }
-    };
+    })
+}
+
+/// The bilinear mix, per channel, of the four neighbours `at(dx, dy, channel)` (`dx`, `dy` 0 or
+/// 1) of a point `fx`, `fy` of the way past the first: one formula for the sampler's inside
+/// run and its border.
+#[inline(always)]
+fn bilinear(fx: f32, fy: f32, at: impl Fn(usize, usize, usize) -> f32) -> [f32; 3] {
+    let (gx, gy) = (1.0 - fx, 1.0 - fy);
+    let weights = [gx * gy, fx * gy, gx * fy, fx * fy];
     let mix = |c: usize| {
-        weights[0] * pixel(xi, yi, c)
-            + weights[1] * pixel(xi + 1, yi, c)
-            + weights[2] * pixel(xi, yi + 1, c)
-            + weights[3] * pixel(xi + 1, yi + 1, c)
+        weights[0] * at(0, 0, c)
+            + weights[1] * at(1, 0, c)
+            + weights[2] * at(0, 1, c)
+            + weights[3] * at(1, 1, c)
     };
     [mix(0), mix(1), mix(2)]
 }
