@@ -278,9 +278,9 @@ fn sample_border(raw: &[u8], w: i64, h: i64, x: f32, y: f32) -> [f32; 3] {
     })
 }
 
-/// The bilinear mix, per channel, of the four neighbours `at(dx, dy, channel)` (`dx`, `dy` 0 or
-/// 1) of a point `fx`, `fy` of the way past the first: one formula for the sampler's inside
-/// run and its border.
+/// The bilinear mix, per channel, of the four neighbours `at(dx, dy, channel)` (each offset
+/// is 0 or 1) of a point `fx`, `fy` of the way past the first: one formula for the sampler's
+/// inside run and its border.
 #[inline(always)]
 fn bilinear(fx: f32, fy: f32, at: impl Fn(usize, usize, usize) -> f32) -> [f32; 3] {
     let (gx, gy) = (1.0 - fx, 1.0 - fy);
